@@ -1,0 +1,612 @@
+//! The driver API as the probe reaches it: `dlopen("libcuda.so.1")`, `dlsym` of
+//! `cuGetProcAddress_v2` on that handle, then every entry point by base name, CUDA
+//! version and stream flag, like the CUDA runtime.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::ptr::null_mut;
+
+type GetProc =
+    unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> c_int;
+
+/// The loaded driver.
+pub struct Driver {
+    get_proc: GetProc,
+    version: c_int,
+    flags: u64,
+}
+
+/// Calls entry point `$name` (a base name) with signature `$ty`.
+macro_rules! cu {
+    ($self:expr, $name:literal, $ty:ty, $($arg:expr),*) => {{
+        let p = $self.entry($name);
+        if p.is_null() {
+            500
+        } else {
+            // SAFETY: the driver returned this entry point for this base name and
+            // version; `$ty` is its documented C signature.
+            let f = unsafe { std::mem::transmute::<*mut c_void, $ty>(p) };
+            // SAFETY: the arguments follow the driver's contract.
+            unsafe { f($($arg),*) }
+        }
+    }};
+}
+
+#[repr(C)]
+struct ArrayDesc {
+    width: usize,
+    height: usize,
+    format: c_int,
+    channels: c_uint,
+}
+
+#[repr(C)]
+struct Array3dDesc {
+    width: usize,
+    height: usize,
+    depth: usize,
+    format: c_int,
+    channels: c_uint,
+    flags: c_uint,
+}
+
+#[repr(C)]
+struct AllocProp {
+    alloc_type: c_int,
+    handle_types: c_int,
+    location_type: c_int,
+    location_id: c_int,
+    win32: *mut c_void,
+    flags: [u8; 8],
+}
+
+#[repr(C)]
+struct PoolProps {
+    alloc_type: c_int,
+    handle_types: c_int,
+    location_type: c_int,
+    location_id: c_int,
+    win32: *mut c_void,
+    max_size: usize,
+    usage: u16,
+    reserved: [u8; 54],
+}
+
+#[repr(C)]
+struct AllocNodeParams {
+    pool_props: PoolProps,
+    access_descs: *const c_void,
+    access_count: usize,
+    bytesize: usize,
+    dptr: u64,
+}
+
+const FORMAT_FLOAT: c_int = 0x20;
+
+impl Driver {
+    /// Loads the driver like the runtime does.
+    pub fn load() -> Self {
+        // SAFETY: dlopen/dlsym with valid strings.
+        let handle =
+            unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null(), "dlopen(libcuda.so.1) failed");
+        // SAFETY: as above.
+        let p = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
+        assert!(!p.is_null(), "libcuda.so.1 has no cuGetProcAddress_v2");
+        let version = std::env::var("PROBE_CUDA_VERSION")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(13000);
+        let flags = if std::env::var("PROBE_PER_THREAD").as_deref() == Ok("1") {
+            2
+        } else {
+            0
+        };
+        Self {
+            // SAFETY: cuGetProcAddress_v2's signature.
+            get_proc: unsafe { std::mem::transmute::<*mut c_void, GetProc>(p) },
+            version,
+            flags,
+        }
+    }
+
+    /// The entry point for a base name.
+    pub fn entry(&self, name: &str) -> *mut c_void {
+        let c = CString::new(name).expect("name");
+        let mut p = null_mut();
+        let mut status = 0;
+        // SAFETY: valid out pointers.
+        let rc =
+            unsafe { (self.get_proc)(c.as_ptr(), &mut p, self.version, self.flags, &mut status) };
+        if rc != 0 { null_mut() } else { p }
+    }
+
+    /// Which shared object serves the entry point `name`.
+    pub fn resolve_library(&self, name: &str) -> String {
+        let p = self.entry(name);
+        if p.is_null() {
+            return "none".into();
+        }
+        // SAFETY: a plain C struct, zero is valid.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: dladdr on a code address.
+        if unsafe { libc::dladdr(p, &mut info) } == 0 || info.dli_fname.is_null() {
+            return "unknown".into();
+        }
+        // SAFETY: dladdr returns a NUL-terminated path.
+        let path = unsafe { CStr::from_ptr(info.dli_fname) }
+            .to_string_lossy()
+            .into_owned();
+        let file = path.rsplit('/').next().unwrap_or(&path).to_string();
+        let symbol = if info.dli_sname.is_null() {
+            "?".to_string()
+        } else {
+            // SAFETY: as above.
+            unsafe { CStr::from_ptr(info.dli_sname) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        format!("{file} symbol={symbol}")
+    }
+
+    pub fn init(&self) -> c_int {
+        cu!(self, "cuInit", unsafe extern "C" fn(c_uint) -> c_int, 0)
+    }
+
+    pub fn primary_ctx(&self, ordinal: c_int) -> c_int {
+        let mut dev = 0;
+        let rc = cu!(
+            self,
+            "cuDeviceGet",
+            unsafe extern "C" fn(*mut c_int, c_int) -> c_int,
+            &mut dev,
+            ordinal
+        );
+        if rc != 0 {
+            return rc;
+        }
+        let mut ctx = null_mut();
+        let rc = cu!(
+            self,
+            "cuDevicePrimaryCtxRetain",
+            unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int,
+            &mut ctx,
+            dev
+        );
+        if rc != 0 {
+            return rc;
+        }
+        cu!(
+            self,
+            "cuCtxSetCurrent",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            ctx
+        )
+    }
+
+    pub fn mem_alloc(&self, size: u64) -> (c_int, u64) {
+        let mut p = 0u64;
+        let rc = cu!(
+            self,
+            "cuMemAlloc",
+            unsafe extern "C" fn(*mut u64, usize) -> c_int,
+            &mut p,
+            size as usize
+        );
+        (rc, p)
+    }
+
+    pub fn direct_mem_alloc(&self, size: u64) -> (c_int, u64) {
+        // SAFETY: dlsym with RTLD_DEFAULT, as a program linked against libcuda binds.
+        let p = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"cuMemAlloc_v2".as_ptr()) };
+        if p.is_null() {
+            return (500, 0);
+        }
+        // SAFETY: cuMemAlloc_v2's signature.
+        let f = unsafe {
+            std::mem::transmute::<*mut c_void, unsafe extern "C" fn(*mut u64, usize) -> c_int>(p)
+        };
+        let mut ptr = 0u64;
+        // SAFETY: valid out pointer.
+        let rc = unsafe { f(&mut ptr, size as usize) };
+        (rc, ptr)
+    }
+
+    pub fn mem_alloc_managed(&self, size: u64) -> (c_int, u64) {
+        let mut p = 0u64;
+        let rc = cu!(
+            self,
+            "cuMemAllocManaged",
+            unsafe extern "C" fn(*mut u64, usize, c_uint) -> c_int,
+            &mut p,
+            size as usize,
+            1
+        );
+        (rc, p)
+    }
+
+    pub fn mem_alloc_pitch(&self, width: usize, height: usize) -> (c_int, u64, usize) {
+        let mut p = 0u64;
+        let mut pitch = 0usize;
+        let rc = cu!(
+            self,
+            "cuMemAllocPitch",
+            unsafe extern "C" fn(*mut u64, *mut usize, usize, usize, c_uint) -> c_int,
+            &mut p,
+            &mut pitch,
+            width,
+            height,
+            4
+        );
+        (rc, p, pitch)
+    }
+
+    pub fn mem_free(&self, p: u64) -> c_int {
+        cu!(self, "cuMemFree", unsafe extern "C" fn(u64) -> c_int, p)
+    }
+
+    pub fn mem_get_info(&self) -> (c_int, usize, usize) {
+        let (mut free, mut total) = (0usize, 0usize);
+        let rc = cu!(
+            self,
+            "cuMemGetInfo",
+            unsafe extern "C" fn(*mut usize, *mut usize) -> c_int,
+            &mut free,
+            &mut total
+        );
+        (rc, free, total)
+    }
+
+    pub fn device_total_mem(&self, dev: c_int) -> (c_int, usize) {
+        let mut total = 0usize;
+        let rc = cu!(
+            self,
+            "cuDeviceTotalMem",
+            unsafe extern "C" fn(*mut usize, c_int) -> c_int,
+            &mut total,
+            dev
+        );
+        (rc, total)
+    }
+
+    pub fn stream_create(&self) -> *mut c_void {
+        let mut s = null_mut();
+        cu!(
+            self,
+            "cuStreamCreate",
+            unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int,
+            &mut s,
+            0
+        );
+        s
+    }
+
+    pub fn stream_sync(&self, s: *mut c_void) -> c_int {
+        cu!(
+            self,
+            "cuStreamSynchronize",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            s
+        )
+    }
+
+    pub fn pool_create(&self, dev: c_int) -> *mut c_void {
+        let props = PoolProps {
+            alloc_type: 1,
+            handle_types: 0,
+            location_type: 1,
+            location_id: dev,
+            win32: null_mut(),
+            max_size: 0,
+            usage: 0,
+            reserved: [0; 54],
+        };
+        let mut pool = null_mut();
+        cu!(
+            self,
+            "cuMemPoolCreate",
+            unsafe extern "C" fn(*mut *mut c_void, *const PoolProps) -> c_int,
+            &mut pool,
+            &props
+        );
+        pool
+    }
+
+    pub fn device_mem_pool(&self, dev: c_int) -> *mut c_void {
+        let mut pool = null_mut();
+        cu!(
+            self,
+            "cuDeviceGetMemPool",
+            unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int,
+            &mut pool,
+            dev
+        );
+        pool
+    }
+
+    pub fn pool_trim(&self, pool: *mut c_void, keep: usize) -> c_int {
+        cu!(
+            self,
+            "cuMemPoolTrimTo",
+            unsafe extern "C" fn(*mut c_void, usize) -> c_int,
+            pool,
+            keep
+        )
+    }
+
+    pub fn mem_alloc_async(
+        &self,
+        size: u64,
+        pool: Option<*mut c_void>,
+        stream: *mut c_void,
+    ) -> (c_int, u64) {
+        let mut p = 0u64;
+        let rc = match pool {
+            None => cu!(
+                self,
+                "cuMemAllocAsync",
+                unsafe extern "C" fn(*mut u64, usize, *mut c_void) -> c_int,
+                &mut p,
+                size as usize,
+                stream
+            ),
+            Some(pool) => cu!(
+                self,
+                "cuMemAllocFromPoolAsync",
+                unsafe extern "C" fn(*mut u64, usize, *mut c_void, *mut c_void) -> c_int,
+                &mut p,
+                size as usize,
+                pool,
+                stream
+            ),
+        };
+        (rc, p)
+    }
+
+    pub fn mem_free_async(&self, p: u64, stream: *mut c_void) -> c_int {
+        cu!(
+            self,
+            "cuMemFreeAsync",
+            unsafe extern "C" fn(u64, *mut c_void) -> c_int,
+            p,
+            stream
+        )
+    }
+
+    fn alloc_prop(dev: c_int) -> AllocProp {
+        AllocProp {
+            alloc_type: 1,
+            handle_types: 0,
+            location_type: 1,
+            location_id: dev,
+            win32: null_mut(),
+            flags: [0; 8],
+        }
+    }
+
+    pub fn granularity(&self, dev: c_int) -> usize {
+        let prop = Self::alloc_prop(dev);
+        let mut g = 0usize;
+        cu!(
+            self,
+            "cuMemGetAllocationGranularity",
+            unsafe extern "C" fn(*mut usize, *const AllocProp, c_int) -> c_int,
+            &mut g,
+            &prop,
+            0
+        );
+        g
+    }
+
+    pub fn mem_create(&self, size: u64, dev: c_int) -> (c_int, u64) {
+        let prop = Self::alloc_prop(dev);
+        let mut h = 0u64;
+        let rc = cu!(
+            self,
+            "cuMemCreate",
+            unsafe extern "C" fn(*mut u64, usize, *const AllocProp, u64) -> c_int,
+            &mut h,
+            size as usize,
+            &prop,
+            0
+        );
+        (rc, h)
+    }
+
+    pub fn mem_release(&self, h: u64) -> c_int {
+        cu!(self, "cuMemRelease", unsafe extern "C" fn(u64) -> c_int, h)
+    }
+
+    pub fn array_create(&self, w: usize, h: usize) -> (c_int, *mut c_void) {
+        let desc = ArrayDesc {
+            width: w,
+            height: h,
+            format: FORMAT_FLOAT,
+            channels: 4,
+        };
+        let mut a = null_mut();
+        let rc = cu!(
+            self,
+            "cuArrayCreate",
+            unsafe extern "C" fn(*mut *mut c_void, *const ArrayDesc) -> c_int,
+            &mut a,
+            &desc
+        );
+        (rc, a)
+    }
+
+    pub fn array3d_create(&self, w: usize, h: usize, d: usize) -> (c_int, *mut c_void) {
+        let desc = Array3dDesc {
+            width: w,
+            height: h,
+            depth: d,
+            format: FORMAT_FLOAT,
+            channels: 4,
+            flags: 0,
+        };
+        let mut a = null_mut();
+        let rc = cu!(
+            self,
+            "cuArray3DCreate",
+            unsafe extern "C" fn(*mut *mut c_void, *const Array3dDesc) -> c_int,
+            &mut a,
+            &desc
+        );
+        (rc, a)
+    }
+
+    pub fn mipmap_create(&self, w: usize, h: usize, levels: c_uint) -> (c_int, *mut c_void) {
+        let desc = Array3dDesc {
+            width: w,
+            height: h,
+            depth: 0,
+            format: FORMAT_FLOAT,
+            channels: 4,
+            flags: 0,
+        };
+        let mut a = null_mut();
+        let rc = cu!(
+            self,
+            "cuMipmappedArrayCreate",
+            unsafe extern "C" fn(*mut *mut c_void, *const Array3dDesc, c_uint) -> c_int,
+            &mut a,
+            &desc,
+            levels
+        );
+        (rc, a)
+    }
+
+    pub fn array_destroy(&self, a: *mut c_void) -> c_int {
+        cu!(
+            self,
+            "cuArrayDestroy",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            a
+        )
+    }
+
+    pub fn mipmap_destroy(&self, a: *mut c_void) -> c_int {
+        cu!(
+            self,
+            "cuMipmappedArrayDestroy",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            a
+        )
+    }
+
+    /// Builds a graph with one allocation node of `size` and a free node after it,
+    /// instantiates and launches it. Returns the first failing code and the stage.
+    pub fn graph_with_allocation(&self, size: u64, stream: *mut c_void) -> (c_int, &'static str) {
+        let mut graph = null_mut();
+        let rc = cu!(
+            self,
+            "cuGraphCreate",
+            unsafe extern "C" fn(*mut *mut c_void, c_uint) -> c_int,
+            &mut graph,
+            0
+        );
+        if rc != 0 {
+            return (rc, "create");
+        }
+        let mut params = AllocNodeParams {
+            pool_props: PoolProps {
+                alloc_type: 1,
+                handle_types: 0,
+                location_type: 1,
+                location_id: 0,
+                win32: null_mut(),
+                max_size: 0,
+                usage: 0,
+                reserved: [0; 54],
+            },
+            access_descs: std::ptr::null(),
+            access_count: 0,
+            bytesize: size as usize,
+            dptr: 0,
+        };
+        let mut alloc_node = null_mut();
+        let rc = cu!(
+            self,
+            "cuGraphAddMemAllocNode",
+            unsafe extern "C" fn(
+                *mut *mut c_void,
+                *mut c_void,
+                *const *mut c_void,
+                usize,
+                *mut AllocNodeParams,
+            ) -> c_int,
+            &mut alloc_node,
+            graph,
+            std::ptr::null(),
+            0,
+            &mut params
+        );
+        if rc != 0 {
+            return (rc, "alloc-node");
+        }
+        let mut free_node = null_mut();
+        let rc = cu!(
+            self,
+            "cuGraphAddMemFreeNode",
+            unsafe extern "C" fn(
+                *mut *mut c_void,
+                *mut c_void,
+                *const *mut c_void,
+                usize,
+                u64,
+            ) -> c_int,
+            &mut free_node,
+            graph,
+            &alloc_node,
+            1,
+            params.dptr
+        );
+        if rc != 0 {
+            return (rc, "free-node");
+        }
+        let mut exec = null_mut();
+        let rc = cu!(
+            self,
+            "cuGraphInstantiateWithFlags",
+            unsafe extern "C" fn(*mut *mut c_void, *mut c_void, u64) -> c_int,
+            &mut exec,
+            graph,
+            0
+        );
+        if rc != 0 {
+            return (rc, "instantiate");
+        }
+        let rc = cu!(
+            self,
+            "cuGraphLaunch",
+            unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+            exec,
+            stream
+        );
+        if rc != 0 {
+            cu!(
+                self,
+                "cuGraphExecDestroy",
+                unsafe extern "C" fn(*mut c_void) -> c_int,
+                exec
+            );
+            return (rc, "launch");
+        }
+        self.stream_sync(stream);
+        let rc = cu!(
+            self,
+            "cuGraphExecDestroy",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            exec
+        );
+        (rc, "done")
+    }
+
+    pub fn graph_mem_trim(&self, dev: c_int) -> c_int {
+        cu!(
+            self,
+            "cuDeviceGraphMemTrim",
+            unsafe extern "C" fn(c_int) -> c_int,
+            dev
+        )
+    }
+}

@@ -1,0 +1,310 @@
+//! `cuda-probe`: a stand-in for a CUDA application in tests. It opens the driver with
+//! `dlopen("libcuda.so.1")`, finds `cuGetProcAddress_v2` with `dlsym` on that handle and
+//! gets every other entry point through it (as the CUDA runtime does), then runs the
+//! steps given as arguments and prints one line per step: `STEP rc=CODE key=value...`.
+//!
+//! Steps: `init`, `ctx[:ORDINAL]`, `alloc:SIZE`, `fill:CHUNK` (allocate until refused),
+//! `churn:CHUNK:N` (allocate and free N times), `freeall`, `meminfo`, `totalmem`, `pitch:WIDTHxHEIGHT`, `managed:SIZE`,
+//! `async:SIZE`, `asyncfill:CHUNK`, `pool:SIZE` (user pool), `trim`, `sync`,
+//! `vmm:SIZE`, `vmmfill:CHUNK`, `array:WxH`, `array3d:WxHxD`, `mipmap:WxH:LEVELS`,
+//! `graph:SIZE` (a graph with an allocation node, launched), `graphtrim`,
+//! `resolve:NAME` (which library serves the entry point), `direct-alloc:SIZE` (the
+//! symbol as a program linked against libcuda would bind it), `ready:FILE`,
+//! `wait:FILE`, `sleep:MS`, `fork:STEPS` (steps separated by `+`, run in a forked
+//! child that then exits), `exit:CODE`.
+//!
+//! Environment: `PROBE_CUDA_VERSION` (default 13000), `PROBE_PER_THREAD=1` to ask for
+//! per-thread-default-stream entry points.
+
+mod driver;
+
+use std::ffi::c_void;
+
+use driver::Driver;
+
+fn parse_size(text: &str) -> u64 {
+    let (num, mul) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => {
+            let mul = match &text[i..] {
+                "K" | "KiB" | "k" => 1u64 << 10,
+                "M" | "MiB" | "m" => 1 << 20,
+                "G" | "GiB" | "g" => 1 << 30,
+                other => panic!("unknown unit {other}"),
+            };
+            (&text[..i], mul)
+        }
+        None => (text, 1),
+    };
+    num.parse::<u64>().expect("size") * mul
+}
+
+fn dims(text: &str) -> Vec<usize> {
+    text.split('x')
+        .map(|d| d.parse().expect("dimension"))
+        .collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut probe = Probe::new();
+    run_steps(&mut probe, &args);
+}
+
+fn run_steps(probe: &mut Probe, steps: &[String]) {
+    for step in steps {
+        let (name, arg) = step.split_once(':').unwrap_or((step.as_str(), ""));
+        let line = probe.step(name, arg);
+        println!("{step} {line}");
+    }
+}
+
+struct Probe {
+    cu: Driver,
+    pointers: Vec<u64>,
+    async_pointers: Vec<u64>,
+    handles: Vec<u64>,
+    arrays: Vec<*mut c_void>,
+    mipmaps: Vec<*mut c_void>,
+    pool: *mut c_void,
+    stream: *mut c_void,
+}
+
+impl Probe {
+    fn new() -> Self {
+        Self {
+            cu: Driver::load(),
+            pointers: Vec::new(),
+            async_pointers: Vec::new(),
+            handles: Vec::new(),
+            arrays: Vec::new(),
+            mipmaps: Vec::new(),
+            pool: std::ptr::null_mut(),
+            stream: std::ptr::null_mut(),
+        }
+    }
+
+    fn step(&mut self, name: &str, arg: &str) -> String {
+        let cu = &self.cu;
+        match name {
+            "init" => format!("rc={}", cu.init()),
+            "ctx" => format!("rc={}", cu.primary_ctx(arg.parse().unwrap_or(0))),
+            "alloc" => {
+                let (rc, p) = cu.mem_alloc(parse_size(arg));
+                if rc == 0 {
+                    self.pointers.push(p);
+                }
+                format!("rc={rc}")
+            }
+            "direct-alloc" => {
+                let (rc, p) = cu.direct_mem_alloc(parse_size(arg));
+                if rc == 0 {
+                    self.pointers.push(p);
+                }
+                format!("rc={rc}")
+            }
+            "managed" => {
+                let (rc, p) = cu.mem_alloc_managed(parse_size(arg));
+                if rc == 0 {
+                    self.pointers.push(p);
+                }
+                format!("rc={rc}")
+            }
+            "fill" => {
+                let chunk = parse_size(arg);
+                let mut count = 0u64;
+                let rc = loop {
+                    let (rc, p) = cu.mem_alloc(chunk);
+                    if rc != 0 {
+                        break rc;
+                    }
+                    self.pointers.push(p);
+                    count += 1;
+                };
+                format!("rc={rc} count={count} bytes={}", count * chunk)
+            }
+            "churn" => {
+                let (chunk, iterations) = arg.split_once(':').expect("churn:CHUNK:ITERATIONS");
+                let chunk = parse_size(chunk);
+                let mut refused = 0u64;
+                for _ in 0..iterations.parse::<u64>().expect("iterations") {
+                    let (rc, p) = cu.mem_alloc(chunk);
+                    if rc == 0 {
+                        cu.mem_free(p);
+                    } else {
+                        refused += 1;
+                    }
+                }
+                format!("rc=0 refused={refused}")
+            }
+            "pitch" => {
+                let d = dims(arg);
+                let (rc, p, pitch) = cu.mem_alloc_pitch(d[0], d[1]);
+                if rc == 0 {
+                    self.pointers.push(p);
+                }
+                format!("rc={rc} pitch={pitch}")
+            }
+            "freeall" => {
+                let mut rc = 0;
+                for p in self.pointers.drain(..) {
+                    rc = rc.max(cu.mem_free(p));
+                }
+                for p in self.async_pointers.drain(..) {
+                    rc = rc.max(cu.mem_free_async(p, self.stream));
+                }
+                for h in self.handles.drain(..) {
+                    rc = rc.max(cu.mem_release(h));
+                }
+                for a in self.arrays.drain(..) {
+                    rc = rc.max(cu.array_destroy(a));
+                }
+                for a in self.mipmaps.drain(..) {
+                    rc = rc.max(cu.mipmap_destroy(a));
+                }
+                if !self.stream.is_null() {
+                    cu.stream_sync(self.stream);
+                }
+                format!("rc={rc}")
+            }
+            "meminfo" => {
+                let (rc, free, total) = cu.mem_get_info();
+                format!("rc={rc} free={free} total={total}")
+            }
+            "totalmem" => {
+                let (rc, total) = cu.device_total_mem(arg.parse().unwrap_or(0));
+                format!("rc={rc} total={total}")
+            }
+            "async" | "pool" => {
+                if self.stream.is_null() {
+                    self.stream = cu.stream_create();
+                }
+                if name == "pool" && self.pool.is_null() {
+                    self.pool = cu.pool_create(0);
+                }
+                let pool = if name == "pool" {
+                    Some(self.pool)
+                } else {
+                    None
+                };
+                let (rc, p) = cu.mem_alloc_async(parse_size(arg), pool, self.stream);
+                if rc == 0 {
+                    self.async_pointers.push(p);
+                }
+                format!("rc={rc}")
+            }
+            "asyncfill" => {
+                if self.stream.is_null() {
+                    self.stream = cu.stream_create();
+                }
+                let chunk = parse_size(arg);
+                let mut count = 0u64;
+                let rc = loop {
+                    let (rc, p) = cu.mem_alloc_async(chunk, None, self.stream);
+                    if rc != 0 {
+                        break rc;
+                    }
+                    self.async_pointers.push(p);
+                    count += 1;
+                };
+                format!("rc={rc} count={count} bytes={}", count * chunk)
+            }
+            "sync" => format!("rc={}", cu.stream_sync(self.stream)),
+            "trim" => {
+                let pool = if self.pool.is_null() {
+                    cu.device_mem_pool(0)
+                } else {
+                    self.pool
+                };
+                format!("rc={}", cu.pool_trim(pool, 0))
+            }
+            "vmm" | "vmmfill" => {
+                let chunk = parse_size(arg);
+                let mut count = 0u64;
+                let rc = loop {
+                    let (rc, h) = cu.mem_create(chunk, 0);
+                    if rc != 0 {
+                        break rc;
+                    }
+                    self.handles.push(h);
+                    count += 1;
+                    if name == "vmm" {
+                        break 0;
+                    }
+                };
+                format!("rc={rc} count={count} granularity={}", cu.granularity(0))
+            }
+            "array" => {
+                let d = dims(arg);
+                let (rc, a) = cu.array_create(d[0], d[1]);
+                if rc == 0 {
+                    self.arrays.push(a);
+                }
+                format!("rc={rc}")
+            }
+            "array3d" => {
+                let d = dims(arg);
+                let (rc, a) = cu.array3d_create(d[0], d[1], d[2]);
+                if rc == 0 {
+                    self.arrays.push(a);
+                }
+                format!("rc={rc}")
+            }
+            "mipmap" => {
+                let (size, levels) = arg.split_once(':').expect("mipmap:WxH:LEVELS");
+                let d = dims(size);
+                let (rc, a) = cu.mipmap_create(d[0], d[1], levels.parse().expect("levels"));
+                if rc == 0 {
+                    self.mipmaps.push(a);
+                }
+                format!("rc={rc}")
+            }
+            "graph" => {
+                if self.stream.is_null() {
+                    self.stream = cu.stream_create();
+                }
+                let (rc, stage) = cu.graph_with_allocation(parse_size(arg), self.stream);
+                format!("rc={rc} stage={stage}")
+            }
+            "graphtrim" => format!("rc={}", cu.graph_mem_trim(0)),
+            "resolve" => format!("library={}", cu.resolve_library(arg)),
+            "ready" => {
+                std::fs::write(arg, b"ready").expect("write ready file");
+                "rc=0".into()
+            }
+            "wait" => {
+                while !std::path::Path::new(arg).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                "rc=0".into()
+            }
+            "sleep" => {
+                std::thread::sleep(std::time::Duration::from_millis(arg.parse().expect("ms")));
+                "rc=0".into()
+            }
+            "fork" => {
+                let steps: Vec<String> = arg.split('+').map(str::to_string).collect();
+                // SAFETY: the child only runs the given steps (no locks held by other
+                // threads: the probe is single-threaded) and exits.
+                let pid = unsafe { libc::fork() };
+                if pid == 0 {
+                    for step in &steps {
+                        let (n, a) = step.split_once(':').unwrap_or((step.as_str(), ""));
+                        let line = self.step(n, a);
+                        println!("child:{step} {line}");
+                    }
+                    use std::io::Write;
+                    let _ = std::io::stdout().flush();
+                    // SAFETY: leaving the child without running the parent's atexit work
+                    // twice is not the point here: exit normally like a program would.
+                    unsafe { libc::exit(0) };
+                }
+                let mut status = 0;
+                // SAFETY: waiting for our own child.
+                unsafe { libc::waitpid(pid, &mut status, 0) };
+                format!("rc=0 child_pid={pid} child_status={status}")
+            }
+            "exit" => std::process::exit(arg.parse().unwrap_or(0)),
+            other => panic!("unknown step {other}"),
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Streams, events and stream capture. Work is never actually queued: stream order is
+//! ignored, and every synchronisation point (`cuStreamSynchronize`, `cuEventSynchronize`,
+//! `cuCtxSynchronize`) lets the memory pools release memory above their thresholds. A stream
+//! in capture mode turns `cuMemAllocAsync` / `cuMemFreeAsync` / kernel launches into graph
+//! nodes.
+
+use std::ffi::{c_int, c_uint};
+
+use crate::driver::{Driver, Out, Stream, api, handle, key};
+use crate::types::*;
+
+impl Driver {
+    /// The graph stream `sk` is capturing into (`sk` 0 is a default stream: never).
+    pub fn capturing(&self, sk: u64) -> Option<u64> {
+        if sk == 0 {
+            None
+        } else {
+            self.streams.get(&sk)?.capture
+        }
+    }
+
+    fn create_stream(&mut self) -> Result<u64, CUresult> {
+        let (ctx, dev) = self.current()?;
+        let k = self.new_handle();
+        self.streams.insert(
+            k,
+            Stream {
+                ctx,
+                dev,
+                capture: None,
+            },
+        );
+        Ok(k)
+    }
+
+    fn destroy_stream(&mut self, s: Handle) -> Result<(), CUresult> {
+        self.streams
+            .remove(&key(s))
+            .map(|_| ())
+            .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    }
+
+    fn sync_stream(&mut self, s: Handle) -> Result<(), CUresult> {
+        let (sk, _, _) = self.stream(s)?;
+        if self.capturing(sk).is_some() {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        self.synchronize();
+        Ok(())
+    }
+
+    fn capture_status(&self, s: Handle) -> Result<c_int, CUresult> {
+        let (sk, _, _) = self.stream(s)?;
+        Ok(if self.capturing(sk).is_some() {
+            CU_STREAM_CAPTURE_STATUS_ACTIVE
+        } else {
+            CU_STREAM_CAPTURE_STATUS_NONE
+        })
+    }
+
+    fn begin_capture(&mut self, s: Handle) -> Result<(), CUresult> {
+        let (sk, _, _) = self.stream(s)?;
+        if sk == 0 {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        if self.capturing(sk).is_some() {
+            return Err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        let g = self.new_graph();
+        if let Some(st) = self.streams.get_mut(&sk) {
+            st.capture = Some(g);
+        }
+        Ok(())
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamCreate(ph_stream: *mut Handle, _flags: c_uint) -> CUresult {
+    api("cuStreamCreate", |d| {
+        // SAFETY: `ph_stream` is null or writable by the API contract.
+        let out = unsafe { Out::new(ph_stream) }?;
+        out.set(handle(d.create_stream()?));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    ph_stream: *mut Handle,
+    _flags: c_uint,
+    _priority: c_int,
+) -> CUresult {
+    api("cuStreamCreateWithPriority", |d| {
+        // SAFETY: `ph_stream` is null or writable by the API contract.
+        let out = unsafe { Out::new(ph_stream) }?;
+        out.set(handle(d.create_stream()?));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamDestroy_v2(stream: Handle) -> CUresult {
+    api("cuStreamDestroy_v2", |d| d.destroy_stream(stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamDestroy(stream: Handle) -> CUresult {
+    api("cuStreamDestroy", |d| d.destroy_stream(stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamSynchronize(stream: Handle) -> CUresult {
+    api("cuStreamSynchronize", |d| d.sync_stream(stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamSynchronize_ptsz(stream: Handle) -> CUresult {
+    api("cuStreamSynchronize_ptsz", |d| d.sync_stream(stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamQuery(stream: Handle) -> CUresult {
+    api("cuStreamQuery", |d| d.stream(stream).map(|_| ()))
+}
+
+fn is_capturing(symbol: &str, stream: Handle, status: *mut c_int) -> CUresult {
+    api(symbol, |d| {
+        // SAFETY: `status` is null or writable by the API contract.
+        let out = unsafe { Out::new(status) }?;
+        out.set(d.capture_status(stream)?);
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamIsCapturing(stream: Handle, status: *mut c_int) -> CUresult {
+    is_capturing("cuStreamIsCapturing", stream, status)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(stream: Handle, status: *mut c_int) -> CUresult {
+    is_capturing("cuStreamIsCapturing_ptsz", stream, status)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: Handle, _mode: c_int) -> CUresult {
+    api("cuStreamBeginCapture_v2", |d| d.begin_capture(stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamBeginCapture(stream: Handle) -> CUresult {
+    api("cuStreamBeginCapture", |d| d.begin_capture(stream))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuStreamEndCapture(stream: Handle, ph_graph: *mut Handle) -> CUresult {
+    api("cuStreamEndCapture", |d| {
+        // SAFETY: `ph_graph` is null or writable by the API contract.
+        let out = unsafe { Out::new(ph_graph) }?;
+        let (sk, _, _) = d.stream(stream)?;
+        let g = d.capturing(sk).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        if let Some(st) = d.streams.get_mut(&sk) {
+            st.capture = None;
+        }
+        out.set(handle(g));
+        Ok(())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventCreate(ph_event: *mut Handle, _flags: c_uint) -> CUresult {
+    api("cuEventCreate", |d| {
+        // SAFETY: `ph_event` is null or writable by the API contract.
+        let out = unsafe { Out::new(ph_event) }?;
+        d.current()?;
+        let k = d.new_handle();
+        d.events.insert(k);
+        out.set(handle(k));
+        Ok(())
+    })
+}
+
+fn destroy_event(symbol: &str, event: Handle) -> CUresult {
+    api(symbol, |d| {
+        if d.events.remove(&key(event)) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventDestroy_v2(event: Handle) -> CUresult {
+    destroy_event("cuEventDestroy_v2", event)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventDestroy(event: Handle) -> CUresult {
+    destroy_event("cuEventDestroy", event)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventRecord(event: Handle, stream: Handle) -> CUresult {
+    api("cuEventRecord", |d| {
+        if !d.events.contains(&key(event)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        d.stream(stream).map(|_| ())
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventQuery(event: Handle) -> CUresult {
+    api("cuEventQuery", |d| {
+        if d.events.contains(&key(event)) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    })
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuEventSynchronize(event: Handle) -> CUresult {
+    api("cuEventSynchronize", |d| {
+        if !d.events.contains(&key(event)) {
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        d.synchronize();
+        Ok(())
+    })
+}

@@ -1,0 +1,112 @@
+//! The library's global state: the init refcount, the simulated machine it was initialised
+//! with, the fault plan, and the device-handle encoding.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+
+use fake_gpu::fault::FaultPlan;
+use fake_gpu::{GpuConfig, MAX_DEVICES, SharedState};
+
+use crate::types::*;
+
+/// How pids are reported (`FAKE_NVML_PID_MODE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PidMode {
+    /// The pid as stored, i.e. as the allocating process saw itself.
+    Native,
+}
+
+/// What `nvmlInit` sets up.
+pub struct Machine {
+    pub cfg: GpuConfig,
+    pub state: SharedState,
+    pub pid_mode: PidMode,
+}
+
+struct Global {
+    init_count: u32,
+    machine: Option<&'static Machine>,
+}
+
+static GLOBAL: Mutex<Global> = Mutex::new(Global {
+    init_count: 0,
+    machine: None,
+});
+static MACHINE: OnceLock<Result<Machine, String>> = OnceLock::new();
+static FAULTS: OnceLock<FaultPlan> = OnceLock::new();
+static WARNED_PID_MODE: AtomicU32 = AtomicU32::new(0);
+
+/// Device handles point into this array, one element per device.
+static HANDLES: [u8; MAX_DEVICES] = [0; MAX_DEVICES];
+
+/// The code `symbol` must fail with under `FAKE_NVML_FAIL`, if any.
+pub fn injected(symbol: &str) -> Option<NvmlReturn> {
+    FAULTS
+        .get_or_init(|| FaultPlan::from_env("FAKE_NVML_FAIL"))
+        .check(symbol)
+        .map(|c| c as NvmlReturn)
+}
+
+fn build_machine() -> Result<Machine, String> {
+    let cfg = GpuConfig::from_env();
+    let state = SharedState::from_env(&cfg).map_err(|e| e.to_string())?;
+    let mode = std::env::var("FAKE_NVML_PID_MODE").unwrap_or_default();
+    if !(mode.is_empty() || mode == "native") && WARNED_PID_MODE.swap(1, Ordering::Relaxed) == 0 {
+        eprintln!("fake-nvml: FAKE_NVML_PID_MODE={mode:?} is not implemented; using native");
+    }
+    Ok(Machine {
+        cfg,
+        state,
+        pid_mode: PidMode::Native,
+    })
+}
+
+/// `nvmlInit*`: takes one reference.
+pub fn init() -> NvmlReturn {
+    let mut g = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+    match MACHINE.get_or_init(build_machine) {
+        Ok(m) => {
+            g.machine = Some(m);
+            g.init_count = g.init_count.saturating_add(1);
+            NVML_SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fake-nvml: cannot open the simulated GPU state: {e}");
+            NVML_ERROR_DRIVER_NOT_LOADED
+        }
+    }
+}
+
+/// `nvmlShutdown`: drops one reference.
+pub fn shutdown() -> NvmlReturn {
+    let mut g = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+    if g.init_count == 0 {
+        return NVML_ERROR_UNINITIALIZED;
+    }
+    g.init_count -= 1;
+    NVML_SUCCESS
+}
+
+/// The machine, if NVML is initialised.
+pub fn machine() -> Result<&'static Machine, NvmlReturn> {
+    let g = GLOBAL.lock().unwrap_or_else(PoisonError::into_inner);
+    match g.machine {
+        Some(m) if g.init_count > 0 => Ok(m),
+        _ => Err(NVML_ERROR_UNINITIALIZED),
+    }
+}
+
+/// The opaque handle of device `index`.
+pub fn handle_of(index: usize) -> *mut std::ffi::c_void {
+    HANDLES.as_ptr().wrapping_add(index).cast_mut().cast()
+}
+
+/// The device index behind a handle.
+pub fn index_of(m: &Machine, handle: *mut std::ffi::c_void) -> Result<usize, NvmlReturn> {
+    let off = (handle as usize).wrapping_sub(HANDLES.as_ptr() as usize);
+    if handle.is_null() || off >= m.cfg.count() {
+        Err(NVML_ERROR_INVALID_ARGUMENT)
+    } else {
+        Ok(off)
+    }
+}

@@ -1,0 +1,132 @@
+//! NVML return codes and the C layouts of the structures the fake fills in.
+
+use std::ffi::c_uint;
+
+/// `nvmlReturn_t`.
+pub type NvmlReturn = c_uint;
+
+pub const NVML_SUCCESS: NvmlReturn = 0;
+pub const NVML_ERROR_UNINITIALIZED: NvmlReturn = 1;
+pub const NVML_ERROR_INVALID_ARGUMENT: NvmlReturn = 2;
+pub const NVML_ERROR_NOT_FOUND: NvmlReturn = 6;
+pub const NVML_ERROR_INSUFFICIENT_SIZE: NvmlReturn = 7;
+pub const NVML_ERROR_DRIVER_NOT_LOADED: NvmlReturn = 9;
+pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: NvmlReturn = 25;
+
+/// Message of every code `nvmlErrorString` knows.
+pub fn error_string(code: NvmlReturn) -> &'static std::ffi::CStr {
+    match code {
+        0 => c"Success",
+        1 => c"Uninitialized",
+        2 => c"Invalid Argument",
+        3 => c"Not Supported",
+        4 => c"Insufficient Permissions",
+        5 => c"Already Initialized",
+        6 => c"Not Found",
+        7 => c"Insufficient Size",
+        8 => c"Insufficient External Power",
+        9 => c"Driver Not Loaded",
+        10 => c"Timeout",
+        11 => c"Interrupt request issue",
+        12 => c"NVML Shared Library Not Found",
+        13 => c"Function Not Found",
+        14 => c"Corrupted infoROM",
+        15 => c"GPU is lost",
+        16 => c"GPU requires restart",
+        17 => c"The operating system has blocked the request.",
+        18 => c"RM has detected an NVML/RM version mismatch.",
+        19 => c"In use by another client",
+        20 => c"Insufficient Memory",
+        21 => c"No data",
+        22 => {
+            c"The requested vgpu operation is not available on target device because ECC is enabled"
+        }
+        23 => c"Ran out of critical resources, other than memory",
+        24 => c"The requested frequency is not supported",
+        25 => c"The provided version is invalid/unsupported",
+        26 => c"The requested functionality has been deprecated",
+        27 => c"The system is not ready for the request",
+        28 => c"The GPU was not found",
+        29 => c"The resource is in an invalid state",
+        _ => c"Unknown Error",
+    }
+}
+
+/// `nvmlMemory_t`.
+#[repr(C)]
+pub struct NvmlMemory {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlMemory_v2_t`.
+#[repr(C)]
+pub struct NvmlMemoryV2 {
+    pub version: c_uint,
+    pub total: u64,
+    pub reserved: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlMemory_v2` (`NVML_STRUCT_VERSION(Memory, 2)`).
+pub const NVML_MEMORY_V2: c_uint = (std::mem::size_of::<NvmlMemoryV2>() as c_uint) | (2 << 24);
+
+/// `nvmlProcessInfo_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessInfoV1 {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+}
+
+/// `nvmlProcessInfo_v2_t`, also `nvmlProcessInfo_t` of the `_v3` calls.
+#[repr(C)]
+pub struct NvmlProcessInfo {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+}
+
+/// `nvmlPciInfo_t` (as filled by `nvmlDeviceGetPciInfo_v3`).
+#[repr(C)]
+pub struct NvmlPciInfo {
+    pub bus_id_legacy: [u8; 16],
+    pub domain: c_uint,
+    pub bus: c_uint,
+    pub device: c_uint,
+    pub pci_device_id: c_uint,
+    pub pci_sub_system_id: c_uint,
+    pub bus_id: [u8; 32],
+}
+
+/// `nvmlUtilization_t`.
+#[repr(C)]
+pub struct NvmlUtilization {
+    pub gpu: c_uint,
+    pub memory: c_uint,
+}
+
+/// Value of `gpuInstanceId` / `computeInstanceId` outside MIG mode.
+pub const NVML_VALUE_NOT_AVAILABLE: c_uint = 0xFFFF_FFFF;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts() {
+        assert_eq!(size_of::<NvmlMemory>(), 24);
+        assert_eq!(size_of::<NvmlMemoryV2>(), 40);
+        assert_eq!(offset_of!(NvmlMemoryV2, total), 8);
+        assert_eq!(NVML_MEMORY_V2, 0x0200_0028);
+        assert_eq!(size_of::<NvmlProcessInfoV1>(), 16);
+        assert_eq!(size_of::<NvmlProcessInfo>(), 24);
+        assert_eq!(offset_of!(NvmlProcessInfo, used_gpu_memory), 8);
+        assert_eq!(offset_of!(NvmlProcessInfo, compute_instance_id), 20);
+        assert_eq!(size_of::<NvmlPciInfo>(), 68);
+        assert_eq!(offset_of!(NvmlPciInfo, bus_id), 36);
+    }
+}

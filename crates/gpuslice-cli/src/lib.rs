@@ -1,0 +1,12 @@
+//! The `gpuslice` command's work, as a library that the thin binary in `main.rs` calls:
+//! `gpuslice run` runs a program in a new GPU memory slice (the interposer preloaded, a
+//! ledger held for the slice, signals forwarded, the exit code passed through), and
+//! `gpuslice status` shows the slices of this host.
+
+pub mod cli;
+pub mod gpus;
+pub mod plan;
+pub mod run;
+pub mod slice;
+pub mod status;
+pub mod supervise;

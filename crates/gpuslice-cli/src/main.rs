@@ -1,0 +1,47 @@
+//! The `gpuslice` binary: parses the command line and hands it to the library, turning
+//! errors into a message on stderr and an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use gpuslice_cli::cli::{Cli, Command};
+
+fn exit(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(125))
+}
+
+fn report(error: anyhow::Error) {
+    eprintln!("gpuslice: {error:#}");
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => match gpuslice_cli::run::run(args) {
+            Ok(outcome) => {
+                for warning in &outcome.warnings {
+                    eprintln!("gpuslice: {warning}");
+                }
+                exit(outcome.code)
+            }
+            Err(e) => {
+                let code = e.exit_code();
+                report(e.into());
+                exit(code)
+            }
+        },
+        Command::Status(args) => {
+            let printed = gpuslice_cli::status::status(&args)
+                .map_err(anyhow::Error::from)
+                .and_then(|text| Ok(std::io::stdout().lock().write_all(text.as_bytes())?));
+            match printed {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    report(e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The plan of a `gpuslice run`: everything decided before anything is created or
+//! started. It validates flag values (size, name, log level), finds the ledger folder and
+//! the interposer library, and builds the child's environment. All of it is pure
+//! functions of the flags and of the environment handed in, so tests drive it directly.
+
+use std::ffi::{OsStr, OsString};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use gpuslice_config::{
+    DEFAULT_LEDGER_DIR, DeviceSelector, ENV_LEDGER, ENV_LEDGER_DIR, ENV_LOG, ENV_MEMORY,
+    ENV_SLICE_NAME, LogLevel, MemoryLimits, parse_size,
+};
+use gpuslice_ledger::LedgerSpec;
+
+/// The variable that names the interposer library when `--lib` is not given.
+pub const ENV_LIB: &str = "GPUSLICE_LIB";
+/// The interposer's file name.
+pub const LIB_NAME: &str = "libgpuslice.so";
+/// The longest slice name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// What can be wrong with a run's plan.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// `--memory` does not parse.
+    #[error("--memory {value:?} is not a memory size: {source} (e.g. 4GiB, 512MiB, 8g)")]
+    BadMemory {
+        /// The value.
+        value: String,
+        /// Why.
+        source: gpuslice_config::SizeError,
+    },
+    /// `--name` is not usable.
+    #[error(
+        "--name {0:?} is not a slice name: use 1 to {MAX_NAME_LEN} characters of A-Z, a-z, 0-9, '.', '_' and '-', not starting with '.'"
+    )]
+    BadName(String),
+    /// `--log` is not a level.
+    #[error("--log {0:?} is not a log level (expected off, error, warn, info, debug or trace)")]
+    BadLog(String),
+    /// The library that was asked for does not exist.
+    #[error("{source_name} names {path}, which does not exist or is not a file")]
+    LibMissing {
+        /// `--lib` or `GPUSLICE_LIB`.
+        source_name: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// No library was asked for, and none was found where it is installed.
+    #[error("cannot find {LIB_NAME}: looked at {looked}; give its path with --lib or {ENV_LIB}")]
+    LibNotFound {
+        /// The places looked at.
+        looked: String,
+    },
+    /// The library is not a shared object.
+    #[error("{source_name}: {path} is not a shared library (no ELF header)")]
+    LibNotElf {
+        /// Where the path came from.
+        source_name: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The library path cannot be put into `LD_PRELOAD`.
+    #[error(
+        "{source_name}: the path {path:?} contains ':', whitespace or non-UTF-8 bytes, which LD_PRELOAD cannot hold; install the library elsewhere"
+    )]
+    LibUnusablePath {
+        /// Where the path came from.
+        source_name: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// A path could not be read.
+    #[error("{source_name}: {path}: {source}")]
+    Io {
+        /// Where the path came from.
+        source_name: String,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The ledger path is not valid UTF-8, so the interposer could not read it.
+    #[error("{source_name}: the ledger path {path:?} is not valid UTF-8")]
+    LedgerPathNotUtf8 {
+        /// Where the folder came from.
+        source_name: String,
+        /// The path.
+        path: PathBuf,
+    },
+    /// The inherited `LD_PRELOAD` is not valid UTF-8.
+    #[error("the inherited LD_PRELOAD is not valid UTF-8")]
+    PreloadNotUtf8,
+}
+
+/// A validated `--log` value, spelled as `GPUSLICE_LOG` expects it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogName(pub String);
+
+/// Parses `--memory`.
+pub fn parse_memory(text: &str) -> Result<u64, PlanError> {
+    parse_size(text).map_err(|source| PlanError::BadMemory {
+        value: text.into(),
+        source,
+    })
+}
+
+/// Checks `--name`: `[A-Za-z0-9._-]`, 1 to 63 characters, not a hidden file name.
+pub fn validate_name(text: &str) -> Result<String, PlanError> {
+    let ok = !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && !text.starts_with('.')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(text.to_string())
+    } else {
+        Err(PlanError::BadName(text.into()))
+    }
+}
+
+/// Checks `--log`.
+pub fn parse_log(text: &str) -> Result<LogName, PlanError> {
+    LogLevel::parse_name(text)
+        .map(|_| LogName(text.trim().to_ascii_lowercase()))
+        .ok_or_else(|| PlanError::BadLog(text.into()))
+}
+
+/// The ledger folder: `--ledger-dir`, else `GPUSLICE_LEDGER_DIR`, else the default.
+/// Returns the folder and what it came from (for messages).
+pub fn ledger_dir(flag: Option<&Path>, env: Option<&OsStr>) -> (PathBuf, String) {
+    if let Some(dir) = flag {
+        return (dir.to_path_buf(), "--ledger-dir".into());
+    }
+    match env {
+        Some(v) if !v.is_empty() => (PathBuf::from(v), ENV_LEDGER_DIR.into()),
+        _ => (
+            PathBuf::from(DEFAULT_LEDGER_DIR),
+            "the default ledger folder".into(),
+        ),
+    }
+}
+
+/// Finds the interposer: `--lib`, else `GPUSLICE_LIB`, else `libgpuslice.so` in the
+/// folder of `exe` (the running `gpuslice`), else in `../lib` from there. The result is
+/// absolute and canonical, and checked to be an ELF file whose path `LD_PRELOAD` can hold.
+pub fn find_library(
+    flag: Option<&Path>,
+    env: Option<&OsStr>,
+    exe: Option<&Path>,
+) -> Result<PathBuf, PlanError> {
+    let (path, source_name) = if let Some(path) = flag {
+        (existing(path, "--lib")?, "--lib")
+    } else if let Some(path) = env.filter(|v| !v.is_empty()) {
+        (existing(Path::new(path), ENV_LIB)?, ENV_LIB)
+    } else {
+        let dir = exe.and_then(Path::parent);
+        let candidates: Vec<PathBuf> = match dir {
+            Some(dir) => vec![
+                dir.join(LIB_NAME),
+                dir.join("..").join("lib").join(LIB_NAME),
+            ],
+            None => Vec::new(),
+        };
+        match candidates.iter().find(|p| p.is_file()) {
+            Some(found) => (found.clone(), "the installed library"),
+            None => {
+                let looked = if candidates.is_empty() {
+                    "nowhere (the path of gpuslice itself is unknown)".to_string()
+                } else {
+                    candidates
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                };
+                return Err(PlanError::LibNotFound { looked });
+            }
+        }
+    };
+    let io = |source| PlanError::Io {
+        source_name: source_name.into(),
+        path: path.clone(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(&path).map_err(io)?;
+    let mut magic = [0u8; 4];
+    std::fs::File::open(&canonical)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                PlanError::LibNotElf {
+                    source_name: source_name.into(),
+                    path: canonical.clone(),
+                }
+            } else {
+                io(e)
+            }
+        })?;
+    if magic != *b"\x7fELF" {
+        return Err(PlanError::LibNotElf {
+            source_name: source_name.into(),
+            path: canonical,
+        });
+    }
+    match canonical.to_str() {
+        Some(s) if !s.contains(|c: char| c == ':' || c.is_whitespace()) => Ok(canonical),
+        _ => Err(PlanError::LibUnusablePath {
+            source_name: source_name.into(),
+            path: canonical,
+        }),
+    }
+}
+
+fn existing(path: &Path, source_name: &str) -> Result<PathBuf, PlanError> {
+    if path.is_file() {
+        Ok(path.to_path_buf())
+    } else {
+        Err(PlanError::LibMissing {
+            source_name: source_name.into(),
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// `LD_PRELOAD` for the child: `lib` first, then the inherited entries (which glibc
+/// separates by ':' or blanks), without repeating `lib`.
+pub fn prepend_preload(lib: &str, existing: Option<&str>) -> String {
+    let mut parts = vec![lib];
+    parts.extend(
+        existing
+            .unwrap_or("")
+            .split(|c: char| c == ':' || c == ' ' || c == '\t' || c == '\n')
+            .filter(|p| !p.is_empty() && *p != lib),
+    );
+    parts.join(":")
+}
+
+/// Everything a run needs, decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunPlan {
+    /// The limit on each limited GPU.
+    pub limit: u64,
+    /// The GPUs given with `--gpus`, as canonical UUIDs in the given order; `None` limits
+    /// every GPU the program uses.
+    pub gpus: Option<Vec<String>>,
+    /// The slice's name.
+    pub name: String,
+    /// The ledger file (absolute, valid UTF-8).
+    pub ledger: PathBuf,
+    /// The interposer (absolute, canonical).
+    pub lib: PathBuf,
+    /// `--log`, if given.
+    pub log: Option<LogName>,
+}
+
+impl RunPlan {
+    /// Puts the plan together; `ledger_dir` comes with the name of its source.
+    pub fn new(
+        limit: u64,
+        gpus: Option<Vec<String>>,
+        name: String,
+        ledger_dir: (PathBuf, String),
+        lib: PathBuf,
+        log: Option<LogName>,
+    ) -> Result<Self, PlanError> {
+        let (dir, source_name) = ledger_dir;
+        let ledger =
+            std::path::absolute(dir.join(format!("{name}.ledger"))).map_err(|e| PlanError::Io {
+                source_name: source_name.clone(),
+                path: dir.clone(),
+                source: e,
+            })?;
+        if ledger.to_str().is_none() {
+            return Err(PlanError::LedgerPathNotUtf8 {
+                source_name,
+                path: ledger,
+            });
+        }
+        Ok(Self {
+            limit,
+            gpus,
+            name,
+            ledger,
+            lib,
+            log,
+        })
+    }
+
+    /// The memory limits, as the interposer will read them.
+    pub fn limits(&self) -> MemoryLimits {
+        match &self.gpus {
+            None => MemoryLimits {
+                all_devices: Some(self.limit),
+                per_device: Vec::new(),
+            },
+            Some(uuids) => MemoryLimits {
+                all_devices: None,
+                per_device: uuids
+                    .iter()
+                    .map(|u| (DeviceSelector::Uuid(u.clone()), self.limit))
+                    .collect(),
+            },
+        }
+    }
+
+    /// The ledger to create, consistent with [`RunPlan::limits`].
+    pub fn ledger_spec(&self) -> LedgerSpec {
+        match &self.gpus {
+            None => LedgerSpec {
+                name: self.name.clone(),
+                default_limit: Some(self.limit),
+                devices: Vec::new(),
+            },
+            Some(uuids) => LedgerSpec {
+                name: self.name.clone(),
+                default_limit: None,
+                devices: uuids.iter().map(|u| (u.clone(), self.limit)).collect(),
+            },
+        }
+    }
+
+    /// The variables to set in the child's environment (all others are inherited
+    /// untouched). `inherited_preload` is the current `LD_PRELOAD`.
+    pub fn child_env(&self, inherited_preload: Option<&str>) -> Vec<(String, String)> {
+        let text = |p: &Path| p.to_str().map(str::to_string).unwrap_or_default();
+        let mut env = vec![
+            (
+                "LD_PRELOAD".to_string(),
+                prepend_preload(&text(&self.lib), inherited_preload),
+            ),
+            (ENV_LEDGER.to_string(), text(&self.ledger)),
+            (ENV_MEMORY.to_string(), self.limits().to_env_value()),
+            (ENV_SLICE_NAME.to_string(), self.name.clone()),
+        ];
+        if let Some(log) = &self.log {
+            env.push((ENV_LOG.to_string(), log.0.clone()));
+        }
+        if let Some(uuids) = &self.gpus {
+            env.push(("CUDA_VISIBLE_DEVICES".to_string(), uuids.join(",")));
+        }
+        env
+    }
+}
+
+/// Reads the inherited `LD_PRELOAD` (absent when unset).
+pub fn inherited_preload(value: Option<OsString>) -> Result<Option<String>, PlanError> {
+    value
+        .map(|v| v.into_string().map_err(|_| PlanError::PreloadNotUtf8))
+        .transpose()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_config::SliceConfig;
+
+    const GIB: u64 = 1 << 30;
+    const U0: &str = "GPU-aaaa1111-0000-4000-8000-000000000000";
+    const U1: &str = "GPU-bbbb2222-0000-4000-8000-000000000000";
+
+    fn plan(gpus: Option<Vec<&str>>) -> RunPlan {
+        RunPlan::new(
+            4 * GIB,
+            gpus.map(|g| g.into_iter().map(String::from).collect()),
+            "job-1".into(),
+            (PathBuf::from("/dev/shm/gs"), "--ledger-dir".into()),
+            PathBuf::from("/opt/gs/lib/libgpuslice.so"),
+            None,
+        )
+        .unwrap()
+    }
+
+    fn get<'a>(env: &'a [(String, String)], key: &str) -> Option<&'a str> {
+        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory("4GiB").unwrap(), 4 * GIB);
+        assert_eq!(parse_memory("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_memory("8g").unwrap(), 8 * GIB);
+        for bad in ["lots", "", "0", "-1", "4GB-oops"] {
+            let msg = parse_memory(bad).unwrap_err().to_string();
+            assert!(msg.contains("--memory"), "{bad}: {msg}");
+        }
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "run-123", "A.b_c-9", &"x".repeat(63)] {
+            assert_eq!(validate_name(good).unwrap(), good);
+        }
+        for bad in [
+            "",
+            "a/b",
+            "a b",
+            "..",
+            ".hidden",
+            "é",
+            "a:b",
+            &"x".repeat(64),
+        ] {
+            let msg = validate_name(bad).expect_err(bad).to_string();
+            assert!(msg.contains("--name"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(parse_log(" Info ").unwrap(), LogName("info".into()));
+        assert!(parse_log("loud").unwrap_err().to_string().contains("--log"));
+    }
+
+    #[test]
+    fn ledger_dir_precedence() {
+        let flag = Path::new("/flag");
+        let env = OsStr::new("/env");
+        assert_eq!(ledger_dir(Some(flag), Some(env)).0, flag);
+        assert_eq!(ledger_dir(None, Some(env)).0, Path::new("/env"));
+        assert_eq!(
+            ledger_dir(None, Some(OsStr::new(""))).0,
+            Path::new(DEFAULT_LEDGER_DIR)
+        );
+        assert_eq!(ledger_dir(None, None).0, Path::new(DEFAULT_LEDGER_DIR));
+    }
+
+    #[test]
+    fn preload_is_prepended_once() {
+        let lib = "/opt/libgpuslice.so";
+        assert_eq!(prepend_preload(lib, None), lib);
+        assert_eq!(prepend_preload(lib, Some("")), lib);
+        assert_eq!(
+            prepend_preload(lib, Some("/a.so /b.so:/c.so")),
+            "/opt/libgpuslice.so:/a.so:/b.so:/c.so"
+        );
+        assert_eq!(
+            prepend_preload(lib, Some("/a.so:/opt/libgpuslice.so")),
+            "/opt/libgpuslice.so:/a.so"
+        );
+    }
+
+    #[test]
+    fn child_env_without_gpus_limits_every_device() {
+        let p = plan(None);
+        let env = p.child_env(Some("/x.so"));
+        assert_eq!(
+            get(&env, "LD_PRELOAD"),
+            Some("/opt/gs/lib/libgpuslice.so:/x.so")
+        );
+        assert_eq!(get(&env, ENV_LEDGER), Some("/dev/shm/gs/job-1.ledger"));
+        assert_eq!(get(&env, ENV_MEMORY), Some("4GiB"));
+        assert_eq!(get(&env, ENV_SLICE_NAME), Some("job-1"));
+        assert_eq!(get(&env, ENV_LOG), None);
+        assert_eq!(get(&env, "CUDA_VISIBLE_DEVICES"), None);
+        let spec = p.ledger_spec();
+        assert_eq!(spec.default_limit, Some(4 * GIB));
+        assert!(spec.devices.is_empty());
+        assert_eq!(spec.name, "job-1");
+    }
+
+    #[test]
+    fn child_env_with_gpus_limits_exactly_those() {
+        let mut p = plan(Some(vec![U1, U0]));
+        p.log = Some(LogName("debug".into()));
+        let env = p.child_env(None);
+        assert_eq!(
+            get(&env, "CUDA_VISIBLE_DEVICES"),
+            Some(&*format!("{U1},{U0}"))
+        );
+        assert_eq!(
+            get(&env, ENV_MEMORY),
+            Some(&*format!("{U1}=4GiB,{U0}=4GiB"))
+        );
+        assert_eq!(get(&env, ENV_LOG), Some("debug"));
+        assert_eq!(get(&env, "LD_PRELOAD"), Some("/opt/gs/lib/libgpuslice.so"));
+        let spec = p.ledger_spec();
+        assert_eq!(spec.default_limit, None);
+        assert_eq!(
+            spec.devices,
+            [(U1.to_string(), 4 * GIB), (U0.to_string(), 4 * GIB)]
+        );
+    }
+
+    #[test]
+    fn the_interposer_reads_the_environment_as_the_ledger_says() {
+        for p in [plan(None), plan(Some(vec![U0, U1]))] {
+            let env = p.child_env(None);
+            let cfg = SliceConfig::from_vars(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .expect("the interposer accepts the environment");
+            assert_eq!(cfg.ledger_path.as_deref(), p.ledger.to_str());
+            assert_eq!(cfg.slice_name.as_deref(), Some("job-1"));
+            let spec = p.ledger_spec();
+            assert_eq!(cfg.memory.all_devices, spec.default_limit);
+            for (uuid, limit) in &spec.devices {
+                assert_eq!(cfg.memory.limit_for(None, uuid), Some(*limit));
+            }
+        }
+    }
+
+    #[test]
+    fn relative_ledger_dirs_become_absolute() {
+        let p = RunPlan::new(
+            GIB,
+            None,
+            "n".into(),
+            (PathBuf::from("rel"), "--ledger-dir".into()),
+            PathBuf::from("/l.so"),
+            None,
+        )
+        .unwrap();
+        assert!(p.ledger.is_absolute());
+        assert!(p.ledger.ends_with("rel/n.ledger"));
+    }
+
+    #[test]
+    fn library_lookup_order_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let bin = root.join("bin");
+        let lib = root.join("lib");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&lib).unwrap();
+        let exe = bin.join("gpuslice");
+        let elf = b"\x7fELF rest of a shared object";
+
+        // Nothing installed: the error says where it looked.
+        let msg = find_library(None, None, Some(&exe))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains(&bin.join(LIB_NAME).display().to_string()),
+            "{msg}"
+        );
+        assert!(msg.contains("--lib"), "{msg}");
+
+        // ../lib is the second choice, next to the binary the first.
+        std::fs::write(lib.join(LIB_NAME), elf).unwrap();
+        assert_eq!(
+            find_library(None, None, Some(&exe)).unwrap(),
+            lib.join(LIB_NAME)
+        );
+        std::fs::write(bin.join(LIB_NAME), elf).unwrap();
+        assert_eq!(
+            find_library(None, None, Some(&exe)).unwrap(),
+            bin.join(LIB_NAME)
+        );
+
+        // GPUSLICE_LIB beats the installed one, --lib beats both; both must exist.
+        let other = root.join("other.so");
+        std::fs::write(&other, elf).unwrap();
+        let via_dots = root.join("bin/../other.so");
+        assert_eq!(
+            find_library(None, Some(via_dots.as_os_str()), Some(&exe)).unwrap(),
+            other
+        );
+        let missing = root.join("missing.so");
+        let msg = find_library(None, Some(missing.as_os_str()), Some(&exe))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains(ENV_LIB) && msg.contains("missing.so"), "{msg}");
+        let msg = find_library(Some(&missing), Some(other.as_os_str()), Some(&exe))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("--lib") && msg.contains("missing.so"), "{msg}");
+
+        // Not an ELF file, or a path LD_PRELOAD cannot hold: refused.
+        let text = root.join("text.so");
+        std::fs::write(&text, b"#!").unwrap();
+        let err = find_library(Some(&text), None, None).unwrap_err();
+        assert!(matches!(err, PlanError::LibNotElf { .. }), "{err}");
+        let spaced = root.join("with space.so");
+        std::fs::write(&spaced, elf).unwrap();
+        let err = find_library(Some(&spaced), None, None).unwrap_err();
+        assert!(matches!(err, PlanError::LibUnusablePath { .. }), "{err}");
+    }
+}

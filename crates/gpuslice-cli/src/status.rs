@@ -1,0 +1,510 @@
+//! `gpuslice status`: reads every ledger in the ledger folder (sweeping dead processes
+//! unless asked not to) into a report, and renders it as aligned tables or as one JSON
+//! document. A file that cannot be read as a ledger becomes a row with its error; the
+//! other slices are still listed.
+
+use std::path::{Path, PathBuf};
+
+use gpuslice_config::{ENV_LEDGER_DIR, human_size};
+use gpuslice_ledger::{Ledger, Liveness};
+use serde::Serialize;
+
+use crate::cli::StatusArgs;
+
+/// What can go wrong with the ledger folder itself.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// The folder exists but cannot be listed.
+    #[error("cannot list the ledger folder {path}: {source}")]
+    ReadDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The report could not be turned into JSON.
+    #[error("cannot render the status as JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// All slices of a folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    /// The slices, by file name.
+    pub slices: Vec<SliceStatus>,
+}
+
+/// One ledger file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SliceStatus {
+    /// The slice's name (the file's stem when the file cannot be read).
+    pub name: String,
+    /// The ledger file.
+    pub path: String,
+    /// When the ledger was created, seconds since the epoch.
+    pub created_unix: Option<u64>,
+    /// The limit of every device the slice uses that has no entry yet (`None` when the
+    /// slice limits only the devices listed).
+    pub default_limit_bytes: Option<u64>,
+    /// The devices the slice limits so far.
+    pub devices: Vec<DeviceStatus>,
+    /// The processes registered in the slice.
+    pub processes: Vec<ProcessStatus>,
+    /// Why the file could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// A device of a slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeviceStatus {
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// The slice's limit on it.
+    pub limit_bytes: u64,
+    /// What the slice's processes have charged on it.
+    pub used_bytes: u64,
+}
+
+/// Whether a process runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Alive {
+    /// It runs.
+    Alive,
+    /// It is gone (its entry waits to be swept).
+    Dead,
+    /// It lives in another PID namespace.
+    Unknown,
+}
+
+impl From<Liveness> for Alive {
+    fn from(l: Liveness) -> Self {
+        match l {
+            Liveness::Alive => Self::Alive,
+            Liveness::Dead => Self::Dead,
+            Liveness::Unknown => Self::Unknown,
+        }
+    }
+}
+
+impl Alive {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Alive => "alive",
+            Self::Dead => "dead",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// A process of a slice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessStatus {
+    /// Its PID, in its own PID namespace.
+    pub pid: u32,
+    /// Whether it runs.
+    pub alive: Alive,
+    /// What it has charged, on the devices where that is not zero.
+    pub devices: Vec<ProcessDevice>,
+}
+
+/// A process's charge on one device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProcessDevice {
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// Bytes charged.
+    pub charged_bytes: u64,
+    /// Of those, context and module memory.
+    pub context_bytes: u64,
+}
+
+/// Reads one ledger file.
+pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
+    let mut status = SliceStatus {
+        name: path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path: path.display().to_string(),
+        created_unix: None,
+        default_limit_bytes: None,
+        devices: Vec::new(),
+        processes: Vec::new(),
+        error: None,
+    };
+    let ledger = match Ledger::open(path) {
+        Ok(l) => l,
+        Err(e) => {
+            status.error = Some(e.to_string());
+            return status;
+        }
+    };
+    if sweep {
+        ledger.sweep_dead();
+    }
+    let devices = ledger.devices();
+    let uuid_of = |slot: usize| {
+        devices
+            .iter()
+            .find(|d| d.slot == slot)
+            .map(|d| d.uuid.clone())
+            .unwrap_or_else(|| format!("(device entry {slot})"))
+    };
+    status.name = ledger.name();
+    status.created_unix = Some(ledger.created_unix());
+    status.default_limit_bytes = ledger.default_limit();
+    status.processes = ledger
+        .processes()
+        .into_iter()
+        .map(|p| ProcessStatus {
+            pid: p.pid,
+            alive: p.liveness.into(),
+            devices: p
+                .charges
+                .iter()
+                .enumerate()
+                .filter(|&(_, &charged)| charged != 0)
+                .map(|(slot, &charged)| ProcessDevice {
+                    uuid: uuid_of(slot),
+                    charged_bytes: charged,
+                    context_bytes: p.context.get(slot).copied().unwrap_or(0),
+                })
+                .collect(),
+        })
+        .collect();
+    status.devices = devices
+        .iter()
+        .map(|d| DeviceStatus {
+            uuid: d.uuid.clone(),
+            limit_bytes: d.limit,
+            used_bytes: d.used,
+        })
+        .collect();
+    status
+}
+
+/// Reads every `*.ledger` file of `dir`, sorted by file name. A folder that does not
+/// exist has no slices.
+pub fn collect(dir: &Path, sweep: bool) -> Result<StatusReport, StatusError> {
+    let read_dir_error = |source| StatusError::ReadDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(StatusReport { slices: Vec::new() });
+        }
+        Err(e) => return Err(read_dir_error(e)),
+    };
+    let mut paths = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(read_dir_error)?.path();
+        let is_ledger = path.extension().is_some_and(|e| e == "ledger")
+            && path
+                .file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'));
+        if is_ledger {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    Ok(StatusReport {
+        slices: paths.iter().map(|p| slice_status(p, sweep)).collect(),
+    })
+}
+
+/// The report as one JSON document.
+pub fn render_json(report: &StatusReport) -> Result<String, StatusError> {
+    Ok(serde_json::to_string_pretty(report)?)
+}
+
+/// Runs `gpuslice status`: returns the text to print.
+pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
+    let env = std::env::var_os(ENV_LEDGER_DIR);
+    let (dir, _) = crate::plan::ledger_dir(args.ledger_dir.as_deref(), env.as_deref());
+    let report = collect(&dir, !args.no_sweep)?;
+    if args.json {
+        let mut text = render_json(&report)?;
+        text.push('\n');
+        Ok(text)
+    } else {
+        Ok(render_table(&report, &dir))
+    }
+}
+
+/// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+pub fn format_utc(unix: u64) -> String {
+    let days = (unix / 86_400) as i64;
+    let secs = unix % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        secs / 3_600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Lays out rows in columns; columns listed in `right` are right-aligned.
+fn table(rows: &[Vec<String>], right: &[usize], indent: &str) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
+        let cells: Vec<String> = row
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| {
+                if right.contains(&c) {
+                    format!("{cell:>w$}", w = widths[c])
+                } else {
+                    format!("{cell:<w$}", w = widths[c])
+                }
+            })
+            .collect();
+        out.push_str(indent);
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn percent(used: u64, limit: u64) -> String {
+    if limit == 0 {
+        return "-".into();
+    }
+    format!("{:.1}%", used as f64 * 100.0 / limit as f64)
+}
+
+/// The report as compact aligned tables, one block per slice.
+pub fn render_table(report: &StatusReport, dir: &Path) -> String {
+    if report.slices.is_empty() {
+        return format!("no slices in {}\n", dir.display());
+    }
+    let mut out = String::new();
+    for (i, slice) in report.slices.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let created = slice
+            .created_unix
+            .map(|t| format!("  created {}", format_utc(t)))
+            .unwrap_or_default();
+        out.push_str(&format!("slice {}{created}  {}\n", slice.name, slice.path));
+        if let Some(error) = &slice.error {
+            out.push_str(&format!("  error: {error}\n"));
+            continue;
+        }
+        if let Some(limit) = slice.default_limit_bytes {
+            out.push_str(&format!(
+                "  limit {} on every GPU it uses\n",
+                human_size(limit)
+            ));
+        }
+        if !slice.devices.is_empty() {
+            let mut rows = vec![vec![
+                "DEVICE".to_string(),
+                "LIMIT".into(),
+                "USED".into(),
+                "USE%".into(),
+            ]];
+            rows.extend(slice.devices.iter().map(|d| {
+                vec![
+                    d.uuid.clone(),
+                    human_size(d.limit_bytes),
+                    human_size(d.used_bytes),
+                    percent(d.used_bytes, d.limit_bytes),
+                ]
+            }));
+            out.push_str(&table(&rows, &[1, 2, 3], "  "));
+        }
+        if slice.processes.is_empty() {
+            out.push_str("  no processes\n");
+            continue;
+        }
+        let mut rows = vec![vec![
+            "PID".to_string(),
+            "STATE".into(),
+            "DEVICE".into(),
+            "MEMORY".into(),
+            "CONTEXT".into(),
+        ]];
+        for p in &slice.processes {
+            if p.devices.is_empty() {
+                rows.push(vec![p.pid.to_string(), p.alive.as_str().into(), "-".into()]);
+            }
+            for (j, d) in p.devices.iter().enumerate() {
+                let (pid, state) = if j == 0 {
+                    (p.pid.to_string(), p.alive.as_str().to_string())
+                } else {
+                    (String::new(), String::new())
+                };
+                rows.push(vec![
+                    pid,
+                    state,
+                    d.uuid.clone(),
+                    human_size(d.charged_bytes),
+                    human_size(d.context_bytes),
+                ]);
+            }
+        }
+        out.push_str(&table(&rows, &[0, 3, 4], "  "));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_ledger::LedgerSpec;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    const UUID: &str = "GPU-00000000-0000-4000-8000-000000000000";
+
+    fn make_ledger(dir: &Path, name: &str) -> (Ledger, usize) {
+        let ledger = Ledger::create_or_open(
+            &dir.join(format!("{name}.ledger")),
+            &LedgerSpec {
+                name: name.into(),
+                default_limit: None,
+                devices: vec![(UUID.into(), 4 * GIB)],
+            },
+        )
+        .unwrap();
+        let slot = ledger.register().unwrap();
+        ledger.try_charge(slot, 0, GIB).unwrap();
+        ledger.set_context_bytes(slot, 0, 300 * MIB);
+        (ledger, slot)
+    }
+
+    #[test]
+    fn json_shows_devices_and_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ledger, _slot) = make_ledger(dir.path(), "train");
+        std::fs::write(dir.path().join("bad.ledger"), b"garbage").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), b"not a ledger name").unwrap();
+
+        let report = collect(dir.path(), true).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&render_json(&report).unwrap()).unwrap();
+        let slices = json["slices"].as_array().unwrap();
+        assert_eq!(slices.len(), 2, "{json}");
+
+        let bad = &slices[0];
+        assert_eq!(bad["name"], "bad");
+        let error = bad["error"].as_str().unwrap();
+        assert!(error.contains("bad.ledger"), "{error}");
+        assert_eq!(bad["devices"], serde_json::json!([]));
+
+        let train = &slices[1];
+        assert_eq!(train["name"], "train");
+        assert_eq!(train["error"], serde_json::Value::Null);
+        assert!(train["path"].as_str().unwrap().ends_with("train.ledger"));
+        assert!(train["created_unix"].as_u64().unwrap() > 1_600_000_000);
+        assert_eq!(train["default_limit_bytes"], serde_json::Value::Null);
+        assert_eq!(
+            train["devices"],
+            serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB}])
+        );
+        assert_eq!(
+            train["processes"],
+            serde_json::json!([{
+                "pid": std::process::id(),
+                "alive": "alive",
+                "devices": [{"uuid": UUID, "charged_bytes": GIB, "context_bytes": 300 * MIB}],
+            }])
+        );
+    }
+
+    #[test]
+    fn processes_without_charges_list_no_devices() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ledger, slot) = make_ledger(dir.path(), "s");
+        ledger.release(slot, 0, GIB);
+        let status = slice_status(&dir.path().join("s.ledger"), false);
+        assert_eq!(status.processes.len(), 1);
+        assert!(status.processes[0].devices.is_empty());
+        assert_eq!(status.devices[0].used_bytes, 0);
+        ledger.unregister(slot);
+        assert!(
+            slice_status(&dir.path().join("s.ledger"), true)
+                .processes
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn table_lists_limits_usage_and_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_ledger, _slot) = make_ledger(dir.path(), "train");
+        Ledger::create_or_open(
+            &dir.path().join("every.ledger"),
+            &LedgerSpec {
+                name: "every".into(),
+                default_limit: Some(8 * GIB),
+                devices: Vec::new(),
+            },
+        )
+        .unwrap();
+        let text = render_table(&collect(dir.path(), true).unwrap(), dir.path());
+        assert!(text.contains("slice train  created "), "{text}");
+        assert!(text.contains("limit 8GiB on every GPU it uses"), "{text}");
+        let device_line = text
+            .lines()
+            .find(|l| l.contains(UUID) && l.contains("%"))
+            .unwrap();
+        for cell in ["4GiB", "1GiB", "25.0%"] {
+            assert!(device_line.contains(cell), "{device_line}");
+        }
+        let me = std::process::id().to_string();
+        let process_line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&me))
+            .unwrap();
+        for cell in ["alive", UUID, "1GiB", "300MiB"] {
+            assert!(process_line.contains(cell), "{process_line}");
+        }
+        assert!(text.contains("no processes"), "{text}");
+    }
+
+    #[test]
+    fn an_empty_or_missing_folder_has_no_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let report = collect(&missing, true).unwrap();
+        assert!(report.slices.is_empty());
+        assert_eq!(
+            render_json(&report)
+                .unwrap()
+                .replace(char::is_whitespace, ""),
+            r#"{"slices":[]}"#
+        );
+        assert!(render_table(&report, &missing).starts_with("no slices in"));
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+}

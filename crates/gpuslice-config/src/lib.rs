@@ -1,0 +1,625 @@
+//! Slice configuration: what a process reads from its environment to learn which slice
+//! it belongs to and what that slice may use.
+//!
+//! The parser takes the environment as a list of pairs, so it is a pure function that
+//! tests drive directly. Anything that is set but cannot be understood is an error that
+//! names the variable: the interposer turns it into a refusal to initialise CUDA, never
+//! into an unlimited run.
+
+pub mod size;
+
+use std::fmt;
+
+pub use size::{SizeError, format_size, human_size, parse_size};
+
+/// gpuslice's own variable: the memory limit, for every device (`8GiB`) or per device
+/// (`0=8GiB,GPU-1234abcd=4GiB`).
+pub const ENV_MEMORY: &str = "GPUSLICE_MEMORY";
+/// gpuslice's own variable: path of the slice's shared ledger file.
+pub const ENV_LEDGER: &str = "GPUSLICE_LEDGER";
+/// gpuslice's own variable: folder that holds ledgers when `GPUSLICE_LEDGER` is not set.
+pub const ENV_LEDGER_DIR: &str = "GPUSLICE_LEDGER_DIR";
+/// gpuslice's own variable: a human name for the slice, shown in logs and status.
+pub const ENV_SLICE_NAME: &str = "GPUSLICE_SLICE";
+/// gpuslice's own variable: log level (`off`, `error`, `warn`, `info`, `debug`, `trace`).
+pub const ENV_LOG: &str = "GPUSLICE_LOG";
+/// vgpu-controller: per-index memory limit prefix (`CUDA_MEM_LIMIT_0=1000m`).
+pub const ENV_VGPU_MEM_PREFIX: &str = "CUDA_MEM_LIMIT_";
+/// vgpu-controller: the UUIDs the indices of `CUDA_MEM_LIMIT_<i>` refer to.
+pub const ENV_VGPU_UUIDS: &str = "GPU_DEVICES_UUID";
+/// vgpu-controller: numeric log level, 0 to 5.
+pub const ENV_VGPU_LOG: &str = "LOGGER_LEVEL";
+/// HAMi-core: memory limit for every device, or per index with a `_<i>` suffix.
+pub const ENV_HAMI_MEM: &str = "CUDA_DEVICE_MEMORY_LIMIT";
+
+/// Default folder for ledgers.
+pub const DEFAULT_LEDGER_DIR: &str = "/dev/shm/gpuslice";
+
+/// A configuration problem. Every message names the variable it came from.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error("{var}={value:?} is not a valid memory size: {source}")]
+    BadSize {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// Why it failed.
+        source: SizeError,
+    },
+    /// A per-device entry that is not `DEVICE=SIZE`.
+    #[error(
+        "{var}: entry {entry:?} is not DEVICE=SIZE (DEVICE is an index like 0 or a UUID like GPU-8a1b...)"
+    )]
+    BadEntry {
+        /// The variable.
+        var: String,
+        /// The entry.
+        entry: String,
+    },
+    /// A device selector that is neither an index nor a UUID.
+    #[error("{var}: {device:?} is neither a device index nor a GPU UUID (GPU-...)")]
+    BadDevice {
+        /// The variable.
+        var: String,
+        /// The selector.
+        device: String,
+    },
+    /// Two variables give one device different limits.
+    #[error("{first} and {second} give {device} different memory limits ({a} and {b})")]
+    Conflict {
+        /// The first variable.
+        first: String,
+        /// The second variable.
+        second: String,
+        /// The device.
+        device: String,
+        /// First limit (formatted).
+        a: String,
+        /// Second limit (formatted).
+        b: String,
+    },
+    /// An index that `GPU_DEVICES_UUID` does not cover.
+    #[error("{var} refers to device index {index}, but {uuids_var} lists only {count} UUIDs")]
+    IndexOutOfRange {
+        /// The variable.
+        var: String,
+        /// The index.
+        index: u32,
+        /// The UUID list variable.
+        uuids_var: String,
+        /// How many UUIDs it has.
+        count: usize,
+    },
+    /// A log level that is not known.
+    #[error(
+        "{var}={value:?} is not a log level (expected off, error, warn, info, debug, trace, or 0-5 for LOGGER_LEVEL)"
+    )]
+    BadLogLevel {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+    },
+    /// A value that is not valid UTF-8 or is otherwise unusable.
+    #[error("{var} is set but empty or unreadable")]
+    Empty {
+        /// The variable.
+        var: String,
+    },
+}
+
+/// Which device a limit applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeviceSelector {
+    /// A device index as NVML and `nvidia-smi` number devices (not affected by
+    /// `CUDA_VISIBLE_DEVICES`).
+    Index(u32),
+    /// A GPU UUID (`GPU-xxxxxxxx-...`), or a unique prefix of one.
+    Uuid(String),
+}
+
+impl DeviceSelector {
+    /// Parses `0` or `GPU-...`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.is_empty() {
+            return None;
+        }
+        if let Ok(i) = text.parse::<u32>() {
+            return Some(Self::Index(i));
+        }
+        let lower = text.to_ascii_lowercase();
+        if lower.starts_with("gpu-") || lower.starts_with("mig-") {
+            let rest = &text[4..];
+            if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                return Some(Self::Uuid(canonical_uuid(text)));
+            }
+        }
+        None
+    }
+
+    /// Whether this selector picks the device with the given NVML index and UUID.
+    pub fn matches(&self, index: Option<u32>, uuid: &str) -> bool {
+        match self {
+            Self::Index(i) => index == Some(*i),
+            Self::Uuid(u) => canonical_uuid(uuid).starts_with(u.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Index(i) => write!(f, "device {i}"),
+            Self::Uuid(u) => write!(f, "{u}"),
+        }
+    }
+}
+
+/// Canonical spelling of a UUID: `GPU-` prefix upper case, hex digits lower case.
+pub fn canonical_uuid(text: &str) -> String {
+    let text = text.trim();
+    if text.len() >= 4 {
+        let (prefix, rest) = text.split_at(4);
+        format!(
+            "{}{}",
+            prefix.to_ascii_uppercase(),
+            rest.to_ascii_lowercase()
+        )
+    } else {
+        text.to_ascii_uppercase()
+    }
+}
+
+/// Memory limits of a slice.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryLimits {
+    /// Limit for every device without an entry of its own.
+    pub all_devices: Option<u64>,
+    /// Limits for particular devices.
+    pub per_device: Vec<(DeviceSelector, u64)>,
+}
+
+impl MemoryLimits {
+    /// True when no limit at all is configured.
+    pub fn is_empty(&self) -> bool {
+        self.all_devices.is_none() && self.per_device.is_empty()
+    }
+
+    /// The limit for a device, if any.
+    pub fn limit_for(&self, index: Option<u32>, uuid: &str) -> Option<u64> {
+        self.per_device
+            .iter()
+            .find(|(sel, _)| sel.matches(index, uuid))
+            .map(|(_, limit)| *limit)
+            .or(self.all_devices)
+    }
+
+    /// Whether any limit is keyed by index (needs NVML to resolve).
+    pub fn has_index_selectors(&self) -> bool {
+        self.per_device
+            .iter()
+            .any(|(s, _)| matches!(s, DeviceSelector::Index(_)))
+    }
+
+    /// Renders as a `GPUSLICE_MEMORY` value.
+    pub fn to_env_value(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(all) = self.all_devices {
+            parts.push(format_size(all));
+        }
+        for (sel, limit) in &self.per_device {
+            let key = match sel {
+                DeviceSelector::Index(i) => i.to_string(),
+                DeviceSelector::Uuid(u) => u.clone(),
+            };
+            parts.push(format!("{key}={}", format_size(*limit)));
+        }
+        parts.join(",")
+    }
+
+    fn insert(
+        &mut self,
+        sources: &mut Vec<(DeviceSelector, String)>,
+        var: &str,
+        sel: DeviceSelector,
+        limit: u64,
+    ) -> Result<(), ConfigError> {
+        if let Some(pos) = self.per_device.iter().position(|(s, _)| *s == sel) {
+            let existing = self.per_device[pos].1;
+            if existing != limit {
+                let first = sources
+                    .iter()
+                    .find(|(s, _)| *s == sel)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                return Err(ConfigError::Conflict {
+                    first,
+                    second: var.to_string(),
+                    device: sel.to_string(),
+                    a: format_size(existing),
+                    b: format_size(limit),
+                });
+            }
+            return Ok(());
+        }
+        sources.push((sel.clone(), var.to_string()));
+        self.per_device.push((sel, limit));
+        Ok(())
+    }
+}
+
+/// Log verbosity, ordered from quiet to chatty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Nothing at all.
+    Off = 0,
+    /// Errors only.
+    Error = 1,
+    /// Warnings and errors (the default).
+    Warn = 2,
+    /// Informational lines too.
+    Info = 3,
+    /// Debugging detail.
+    Debug = 4,
+    /// Everything.
+    Trace = 5,
+}
+
+impl LogLevel {
+    /// Parses gpuslice's names.
+    pub fn parse_name(text: &str) -> Option<Self> {
+        Some(match text.trim().to_ascii_lowercase().as_str() {
+            "off" | "none" | "0" => Self::Off,
+            "error" => Self::Error,
+            "warn" | "warning" => Self::Warn,
+            "info" => Self::Info,
+            "debug" => Self::Debug,
+            "trace" => Self::Trace,
+            _ => return None,
+        })
+    }
+
+    /// Maps vgpu-controller's `LOGGER_LEVEL` (0 to 5). Its table is cumulative from 1
+    /// (errors) to 5 (details); 0 shows only informational lines, which we read as
+    /// "quiet but not silent" and map to errors, so refusals still show.
+    pub fn from_vgpu(level: u32) -> Option<Self> {
+        Some(match level {
+            0 | 1 => Self::Error,
+            2 | 3 => Self::Warn,
+            4 => Self::Debug,
+            5 => Self::Trace,
+            _ => return None,
+        })
+    }
+}
+
+/// Everything a process learns from its environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceConfig {
+    /// Memory limits.
+    pub memory: MemoryLimits,
+    /// Explicit ledger path.
+    pub ledger_path: Option<String>,
+    /// Folder for ledgers.
+    pub ledger_dir: String,
+    /// The slice's name, if given.
+    pub slice_name: Option<String>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// Which variable (or variables) the memory limits came from, for messages.
+    pub memory_source: String,
+}
+
+impl SliceConfig {
+    /// Whether this process belongs to a slice at all.
+    pub fn is_sliced(&self) -> bool {
+        !self.memory.is_empty() || self.ledger_path.is_some()
+    }
+
+    /// Reads the configuration from the process environment.
+    pub fn from_process_env() -> Result<Self, ConfigError> {
+        let vars: Vec<(String, String)> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        Self::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+    }
+
+    /// Parses the configuration from `(name, value)` pairs.
+    pub fn from_vars<'a>(
+        vars: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let mut own_memory = None;
+        let mut ledger_path = None;
+        let mut ledger_dir = None;
+        let mut slice_name = None;
+        let mut log_own = None;
+        let mut log_vgpu = None;
+        let mut vgpu_uuids: Option<String> = None;
+        let mut vgpu_limits: Vec<(String, String)> = Vec::new();
+        let mut hami_all: Option<String> = None;
+        let mut hami_limits: Vec<(String, String)> = Vec::new();
+
+        for (key, value) in vars {
+            match key {
+                ENV_MEMORY => own_memory = Some(value.to_string()),
+                ENV_LEDGER => ledger_path = non_empty(value),
+                ENV_LEDGER_DIR => ledger_dir = non_empty(value),
+                ENV_SLICE_NAME => slice_name = non_empty(value),
+                ENV_LOG => log_own = Some(value.to_string()),
+                ENV_VGPU_LOG => log_vgpu = Some(value.to_string()),
+                ENV_VGPU_UUIDS => vgpu_uuids = non_empty(value),
+                ENV_HAMI_MEM => hami_all = Some(value.to_string()),
+                _ => {
+                    if key.starts_with(ENV_VGPU_MEM_PREFIX) {
+                        vgpu_limits.push((key.to_string(), value.to_string()));
+                    } else if key.len() > ENV_HAMI_MEM.len() + 1
+                        && key.starts_with(ENV_HAMI_MEM)
+                        && key.as_bytes()[ENV_HAMI_MEM.len()] == b'_'
+                    {
+                        hami_limits.push((key.to_string(), value.to_string()));
+                    }
+                }
+            }
+        }
+
+        let log_level = match (log_own, log_vgpu) {
+            (Some(v), _) => LogLevel::parse_name(&v).ok_or(ConfigError::BadLogLevel {
+                var: ENV_LOG.into(),
+                value: v,
+            })?,
+            (None, Some(v)) => v
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .and_then(LogLevel::from_vgpu)
+                .ok_or(ConfigError::BadLogLevel {
+                    var: ENV_VGPU_LOG.into(),
+                    value: v,
+                })?,
+            (None, None) => LogLevel::Warn,
+        };
+
+        let uuid_list: Option<Vec<String>> = vgpu_uuids.map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(canonical_uuid)
+                .collect()
+        });
+        // Index-keyed compat limits refer to GPU_DEVICES_UUID positions when it is set.
+        let resolve_index = |var: &str, index: u32| -> Result<DeviceSelector, ConfigError> {
+            match &uuid_list {
+                Some(list) => list
+                    .get(index as usize)
+                    .map(|u| DeviceSelector::Uuid(u.clone()))
+                    .ok_or(ConfigError::IndexOutOfRange {
+                        var: var.to_string(),
+                        index,
+                        uuids_var: ENV_VGPU_UUIDS.into(),
+                        count: list.len(),
+                    }),
+                None => Ok(DeviceSelector::Index(index)),
+            }
+        };
+
+        let mut memory = MemoryLimits::default();
+        let mut sources: Vec<(DeviceSelector, String)> = Vec::new();
+        let mut used_vars: Vec<String> = Vec::new();
+
+        if let Some(value) = own_memory {
+            parse_own_memory(&value, &mut memory, &mut sources)?;
+            used_vars.push(ENV_MEMORY.into());
+        } else {
+            if let Some(value) = hami_all {
+                memory.all_devices = Some(parse_limit(ENV_HAMI_MEM, &value)?);
+                used_vars.push(ENV_HAMI_MEM.into());
+            }
+            let mut indexed: Vec<(String, String)> = vgpu_limits;
+            indexed.extend(hami_limits);
+            indexed.sort();
+            for (var, value) in indexed {
+                let suffix = var.rsplit('_').next().unwrap_or("");
+                let index: u32 = suffix.parse().map_err(|_| ConfigError::BadDevice {
+                    var: var.clone(),
+                    device: suffix.to_string(),
+                })?;
+                let limit = parse_limit(&var, &value)?;
+                let sel = resolve_index(&var, index)?;
+                memory.insert(&mut sources, &var, sel, limit)?;
+                used_vars.push(var);
+            }
+        }
+
+        Ok(Self {
+            memory,
+            ledger_path,
+            ledger_dir: ledger_dir.unwrap_or_else(|| DEFAULT_LEDGER_DIR.to_string()),
+            slice_name,
+            log_level,
+            memory_source: used_vars.join(", "),
+        })
+    }
+}
+
+fn non_empty(value: &str) -> Option<String> {
+    let v = value.trim();
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+/// Parses a limit: a size that must be greater than zero.
+pub fn parse_limit(var: &str, value: &str) -> Result<u64, ConfigError> {
+    parse_size(value).map_err(|source| ConfigError::BadSize {
+        var: var.to_string(),
+        value: value.to_string(),
+        source,
+    })
+}
+
+fn parse_own_memory(
+    value: &str,
+    memory: &mut MemoryLimits,
+    sources: &mut Vec<(DeviceSelector, String)>,
+) -> Result<(), ConfigError> {
+    if value.trim().is_empty() {
+        return Err(ConfigError::Empty {
+            var: ENV_MEMORY.into(),
+        });
+    }
+    for entry in value.split(',') {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            return Err(ConfigError::BadEntry {
+                var: ENV_MEMORY.into(),
+                entry: entry.into(),
+            });
+        }
+        match entry.split_once('=') {
+            None => {
+                if memory.all_devices.is_some() {
+                    return Err(ConfigError::BadEntry {
+                        var: ENV_MEMORY.into(),
+                        entry: entry.into(),
+                    });
+                }
+                memory.all_devices = Some(parse_limit(ENV_MEMORY, entry)?);
+            }
+            Some((device, size)) => {
+                let sel = DeviceSelector::parse(device).ok_or(ConfigError::BadDevice {
+                    var: ENV_MEMORY.into(),
+                    device: device.trim().into(),
+                })?;
+                let limit = parse_limit(ENV_MEMORY, size)?;
+                memory.insert(sources, ENV_MEMORY, sel, limit)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<SliceConfig, ConfigError> {
+        SliceConfig::from_vars(vars.iter().copied())
+    }
+
+    #[test]
+    fn no_variables_means_no_slice() {
+        let c = cfg(&[("PATH", "/bin")]).unwrap();
+        assert!(!c.is_sliced());
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(c.ledger_dir, DEFAULT_LEDGER_DIR);
+    }
+
+    #[test]
+    fn own_memory_for_all_devices_and_per_device() {
+        let c = cfg(&[(ENV_MEMORY, "8GiB,1=4g,GPU-ABCDEF12=512MiB")]).unwrap();
+        assert_eq!(c.memory.all_devices, Some(8 * GIB));
+        assert_eq!(c.memory.limit_for(Some(0), "GPU-00"), Some(8 * GIB));
+        assert_eq!(c.memory.limit_for(Some(1), "GPU-00"), Some(4 * GIB));
+        assert_eq!(
+            c.memory.limit_for(Some(7), "GPU-abcdef12-3333-4444"),
+            Some(512 * MIB)
+        );
+        assert_eq!(c.memory_source, ENV_MEMORY);
+    }
+
+    #[test]
+    fn own_memory_round_trips_through_env_value() {
+        let c = cfg(&[(ENV_MEMORY, "8GiB,1=4GiB")]).unwrap();
+        let again = cfg(&[(ENV_MEMORY, &c.memory.to_env_value())]).unwrap();
+        assert_eq!(c.memory, again.memory);
+    }
+
+    #[test]
+    fn malformed_limits_fail_and_name_the_variable() {
+        for (var, value) in [
+            (ENV_MEMORY, "lots"),
+            (ENV_MEMORY, "4GB-oops"),
+            (ENV_MEMORY, ""),
+            (ENV_MEMORY, "0"),
+            (ENV_MEMORY, "x=4GiB"),
+            (ENV_MEMORY, "1=4GiB,1=8GiB"),
+            (ENV_MEMORY, "4GiB,8GiB"),
+            (ENV_HAMI_MEM, "-1"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "4q"),
+            ("CUDA_MEM_LIMIT_0", "1000x"),
+            ("CUDA_MEM_LIMIT_x", "1000m"),
+        ] {
+            let err = cfg(&[(var, value)]).expect_err(value);
+            let msg = err.to_string();
+            assert!(msg.contains(var), "{msg:?} should name {var}");
+        }
+    }
+
+    #[test]
+    fn vgpu_controller_names() {
+        let c = cfg(&[
+            ("CUDA_MEM_LIMIT_0", "1000m"),
+            ("CUDA_MEM_LIMIT_1", "2000m"),
+            (ENV_VGPU_UUIDS, "GPU-aaaa,GPU-BBBB"),
+            (ENV_VGPU_LOG, "5"),
+        ])
+        .unwrap();
+        assert_eq!(c.memory.limit_for(None, "GPU-aaaa"), Some(1000 * MIB));
+        assert_eq!(c.memory.limit_for(None, "GPU-bbbb"), Some(2000 * MIB));
+        assert_eq!(c.memory.limit_for(Some(0), "GPU-cccc"), None);
+        assert_eq!(c.log_level, LogLevel::Trace);
+    }
+
+    #[test]
+    fn vgpu_index_beyond_uuid_list_fails() {
+        let err = cfg(&[("CUDA_MEM_LIMIT_2", "1g"), (ENV_VGPU_UUIDS, "GPU-aaaa")]).unwrap_err();
+        assert!(err.to_string().contains("CUDA_MEM_LIMIT_2"));
+    }
+
+    #[test]
+    fn hami_names() {
+        let c = cfg(&[(ENV_HAMI_MEM, "4g"), ("CUDA_DEVICE_MEMORY_LIMIT_1", "2g")]).unwrap();
+        assert_eq!(c.memory.limit_for(Some(0), "GPU-x"), Some(4 * GIB));
+        assert_eq!(c.memory.limit_for(Some(1), "GPU-x"), Some(2 * GIB));
+    }
+
+    #[test]
+    fn own_variable_wins_over_compat_names() {
+        let c = cfg(&[(ENV_MEMORY, "1GiB"), (ENV_HAMI_MEM, "4g")]).unwrap();
+        assert_eq!(c.memory.all_devices, Some(GIB));
+    }
+
+    #[test]
+    fn conflicting_compat_limits_fail() {
+        let err = cfg(&[
+            ("CUDA_MEM_LIMIT_0", "1g"),
+            ("CUDA_DEVICE_MEMORY_LIMIT_0", "2g"),
+        ])
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Conflict { .. }), "{err}");
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(
+            cfg(&[(ENV_LOG, "debug")]).unwrap().log_level,
+            LogLevel::Debug
+        );
+        assert!(cfg(&[(ENV_LOG, "loud")]).is_err());
+        assert!(cfg(&[(ENV_VGPU_LOG, "9")]).is_err());
+        assert_eq!(
+            cfg(&[(ENV_VGPU_LOG, "3")]).unwrap().log_level,
+            LogLevel::Warn
+        );
+    }
+
+    #[test]
+    fn ledger_path_alone_makes_a_slice() {
+        let c = cfg(&[(ENV_LEDGER, "/dev/shm/x.ledger")]).unwrap();
+        assert!(c.is_sliced());
+    }
+}

@@ -1,0 +1,687 @@
+//! This process's view of its slice: the configuration (read once from the
+//! environment), the ledger entry it charges, the devices it has met, and the books of
+//! what it allocated so that frees give charges back.
+//!
+//! Nothing here runs in a constructor: the state is built by the first hook that needs
+//! it. After `fork` the child drops the parent's state (a `pthread_atfork` handler) and
+//! builds its own on first use, under its own PID.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::time::Instant;
+
+use gpuslice_config::{SliceConfig, human_size};
+use gpuslice_ledger::{Ledger, LedgerSpec};
+
+use crate::ffi::*;
+use crate::log::log_at;
+use crate::real::real;
+use crate::table::id;
+
+const MODE_UNKNOWN: u8 = 0;
+const MODE_INERT: u8 = 1;
+const MODE_SLICED: u8 = 2;
+const MODE_BROKEN: u8 = 3;
+static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
+static CONFIG: AtomicPtr<Result<SliceConfig, String>> = AtomicPtr::new(std::ptr::null_mut());
+
+fn config() -> &'static Result<SliceConfig, String> {
+    let p = CONFIG.load(Acquire);
+    if !p.is_null() {
+        // SAFETY: published once below and never freed.
+        return unsafe { &*p };
+    }
+    let parsed = SliceConfig::from_process_env().map_err(|e| e.to_string());
+    if let Ok(cfg) = &parsed {
+        crate::log::set_level(cfg.log_level);
+    }
+    let boxed = Box::into_raw(Box::new(parsed));
+    match CONFIG.compare_exchange(std::ptr::null_mut(), boxed, AcqRel, Acquire) {
+        // SAFETY: we just published it.
+        Ok(_) => unsafe { &*boxed },
+        Err(existing) => {
+            // SAFETY: we own `boxed`, nobody saw it.
+            drop(unsafe { Box::from_raw(boxed) });
+            // SAFETY: published by the winner and never freed.
+            unsafe { &*existing }
+        }
+    }
+}
+
+fn mode() -> u8 {
+    let m = MODE.load(Relaxed);
+    if m != MODE_UNKNOWN {
+        return m;
+    }
+    let m = match config() {
+        Ok(cfg) if cfg.is_sliced() => MODE_SLICED,
+        Ok(_) => MODE_INERT,
+        Err(_) => MODE_BROKEN,
+    };
+    MODE.store(m, Relaxed);
+    m
+}
+
+/// Whether entry points should hand out hooks. A process outside any slice gets the
+/// real driver untouched, so it pays nothing; a broken configuration still gets hooks,
+/// so that they can refuse.
+pub fn hooks_wanted() -> bool {
+    mode() != MODE_INERT
+}
+
+/// What a hook should do.
+pub enum Access {
+    /// No slice: call the driver and do nothing else.
+    PassThrough,
+    /// Enforce this slice.
+    Slice(&'static Slice),
+    /// Refuse with this code (the configuration or the ledger is unusable).
+    Refuse(CUresult),
+}
+
+/// The slice of this process, building it on first use.
+pub fn access() -> Access {
+    match mode() {
+        MODE_INERT => return Access::PassThrough,
+        MODE_BROKEN => {
+            if let Err(message) = config() {
+                report_broken_once(message);
+            }
+            return Access::Refuse(CUDA_ERROR_NOT_PERMITTED);
+        }
+        _ => {}
+    }
+    match slice() {
+        Ok(s) => Access::Slice(s),
+        Err(message) => {
+            report_broken_once(message);
+            Access::Refuse(CUDA_ERROR_NOT_PERMITTED)
+        }
+    }
+}
+
+static BROKEN_REPORTED: AtomicU32 = AtomicU32::new(0);
+
+fn report_broken_once(message: &str) {
+    let pid = std::process::id();
+    if BROKEN_REPORTED.swap(pid, Relaxed) != pid {
+        crate::log::line(
+            gpuslice_config::LogLevel::Error,
+            format_args!(
+                "{message}; refusing to use the GPU rather than run without the slice's limits"
+            ),
+        );
+    }
+}
+
+static SLICE: AtomicPtr<Result<Slice, String>> = AtomicPtr::new(std::ptr::null_mut());
+static SLICE_INIT_LOCK: AtomicU32 = AtomicU32::new(0);
+static ATFORK_REGISTERED: AtomicU32 = AtomicU32::new(0);
+
+fn slice() -> Result<&'static Slice, &'static str> {
+    let p = SLICE.load(Acquire);
+    if !p.is_null() {
+        // SAFETY: published below; only replaced (never freed) in a forked child.
+        return unsafe { &*p }.as_ref().map_err(String::as_str);
+    }
+    while SLICE_INIT_LOCK
+        .compare_exchange(0, 1, Acquire, Relaxed)
+        .is_err()
+    {
+        std::thread::yield_now();
+    }
+    let mut p = SLICE.load(Acquire);
+    if p.is_null() {
+        let built = Slice::build();
+        p = Box::into_raw(Box::new(built));
+        SLICE.store(p, Release);
+        if ATFORK_REGISTERED.swap(1, Relaxed) == 0 {
+            // SAFETY: registering plain extern "C" functions.
+            unsafe {
+                libc::pthread_atfork(None, None, Some(after_fork_in_child));
+                libc::atexit(at_exit);
+            }
+        }
+    }
+    SLICE_INIT_LOCK.store(0, Release);
+    // SAFETY: as above.
+    unsafe { &*p }.as_ref().map_err(String::as_str)
+}
+
+/// In a forked child: forget the parent's slice state (its ledger entry, books and
+/// locks belong to the parent). The child builds its own on first use.
+extern "C" fn after_fork_in_child() {
+    SLICE.store(std::ptr::null_mut(), Release);
+    SLICE_INIT_LOCK.store(0, Release);
+}
+
+/// On normal exit: give the ledger entry back now instead of waiting for a sweep.
+extern "C" fn at_exit() {
+    let p = SLICE.load(Acquire);
+    if p.is_null() {
+        return;
+    }
+    // SAFETY: published state, never freed.
+    if let Ok(slice) = unsafe { &*p }
+        && slice.pid == std::process::id()
+    {
+        slice.ledger.unregister(slice.entry);
+    }
+}
+
+/// Which book's lock a caller of [`Slice::reserve_holding`] holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// None.
+    Nothing,
+    /// The pool book.
+    Pools,
+    /// The graph book.
+    Graphs,
+}
+
+/// What kind of thing an allocation record is keyed by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Key {
+    /// A device pointer (`cuMemAlloc`, pitch, managed).
+    Pointer(u64),
+    /// A VMM handle (`cuMemCreate`).
+    Handle(u64),
+    /// A CUDA array or mipmapped array.
+    Array(u64),
+}
+
+/// One charged allocation.
+#[derive(Clone, Copy)]
+pub struct Charge {
+    /// Ledger device entry.
+    pub device: usize,
+    /// Bytes charged.
+    pub bytes: u64,
+}
+
+/// A memory pool's charge: the pool's reserved memory as last seen.
+#[derive(Default)]
+pub struct PoolBook {
+    /// Pool -> (ledger device entry, bytes charged).
+    pub charged: HashMap<usize, (usize, u64)>,
+    /// Pool -> CUDA device it lives on (from `cuMemPoolCreate` or the device's pool).
+    pub device_of: HashMap<usize, CUdevice>,
+    /// Pool -> the largest step by which it was seen to grow. Pools grow in chunks; the
+    /// next growth is reserved at least this large, so that near the limit an
+    /// allocation is refused *before* the pool grows past it.
+    pub growth_step: HashMap<usize, u64>,
+}
+
+/// Graph memory: per device, what the graph memory pool holds; per executable graph,
+/// what its allocation nodes need.
+#[derive(Default)]
+pub struct GraphBook {
+    /// CUDA device -> (ledger device entry, bytes charged).
+    pub charged: HashMap<CUdevice, (usize, u64)>,
+    /// Executable graph -> (CUDA device, bytes its allocation nodes need).
+    pub needs: HashMap<usize, Vec<(CUdevice, u64)>>,
+}
+
+const DEVICE_UNRESOLVED: i32 = -2;
+const DEVICE_UNLIMITED: i32 = -1;
+const MAX_ORDINALS: usize = 64;
+
+/// The slice as this process sees it.
+pub struct Slice {
+    /// The configuration.
+    pub config: SliceConfig,
+    /// The shared ledger.
+    pub ledger: Ledger,
+    /// This process's entry in it.
+    pub entry: usize,
+    /// The PID that built this state.
+    pub pid: u32,
+    /// The slice's name for messages.
+    pub name: String,
+    devices: [AtomicI32; MAX_ORDINALS],
+    /// Allocations charged one by one.
+    pub allocations: Mutex<HashMap<Key, Charge>>,
+    /// Stream-ordered pools.
+    pub pools: Mutex<PoolBook>,
+    /// Graph memory.
+    pub graphs: Mutex<GraphBook>,
+    /// Per ledger device entry: bytes charged for context and module memory.
+    overhead: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
+    overhead_lock: Mutex<()>,
+    last_overhead_check_ms: AtomicU64,
+    started: Instant,
+    nvml_ready: AtomicU8,
+}
+
+impl Slice {
+    fn build() -> Result<Slice, String> {
+        let config = match config() {
+            Ok(c) => c.clone(),
+            Err(e) => return Err(e.clone()),
+        };
+        let path = match &config.ledger_path {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::path::Path::new(&config.ledger_dir)
+                .join(format!("env-{}.ledger", config_digest(&config))),
+        };
+        let name = config.slice_name.clone().unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".into())
+        });
+        let spec = LedgerSpec {
+            name: name.clone(),
+            default_limit: config.memory.all_devices,
+            devices: Vec::new(),
+        };
+        let ledger = Ledger::create_or_open(&path, &spec).map_err(|e| e.to_string())?;
+        let entry = ledger.register().map_err(|e| e.to_string())?;
+        let name = if config.slice_name.is_some() {
+            name
+        } else {
+            ledger.name()
+        };
+        log_at!(
+            Debug,
+            "process {} joined slice '{}' (ledger {})",
+            std::process::id(),
+            name,
+            path.display()
+        );
+        Ok(Slice {
+            config,
+            ledger,
+            entry,
+            pid: std::process::id(),
+            name,
+            devices: [const { AtomicI32::new(DEVICE_UNRESOLVED) }; MAX_ORDINALS],
+            allocations: Mutex::new(HashMap::new()),
+            pools: Mutex::new(PoolBook::default()),
+            graphs: Mutex::new(GraphBook::default()),
+            overhead: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
+            overhead_lock: Mutex::new(()),
+            last_overhead_check_ms: AtomicU64::new(0),
+            started: Instant::now(),
+            nvml_ready: AtomicU8::new(0),
+        })
+    }
+
+    /// The ledger device entry of CUDA device `dev`, `None` when the slice does not limit
+    /// it. Errors are driver codes to return.
+    pub fn device_entry(&self, dev: CUdevice) -> Result<Option<usize>, CUresult> {
+        let Some(cell) = usize::try_from(dev).ok().and_then(|d| self.devices.get(d)) else {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        };
+        match cell.load(Relaxed) {
+            DEVICE_UNLIMITED => return Ok(None),
+            DEVICE_UNRESOLVED => {}
+            slot => return Ok(Some(slot as usize)),
+        }
+        let uuid = device_uuid(dev)?;
+        let index = if self.config.memory.has_index_selectors() {
+            self.ensure_nvml();
+            match crate::nvml::index_of(&uuid) {
+                Some(i) => Some(i),
+                None => {
+                    report_broken_once(&format!(
+                        "{} sets a limit by device index, but NVML cannot tell the index of {uuid}; use UUIDs instead",
+                        self.config.memory_source
+                    ));
+                    return Err(CUDA_ERROR_NOT_PERMITTED);
+                }
+            }
+        } else {
+            None
+        };
+        let config_limit = self
+            .config
+            .memory
+            .per_device
+            .iter()
+            .find(|(s, _)| s.matches(index, &uuid))
+            .map(|(_, l)| *l);
+        let config_limit = config_limit.or(self.config.memory.all_devices);
+        match self.ledger.device_slot(&uuid, config_limit) {
+            Ok(Some(slot)) => {
+                cell.store(slot as i32, Relaxed);
+                log_at!(
+                    Info,
+                    "slice '{}': {uuid} limited to {}",
+                    self.name,
+                    human_size(self.ledger.limit(slot))
+                );
+                Ok(Some(slot))
+            }
+            Ok(None) => {
+                cell.store(DEVICE_UNLIMITED, Relaxed);
+                Ok(None)
+            }
+            Err(e) => {
+                report_broken_once(&e.to_string());
+                Err(CUDA_ERROR_NOT_PERMITTED)
+            }
+        }
+    }
+
+    /// The ledger device entry of the current context's device.
+    pub fn current_device(&self) -> Result<(CUdevice, Option<usize>), CUresult> {
+        let dev = current_cuda_device()?;
+        Ok((dev, self.device_entry(dev)?))
+    }
+
+    /// Reserves `bytes` on a device entry; on refusal first makes room (sweeps dead
+    /// processes, re-reads pools and graph memory), then logs and returns OOM.
+    pub fn reserve(&self, device: usize, bytes: u64, what: &str) -> Result<(), CUresult> {
+        self.reserve_holding(device, bytes, what, Holding::Nothing)
+    }
+
+    /// [`Slice::reserve`] for a caller that holds one of the books' locks (that book is
+    /// then not re-read).
+    pub fn reserve_holding(&self, device: usize, bytes: u64, what: &str, holding: Holding) -> Result<(), CUresult> {
+        self.maybe_refresh_overhead(device, false);
+        match self.try_charge_making_room(device, bytes, holding) {
+            Ok(()) => Ok(()),
+            Err(refusal) => {
+                crate::log::refusal(format_args!(
+                    "slice '{}' on {}: {what} of {} refused: the slice's limit is {} and {} is in use",
+                    self.name,
+                    self.ledger.uuid(device),
+                    human_size(bytes),
+                    human_size(refusal.limit),
+                    human_size(refusal.used),
+                ));
+                Err(CUDA_ERROR_OUT_OF_MEMORY)
+            }
+        }
+    }
+
+    /// Tries a charge; if it does not fit, makes room (sweeps dead processes, re-reads
+    /// pools and graph memory, except the book the caller holds) and tries once more.
+    fn try_charge_making_room(&self, device: usize, bytes: u64, holding: Holding) -> Result<(), gpuslice_ledger::Refusal> {
+        if self.ledger.try_charge(self.entry, device, bytes).is_ok() {
+            return Ok(());
+        }
+        self.make_room(holding);
+        self.ledger.try_charge(self.entry, device, bytes)
+    }
+
+    /// Sweeps dead processes and re-reads pools and graph memory (except the book the
+    /// caller holds the lock of).
+    fn make_room(&self, holding: Holding) {
+        self.ledger.sweep_dead();
+        if holding != Holding::Pools {
+            self.reconcile_pools();
+        }
+        if holding != Holding::Graphs {
+            self.reconcile_graph_memory();
+        }
+    }
+
+    /// Gives back a charge.
+    pub fn unreserve(&self, device: usize, bytes: u64) {
+        self.ledger.release(self.entry, device, bytes);
+    }
+
+    /// Records a charged allocation.
+    pub fn remember(&self, key: Key, charge: Charge) {
+        lock(&self.allocations).insert(key, charge);
+    }
+
+    /// Forgets an allocation and gives its charge back.
+    pub fn forget(&self, key: Key) {
+        if let Some(c) = lock(&self.allocations).remove(&key) {
+            self.unreserve(c.device, c.bytes);
+        }
+    }
+
+    /// Bytes this process has charged on a device entry, by the ledger.
+    pub fn charged(&self, device: usize) -> u64 {
+        self.ledger.charged(self.entry, device)
+    }
+
+    /// The slice's usage on a device entry.
+    pub fn used(&self, device: usize) -> u64 {
+        self.ledger.used(device)
+    }
+
+    fn ensure_nvml(&self) -> bool {
+        match self.nvml_ready.load(Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let ok = crate::nvml::init();
+                self.nvml_ready.store(if ok { 1 } else { 2 }, Relaxed);
+                ok
+            }
+        }
+    }
+
+    /// Re-measures the memory of this process's contexts and modules on a device entry
+    /// (what NVML says the process uses, less what the books account for) and charges
+    /// the difference. With `strict`, growth that does
+    /// not fit is refused instead of forced, returning false.
+    pub fn refresh_overhead(&self, device: usize, strict: bool) -> bool {
+        if !self.ensure_nvml() {
+            return true;
+        }
+        let uuid = self.ledger.uuid(device);
+        let Some(measured) = crate::nvml::process_memory(&uuid, self.pid) else {
+            log_at!(Debug, "NVML does not list process {} on {uuid}", self.pid);
+            return true;
+        };
+        log_at!(Debug, "NVML: process {} uses {measured} bytes on {uuid}", self.pid);
+        for attempt in 0..2 {
+            {
+                let _guard = lock(&self.overhead_lock);
+                let current = self.overhead[device].load(Relaxed);
+                let accounted = self.charged(device).saturating_sub(current);
+                let wanted = measured.saturating_sub(accounted);
+                if wanted > current {
+                    let grow = wanted - current;
+                    if !strict {
+                        self.ledger.force_charge(self.entry, device, grow);
+                    } else if self.ledger.try_charge(self.entry, device, grow).is_err() {
+                        if attempt == 1 {
+                            return false;
+                        }
+                        // Make room below, without holding the lock (making room
+                        // takes the pool and graph locks), then measure again.
+                        drop(_guard);
+                        self.make_room(Holding::Nothing);
+                        continue;
+                    }
+                } else {
+                    self.ledger.release(self.entry, device, current - wanted);
+                }
+                self.overhead[device].store(wanted, Relaxed);
+                self.ledger.set_context_bytes(self.entry, device, wanted);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// [`Slice::refresh_overhead`] at most four times a second.
+    pub fn maybe_refresh_overhead(&self, device: usize, force: bool) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let last = self.last_overhead_check_ms.load(Relaxed);
+        if !force && last != 0 && now.saturating_sub(last) < 250 {
+            return;
+        }
+        if self
+            .last_overhead_check_ms
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+            || force
+        {
+            self.refresh_overhead(device, false);
+        }
+    }
+
+    /// Sets a pool's charge to the pool's reserved memory now.
+    pub fn reconcile_pools(&self) {
+        let mut book = lock(&self.pools);
+        let pools: Vec<usize> = book.charged.keys().copied().collect();
+        for pool in pools {
+            if let Some(reserved) =
+                pool_attribute(pool as CUmemoryPool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+            {
+                set_tracked(
+                    &self.ledger,
+                    self.entry,
+                    book.charged.get_mut(&pool),
+                    reserved,
+                    true,
+                );
+            }
+        }
+    }
+
+    /// Sets each device's graph-memory charge to what the graph pool reserves now.
+    pub fn reconcile_graph_memory(&self) {
+        let mut book = lock(&self.graphs);
+        let devices: Vec<CUdevice> = book.charged.keys().copied().collect();
+        for dev in devices {
+            if let Some(reserved) = graph_mem_attribute(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT)
+            {
+                set_tracked(
+                    &self.ledger,
+                    self.entry,
+                    book.charged.get_mut(&dev),
+                    reserved,
+                    true,
+                );
+            }
+        }
+    }
+}
+
+/// Moves a tracked charge `(device entry, bytes)` to `target` bytes. Growth is checked
+/// against the limit unless `force`; returns false when it does not fit.
+pub fn set_tracked(
+    ledger: &Ledger,
+    entry: usize,
+    tracked: Option<&mut (usize, u64)>,
+    target: u64,
+    force: bool,
+) -> bool {
+    let Some((device, charged)) = tracked else {
+        return true;
+    };
+    if target > *charged {
+        let grow = target - *charged;
+        if force {
+            ledger.force_charge(entry, *device, grow);
+        } else if ledger.try_charge(entry, *device, grow).is_err() {
+            return false;
+        }
+    } else {
+        ledger.release(entry, *device, *charged - target);
+    }
+    *charged = target;
+    true
+}
+
+/// Locks a mutex, recovering it if a panicking thread poisoned it (panics abort here,
+/// so this only matters in theory).
+pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A short stable digest of the limits, naming the ledger of processes configured only
+/// by environment variables: processes with the same limits (in one container, that
+/// shares `/dev/shm`) share one slice.
+fn config_digest(config: &SliceConfig) -> String {
+    let text = config.memory.to_env_value();
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    format!("{h:016x}")
+}
+
+type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
+type UuidFn = unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult;
+type PoolAttrFn = unsafe extern "C" fn(CUmemoryPool, std::ffi::c_int, *mut c_void) -> CUresult;
+type GraphAttrFn = unsafe extern "C" fn(CUdevice, std::ffi::c_int, *mut c_void) -> CUresult;
+
+/// Calls a function from the table by id with a given signature.
+macro_rules! call_driver {
+    ($id:expr, $ty:ty, $($arg:expr),*) => {{
+        let p = crate::real::real($id);
+        if p.is_null() {
+            crate::ffi::CUDA_ERROR_NOT_FOUND
+        } else {
+            // SAFETY: `p` is the driver's own implementation of the function with id
+            // `$id`, and `$ty` is that function's C signature.
+            let f = unsafe { std::mem::transmute::<*mut std::ffi::c_void, $ty>(p) };
+            // SAFETY: the arguments follow the driver's contract for this function.
+            unsafe { f($($arg),*) }
+        }
+    }};
+}
+pub(crate) use call_driver;
+
+/// The device of the current context.
+pub fn current_cuda_device() -> Result<CUdevice, CUresult> {
+    let mut dev: CUdevice = 0;
+    let r = call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev);
+    if r == CUDA_SUCCESS { Ok(dev) } else { Err(r) }
+}
+
+/// The UUID of a CUDA device as `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn device_uuid(dev: CUdevice) -> Result<String, CUresult> {
+    let mut raw = [0u8; 16];
+    let mut r = call_driver!(id::cuDeviceGetUuid_v2, UuidFn, &mut raw, dev);
+    if r == CUDA_ERROR_NOT_FOUND {
+        r = call_driver!(id::cuDeviceGetUuid, UuidFn, &mut raw, dev);
+    }
+    if r != CUDA_SUCCESS {
+        return Err(r);
+    }
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// A u64 attribute of a memory pool.
+pub fn pool_attribute(pool: CUmemoryPool, attr: std::ffi::c_int) -> Option<u64> {
+    let mut v: u64 = 0;
+    let r = call_driver!(
+        id::cuMemPoolGetAttribute,
+        PoolAttrFn,
+        pool,
+        attr,
+        (&mut v as *mut u64).cast()
+    );
+    (r == CUDA_SUCCESS).then_some(v)
+}
+
+/// A u64 graph-memory attribute of a device.
+pub fn graph_mem_attribute(dev: CUdevice, attr: std::ffi::c_int) -> Option<u64> {
+    let mut v: u64 = 0;
+    let r = call_driver!(
+        id::cuDeviceGetGraphMemAttribute,
+        GraphAttrFn,
+        dev,
+        attr,
+        (&mut v as *mut u64).cast()
+    );
+    (r == CUDA_SUCCESS).then_some(v)
+}
+
+/// Whether the real function behind id exists (for tests of the table).
+#[allow(dead_code)]
+pub fn has_real(id: usize) -> bool {
+    !real(id).is_null()
+}

@@ -1,0 +1,666 @@
+//! The slice ledger: one shared-memory file per slice that every process of the slice
+//! maps, and that holds each device's limit and each process's charges.
+//!
+//! Design, in short:
+//! - **Per-process charges are the only truth.** A device's usage is the sum of the
+//!   charges of the process entries that are in use. There is no global counter that a
+//!   dying process could leave wrong.
+//! - **Reservations are optimistic and atomic.** A process adds its request to its own
+//!   entry, then sums the device again; if the sum is over the limit it takes its request
+//!   back. With sequentially consistent atomics, of any two racing reservations at least
+//!   one sees the other, so two processes can never both pass a check that only one fits.
+//!   No lock is taken anywhere, so a dead or stopped process cannot block the others.
+//! - **Dead processes are swept.** An entry whose process is gone (checked by PID and
+//!   start time, so a reused PID is not mistaken for the owner) is zeroed by whoever
+//!   notices first. Charges can therefore never leak for good.
+//! - **Corrupt or foreign files are refused** with an error that names the file.
+
+mod layout;
+mod proc_info;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+
+use layout::{DeviceEntry, Header, ProcessEntry};
+pub use layout::{FORMAT_VERSION, MAX_DEVICES, MAX_PROCESSES};
+pub use proc_info::{ProcessIdentity, current_identity, process_is_alive};
+
+/// What can go wrong with a ledger.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The file could not be created, opened or mapped.
+    #[error("ledger {path}: {what}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a gpuslice ledger.
+    #[error(
+        "ledger {path} is not a gpuslice ledger (it does not start with the gpuslice magic); remove it or point GPUSLICE_LEDGER elsewhere"
+    )]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file was written by another format version.
+    #[error(
+        "ledger {path} has format version {found}, this gpuslice understands version {expected}; stop the slice's processes and remove the file"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// Version in the file.
+        found: u32,
+        /// Version we understand.
+        expected: u32,
+    },
+    /// The file is damaged.
+    #[error("ledger {path} is corrupt: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The process's configuration disagrees with the ledger.
+    #[error(
+        "ledger {path} gives {uuid} a limit of {ledger_limit} bytes, but this process was configured with {config_limit} bytes"
+    )]
+    LimitMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The device.
+        uuid: String,
+        /// The ledger's limit.
+        ledger_limit: u64,
+        /// The process's limit.
+        config_limit: u64,
+    },
+    /// No room for another device or process.
+    #[error("ledger {path} has no free {what} entry (at most {max})")]
+    Full {
+        /// The file.
+        path: PathBuf,
+        /// Device or process.
+        what: &'static str,
+        /// The capacity.
+        max: usize,
+    },
+}
+
+/// A refused reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// The device's usage when refused.
+    pub used: u64,
+    /// The device's limit.
+    pub limit: u64,
+    /// What was asked for.
+    pub requested: u64,
+}
+
+/// A device as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Index of the device entry in this ledger.
+    pub slot: usize,
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// Limit in bytes.
+    pub limit: u64,
+    /// Sum of all charges.
+    pub used: u64,
+}
+
+/// Liveness of a process entry, as seen from the reader's PID namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    /// The process runs.
+    Alive,
+    /// The process is gone; its charges are waiting to be swept.
+    Dead,
+    /// The process lives in another PID namespace, so this reader cannot tell.
+    Unknown,
+}
+
+/// A process entry as the ledger records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    /// Index of the process entry.
+    pub slot: usize,
+    /// PID, in the process's own PID namespace.
+    pub pid: u32,
+    /// Whether it still runs.
+    pub liveness: Liveness,
+    /// Bytes charged per device entry (index = device slot).
+    pub charges: Vec<u64>,
+    /// Of those, bytes of context and module memory.
+    pub context: Vec<u64>,
+}
+
+/// The description a ledger is created from.
+#[derive(Debug, Clone, Default)]
+pub struct LedgerSpec {
+    /// The slice's name.
+    pub name: String,
+    /// Limit for devices that are not listed, if any.
+    pub default_limit: Option<u64>,
+    /// Devices and their limits.
+    pub devices: Vec<(String, u64)>,
+}
+
+/// An open ledger.
+pub struct Ledger {
+    map: memmap2::MmapMut,
+    path: PathBuf,
+}
+
+// SAFETY: the mapping is only accessed through atomics (see `layout`), so sharing
+// references between threads is as safe as sharing the atomics themselves.
+unsafe impl Sync for Ledger {}
+// SAFETY: as above; the mapping is not tied to the thread that created it.
+unsafe impl Send for Ledger {}
+
+const OWNER_FREE: u64 = 0;
+const OWNER_REGISTERING: u64 = 1 << 62;
+const OWNER_ACTIVE: u64 = 2 << 62;
+const OWNER_RECLAIMING: u64 = 3 << 62;
+const OWNER_STATE_MASK: u64 = 3 << 62;
+const DEVICE_FREE: u64 = 0;
+const DEVICE_CLAIMING: u64 = 1 << 62;
+const DEVICE_READY: u64 = 2 << 62;
+
+fn owner_pid(owner: u64) -> u32 {
+    (owner & 0xffff_ffff) as u32
+}
+
+impl Ledger {
+    /// Opens the ledger at `path`, creating it from `spec` if it does not exist yet.
+    /// Creation is atomic: the file appears complete or not at all.
+    pub fn create_or_open(path: &Path, spec: &LedgerSpec) -> Result<Self, LedgerError> {
+        match Self::open(path) {
+            Ok(ledger) => return Ok(ledger),
+            Err(LedgerError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        let io = |what, source| LedgerError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        };
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+            && !dir.exists()
+        {
+            fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
+            // Several users may run slices on one host: a sticky, world-writable folder
+            // like /tmp. Failure is harmless (someone else created it).
+            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
+        }
+        if spec.devices.len() > MAX_DEVICES {
+            return Err(LedgerError::Full {
+                path: path.to_path_buf(),
+                what: "device",
+                max: MAX_DEVICES,
+            });
+        }
+        let image = layout::initial_image(spec);
+        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let result = (|| {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o660)
+                .open(&tmp)
+                .map_err(|e| io("creating a temporary file", e))?;
+            file.write_all(&image).map_err(|e| io("writing", e))?;
+            drop(file);
+            match fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(io("publishing", e)),
+            }
+        })();
+        let _ = fs::remove_file(&tmp);
+        result?;
+        Self::open(path)
+    }
+
+    /// Opens an existing ledger and checks that it is one, of this version, undamaged.
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        let io = |what, source| LedgerError::Io {
+            path: path.to_path_buf(),
+            what,
+            source,
+        };
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io("opening", e))?;
+        Self::from_file(file, path)
+    }
+
+    fn from_file(file: File, path: &Path) -> Result<Self, LedgerError> {
+        let len = file
+            .metadata()
+            .map_err(|e| LedgerError::Io {
+                path: path.to_path_buf(),
+                what: "reading its size",
+                source: e,
+            })?
+            .len();
+        if len < 8 {
+            return Err(LedgerError::Foreign {
+                path: path.to_path_buf(),
+            });
+        }
+        // SAFETY: the file is a regular file we opened read-write; all access to the
+        // mapping goes through atomics, which tolerate concurrent writers in other
+        // processes. A truncation by someone else would be caught by the length check
+        // below only at open time; ledgers are never truncated by gpuslice.
+        let map =
+            unsafe { memmap2::MmapOptions::new().map_mut(&file) }.map_err(|e| LedgerError::Io {
+                path: path.to_path_buf(),
+                what: "mapping",
+                source: e,
+            })?;
+        layout::validate(&map, path)?;
+        Ok(Self {
+            map,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file this ledger lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: `validate` checked the size and alignment (mmap is page aligned) and
+        // `Header` consists of plain integers and atomics, valid for any bit pattern.
+        unsafe { &*(self.map.as_ptr() as *const Header) }
+    }
+
+    fn device(&self, slot: usize) -> &DeviceEntry {
+        assert!(slot < MAX_DEVICES);
+        // SAFETY: `validate` checked that the file holds MAX_DEVICES entries at this
+        // offset, suitably aligned, and the entry type is valid for any bit pattern.
+        unsafe { &*(self.map.as_ptr().add(layout::device_offset(slot)) as *const DeviceEntry) }
+    }
+
+    fn process(&self, slot: usize) -> &ProcessEntry {
+        assert!(slot < MAX_PROCESSES);
+        // SAFETY: as for `device`, for the process table.
+        unsafe { &*(self.map.as_ptr().add(layout::process_offset(slot)) as *const ProcessEntry) }
+    }
+
+    /// The slice's name.
+    pub fn name(&self) -> String {
+        layout::read_str(&self.header().name)
+    }
+
+    /// Limit for devices that are not listed.
+    pub fn default_limit(&self) -> Option<u64> {
+        let v = self.header().default_limit.load(Relaxed);
+        (v != 0).then_some(v)
+    }
+
+    /// When the ledger was created (seconds since the epoch).
+    pub fn created_unix(&self) -> u64 {
+        self.header().created_unix.load(Relaxed)
+    }
+
+    /// Finds the device entry for `uuid`, adding one if the slice limits that device.
+    ///
+    /// `config_limit` is the limit this process was configured with, if any; it must
+    /// agree with the ledger. Returns `None` when the slice does not limit this device.
+    pub fn device_slot(
+        &self,
+        uuid: &str,
+        config_limit: Option<u64>,
+    ) -> Result<Option<usize>, LedgerError> {
+        let me = std::process::id();
+        let mut slot = 0;
+        let mut waited = 0u32;
+        while slot < MAX_DEVICES {
+            let entry = self.device(slot);
+            let state = entry.state.load(Acquire);
+            if state == DEVICE_READY {
+                if layout::read_uuid(entry) == uuid {
+                    let limit = entry.limit.load(Relaxed);
+                    if let Some(config_limit) = config_limit
+                        && config_limit != limit
+                    {
+                        return Err(LedgerError::LimitMismatch {
+                            path: self.path.clone(),
+                            uuid: uuid.to_string(),
+                            ledger_limit: limit,
+                            config_limit,
+                        });
+                    }
+                    return Ok(Some(slot));
+                }
+                slot += 1;
+                continue;
+            }
+            if state & OWNER_STATE_MASK == DEVICE_CLAIMING {
+                // Someone is writing this entry. Wait for them, or take over if they died.
+                let claimer = owner_pid(state);
+                if !proc_info::pid_exists(claimer)
+                    && entry
+                        .state
+                        .compare_exchange(state, DEVICE_CLAIMING | me as u64, SeqCst, SeqCst)
+                        .is_ok()
+                {
+                    // We own the claim now; fall through to fill it.
+                } else {
+                    waited += 1;
+                    if waited > 100_000 {
+                        return Err(LedgerError::Corrupt {
+                            path: self.path.clone(),
+                            reason: format!("device entry {slot} stays half-written"),
+                        });
+                    }
+                    std::thread::yield_now();
+                    continue;
+                }
+            } else {
+                // A free entry: every earlier entry is READY with another UUID, so this
+                // device has no entry yet. Claim it if the slice limits the device.
+                if config_limit.or(self.default_limit()).is_none() {
+                    return Ok(None);
+                }
+                if entry
+                    .state
+                    .compare_exchange(DEVICE_FREE, DEVICE_CLAIMING | me as u64, SeqCst, SeqCst)
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            // We hold the claim on `slot`.
+            let Some(limit) = config_limit.or(self.default_limit()) else {
+                entry.state.store(DEVICE_FREE, SeqCst);
+                return Ok(None);
+            };
+            layout::write_uuid(entry, uuid);
+            entry.limit.store(limit, SeqCst);
+            entry.state.store(DEVICE_READY, Release);
+            return Ok(Some(slot));
+        }
+        Err(LedgerError::Full {
+            path: self.path.clone(),
+            what: "device",
+            max: MAX_DEVICES,
+        })
+    }
+
+    /// The limit of a device entry.
+    pub fn limit(&self, device: usize) -> u64 {
+        self.device(device).limit.load(Relaxed)
+    }
+
+    /// The UUID of a device entry.
+    pub fn uuid(&self, device: usize) -> String {
+        layout::read_uuid(self.device(device))
+    }
+
+    /// All device entries with their usage.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        (0..MAX_DEVICES)
+            .filter(|&slot| self.device(slot).state.load(Acquire) == DEVICE_READY)
+            .map(|slot| DeviceInfo {
+                slot,
+                uuid: self.uuid(slot),
+                limit: self.limit(slot),
+                used: self.used(slot),
+            })
+            .collect()
+    }
+
+    fn high_water(&self) -> usize {
+        (self.header().high_water.load(SeqCst) as usize).min(MAX_PROCESSES)
+    }
+
+    /// Sum of all charges on a device entry.
+    pub fn used(&self, device: usize) -> u64 {
+        (0..self.high_water())
+            .map(|slot| {
+                let p = self.process(slot);
+                if p.owner.load(SeqCst) == OWNER_FREE {
+                    0
+                } else {
+                    p.charge[device].load(SeqCst)
+                }
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
+    /// Claims a process entry for the calling process and returns its index.
+    ///
+    /// Entries left by an earlier program image of this same process (before `exec`)
+    /// are swept first: the driver freed that image's memory when it exec'ed.
+    pub fn register(&self) -> Result<usize, LedgerError> {
+        let me = current_identity();
+        self.sweep_where(
+            |p, _owner| {
+                p.start_time.load(Relaxed) == me.start_time && p.pid_ns.load(Relaxed) == me.pid_ns
+            },
+            Some(me.pid),
+        );
+        for slot in 0..MAX_PROCESSES {
+            let p = self.process(slot);
+            if p.owner
+                .compare_exchange(
+                    OWNER_FREE,
+                    OWNER_REGISTERING | me.pid as u64,
+                    SeqCst,
+                    SeqCst,
+                )
+                .is_err()
+            {
+                continue;
+            }
+            for d in 0..MAX_DEVICES {
+                p.charge[d].store(0, SeqCst);
+                p.context[d].store(0, SeqCst);
+            }
+            p.start_time.store(me.start_time, SeqCst);
+            p.pid_ns.store(me.pid_ns, SeqCst);
+            self.header().high_water.fetch_max(slot as u32 + 1, SeqCst);
+            p.owner.store(OWNER_ACTIVE | me.pid as u64, SeqCst);
+            return Ok(slot);
+        }
+        Err(LedgerError::Full {
+            path: self.path.clone(),
+            what: "process",
+            max: MAX_PROCESSES,
+        })
+    }
+
+    /// Gives a process entry back (normal exit), dropping whatever it still has charged.
+    pub fn unregister(&self, slot: usize) {
+        let p = self.process(slot);
+        for d in 0..MAX_DEVICES {
+            p.charge[d].store(0, SeqCst);
+            p.context[d].store(0, SeqCst);
+        }
+        p.owner.store(OWNER_FREE, SeqCst);
+    }
+
+    /// Reserves `bytes` on `device` for process entry `slot`, unless that would take the
+    /// device past its limit.
+    pub fn try_charge(&self, slot: usize, device: usize, bytes: u64) -> Result<(), Refusal> {
+        let limit = self.limit(device);
+        let mine = &self.process(slot).charge[device];
+        let mut attempt = 0u32;
+        loop {
+            let before = self.used(device);
+            if before.saturating_add(bytes) > limit {
+                return Err(Refusal {
+                    used: before,
+                    limit,
+                    requested: bytes,
+                });
+            }
+            mine.fetch_add(bytes, SeqCst);
+            let after = self.used(device);
+            if after <= limit {
+                return Ok(());
+            }
+            self.release(slot, device, bytes);
+            // Another reservation raced with ours and neither fits with the other. One of
+            // them may still fit alone: back off by a pseudo-random delay and try again.
+            attempt += 1;
+            if attempt >= 12 {
+                return Err(Refusal {
+                    used: after.saturating_sub(bytes),
+                    limit,
+                    requested: bytes,
+                });
+            }
+            backoff(attempt, slot);
+        }
+    }
+
+    /// Adds a charge without checking the limit: for memory that already exists (a
+    /// context, a pool that grew) and must be counted whatever the limit says.
+    pub fn force_charge(&self, slot: usize, device: usize, bytes: u64) {
+        self.process(slot).charge[device].fetch_add(bytes, SeqCst);
+    }
+
+    /// Takes back a charge.
+    pub fn release(&self, slot: usize, device: usize, bytes: u64) {
+        let _ = self.process(slot).charge[device]
+            .fetch_update(SeqCst, SeqCst, |v| Some(v.saturating_sub(bytes)));
+    }
+
+    /// What a process entry has charged on a device.
+    pub fn charged(&self, slot: usize, device: usize) -> u64 {
+        self.process(slot).charge[device].load(SeqCst)
+    }
+
+    /// Records how much of a process's charge is context and module memory (shown by
+    /// `gpuslice status`; it does not change the charge).
+    pub fn set_context_bytes(&self, slot: usize, device: usize, bytes: u64) {
+        self.process(slot).context[device].store(bytes, Relaxed);
+    }
+
+    /// Zeroes the entries of processes that are gone. Returns how many were swept.
+    pub fn sweep_dead(&self) -> usize {
+        let me = current_identity();
+        self.sweep_where(
+            |p, owner| {
+                p.pid_ns.load(Relaxed) == me.pid_ns
+                    && !process_is_alive(owner_pid(owner), p.start_time.load(Relaxed))
+            },
+            None,
+        )
+    }
+
+    /// Sweeps entries (other than free ones and our own) for which `dead` says so.
+    /// `only_pid` restricts the sweep to one PID.
+    fn sweep_where(
+        &self,
+        dead: impl Fn(&ProcessEntry, u64) -> bool,
+        only_pid: Option<u32>,
+    ) -> usize {
+        let me = std::process::id();
+        let mut swept = 0;
+        for slot in 0..self.high_water() {
+            let p = self.process(slot);
+            let owner = p.owner.load(SeqCst);
+            let state = owner & OWNER_STATE_MASK;
+            if owner == OWNER_FREE {
+                continue;
+            }
+            if let Some(pid) = only_pid
+                && owner_pid(owner) != pid
+            {
+                continue;
+            }
+            let reclaim = if state == OWNER_RECLAIMING {
+                // A sweeper died half way: finish its work.
+                !proc_info::pid_exists(owner_pid(owner))
+            } else {
+                dead(p, owner)
+            };
+            if !reclaim
+                || p.owner
+                    .compare_exchange(owner, OWNER_RECLAIMING | me as u64, SeqCst, SeqCst)
+                    .is_err()
+            {
+                continue;
+            }
+            for d in 0..MAX_DEVICES {
+                p.charge[d].store(0, SeqCst);
+                p.context[d].store(0, SeqCst);
+            }
+            p.owner.store(OWNER_FREE, SeqCst);
+            swept += 1;
+        }
+        swept
+    }
+
+    /// Every process entry in use.
+    pub fn processes(&self) -> Vec<ProcessInfo> {
+        let me = current_identity();
+        let devices = MAX_DEVICES;
+        (0..self.high_water())
+            .filter_map(|slot| {
+                let p = self.process(slot);
+                let owner = p.owner.load(SeqCst);
+                if owner == OWNER_FREE || owner & OWNER_STATE_MASK == OWNER_RECLAIMING {
+                    return None;
+                }
+                let pid = owner_pid(owner);
+                let liveness = if p.pid_ns.load(Relaxed) != me.pid_ns {
+                    Liveness::Unknown
+                } else if process_is_alive(pid, p.start_time.load(Relaxed)) {
+                    Liveness::Alive
+                } else {
+                    Liveness::Dead
+                };
+                Some(ProcessInfo {
+                    slot,
+                    pid,
+                    liveness,
+                    charges: (0..devices).map(|d| p.charge[d].load(SeqCst)).collect(),
+                    context: (0..devices).map(|d| p.context[d].load(Relaxed)).collect(),
+                })
+            })
+            .collect()
+    }
+}
+
+fn backoff(attempt: u32, salt: usize) {
+    if attempt < 3 {
+        for _ in 0..(64 << attempt) {
+            std::hint::spin_loop();
+        }
+        std::thread::yield_now();
+    } else {
+        // Cheap pseudo-randomness: mix the attempt, our entry and the clock.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0) as usize;
+        let jitter = (nanos ^ salt.wrapping_mul(2654435761)) % 200;
+        std::thread::sleep(std::time::Duration::from_micros(
+            20 * attempt as u64 + jitter as u64,
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,239 @@
+//! The test bench for end-to-end tests: a temporary "host" with the fake `libcuda.so.1`
+//! and `libnvidia-ml.so.1` on the library path, a fake GPU state file shared by every
+//! process, a ledger folder, and helpers that start `cuda-probe` (or any program) with
+//! `libgpuslice.so` preloaded and parse what it prints.
+//!
+//! The cdylibs and binaries come from the workspace's target folder, so the tests need
+//! `cargo build --workspace` first (the README's test command does it).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+pub const MIB: u64 = 1 << 20;
+pub const GIB: u64 = 1 << 30;
+/// The fake driver's UUID of device N (its default).
+pub fn fake_uuid(n: u32) -> String {
+    format!("GPU-00000000-0000-4000-8000-{n:012x}")
+}
+
+/// The folder with the workspace's build outputs (`target/debug`).
+pub fn build_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> -> target/debug
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf();
+    for needed in [
+        "libgpuslice.so",
+        "libcuda.so",
+        "libnvidia_ml.so",
+        "cuda-probe",
+    ] {
+        assert!(
+            dir.join(needed).exists(),
+            "{} is missing: run `cargo build --workspace` before the tests",
+            dir.join(needed).display()
+        );
+    }
+    dir
+}
+
+/// A temporary host with one fake GPU state.
+pub struct Bench {
+    pub dir: tempfile::TempDir,
+    pub build: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Bench {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Bench {
+    /// A host with one 80 GiB fake GPU and 300 MiB contexts.
+    pub fn new() -> Self {
+        let build = build_dir();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let libs = dir.path().join("lib");
+        std::fs::create_dir_all(&libs).unwrap();
+        std::os::unix::fs::symlink(build.join("libcuda.so"), libs.join("libcuda.so.1")).unwrap();
+        std::os::unix::fs::symlink(
+            build.join("libnvidia_ml.so"),
+            libs.join("libnvidia-ml.so.1"),
+        )
+        .unwrap();
+        let env = vec![
+            ("LD_LIBRARY_PATH".into(), libs.display().to_string()),
+            (
+                "FAKE_GPU_STATE".into(),
+                dir.path().join("gpu.state").display().to_string(),
+            ),
+            ("FAKE_GPU_MEMORY".into(), "80GiB".into()),
+            ("FAKE_CUDA_CONTEXT_BYTES".into(), "300MiB".into()),
+            (
+                "GPUSLICE_LEDGER_DIR".into(),
+                dir.path().join("ledgers").display().to_string(),
+            ),
+        ];
+        Self { dir, build, env }
+    }
+
+    /// Sets a variable for every process started from now on.
+    pub fn set(&mut self, key: &str, value: &str) -> &mut Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Path of the fake GPU state.
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("gpu.state")
+    }
+
+    /// Path for a slice's ledger.
+    pub fn ledger(&self, name: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("ledgers")
+            .join(format!("{name}.ledger"))
+    }
+
+    /// The interposer.
+    pub fn interposer(&self) -> PathBuf {
+        self.build.join("libgpuslice.so")
+    }
+
+    /// A command for `program` with the bench environment, without the interposer.
+    pub fn plain(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env_remove("LD_PRELOAD");
+        for key in [
+            "GPUSLICE_MEMORY",
+            "GPUSLICE_LEDGER",
+            "CUDA_DEVICE_MEMORY_LIMIT",
+            "CUDA_VISIBLE_DEVICES",
+            "GPUSLICE_LOG",
+        ] {
+            cmd.env_remove(key);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.stdin(Stdio::null());
+        cmd
+    }
+
+    /// `cuda-probe` with the interposer preloaded and `extra` variables.
+    pub fn probe(&self, extra: &[(&str, &str)], steps: &[&str]) -> Command {
+        let mut cmd = self.plain(&self.build.join("cuda-probe"));
+        cmd.env("LD_PRELOAD", self.interposer());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        cmd.args(steps);
+        cmd
+    }
+
+    /// `cuda-probe` without the interposer (a process outside any slice).
+    pub fn bare_probe(&self, steps: &[&str]) -> Command {
+        let mut cmd = self.plain(&self.build.join("cuda-probe"));
+        cmd.args(steps);
+        cmd
+    }
+
+    /// Environment of a process in slice `name` limited to `limit` on every device.
+    pub fn slice_env(&self, name: &str, limit: &str) -> Vec<(String, String)> {
+        vec![
+            ("GPUSLICE_MEMORY".into(), limit.into()),
+            (
+                "GPUSLICE_LEDGER".into(),
+                self.ledger(name).display().to_string(),
+            ),
+        ]
+    }
+
+    /// Highest device memory ever in use on fake device `dev`, contexts included.
+    pub fn peak(&self, dev: u32) -> u64 {
+        fake_gpu::peak_physical(&self.state(), dev as usize)
+    }
+}
+
+/// Runs a command and returns its parsed output, panicking with everything it printed
+/// if it did not exit with 0.
+pub fn run(cmd: &mut Command) -> Report {
+    let out = cmd.output().expect("spawn");
+    let report = Report::from(&out);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        report.text()
+    );
+    report
+}
+
+/// What a probe printed: one line per step.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub lines: Vec<String>,
+    pub stderr: String,
+    pub status: Option<i32>,
+}
+
+impl From<&Output> for Report {
+    fn from(out: &Output) -> Self {
+        Self {
+            lines: String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            status: out.status.code(),
+        }
+    }
+}
+
+impl Report {
+    /// All output, for failure messages.
+    pub fn text(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.lines.join("\n"),
+            self.stderr
+        )
+    }
+
+    /// The key=value fields of the first line whose step is `step`.
+    pub fn step(&self, step: &str) -> HashMap<String, String> {
+        let line = self
+            .lines
+            .iter()
+            .find(|l| l.split(' ').next() == Some(step))
+            .unwrap_or_else(|| panic!("no step {step} in\n{}", self.text()));
+        line.split(' ')
+            .skip(1)
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// A numeric field of a step.
+    pub fn num(&self, step: &str, key: &str) -> u64 {
+        let fields = self.step(step);
+        fields
+            .get(key)
+            .unwrap_or_else(|| panic!("step {step} has no {key} in\n{}", self.text()))
+            .parse()
+            .unwrap_or_else(|_| panic!("step {step} field {key} is not a number"))
+    }
+
+    /// The return code of a step.
+    pub fn rc(&self, step: &str) -> u64 {
+        self.num(step, "rc")
+    }
+}
