@@ -6,7 +6,8 @@
 #
 # Inputs (environment):
 #   GPUSLICE_BIN_DIR  folder with libgpuslice.so (default .gpu-carry, relative to the repo root)
-#   OUT               logs go to $OUT/bench (default /tmp/gpuslice-bench-logs)
+#   BENCH_LOGDIR      working folder for the logs (default /tmp/gpuslice-bench-logs)
+#   OUT               if set, the logs and the table are also bundled into $OUT/bench-logs.txt
 #   BENCH_PAIRS       runs per variant and metric (default 9, minimum 7)
 #   BENCH_SLICE       slice size for the interposed runs (default 70GiB: never refuses)
 # Exit status: 0 if every metric was measured and met its target, 1 otherwise.
@@ -20,7 +21,7 @@ REPO="$(cd "$HERE/.." && pwd)"
 BIN_DIR="${GPUSLICE_BIN_DIR:-.gpu-carry}"
 case "$BIN_DIR" in /*) ;; *) BIN_DIR="$REPO/$BIN_DIR" ;; esac
 LIB="$BIN_DIR/libgpuslice.so"
-if [ -n "${OUT:-}" ]; then LOGDIR="$OUT/bench"; else LOGDIR=/tmp/gpuslice-bench-logs; fi
+LOGDIR="${BENCH_LOGDIR:-/tmp/gpuslice-bench-logs}"
 PAIRS="${BENCH_PAIRS:-9}"
 [ "$PAIRS" -ge 7 ] 2>/dev/null || PAIRS=7
 SLICE="${BENCH_SLICE:-70GiB}"
@@ -32,15 +33,28 @@ MF_LARGE_N=1000
 unset LD_PRELOAD GPUSLICE_BIN_DIR GPUSLICE_MEMORY GPUSLICE_LEDGER CUDA_DEVICE_MEMORY_LIMIT 2>/dev/null
 
 mkdir -p "$LOGDIR/samples" 2>/dev/null || { LOGDIR=/tmp/gpuslice-bench-logs; mkdir -p "$LOGDIR/samples"; }
-rm -f "$LOGDIR"/samples/*
+rm -f "$LOGDIR"/samples/* "$LOGDIR/warnings" "$LOGDIR/table.txt" "$LOGDIR/header.txt" "$LOGDIR/build.log"
 RUNLOG="$LOGDIR/runs.log"
+say() { printf '%s\n' "$*"; printf '%s\n' "$*" >> "$LOGDIR/header.txt"; }
 : > "$RUNLOG"
 START=$SECONDS
 trap 'rm -f "$LEDGER"' EXIT
 
-echo "== gpuslice overhead benchmark (logs: $LOGDIR) =="
-echo "gpu: $(timeout 20 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -n 2 | tr '\n' ';')"
-echo "lib: $LIB ($( [ -f "$LIB" ] && stat -c %s "$LIB" 2>/dev/null || echo missing) bytes); slice $SLICE; $PAIRS runs per variant"
+# $OUT comes back from a remote run as a handful of files only: one bundle.
+bundle_logs() {
+    [ -n "${OUT:-}" ] || return 0
+    mkdir -p "$OUT" 2>/dev/null || return 0
+    local f
+    for f in "$LOGDIR/header.txt" "$LOGDIR/table.txt" "$LOGDIR/build.log" "$LOGDIR/warnings" "$RUNLOG" "$LOGDIR"/samples/*; do
+        [ -f "$f" ] || continue
+        echo "=================================================================== ${f#"$LOGDIR"/}"
+        head -c 300000 "$f"
+    done > "$OUT/bench-logs.txt" 2>/dev/null
+}
+
+say "== gpuslice overhead benchmark (logs: $LOGDIR) =="
+say "gpu: $(timeout 20 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>&1 | head -n 2 | tr '\n' ';')"
+say "lib: $LIB ($( [ -f "$LIB" ] && stat -c %s "$LIB" 2>/dev/null || echo missing) bytes); slice $SLICE; $PAIRS runs per variant"
 
 NVCC=$(command -v nvcc || true)
 if [ -z "$NVCC" ]; then
@@ -55,6 +69,7 @@ fi
 if [ ! -x "$BIN" ]; then
     echo "build failed (nvcc: ${NVCC:-not found}); see $LOGDIR/build.log"
     tail -n 5 "$LOGDIR/build.log" 2>/dev/null
+    bundle_logs
     echo "0 passed, 1 failed"
     exit 1
 fi
@@ -160,7 +175,7 @@ row() {
     printf '%-28s | %15s | %15s | %-22s | %s\n' "$label" "$n" "$g" "$ratio" "$verdict"
 }
 
-echo
+print_table() {
 if [ -s "$LOGDIR/warnings" ]; then
     echo "WARNING: some interposed runs did not have libgpuslice mapped:"
     sort "$LOGDIR/warnings" | uniq -c | head -n 5
@@ -177,3 +192,12 @@ row "startup (ms, process wall)"   ms startup.native startup.slice 5
 echo "samples per cell: $(wc -l < "$LOGDIR/samples/launch.native" 2>/dev/null || echo 0) (launch native); total time $((SECONDS - START))s"
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
+}
+
+echo
+print_table > "$LOGDIR/table.txt"
+rc=$?
+bundle_logs
+cat "$LOGDIR/table.txt"
+[ -n "${OUT:-}" ] && echo "logs: $OUT/bench-logs.txt"
+exit "$rc"

@@ -9,7 +9,9 @@
 #
 # Inputs (environment):
 #   GPUSLICE_BIN_DIR  folder with gpuslice + libgpuslice.so (default .gpu-carry, relative to the repo root)
-#   OUT               logs go to $OUT/gpu-checks (default /tmp/gpuslice-gpu-logs)
+#   GSCHK_LOGDIR      working folder for the per-check logs (default /tmp/gpuslice-gpu-logs)
+#   OUT               if set, the logs are also bundled into $OUT/gpu-checks-logs.txt
+#                     (all files concatenated) and $OUT/gpu-checks-logs.tar.gz
 #   PYTHON            python interpreter (default python3)
 #   GSCHK_ONLY        comma-separated subset of checks
 #   GSCHK_TIMEOUT     per-check timeout in seconds (default 90)
@@ -32,7 +34,8 @@ GS="$BIN_DIR/gpuslice"
 LIB="$BIN_DIR/libgpuslice.so"
 LIB_REAL="$(readlink -f "$LIB" 2>/dev/null || echo "$LIB")"
 PY="${PYTHON:-python3}"
-if [ -n "${OUT:-}" ]; then LOGDIR="$OUT/gpu-checks"; else LOGDIR=/tmp/gpuslice-gpu-logs; fi
+LOGDIR="${GSCHK_LOGDIR:-/tmp/gpuslice-gpu-logs}"
+export GSCHK_LOGDIR="$LOGDIR"
 
 LIMIT=4GiB
 LIMIT_MIB=4096
@@ -263,6 +266,7 @@ fi
 START=$SECONDS
 MON_PID=""
 CHILD_PID=""
+CUR_CHECK=""
 PRELOAD_STATE=none
 PRELOAD_ORIG_CONTENT=""
 R_NAME=(); R_RES=(); R_PN=(); R_PS=(); R_DET=(); R_TIME=()
@@ -322,6 +326,8 @@ kill_leftovers() {
     done
 }
 
+say() { printf '%s\n' "$*"; printf '%s\n' "$*" >> "$LOGDIR/stdout.txt"; }
+
 record() {  # name result peak_nvml peak_smi detail secs
     R_NAME+=("$1"); R_RES+=("$2"); R_PN+=("$3"); R_PS+=("$4"); R_DET+=("$5"); R_TIME+=("$6")
 }
@@ -332,7 +338,7 @@ run_check() {
     mkdir -p "$dir"
     if [ $((SECONDS - START + CHECK_TIMEOUT)) -gt "$GLOBAL_BUDGET" ]; then
         record "$name" SKIP n/a n/a "not started: global time budget ${GLOBAL_BUDGET}s would be exceeded" 0
-        printf '[%2d/%d] %-18s %-5s\n' "$idx" "$count" "$name" SKIP
+        say "$(printf '[%2d/%d] %-18s %-5s' "$idx" "$count" "$name" SKIP)"
         return
     fi
     "$PY" "$HERE/gpu_monitor.py" --out "$dir/monitor.json" --ready "$dir/monitor.ready" \
@@ -348,9 +354,11 @@ run_check() {
     CHECK_DIR="$dir" CHECK_NAME="$name" timeout -k 10 "$CHECK_TIMEOUT" bash "$SELF" --inner "$name" \
         > "$dir/check.log" 2>&1 < /dev/null &
     CHILD_PID=$!
+    CUR_CHECK=$name
     wait "$CHILD_PID"
     rc=$?
     CHILD_PID=""
+    CUR_CHECK=""
     dt=$((SECONDS - t0))
     [ "$name" = ld-so-preload ] && preload_restore
     sleep 0.3
@@ -383,7 +391,7 @@ run_check() {
     fi
     echo "$res rc=$rc peak_nvml=$pn peak_smi=$ps dev_delta=$pd time=${dt}s" > "$dir/result.txt"
     record "$name" "$res" "$pn" "$ps" "$det" "$dt"
-    printf '[%2d/%d] %-18s %-5s %3ss  peak nvml/smi %s/%s MiB\n' "$idx" "$count" "$name" "$res" "$dt" "$pn" "$ps"
+    say "$(printf '[%2d/%d] %-18s %-5s %3ss  peak nvml/smi %s/%s MiB' "$idx" "$count" "$name" "$res" "$dt" "$pn" "$ps")"
 }
 
 print_notes() {  # a few telling lines of each failed check
@@ -423,12 +431,35 @@ print_table() {
     [ "$fail" -eq 0 ]
 }
 
+# $OUT comes back from a remote run as a handful of files only: bundle.
+bundle_logs() {
+    [ -n "${OUT:-}" ] || return 0
+    mkdir -p "$OUT" 2>/dev/null || return 0
+    local -a items=()
+    local f
+    for f in "$LOGDIR"/*; do [ -f "$f" ] && items+=("$(basename "$f")"); done
+    for f in "${R_NAME[@]}"; do [ -d "$LOGDIR/$f" ] && items+=("$f"); done
+    {
+        echo "gpuslice GPU check logs from $LOGDIR ($(date -u +%FT%TZ))"
+        (cd "$LOGDIR" && find "${items[@]}" -type f ! -name '*.ready' ! -name '*.tmp' 2>/dev/null | sort) |
+        while IFS= read -r f; do
+            echo
+            echo "=================================================================== $f"
+            head -c 300000 "$LOGDIR/$f"
+        done
+    } > "$OUT/gpu-checks-logs.txt" 2>/dev/null
+    [ "${#items[@]}" -gt 0 ] && tar -czf "$OUT/gpu-checks-logs.tar.gz" -C "$LOGDIR" "${items[@]}" 2>/dev/null
+    echo "logs bundled: $OUT/gpu-checks-logs.txt, $OUT/gpu-checks-logs.tar.gz"
+}
+
 on_signal() {
     echo "memory-checks: interrupted by SIG$1, cleaning up" >&2
     [ -n "$CHILD_PID" ] && kill -TERM "$CHILD_PID" 2>/dev/null
     preload_restore
     stop_monitor
+    [ -n "$CUR_CHECK" ] && record "$CUR_CHECK" FAIL n/a n/a "interrupted by SIG$1" 0
     print_table
+    bundle_logs
     exit 130
 }
 trap 'preload_restore' EXIT
@@ -436,29 +467,31 @@ trap 'on_signal INT' INT
 trap 'on_signal TERM' TERM
 trap 'on_signal HUP' HUP
 
-mkdir -p "$LOGDIR" 2>/dev/null || { LOGDIR=/tmp/gpuslice-gpu-logs; mkdir -p "$LOGDIR"; }
+mkdir -p "$LOGDIR" 2>/dev/null || { LOGDIR=/tmp/gpuslice-gpu-logs; export GSCHK_LOGDIR="$LOGDIR"; mkdir -p "$LOGDIR"; }
 FOREIGN_PIDS="$LOGDIR/foreign_pids.txt"
+rm -f "$LOGDIR"/*.log "$LOGDIR"/*.txt "$LOGDIR"/*.built "$LOGDIR"/ld.so.preload.orig 2>/dev/null
 
-echo "== gpuslice GPU memory checks (logs: $LOGDIR) =="
-echo "gpu: $(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 2 | tr '\n' ';')"
-echo "env: $(timeout 60 "$PY" "$HERE/env_info.py" 2>&1 | tail -n1)"
+say "== gpuslice GPU memory checks (logs: $LOGDIR) =="
+say "gpu: $(timeout 20 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | head -n 2 | tr '\n' ';')"
+say "env: $(timeout 60 "$PY" "$HERE/env_info.py" 2>&1 | tail -n1)"
 NVCC=$(command -v nvcc || true)
 if [ -z "$NVCC" ]; then
     for c in /usr/local/cuda/bin/nvcc /usr/local/cuda-*/bin/nvcc; do [ -x "$c" ] && { NVCC=$c; break; }; done
 fi
-echo "nvcc: ${NVCC:-not found} $( [ -n "$NVCC" ] && "$NVCC" --version 2>/dev/null | grep -o 'release [0-9.]*' )"
-echo "gpuslice: $GS ($( [ -x "$GS" ] && timeout 10 "$GS" --version 2>&1 | head -n1 | cut -c1-60 || echo missing))"
-echo "lib: $LIB_REAL ($( [ -f "$LIB" ] && stat -c %s "$LIB" 2>/dev/null || echo missing) bytes)"
-echo "foreign GPU pids (ignored): $("$PY" "$HERE/gpu_monitor.py" --list-pids "$FOREIGN_PIDS" 2>/dev/null || echo '?')"
+say "nvcc: ${NVCC:-not found} $( [ -n "$NVCC" ] && "$NVCC" --version 2>/dev/null | grep -o 'release [0-9.]*' )"
+say "gpuslice: $GS ($( [ -x "$GS" ] && timeout 10 "$GS" --version 2>&1 | head -n1 | cut -c1-60 || echo missing))"
+say "lib: $LIB_REAL ($( [ -f "$LIB" ] && stat -c %s "$LIB" 2>/dev/null || echo missing) bytes)"
+say "foreign GPU pids (ignored): $("$PY" "$HERE/gpu_monitor.py" --list-pids "$FOREIGN_PIDS" 2>/dev/null || echo '?')"
 
 CHECKS="$ALL_CHECKS"
 if [ -n "${GSCHK_ONLY:-}" ]; then CHECKS=$(echo "$GSCHK_ONLY" | tr ',' ' '); fi
 
 if [ -f "$GS" ] && [ ! -x "$GS" ]; then chmod +x "$GS" 2>/dev/null; fi
 if [ ! -x "$GS" ] || [ ! -f "$LIB" ]; then
-    echo "missing artifacts: need $GS and $LIB (set GPUSLICE_BIN_DIR)"
+    say "missing artifacts: need $GS and $LIB (set GPUSLICE_BIN_DIR)"
     for c in $CHECKS; do record "$c" FAIL n/a n/a "not run: missing $BIN_DIR/{gpuslice,libgpuslice.so}" 0; done
     print_table
+    bundle_logs > /dev/null
     exit 1
 fi
 
@@ -472,7 +505,7 @@ case " $CHECKS " in
                 > "$LOGDIR/build-driver_paths.log" 2>&1; then
             touch "$LOGDIR/driver_paths.built"
         fi
-        echo "build driver_paths: $( [ -e "$LOGDIR/driver_paths.built" ] && echo ok || echo FAILED) ($((SECONDS - bt0))s)"
+        say "build driver_paths: $( [ -e "$LOGDIR/driver_paths.built" ] && echo ok || echo FAILED) ($((SECONDS - bt0))s)"
         ;;
 esac
 
@@ -487,5 +520,9 @@ for c in "$@"; do
     esac
 done
 
-print_table
-exit $?
+print_table > "$LOGDIR/summary.txt"
+rc=$?
+bundle_logs > /dev/null
+cat "$LOGDIR/summary.txt"
+[ -n "${OUT:-}" ] && echo "logs: $OUT/gpu-checks-logs.txt (+ .tar.gz)"
+exit "$rc"

@@ -12,7 +12,7 @@ fn exit(code: i32) -> ExitCode {
 }
 
 fn report(error: anyhow::Error) {
-    eprintln!("gpuslice: {error:#}");
+    eprintln!("gpuslice: {error}");
 }
 
 fn main() -> ExitCode {

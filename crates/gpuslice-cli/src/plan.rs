@@ -232,7 +232,7 @@ pub fn prepend_preload(lib: &str, existing: Option<&str>) -> String {
     parts.extend(
         existing
             .unwrap_or("")
-            .split(|c: char| c == ':' || c == ' ' || c == '\t' || c == '\n')
+            .split([':', ' ', '\t', '\n'])
             .filter(|p| !p.is_empty() && *p != lib),
     );
     parts.join(":")

@@ -85,25 +85,20 @@ pub fn plan(
     env: &RunEnv,
     devices: impl FnOnce() -> Result<Vec<GpuDevice>, GpuError>,
 ) -> Result<RunPlan, RunError> {
-    let Some(limit) = args.memory else {
-        // clap requires --memory; a caller that builds RunArgs by hand gets the same rule.
-        return Err(PlanError::BadMemory {
-            value: String::new(),
-            source: gpuslice_config::SizeError::Empty,
-        }
-        .into());
+    let limit = plan::parse_memory(&args.memory)?;
+    let name = match &args.name {
+        Some(name) => plan::validate_name(name)?,
+        None => format!("run-{}", env.pid),
     };
-    let name = args
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("run-{}", env.pid));
+    let log = args.log.as_deref().map(plan::parse_log).transpose()?;
+    let gpu_list = args.gpus.as_deref().map(gpus::parse_gpu_list).transpose()?;
     let lib = plan::find_library(args.lib.as_deref(), env.lib.as_deref(), env.exe.as_deref())?;
     let dir = plan::ledger_dir(args.ledger_dir.as_deref(), env.ledger_dir.as_deref());
-    let gpus = match &args.gpus {
+    let gpus = match &gpu_list {
         Some(list) => Some(gpus::resolve(list, &devices()?)?),
         None => None,
     };
-    Ok(RunPlan::new(limit, gpus, name, dir, lib, args.log.clone())?)
+    Ok(RunPlan::new(limit, gpus, name, dir, lib, log)?)
 }
 
 /// Runs `gpuslice run`. Call it before any other thread is started: it blocks the
@@ -226,6 +221,30 @@ mod tests {
         let err = plan(&args(&["--gpus", "3"]), &env, machine).unwrap_err();
         assert!(err.to_string().contains("--gpus"), "{err}");
         assert_eq!(err.exit_code(), 125);
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_flag() {
+        let (_dir, env) = env_with_lib();
+        for (extra, flag) in [
+            (&["--name", "a/b"][..], "--name"),
+            (&["--name", ""][..], "--name"),
+            (&["--gpus", "zero"][..], "--gpus"),
+            (&["--gpus", "0,,1"][..], "--gpus"),
+            (&["--log", "loud"][..], "--log"),
+        ] {
+            let err = plan(&args(extra), &env, machine).expect_err(flag);
+            assert!(err.to_string().contains(flag), "{extra:?}: {err}");
+            assert_eq!(err.exit_code(), 125);
+        }
+        for memory in ["lots", "0", "", "-1"] {
+            let mut a = args(&[]);
+            a.memory = memory.into();
+            let err = plan(&a, &env, machine).expect_err(memory);
+            assert!(err.to_string().contains("--memory"), "{memory}: {err}");
+        }
+        let p = plan(&args(&["--log", "DEBUG"]), &env, machine).unwrap();
+        assert_eq!(p.log.unwrap().0, "debug");
     }
 
     #[test]

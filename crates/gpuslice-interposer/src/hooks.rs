@@ -798,7 +798,7 @@ type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
 fn charge_new_context(s: &Slice, dev: CUdevice) -> Result<bool, CUresult> {
     match s.device_entry(dev)? {
         Some(device) => {
-            let fits = s.refresh_overhead(device, true);
+            let fits = s.charge_context(device);
             if !fits {
                 crate::log::refusal(format_args!(
                     "slice '{}' on {}: a new CUDA context does not fit: the slice's limit is {} and {} is in use",

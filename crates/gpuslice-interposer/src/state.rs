@@ -225,6 +225,13 @@ pub struct GraphBook {
     pub needs: HashMap<usize, Vec<(CUdevice, u64)>>,
 }
 
+/// What a new context is charged before anyone in the slice has measured one (a CUDA 12
+/// or 13 context with its first modules takes about 500 MiB on Hopper).
+const DEFAULT_CONTEXT_ESTIMATE: u64 = 512 << 20;
+/// When less than this (plus the request) is left in the slice, context and module
+/// memory is re-measured before charging.
+const TIGHT_ROOM: u64 = 1 << 30;
+
 const DEVICE_UNRESOLVED: i32 = -2;
 const DEVICE_UNLIMITED: i32 = -1;
 const MAX_ORDINALS: usize = 64;
@@ -381,7 +388,12 @@ impl Slice {
     /// [`Slice::reserve`] for a caller that holds one of the books' locks (that book is
     /// then not re-read).
     pub fn reserve_holding(&self, device: usize, bytes: u64, what: &str, holding: Holding) -> Result<(), CUresult> {
-        self.maybe_refresh_overhead(device, false);
+        // Context and module memory is re-measured only when the slice is nearly full:
+        // elsewhere a small error cannot take it past the limit, and NVML stays unloaded.
+        let room = self.ledger.limit(device).saturating_sub(self.used(device));
+        if room < bytes.saturating_add(TIGHT_ROOM) {
+            self.maybe_refresh_overhead(device, false);
+        }
         match self.try_charge_making_room(device, bytes, holding) {
             Ok(()) => Ok(()),
             Err(refusal) => {
@@ -498,10 +510,33 @@ impl Slice {
                 }
                 self.overhead[device].store(wanted, Relaxed);
                 self.ledger.set_context_bytes(self.entry, device, wanted);
+                if wanted > 0 {
+                    self.ledger.set_context_estimate(device, wanted);
+                }
                 return true;
             }
         }
         false
+    }
+
+    /// Charges a newly created context: by the size a context was last measured to take
+    /// in this slice (or a default), or, when that does not fit, by measuring this one.
+    /// False when it does not fit.
+    pub fn charge_context(&self, device: usize) -> bool {
+        let estimate = self
+            .ledger
+            .context_estimate(device)
+            .unwrap_or(DEFAULT_CONTEXT_ESTIMATE);
+        if self
+            .try_charge_making_room(device, estimate, Holding::Nothing)
+            .is_ok()
+        {
+            let _guard = lock(&self.overhead_lock);
+            let total = self.overhead[device].fetch_add(estimate, Relaxed) + estimate;
+            self.ledger.set_context_bytes(self.entry, device, total);
+            return true;
+        }
+        self.refresh_overhead(device, true)
     }
 
     /// [`Slice::refresh_overhead`] at most four times a second.

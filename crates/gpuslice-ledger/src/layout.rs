@@ -43,7 +43,8 @@ pub struct DeviceEntry {
     pub state: AtomicU64,
     pub limit: AtomicU64,
     pub uuid: [AtomicU64; UUID_WORDS],
-    pub reserved: [AtomicU64; 6],
+    pub context_estimate: AtomicU64,
+    pub reserved: [AtomicU64; 5],
 }
 
 /// One process: owner word, identity and charges per device.

@@ -410,6 +410,18 @@ impl Ledger {
         self.device(device).limit.load(Relaxed)
     }
 
+    /// What a CUDA context (with its modules) was last measured to take on this device
+    /// by any process of the slice, if anyone measured it yet.
+    pub fn context_estimate(&self, device: usize) -> Option<u64> {
+        let v = self.device(device).context_estimate.load(Relaxed);
+        (v != 0).then_some(v)
+    }
+
+    /// Records a measured context size for later processes to start from.
+    pub fn set_context_estimate(&self, device: usize, bytes: u64) {
+        self.device(device).context_estimate.store(bytes, Relaxed);
+    }
+
     /// The UUID of a device entry.
     pub fn uuid(&self, device: usize) -> String {
         layout::read_uuid(self.device(device))
