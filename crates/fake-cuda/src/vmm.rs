@@ -231,7 +231,7 @@ impl Driver {
     fn map(&mut self, ptr: u64, size: u64, offset: u64, h: u64) -> Result<(), CUresult> {
         let gran = self.settings.granularity;
         let p = self.phys.get(&h).ok_or(CUDA_ERROR_INVALID_VALUE)?;
-        if size == 0 || size % gran != 0 || offset % gran != 0 {
+        if size == 0 || !size.is_multiple_of(gran) || !offset.is_multiple_of(gran) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         if offset.checked_add(size).is_none_or(|end| end > p.size) {
@@ -315,7 +315,7 @@ pub unsafe extern "C" fn cuMemCreate(
         let (out, prop) = unsafe { (Out::new(handle)?, read_in(prop)?) };
         let dev = d.check_prop(&prop)?;
         let size = size as u64;
-        if size == 0 || size % d.settings.granularity != 0 {
+        if size == 0 || !size.is_multiple_of(d.settings.granularity) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         d.charge(dev, size, 0)?;
@@ -367,7 +367,7 @@ pub unsafe extern "C" fn cuMemAddressReserve(
         // SAFETY: `ptr` is null or writable by the API contract.
         let out = unsafe { Out::new(ptr) }?;
         let size = size as u64;
-        if size == 0 || size % d.settings.granularity != 0 {
+        if size == 0 || !size.is_multiple_of(d.settings.granularity) {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let base = d.alloc_vmm_va(size, alignment as u64);

@@ -387,7 +387,13 @@ impl Slice {
 
     /// [`Slice::reserve`] for a caller that holds one of the books' locks (that book is
     /// then not re-read).
-    pub fn reserve_holding(&self, device: usize, bytes: u64, what: &str, holding: Holding) -> Result<(), CUresult> {
+    pub fn reserve_holding(
+        &self,
+        device: usize,
+        bytes: u64,
+        what: &str,
+        holding: Holding,
+    ) -> Result<(), CUresult> {
         // Context and module memory is re-measured only when the slice is nearly full:
         // elsewhere a small error cannot take it past the limit, and NVML stays unloaded.
         let room = self.ledger.limit(device).saturating_sub(self.used(device));
@@ -412,7 +418,12 @@ impl Slice {
 
     /// Tries a charge; if it does not fit, makes room (sweeps dead processes, re-reads
     /// pools and graph memory, except the book the caller holds) and tries once more.
-    fn try_charge_making_room(&self, device: usize, bytes: u64, holding: Holding) -> Result<(), gpuslice_ledger::Refusal> {
+    fn try_charge_making_room(
+        &self,
+        device: usize,
+        bytes: u64,
+        holding: Holding,
+    ) -> Result<(), gpuslice_ledger::Refusal> {
         if self.ledger.try_charge(self.entry, device, bytes).is_ok() {
             return Ok(());
         }
@@ -484,7 +495,11 @@ impl Slice {
             log_at!(Debug, "NVML does not list process {} on {uuid}", self.pid);
             return true;
         };
-        log_at!(Debug, "NVML: process {} uses {measured} bytes on {uuid}", self.pid);
+        log_at!(
+            Debug,
+            "NVML: process {} uses {measured} bytes on {uuid}",
+            self.pid
+        );
         for attempt in 0..2 {
             {
                 let _guard = lock(&self.overhead_lock);

@@ -159,7 +159,7 @@ impl Bench {
 
     /// Highest device memory ever in use on fake device `dev`, contexts included.
     pub fn peak(&self, dev: u32) -> u64 {
-        fake_gpu::peak_physical(&self.state(), dev as usize)
+        fake_gpu::peak_physical(self.state(), dev as usize)
     }
 }
 

@@ -9,7 +9,7 @@ const CONTEXT: u64 = 300 * MIB;
 const CUDA_ERROR_OUT_OF_MEMORY: u64 = 2;
 const CUDA_ERROR_NOT_PERMITTED: u64 = 800;
 
-fn env<'a>(pairs: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
+fn env(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
     pairs
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -17,7 +17,7 @@ fn env<'a>(pairs: &'a [(String, String)]) -> Vec<(&'a str, &'a str)> {
 }
 
 #[test]
-fn hooks_are_handed_out_through_cuGetProcAddress_and_dlsym() {
+fn hooks_are_handed_out_through_get_proc_address_and_dlsym() {
     let bench = Bench::new();
     let slice = bench.slice_env("resolve", "1GiB");
     let r = run(&mut bench.probe(
@@ -204,7 +204,11 @@ fn pitch_allocations_are_charged_by_the_real_pitch() {
         CUDA_ERROR_OUT_OF_MEMORY,
         "640 MiB + 128 MiB + context > 1 GiB"
     );
-    assert_eq!(r.rc("pitch:8191x65536"), 0, "512 MiB + 128 MiB + context fits");
+    assert_eq!(
+        r.rc("pitch:8191x65536"),
+        0,
+        "512 MiB + 128 MiB + context fits"
+    );
     assert!(bench.peak(0) <= GIB);
 }
 
@@ -626,13 +630,19 @@ fn many_processes_allocating_at_once_never_pass_the_limit() {
         }
     }
     assert_eq!(contexts, 6, "all six contexts fit (1.8 GiB of 3 GiB)");
-    assert!(total + contexts * CONTEXT <= 3 * GIB, "committed {total} + contexts");
+    assert!(
+        total + contexts * CONTEXT <= 3 * GIB,
+        "committed {total} + contexts"
+    );
     assert!(
         total + contexts * CONTEXT >= 3 * GIB - 6 * 32 * MIB - 96 * MIB,
         "the slice was filled: {total}"
     );
     assert!(ledger_used <= 3 * GIB, "ledger {ledger_used}");
-    assert!(in_use <= 3 * GIB && in_use == total + contexts * CONTEXT, "device {in_use}");
+    assert!(
+        in_use <= 3 * GIB && in_use == total + contexts * CONTEXT,
+        "device {in_use}"
+    );
     assert!(bench.peak(0) <= 3 * GIB, "peak {}", bench.peak(0));
 }
 
@@ -700,11 +710,7 @@ fn a_forked_child_charges_its_own_entry() {
     // The child sees the parent's context and 512 MiB, plus its own 256 MiB and its
     // context (charged by estimate: the fake driver gives a forked child no context of
     // its own, so NVML never lists it to measure).
-    assert!(
-        child_free <= 2 * GIB - CONTEXT - 768 * MIB,
-        "{}",
-        r.text()
-    );
+    assert!(child_free <= 2 * GIB - CONTEXT - 768 * MIB, "{}", r.text());
     // Once the child has exited, its charges are gone and the parent's remain.
     let parent_free = r
         .lines
