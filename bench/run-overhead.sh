@@ -10,6 +10,9 @@
 #   OUT               if set, the logs and the table are also bundled into $OUT/bench-logs.txt
 #   BENCH_PAIRS       runs per variant and metric (default 9, minimum 7)
 #   BENCH_SLICE       slice size for the interposed runs (default 70GiB: never refuses)
+#   BENCH_PIN         1: pin the runs to cores 2,3 with taskset (default off)
+#   BENCH_GAP         seconds of pause between runs (default 0.3: lets the driver finish
+#                     tearing the previous process down)
 # Exit status: 0 if every metric was measured and met its target, 1 otherwise.
 # See bench/README.md.
 
@@ -30,6 +33,10 @@ BIN=/tmp/overhead
 LAUNCH_N=200000
 MF_SMALL_N=5000
 MF_LARGE_N=1000
+GAP="${BENCH_GAP:-0.3}"
+# BENCH_PIN=1: pin every run to cores 2,3 (off by default: it slows CUDA start-up a lot).
+PIN=()
+if [ "${BENCH_PIN:-0}" = 1 ] && command -v taskset > /dev/null 2>&1; then PIN=(taskset -c "2,3"); fi
 unset LD_PRELOAD GPUSLICE_BIN_DIR GPUSLICE_MEMORY GPUSLICE_LEDGER CUDA_DEVICE_MEMORY_LIMIT 2>/dev/null
 
 mkdir -p "$LOGDIR/samples" 2>/dev/null || { LOGDIR=/tmp/gpuslice-bench-logs; mkdir -p "$LOGDIR/samples"; }
@@ -83,45 +90,63 @@ fi
 run() {
     local v=$1
     shift
+    sleep "$GAP"
     case "$v" in
-        native) timeout 60 env -u LD_PRELOAD "$BIN" "$@" ;;
-        slice)  timeout 60 env LD_PRELOAD="$LIB" GPUSLICE_MEMORY="$SLICE" GPUSLICE_LEDGER="$LEDGER" "$BIN" "$@" ;;
-        inert)  timeout 60 env LD_PRELOAD="$LIB" "$BIN" "$@" ;;
+        native | native2) timeout 60 "${PIN[@]}" env -u LD_PRELOAD "$BIN" "$@" ;;
+        slice)  timeout 60 "${PIN[@]}" env LD_PRELOAD="$LIB" GPUSLICE_MEMORY="$SLICE" GPUSLICE_LEDGER="$LEDGER" "$BIN" "$@" ;;
+        inert)  timeout 60 "${PIN[@]}" env LD_PRELOAD="$LIB" "$BIN" "$@" ;;
     esac
 }
 
-# sample METRIC VARIANT KEY ARGS... : one run, appends KEY's value to samples/METRIC.VARIANT
+# sample ROUND METRIC VARIANT KEY ARGS... : one run, appends "ROUND value-of-KEY" to samples/METRIC.VARIANT
 sample() {
-    local metric=$1 v=$2 key=$3 out rc val
-    shift 3
+    local round=$1 metric=$2 v=$3 key=$4 out rc val
+    shift 4
     out=$(run "$v" "$@" 2>> "$RUNLOG")
     rc=$?
     echo "$metric $v rc=$rc $out" >> "$RUNLOG"
     val=$(printf '%s\n' "$out" | tr ' ' '\n' | sed -n "s/^$key=//p" | head -n1)
-    [ "$rc" -eq 0 ] && [ -n "$val" ] && echo "$val" >> "$LOGDIR/samples/$metric.$v"
+    [ "$rc" -eq 0 ] && [ -n "$val" ] && echo "$round $val" >> "$LOGDIR/samples/$metric.$v"
     # remember whether interposed runs really had the interposer / the slice
-    if [ "$v" != native ]; then
-        printf '%s\n' "$out" | grep -q 'preloaded=1' || echo "$metric $v: NOT PRELOADED" >> "$LOGDIR/warnings"
-    fi
+    case "$v" in
+        native*) ;;
+        *) printf '%s\n' "$out" | grep -q 'preloaded=1' || echo "$metric $v: NOT PRELOADED" >> "$LOGDIR/warnings" ;;
+    esac
 }
 
 # wall-clock of a whole process (start-up metric), in ms
 sample_wall() {
-    local v=$1 t0 t1 rc out
+    local round=$1 v=$2 t0 t1 rc out
     t0=$EPOCHREALTIME
     out=$(run "$v" startup 2>> "$RUNLOG")
     rc=$?
     t1=$EPOCHREALTIME
     echo "startup $v rc=$rc $out" >> "$RUNLOG"
-    [ "$rc" -eq 0 ] && awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.3f\n", (b-a)*1000}' >> "$LOGDIR/samples/startup.$v"
+    [ "$rc" -eq 0 ] && awk -v r="$round" -v a="$t0" -v b="$t1" 'BEGIN{printf "%s %.3f\n", r, (b-a)*1000}' >> "$LOGDIR/samples/startup.$v"
     if [ "$v" != native ]; then
         printf '%s\n' "$out" | grep -q 'preloaded=1' || echo "startup $v: NOT PRELOADED" >> "$LOGDIR/warnings"
     fi
 }
 
-median() {  # file -> median or NA
+spread() {  # file -> half the interquartile range, in % of the median (run-to-run noise)
     [ -s "$1" ] || { echo NA; return; }
-    sort -g "$1" | awk '{a[NR]=$1} END{ if (NR % 2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'
+    awk '{print $2}' "$1" | sort -g | awk '{a[NR]=$1} END{ q1=a[int((NR+3)/4)]; q3=a[int((3*NR+1)/4)]; m=a[int((NR+1)/2)];
+        if (m == 0) print "NA"; else printf "%.1f\n", (q3-q1)/2/m*100 }'
+}
+
+# paired FILE_NATIVE FILE_GS KIND -> median over rounds of the per-round overhead
+# (rate: n/g-1 in %, ms: g-n), which cancels slow drifts of the machine.
+paired() {
+    [ -s "$1" ] && [ -s "$2" ] || { echo NA; return; }
+    awk -v kind="$3" 'NR==FNR {n[$1]=$2; next} ($1 in n) && $2 > 0 {
+            if (kind == "rate") print (n[$1]/$2-1)*100; else print $2-n[$1] }' "$1" "$2" |
+        sort -g | awk '{a[NR]=$1} END{ if (NR==0) print "NA"; else if (NR % 2) printf "%+.2f\n", a[(NR+1)/2];
+                                      else printf "%+.2f\n", (a[NR/2]+a[NR/2+1])/2 }'
+}
+
+median() {  # file -> median of the values (2nd column) or NA
+    [ -s "$1" ] || { echo NA; return; }
+    awk '{print $2}' "$1" | sort -g | awk '{a[NR]=$1} END{ if (NR % 2) printf "%.3f\n", a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'
 }
 
 rm -f "$LEDGER" "$LOGDIR/warnings"
@@ -130,22 +155,28 @@ rm -f "$LEDGER" "$LOGDIR/warnings"
 run native startup > /dev/null 2>&1
 run slice startup > /dev/null 2>&1
 
-# 1. start-up: pairs, alternating
-for _ in $(seq 1 "$PAIRS"); do sample_wall native; sample_wall slice; done
-# 2. launch rate: triplets native / slice / inert
-for _ in $(seq 1 "$PAIRS"); do
-    sample launch native launches_per_s launch "$LAUNCH_N"
-    sample launch slice launches_per_s launch "$LAUNCH_N"
-    sample launch inert launches_per_s launch "$LAUNCH_N"
+# The order inside each pair alternates (native first, then gpuslice first, ...)
+# so that "the run right after another process" effects cancel out.
+order() {  # i variants... -> the variants rotated by i
+    local i=$1
+    shift
+    local -a v=("$@")
+    local k n=${#v[@]}
+    for k in $(seq 0 $((n - 1))); do printf '%s ' "${v[$(((k + i) % n))]}"; done
+}
+# 1. start-up: pairs
+for i in $(seq 1 "$PAIRS"); do for v in $(order "$i" native slice); do sample_wall "$i" "$v"; done; done
+# 2. launch rate: rounds of native / slice / inert / native again (the A/A row:
+#    what two identical native runs differ by, i.e. the resolution of this machine)
+for i in $(seq 1 "$PAIRS"); do
+    for v in $(order "$i" native slice inert native2); do sample "$i" launch "$v" launches_per_s launch "$LAUNCH_N"; done
 done
 # 3./4. cudaMalloc+cudaFree pairs
-for _ in $(seq 1 "$PAIRS"); do
-    sample mf1 native pairs_per_s mallocfree "$MF_SMALL_N" 1MiB
-    sample mf1 slice pairs_per_s mallocfree "$MF_SMALL_N" 1MiB
+for i in $(seq 1 "$PAIRS"); do
+    for v in $(order "$i" native slice); do sample "$i" mf1 "$v" pairs_per_s mallocfree "$MF_SMALL_N" 1MiB; done
 done
-for _ in $(seq 1 "$PAIRS"); do
-    sample mf64 native pairs_per_s mallocfree "$MF_LARGE_N" 64MiB
-    sample mf64 slice pairs_per_s mallocfree "$MF_LARGE_N" 64MiB
+for i in $(seq 1 "$PAIRS"); do
+    for v in $(order "$i" native slice); do sample "$i" mf64 "$v" pairs_per_s mallocfree "$MF_LARGE_N" 64MiB; done
 done
 rm -f "$LEDGER"
 
@@ -156,23 +187,31 @@ pass=0
 fail=0
 # row LABEL KIND NATIVE_FILE GS_FILE TARGET ; KIND=rate (higher is better, target in %) or ms (target in ms extra)
 row() {
-    local label=$1 kind=$2 nf=$3 gf=$4 target=$5 n g ratio verdict
+    local label=$1 kind=$2 nf=$3 gf=$4 target=$5 n g ratio verdict p
     n=$(median "$LOGDIR/samples/$nf")
     g=$(median "$LOGDIR/samples/$gf")
+    p=$(paired "$LOGDIR/samples/$nf" "$LOGDIR/samples/$gf" "$kind")
+    if [ "$target" = - ]; then
+        ratio=$(awk -v n="$n" -v g="$g" -v p="$p" 'BEGIN{ if (n == "NA" || g == "NA") print "n/a"; else printf "%+.2f%% (paired %s%%)", (n/g-1)*100, p}')
+        printf '%-28s | %15s | %15s | %-27s | %-20s | %s/%s\n' "$label" "$n" "$g" "$ratio" "(control)" \
+            "$(spread "$LOGDIR/samples/$nf")" "$(spread "$LOGDIR/samples/$gf")"
+        return
+    fi
     if [ "$n" = NA ] || [ "$g" = NA ]; then
         ratio="n/a"; verdict="FAIL (no data)"
     elif [ "$kind" = rate ]; then
         # time per op overhead: native_rate/gs_rate - 1
-        ratio=$(awk -v n="$n" -v g="$g" 'BEGIN{printf "%+.2f%%", (n/g-1)*100}')
+        ratio=$(awk -v n="$n" -v g="$g" -v p="$p" 'BEGIN{printf "%+.2f%% (paired %s%%)", (n/g-1)*100, p}')
         verdict=$(awk -v n="$n" -v g="$g" -v t="$target" 'BEGIN{print ((n/g-1)*100 <= t) ? "OK" : "MISS"}')
         verdict="<=${target}% $verdict"
     else
-        ratio=$(awk -v n="$n" -v g="$g" 'BEGIN{printf "%+.2f ms (%+.1f%%)", g-n, (g/n-1)*100}')
+        ratio=$(awk -v n="$n" -v g="$g" -v p="$p" 'BEGIN{printf "%+.2f ms (paired %s)", g-n, p}')
         verdict=$(awk -v n="$n" -v g="$g" -v t="$target" 'BEGIN{print (g-n <= t) ? "OK" : "MISS"}')
         verdict="<=${target} ms extra $verdict"
     fi
     case "$verdict" in *OK) pass=$((pass + 1)) ;; *) fail=$((fail + 1)) ;; esac
-    printf '%-28s | %15s | %15s | %-22s | %s\n' "$label" "$n" "$g" "$ratio" "$verdict"
+    printf '%-28s | %15s | %15s | %-27s | %-20s | %s/%s\n' "$label" "$n" "$g" "$ratio" "$verdict" \
+        "$(spread "$LOGDIR/samples/$nf")" "$(spread "$LOGDIR/samples/$gf")"
 }
 
 print_table() {
@@ -181,11 +220,14 @@ if [ -s "$LOGDIR/warnings" ]; then
     sort "$LOGDIR/warnings" | uniq -c | head -n 5
 fi
 echo "slice runs: cudaMemGetInfo total = ${slice_total:-?} MiB (expected $SLICE); runs: $(wc -l < "$RUNLOG") lines in $RUNLOG"
-echo "overhead = native_rate/gpuslice_rate - 1 for rates (time per operation), gpuslice - native for start-up"
-printf '%-28s | %15s | %15s | %-22s | %s\n' metric "native median" "gpuslice median" "ratio (overhead)" target
-printf '%s\n' "-----------------------------+-----------------+-----------------+------------------------+------------------"
+echo "overhead = native_rate/gpuslice_rate - 1 for rates (time per operation), gpuslice - native for start-up;"
+echo "paired = median over rounds of the per-round overhead; the A/A row (native vs native) shows this machine's resolution"
+echo "noise = half the interquartile range of the runs in % of their median (native/gpuslice); pinned: ${PIN[*]:-no}"
+printf '%-28s | %15s | %15s | %-27s | %-20s | %s\n' metric "native median" "gpuslice median" "ratio (overhead)" target "noise % n/g"
+printf '%s\n' "-----------------------------+-----------------+-----------------+-----------------------------+----------------------+------------"
 row "launch (launches/s)"          rate launch.native launch.slice 1
 row "launch, inert preload (/s)"   rate launch.native launch.inert 1
+row "launch, A/A native (/s)"      rate launch.native launch.native2 -
 row "malloc+free 1 MiB (pairs/s)"  rate mf1.native mf1.slice 10
 row "malloc+free 64 MiB (pairs/s)" rate mf64.native mf64.slice 10
 row "startup (ms, process wall)"   ms startup.native startup.slice 5
