@@ -18,7 +18,7 @@ impl Driver {
         let charged = self.granular(physical);
         self.charge(dev, charged, 0)?;
         let gran = self.settings.granularity;
-        let base = self.alloc_va(dev, charged, gran);
+        let base = self.alloc_va(dev, self.granular(size), gran);
         self.allocs.insert(
             base,
             Alloc {
@@ -55,7 +55,9 @@ pub unsafe extern "C" fn cuMemAllocManaged(
         if flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
-        out.set(d.alloc_direct(bytesize as u64, bytesize as u64)?);
+        // Like the real driver, managed memory starts out resident on the host: it takes
+        // no device memory, and NVML's per-process usage does not show it.
+        out.set(d.alloc_direct(bytesize as u64, 0)?);
         Ok(())
     })
 }

@@ -70,18 +70,31 @@ extern "C" fn dlsym_on_handle(handle: *mut c_void, symbol: *const c_char) -> *mu
 }
 
 /// Replaces a real driver entry point with our hook where we have one.
-fn substitute(pfn: *mut *mut c_void) {
+fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64) {
     if pfn.is_null() || !crate::state::hooks_wanted() {
         return;
     }
     // SAFETY: the driver just wrote a function pointer there.
     let found = unsafe { *pfn };
+    let mut hooked = false;
     if let Some(hook) = crate::real::hook_id_of_real(found) {
         let addr = hook_address(hook);
         if !addr.is_null() {
             // SAFETY: same location, a pointer of the same kind.
             unsafe { *pfn = addr };
+            hooked = true;
         }
+    }
+    if crate::log::enabled(gpuslice_config::LogLevel::Trace) && !symbol.is_null() {
+        // SAFETY: the driver accepted it, so it is a NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(symbol) };
+        crate::log::line(
+            gpuslice_config::LogLevel::Trace,
+            format_args!(
+                "cuGetProcAddress {} version={cuda_version} flags={flags} hooked={hooked}",
+                name.to_string_lossy()
+            ),
+        );
     }
 }
 
@@ -109,7 +122,7 @@ pub unsafe extern "C" fn cuGetProcAddress(
     // SAFETY: forwarding the caller's arguments.
     let r = unsafe { f(symbol, pfn, cuda_version, flags) };
     if r == CUDA_SUCCESS {
-        substitute(pfn);
+        substitute(symbol, pfn, cuda_version, flags);
     }
     r
 }
@@ -135,7 +148,7 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     // SAFETY: forwarding the caller's arguments.
     let r = unsafe { f(symbol, pfn, cuda_version, flags, symbol_status) };
     if r == CUDA_SUCCESS {
-        substitute(pfn);
+        substitute(symbol, pfn, cuda_version, flags);
     }
     r
 }

@@ -63,6 +63,18 @@ fn charged_on_current(
     call: impl FnOnce() -> CUresult,
     key_of: impl FnOnce() -> Key,
 ) -> CUresult {
+    charged_on_current_as(s, bytes, what, true, call, key_of)
+}
+
+/// [`charged_on_current`], saying whether NVML's per-process usage shows the memory.
+fn charged_on_current_as(
+    s: &Slice,
+    bytes: u64,
+    what: &str,
+    visible_to_nvml: bool,
+    call: impl FnOnce() -> CUresult,
+    key_of: impl FnOnce() -> Key,
+) -> CUresult {
     let device = match s.current_device() {
         Ok((_, Some(d))) => d,
         Ok((_, None)) => return call(),
@@ -73,7 +85,14 @@ fn charged_on_current(
     }
     let r = call();
     if r == CUDA_SUCCESS {
-        s.remember(key_of(), Charge { device, bytes });
+        s.remember(
+            key_of(),
+            Charge {
+                device,
+                bytes,
+                visible_to_nvml,
+            },
+        );
     } else {
         s.unreserve(device, bytes);
     }
@@ -114,7 +133,7 @@ pub unsafe extern "C" fn cuMemAllocManaged(
     }
     with_slice!(
         // SAFETY: the driver filled *dptr on success.
-        |s| charged_on_current(s, round_up(size as u64, PAGE), "cuMemAllocManaged", call, || Key::Pointer(unsafe { *dptr })),
+        |s| charged_on_current_as(s, round_up(size as u64, PAGE), "cuMemAllocManaged", false, call, || Key::Pointer(unsafe { *dptr })),
         else call()
     )
 }
@@ -183,8 +202,8 @@ fn adjust(s: &Slice, key: Key, actual: u64, what: &str) -> bool {
     lock(&s.allocations).insert(
         key,
         Charge {
-            device: charge.device,
             bytes: actual,
+            ..charge
         },
     );
     true
@@ -225,7 +244,14 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
             Ok((_, None)) => return r,
             Err(e) => return e,
         };
-        s.maybe_refresh_overhead(device, false);
+        // Context and module memory is measured through NVML (which costs milliseconds
+        // the first time) when the slice has not learned what a context takes yet, and
+        // when it is nearly full; elsewhere the learned estimate is close enough.
+        if s.ledger.context_estimate(device).is_none() {
+            s.maybe_refresh_overhead(device, false);
+        } else {
+            s.refresh_overhead_if_tight(device, 0);
+        }
         s.reconcile_pools();
         let limit = s.ledger.limit(device);
         let left = limit.saturating_sub(s.used(device));
@@ -594,7 +620,7 @@ pub unsafe extern "C" fn cuMemCreate(
         let r = call();
         if r == CUDA_SUCCESS {
             // SAFETY: written by the driver on success.
-            s.remember(Key::Handle(unsafe { *handle }), Charge { device, bytes });
+            s.remember(Key::Handle(unsafe { *handle }), Charge::device_memory(device, bytes));
         } else {
             s.unreserve(device, bytes);
         }

@@ -200,6 +200,20 @@ pub struct Charge {
     pub device: usize,
     /// Bytes charged.
     pub bytes: u64,
+    /// Whether NVML's per-process usage shows this memory. Managed memory is charged in
+    /// full but NVML does not show it, so it must not be taken for context memory.
+    pub visible_to_nvml: bool,
+}
+
+impl Charge {
+    /// A charge for device memory that NVML shows in the process's usage.
+    pub fn device_memory(device: usize, bytes: u64) -> Self {
+        Charge {
+            device,
+            bytes,
+            visible_to_nvml: true,
+        }
+    }
 }
 
 /// A memory pool's charge: the pool's reserved memory as last seen.
@@ -257,6 +271,9 @@ pub struct Slice {
     pub graphs: Mutex<GraphBook>,
     /// Per ledger device entry: bytes charged for context and module memory.
     overhead: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
+    /// Per ledger device entry: bytes charged that NVML's per-process usage never shows
+    /// (managed memory).
+    invisible: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
     overhead_lock: Mutex<()>,
     last_overhead_check_ms: AtomicU64,
     started: Instant,
@@ -309,6 +326,7 @@ impl Slice {
             pools: Mutex::new(PoolBook::default()),
             graphs: Mutex::new(GraphBook::default()),
             overhead: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
+            invisible: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             overhead_lock: Mutex::new(()),
             last_overhead_check_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -394,12 +412,7 @@ impl Slice {
         what: &str,
         holding: Holding,
     ) -> Result<(), CUresult> {
-        // Context and module memory is re-measured only when the slice is nearly full:
-        // elsewhere a small error cannot take it past the limit, and NVML stays unloaded.
-        let room = self.ledger.limit(device).saturating_sub(self.used(device));
-        if room < bytes.saturating_add(TIGHT_ROOM) {
-            self.maybe_refresh_overhead(device, false);
-        }
+        self.refresh_overhead_if_tight(device, bytes);
         match self.try_charge_making_room(device, bytes, holding) {
             Ok(()) => Ok(()),
             Err(refusal) => {
@@ -450,12 +463,18 @@ impl Slice {
 
     /// Records a charged allocation.
     pub fn remember(&self, key: Key, charge: Charge) {
+        if !charge.visible_to_nvml {
+            self.invisible[charge.device].fetch_add(charge.bytes, Relaxed);
+        }
         lock(&self.allocations).insert(key, charge);
     }
 
     /// Forgets an allocation and gives its charge back.
     pub fn forget(&self, key: Key) {
         if let Some(c) = lock(&self.allocations).remove(&key) {
+            if !c.visible_to_nvml {
+                self.invisible[c.device].fetch_sub(c.bytes, Relaxed);
+            }
             self.unreserve(c.device, c.bytes);
         }
     }
@@ -504,7 +523,12 @@ impl Slice {
             {
                 let _guard = lock(&self.overhead_lock);
                 let current = self.overhead[device].load(Relaxed);
-                let accounted = self.charged(device).saturating_sub(current);
+                // What NVML should show for the allocations the books hold: everything
+                // charged except context memory and memory NVML never shows.
+                let accounted = self
+                    .charged(device)
+                    .saturating_sub(current)
+                    .saturating_sub(self.invisible[device].load(Relaxed));
                 let wanted = measured.saturating_sub(accounted);
                 if wanted > current {
                     let grow = wanted - current;
@@ -552,6 +576,16 @@ impl Slice {
             return true;
         }
         self.refresh_overhead(device, true)
+    }
+
+    /// Re-measures context and module memory (at most four times a second) when less
+    /// than `bytes` plus a margin is left in the slice: elsewhere a small error in the
+    /// estimate cannot take the slice past its limit, and NVML stays unloaded.
+    pub fn refresh_overhead_if_tight(&self, device: usize, bytes: u64) {
+        let room = self.ledger.limit(device).saturating_sub(self.used(device));
+        if room < bytes.saturating_add(TIGHT_ROOM) {
+            self.maybe_refresh_overhead(device, false);
+        }
     }
 
     /// [`Slice::refresh_overhead`] at most four times a second.
