@@ -10,6 +10,7 @@ type GetProc =
 
 /// The loaded driver.
 pub struct Driver {
+    handle: *mut c_void,
     get_proc: GetProc,
     version: c_int,
     flags: u64,
@@ -17,7 +18,7 @@ pub struct Driver {
 
 /// Calls entry point `$name` (a base name) with signature `$ty`.
 macro_rules! cu {
-    ($self:expr, $name:literal, $ty:ty, $($arg:expr),*) => {{
+    ($self:expr, $name:expr, $ty:ty, $($arg:expr),*) => {{
         let p = $self.entry($name);
         if p.is_null() {
             500
@@ -102,11 +103,89 @@ impl Driver {
             0
         };
         Self {
+            handle,
             // SAFETY: cuGetProcAddress_v2's signature.
             get_proc: unsafe { std::mem::transmute::<*mut c_void, GetProc>(p) },
             version,
             flags,
         }
+    }
+
+    /// A symbol of the loaded driver library (not an entry point: the fake's extras).
+    pub fn symbol(&self, name: &CStr) -> *mut c_void {
+        // SAFETY: dlsym on our own handle with a valid name.
+        unsafe { libc::dlsym(self.handle, name.as_ptr()) }
+    }
+
+    /// Calls an entry point that takes two pointer-sized arguments.
+    pub fn call2(&self, name: &str, a: *mut c_void, b: *mut c_void) -> c_int {
+        cu!(
+            self,
+            name,
+            unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+            a,
+            b
+        )
+    }
+
+    /// Calls an entry point that takes three pointer-sized arguments.
+    pub fn call3(&self, name: &str, a: *mut c_void, b: *mut c_void, c: *mut c_void) -> c_int {
+        cu!(
+            self,
+            name,
+            unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> c_int,
+            a,
+            b,
+            c
+        )
+    }
+
+    /// Calls an entry point that takes four pointer-sized arguments.
+    pub fn call4(
+        &self,
+        name: &str,
+        a: *mut c_void,
+        b: *mut c_void,
+        c: *mut c_void,
+        d: *mut c_void,
+    ) -> c_int {
+        cu!(
+            self,
+            name,
+            unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void, *mut c_void) -> c_int,
+            a,
+            b,
+            c,
+            d
+        )
+    }
+
+    /// Calls an entry point that takes five pointer-sized arguments.
+    pub fn call5(
+        &self,
+        name: &str,
+        a: *mut c_void,
+        b: *mut c_void,
+        c: *mut c_void,
+        d: *mut c_void,
+        e: *mut c_void,
+    ) -> c_int {
+        cu!(
+            self,
+            name,
+            unsafe extern "C" fn(
+                *mut c_void,
+                *mut c_void,
+                *mut c_void,
+                *mut c_void,
+                *mut c_void,
+            ) -> c_int,
+            a,
+            b,
+            c,
+            d,
+            e
+        )
     }
 
     /// The entry point for a base name.

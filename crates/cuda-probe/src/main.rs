@@ -11,12 +11,24 @@
 //! `resolve:NAME` (which library serves the entry point), `direct-alloc:SIZE` (the
 //! symbol as a program linked against libcuda would bind it), `ready:FILE`,
 //! `wait:FILE`, `sleep:MS`, `fork:STEPS` (steps separated by `+`, run in a forked
-//! child that then exits), `exit:CODE`.
+//! child that then exits), `exit:CODE`, `pid:FILE` (writes `ns=PID host=PID`: its PID
+//! and its PID as the `/proc` mount names it).
+//!
+//! NVML steps (NVML loaded like nvidia-smi: `dlopen`, then `dlsym` on the handle), on the
+//! device with NVML index `I`: `nvml-mem:I` (`_v1` and `_v2` memory info),
+//! `nvml-procs:I[:v1|v2|v3|graphics|graphics-v3|mps|mps-v3|detail]` (a process list as
+//! `list=PID:BYTES,...`), `nvml-samples:I` (`nvmlDeviceGetProcessUtilization`,
+//! `list=PID:SM:MEM,...`), `nvml-samples2:I` (`nvmlDeviceGetProcessesUtilizationInfo`),
+//! `nvml-rates:I`, `nvml-acct:I` (`list=PID:RC:GPUUTIL:MAXMEM,...`), `nvml-enc:I`,
+//! `nvml-fbc:I` (`list=PID:SESSION,...`), `nvml-resolve:NAME` (which library serves the
+//! symbol through the handle and through `RTLD_DEFAULT`).
 //!
 //! Environment: `PROBE_CUDA_VERSION` (default 13000), `PROBE_PER_THREAD=1` to ask for
 //! per-thread-default-stream entry points.
 
 mod driver;
+mod launch;
+mod nvml;
 
 use std::ffi::c_void;
 
@@ -67,9 +79,14 @@ struct Probe {
     mipmaps: Vec<*mut c_void>,
     pool: *mut c_void,
     stream: *mut c_void,
+    nvml: Option<nvml::Nvml>,
 }
 
 impl Probe {
+    fn nvml(&mut self) -> &nvml::Nvml {
+        self.nvml.get_or_insert_with(nvml::Nvml::load)
+    }
+
     fn new() -> Self {
         Self {
             cu: Driver::load(),
@@ -80,6 +97,7 @@ impl Probe {
             mipmaps: Vec::new(),
             pool: std::ptr::null_mut(),
             stream: std::ptr::null_mut(),
+            nvml: None,
         }
     }
 
@@ -266,6 +284,10 @@ impl Probe {
                 format!("rc={rc} stage={stage}")
             }
             "graphtrim" => format!("rc={}", cu.graph_mem_trim(0)),
+            "loop" => {
+                let (kind, ms) = arg.split_once(':').expect("loop:KIND:MS");
+                launch::timed_loop(cu, kind, ms.parse().expect("ms"))
+            }
             "resolve" => format!("library={}", cu.resolve_library(arg)),
             "ready" => {
                 std::fs::write(arg, b"ready").expect("write ready file");
@@ -304,6 +326,18 @@ impl Probe {
                 format!("rc=0 child_pid={pid} child_status={status}")
             }
             "exit" => std::process::exit(arg.parse().unwrap_or(0)),
+            "pid" => {
+                let ns = std::process::id();
+                let host = std::fs::read_link("/proc/self")
+                    .ok()
+                    .and_then(|p| p.to_str().and_then(|s| s.parse::<u32>().ok()))
+                    .unwrap_or(ns);
+                let text = format!("ns={ns} host={host}");
+                std::fs::write(arg, &text).expect("write pid file");
+                format!("rc=0 {text}")
+            }
+            "nvml-resolve" => self.nvml().resolve(arg),
+            n if n.starts_with("nvml-") => self.nvml().step(n, arg),
             other => panic!("unknown step {other}"),
         }
     }

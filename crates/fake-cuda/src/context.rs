@@ -16,6 +16,7 @@ impl Driver {
             .ok_or(CUDA_ERROR_INVALID_CONTEXT)?
             .dev;
         self.charge(dev, 0, self.settings.context_bytes)?;
+        self.record_activity(dev);
         if let Some(c) = self.contexts.get_mut(&ctx) {
             c.active = true;
         }
@@ -357,6 +358,7 @@ pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut Handle) -> CUresult {
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     api("cuCtxSynchronize", |d| {
         d.current()?;
+        d.timing.wait_stream(None);
         d.synchronize();
         Ok(())
     })

@@ -27,6 +27,17 @@ pub struct Settings {
     pub granularity: u64,
     /// `FAKE_CUDA_POOL_CHUNK`: the step in which memory pools grow.
     pub pool_chunk: u64,
+    /// `FAKE_CUDA_SM_UTIL`, `FAKE_CUDA_MEM_UTIL`, `FAKE_CUDA_ENCODER_SESSIONS`,
+    /// `FAKE_CUDA_FBC_SESSIONS`: what the process is recorded doing on a device while it
+    /// has a context there (default: idle, no sessions).
+    pub activity: fake_gpu::Activity,
+}
+
+fn env_count(name: &str) -> u32 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Settings {
@@ -37,6 +48,12 @@ impl Settings {
             module_bytes: env_size("FAKE_CUDA_MODULE_BYTES", 2 * MIB),
             granularity: nonzero(env_size("FAKE_CUDA_GRANULARITY", 2 * MIB)),
             pool_chunk: nonzero(env_size("FAKE_CUDA_POOL_CHUNK", 2 * MIB)),
+            activity: fake_gpu::Activity {
+                sm_util: env_count("FAKE_CUDA_SM_UTIL").min(100),
+                mem_util: env_count("FAKE_CUDA_MEM_UTIL").min(100),
+                encoder_sessions: env_count("FAKE_CUDA_ENCODER_SESSIONS"),
+                fbc_sessions: env_count("FAKE_CUDA_FBC_SESSIONS"),
+            },
         }
     }
 }
@@ -140,6 +157,8 @@ pub struct Driver {
     /// Device addresses of graph allocation nodes -> (device, bytes).
     pub graph_vas: HashMap<u64, (usize, u64)>,
     pub graph_mem: Vec<GraphMem>,
+    /// Time on the GPU (off unless `FAKE_CUDA_KERNEL_US` is set).
+    pub timing: crate::timing::Timing,
 }
 
 static DRIVER: Mutex<Option<Driver>> = Mutex::new(None);
@@ -307,6 +326,7 @@ impl Driver {
             execs: HashMap::new(),
             graph_vas: HashMap::new(),
             graph_mem: Vec::new(),
+            timing: crate::timing::Timing::from_env(),
             visible,
         };
         for dev in 0..d.visible.len() {
@@ -363,6 +383,13 @@ impl Driver {
             .lock()
             .charge(current_pid(), self.phys_index(dev), used, context)
             .map_err(charge_err)
+    }
+
+    /// Records this process's activity on `dev` (see [`Settings::activity`]).
+    pub fn record_activity(&self, dev: usize) {
+        self.state
+            .lock()
+            .set_activity(current_pid(), self.phys_index(dev), self.settings.activity);
     }
 
     /// Returns bytes charged with [`Driver::charge`].

@@ -251,6 +251,18 @@ impl Driver {
         if upload_only {
             return Ok(());
         }
+        let kernels = self
+            .graphs
+            .get(&x.graph)
+            .map(|g| {
+                g.nodes
+                    .iter()
+                    .filter(|n| matches!(self.nodes.get(n).map(|n| n.kind), Some(NodeKind::Kernel)))
+                    .count() as u64
+            })
+            .unwrap_or(1);
+        let (sk, _, _) = self.stream(stream)?;
+        self.time_kernels(sk, kernels);
         for (&dev, &sum) in &per_dev {
             let gm = &mut self.graph_mem[dev];
             gm.used_high = gm.used_high.max(gm.used.saturating_add(sum));

@@ -8,7 +8,9 @@
 //!
 //! Environment: the `FAKE_GPU_*` variables of `fake-gpu`; `CUDA_VISIBLE_DEVICES`;
 //! `FAKE_CUDA_CONTEXT_BYTES` (300MiB), `FAKE_CUDA_MODULE_BYTES` (2MiB),
-//! `FAKE_CUDA_GRANULARITY` (2MiB), `FAKE_CUDA_POOL_CHUNK` (2MiB); `FAKE_CUDA_FAIL`
+//! `FAKE_CUDA_GRANULARITY` (2MiB), `FAKE_CUDA_POOL_CHUNK` (2MiB); `FAKE_CUDA_SM_UTIL`,
+//! `FAKE_CUDA_MEM_UTIL` (percent), `FAKE_CUDA_ENCODER_SESSIONS`, `FAKE_CUDA_FBC_SESSIONS`
+//! (what a process with a context is recorded doing, for the fake NVML); `FAKE_CUDA_FAIL`
 //! (`SYMBOL@N=CODE` / `SYMBOL@*=CODE` fault injection); `CUDA_API_PER_THREAD_DEFAULT_STREAM`.
 //!
 //! Every exported function is an `unsafe extern "C"` entry point whose safety contract is the
@@ -28,5 +30,6 @@ mod module;
 mod pool;
 mod procaddr;
 mod stream;
+mod timing;
 mod types;
 mod vmm;

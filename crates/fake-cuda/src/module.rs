@@ -41,6 +41,8 @@ impl Driver {
         let (sk, _, _) = self.stream(stream)?;
         if let Some(g) = self.capturing(sk) {
             self.add_kernel_node(g);
+        } else {
+            self.time_kernels(sk, 1);
         }
         Ok(())
     }

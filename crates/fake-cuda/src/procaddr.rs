@@ -17,6 +17,7 @@ use crate::memory::*;
 use crate::module::*;
 use crate::pool::*;
 use crate::stream::*;
+use crate::timing::*;
 use crate::types::*;
 use crate::vmm::*;
 
@@ -301,6 +302,14 @@ fn build() -> HashMap<&'static str, Entry> {
     );
     add("cuEventRecord", vec![v!(2000, cuEventRecord)], None);
     add("cuEventQuery", vec![v!(2000, cuEventQuery)], None);
+    add(
+        "cuEventElapsedTime",
+        vec![
+            v!(2000, cuEventElapsedTime),
+            v!(12080, cuEventElapsedTime_v2),
+        ],
+        None,
+    );
     add(
         "cuEventSynchronize",
         vec![v!(2000, cuEventSynchronize)],

@@ -45,6 +45,7 @@ impl Driver {
         if self.capturing(sk).is_some() {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
+        self.timing.wait_stream(Some(sk));
         self.synchronize();
         Ok(())
     }
@@ -206,17 +207,21 @@ pub unsafe extern "C" fn cuEventRecord(event: Handle, stream: Handle) -> CUresul
         if !d.events.contains(&key(event)) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
-        d.stream(stream).map(|_| ())
+        let (sk, _, _) = d.stream(stream)?;
+        d.timing.record(key(event), sk);
+        Ok(())
     })
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventQuery(event: Handle) -> CUresult {
     api("cuEventQuery", |d| {
-        if d.events.contains(&key(event)) {
+        if !d.events.contains(&key(event)) {
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        } else if d.timing.done(key(event)) {
             Ok(())
         } else {
-            Err(CUDA_ERROR_INVALID_HANDLE)
+            Err(CUDA_ERROR_NOT_READY)
         }
     })
 }
@@ -227,6 +232,7 @@ pub unsafe extern "C" fn cuEventSynchronize(event: Handle) -> CUresult {
         if !d.events.contains(&key(event)) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
+        d.timing.wait_event(key(event));
         d.synchronize();
         Ok(())
     })

@@ -14,7 +14,7 @@ pub mod state;
 use std::path::Path;
 
 pub use config::{DeviceConfig, GpuConfig, MAX_DEVICES};
-pub use state::{ChargeError, Guard, ProcessUsage, SharedState, StateError};
+pub use state::{Activity, ChargeError, Guard, ProcessUsage, SharedState, StateError};
 
 fn with_existing<R>(path: &Path, default: R, f: impl FnOnce(&mut Guard<'_>) -> R) -> R {
     match SharedState::open_existing(path) {

@@ -1,11 +1,40 @@
-//! Liveness of the processes that own device memory: the real driver frees a process's memory
-//! when it dies, so the simulation drops the entries of dead (or zombie) processes.
+//! Who owns device memory, and whether it still lives. The real driver keys its process
+//! table by the PID in the initial (host) PID namespace and frees a process's memory when
+//! it dies, so the simulation records host PIDs and drops the entries of dead (or zombie)
+//! processes.
+//!
+//! The host PID of a process in a PID namespace is read from `/proc/self`, which names it
+//! as the `/proc` mount sees it: tests run their "containers" with `unshare --pid --fork`
+//! *without* `--mount-proc`, so `/proc` stays the host's and `/proc/self` is the host PID.
+//! Liveness is judged through the same `/proc`, never with `kill`, whose PIDs are those of
+//! the caller's namespace.
 
-/// The calling process's id.
-pub fn current_pid() -> u32 {
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// `getpid()` in the caller's own namespace.
+pub fn own_namespace_pid() -> u32 {
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() };
     pid as u32
+}
+
+/// (getpid, host pid) of the last lookup, so that a fork is noticed.
+static HOST_PID_CACHE: AtomicU64 = AtomicU64::new(0);
+
+/// The calling process's PID as the host (the `/proc` mount) sees it: the PID the driver
+/// keys its tables by. Falls back to `getpid()` when `/proc` cannot tell.
+pub fn current_pid() -> u32 {
+    let own = own_namespace_pid();
+    let cached = HOST_PID_CACHE.load(Relaxed);
+    if cached != 0 && (cached >> 32) as u32 == own {
+        return cached as u32;
+    }
+    let host = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse::<u32>().ok()))
+        .unwrap_or(own);
+    HOST_PID_CACHE.store((u64::from(own) << 32) | u64::from(host), Relaxed);
+    host
 }
 
 /// Whether `pid` names a live, non-zombie process. Unknown states count as alive.
@@ -19,14 +48,15 @@ pub fn is_alive(pid: u32) -> bool {
     if pid == current_pid() {
         return true;
     }
-    // SAFETY: signal 0 only checks whether the process exists; nothing is delivered.
-    let rc = unsafe { libc::kill(raw, 0) };
-    if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH) {
-        return false;
-    }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => !matches!(stat_state(&stat), Some('Z' | 'X' | 'x')),
-        Err(e) => e.kind() != std::io::ErrorKind::NotFound || rc == 0,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(_) => {
+            // /proc unreadable (hidepid, no /proc): ask the kernel in our own namespace.
+            // SAFETY: signal 0 only checks whether the process exists; nothing is delivered.
+            let rc = unsafe { libc::kill(raw, 0) };
+            rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+        }
     }
 }
 
@@ -45,6 +75,12 @@ mod tests {
         assert_eq!(stat_state("12 (a) b) Z 1 2"), Some('Z'));
         assert_eq!(stat_state("12 (cat) S 1 2"), Some('S'));
         assert_eq!(stat_state("garbage"), None);
+    }
+
+    #[test]
+    fn host_pid_outside_namespaces_is_getpid() {
+        assert_eq!(current_pid(), std::process::id());
+        assert_eq!(own_namespace_pid(), std::process::id());
     }
 
     #[test]

@@ -3,9 +3,12 @@
 //! no file is configured.
 //!
 //! Per device it records the total memory, the peaks of used memory, and one
-//! `(pid, device, used_bytes, context_bytes)` entry per process. Entries of dead processes are
-//! dropped whenever the table is locked, as the real driver frees a dead process's memory.
-//! The first process that creates the file fixes the device totals.
+//! `(pid, device, used_bytes, context_bytes, activity)` entry per process, keyed by the
+//! process's host PID (see [`crate::process`]). The activity (SM and memory utilization,
+//! encoder and frame-buffer-capture sessions) is what the fake NVML reports as utilization
+//! samples, accounting statistics and sessions. Entries of dead processes are dropped
+//! whenever the table is locked, as the real driver frees a dead process's memory. The
+//! first process that creates the file fixes the device totals.
 
 use std::ffi::CString;
 use std::io;
@@ -19,7 +22,7 @@ use crate::config::{GpuConfig, MAX_DEVICES};
 use crate::process::{current_pid, is_alive};
 
 const MAGIC: u64 = 0x3155_5047_454b_4146; // "FAKEGPU1", little endian
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 /// Capacity of the process table.
 pub const MAX_ENTRIES: usize = 4096;
 /// Capacity of the exported-allocation table.
@@ -43,6 +46,44 @@ struct Entry {
     dev: u32,
     used: u64,
     context: u64,
+    activity: Activity,
+    since_us: u64,
+}
+
+const EMPTY_ENTRY: Entry = Entry {
+    pid: 0,
+    dev: 0,
+    used: 0,
+    context: 0,
+    activity: Activity {
+        sm_util: 0,
+        mem_util: 0,
+        encoder_sessions: 0,
+        fbc_sessions: 0,
+    },
+    since_us: 0,
+};
+
+/// What a process does on a device, as the fake NVML reports it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Activity {
+    /// SM utilization, percent (its utilization samples and accounting statistics).
+    pub sm_util: u32,
+    /// Memory bandwidth utilization, percent.
+    pub mem_util: u32,
+    /// Open encoder sessions.
+    pub encoder_sessions: u32,
+    /// Open frame-buffer-capture sessions.
+    pub fbc_sessions: u32,
+}
+
+/// Microseconds since the epoch (NVML's timestamps).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// An allocation exported as a shareable handle (see `cuMemExportToShareableHandle`).
@@ -98,12 +139,16 @@ pub enum ChargeError {
 /// Memory of one process on one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcessUsage {
-    /// Process id as stored.
+    /// Process id as stored (the host PID).
     pub pid: u32,
     /// Bytes of allocations.
     pub used: u64,
     /// Bytes of contexts and modules.
     pub context: u64,
+    /// What it does.
+    pub activity: Activity,
+    /// When it first held memory on the device (microseconds since the epoch).
+    pub since_us: u64,
 }
 
 impl ProcessUsage {
@@ -347,6 +392,16 @@ impl Drop for SharedState {
     }
 }
 
+fn usage_of(e: &Entry) -> ProcessUsage {
+    ProcessUsage {
+        pid: e.pid,
+        used: e.used,
+        context: e.context,
+        activity: e.activity,
+        since_us: e.since_us,
+    }
+}
+
 /// Exclusive access to the shared state; releases the lock when dropped.
 pub struct Guard<'a> {
     state: &'a SharedState,
@@ -386,12 +441,7 @@ impl Guard<'_> {
         };
         for e in l.entries.iter_mut().filter(|e| e.pid != 0) {
             if !alive(e.pid) {
-                *e = Entry {
-                    pid: 0,
-                    dev: 0,
-                    used: 0,
-                    context: 0,
-                };
+                *e = EMPTY_ENTRY;
             }
         }
         for s in l.shares.iter_mut().filter(|s| s.id != 0) {
@@ -480,8 +530,8 @@ impl Guard<'_> {
                 l.entries[i] = Entry {
                     pid,
                     dev: dev as u32,
-                    used: 0,
-                    context: 0,
+                    since_us: now_us(),
+                    ..EMPTY_ENTRY
                 };
                 i
             }
@@ -506,9 +556,20 @@ impl Guard<'_> {
             e.used = e.used.saturating_sub(used);
             e.context = e.context.saturating_sub(context);
             if e.used == 0 && e.context == 0 {
-                e.pid = 0;
-                e.dev = 0;
+                *e = EMPTY_ENTRY;
             }
+        }
+    }
+
+    /// Records what `pid` does on `dev` (a no-op when it holds no memory there).
+    pub fn set_activity(&mut self, pid: u32, dev: usize, activity: Activity) {
+        if let Some(e) = self
+            .layout_mut()
+            .entries
+            .iter_mut()
+            .find(|e| e.pid == pid && e.pid != 0 && e.dev as usize == dev)
+        {
+            e.activity = activity;
         }
     }
 
@@ -523,11 +584,7 @@ impl Guard<'_> {
                     pid,
                     ..ProcessUsage::default()
                 },
-                |e| ProcessUsage {
-                    pid,
-                    used: e.used,
-                    context: e.context,
-                },
+                usage_of,
             )
     }
 
@@ -537,11 +594,7 @@ impl Guard<'_> {
             .entries
             .iter()
             .filter(|e| e.pid != 0 && e.dev as usize == dev)
-            .map(|e| ProcessUsage {
-                pid: e.pid,
-                used: e.used,
-                context: e.context,
-            })
+            .map(usage_of)
             .collect()
     }
 
@@ -648,6 +701,18 @@ mod tests {
         assert_eq!(g.peak_used(0), 512 * MIB);
         g.reset_peak();
         assert_eq!(g.peak_used(0), 0);
+        let busy = Activity {
+            sm_util: 40,
+            mem_util: 5,
+            encoder_sessions: 1,
+            fbc_sessions: 2,
+        };
+        g.set_activity(me, 0, busy);
+        assert_eq!(g.processes(0)[0].activity, busy);
+        assert!(g.processes(0)[0].since_us > 0);
+        // No memory on device 1: nothing to record.
+        g.set_activity(me, 1, busy);
+        assert!(g.processes(1).is_empty());
         g.uncharge(me, 0, 0, 300 * MIB);
         assert!(g.processes(0).is_empty());
     }

@@ -3,8 +3,9 @@
 
 use std::ffi::{CStr, c_char, c_int, c_uint, c_void};
 
-use crate::nvml::{Machine, PidMode, handle_of, index_of, injected, machine};
+use crate::nvml::{Machine, handle_of, index_of, injected, machine};
 use crate::types::*;
+use crate::view::{Caller, listed_memory, listed_pid};
 
 /// `nvmlDevice_t`.
 pub type NvmlDevice = *mut c_void;
@@ -15,7 +16,10 @@ const CUDA_DRIVER_VERSION: c_int = 13000;
 const PCI_DEVICE_ID: c_uint = 0x2330_10DE;
 const PCI_SUBSYSTEM_ID: c_uint = 0x16C1_10DE;
 
-fn call(symbol: &str, f: impl FnOnce(&'static Machine) -> Result<(), NvmlReturn>) -> NvmlReturn {
+pub(crate) fn call(
+    symbol: &str,
+    f: impl FnOnce(&'static Machine) -> Result<(), NvmlReturn>,
+) -> NvmlReturn {
     if let Some(code) = injected(symbol) {
         return code;
     }
@@ -29,7 +33,7 @@ fn call(symbol: &str, f: impl FnOnce(&'static Machine) -> Result<(), NvmlReturn>
 ///
 /// # Safety
 /// `p` must be null or valid for writing a `T`.
-unsafe fn put<T>(p: *mut T, v: T) -> Result<(), NvmlReturn> {
+pub(crate) unsafe fn put<T>(p: *mut T, v: T) -> Result<(), NvmlReturn> {
     if p.is_null() {
         return Err(NVML_ERROR_INVALID_ARGUMENT);
     }
@@ -70,7 +74,7 @@ unsafe fn get_str<'a>(p: *const c_char) -> Result<&'a str, NvmlReturn> {
     s.to_str().map_err(|_| NVML_ERROR_INVALID_ARGUMENT)
 }
 
-fn device_index(m: &Machine, dev: NvmlDevice) -> Result<usize, NvmlReturn> {
+pub(crate) fn device_index(m: &Machine, dev: NvmlDevice) -> Result<usize, NvmlReturn> {
     index_of(m, dev)
 }
 
@@ -385,9 +389,21 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     utilization: *mut NvmlUtilization,
 ) -> NvmlReturn {
     call("nvmlDeviceGetUtilizationRates", |m| {
-        device_index(m, device)?;
+        let i = device_index(m, device)?;
+        let (gpu, memory) = m
+            .state
+            .lock()
+            .processes(i)
+            .iter()
+            .fold((0, 0), |(g, mm), p| {
+                (g + p.activity.sm_util, mm + p.activity.mem_util)
+            });
+        let v = NvmlUtilization {
+            gpu: gpu.min(100),
+            memory: memory.min(100),
+        };
         // SAFETY: `utilization` is null or writable by the API contract.
-        unsafe { put(utilization, NvmlUtilization { gpu: 0, memory: 0 }) }
+        unsafe { put(utilization, v) }
     })
 }
 
@@ -471,7 +487,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
 /// # Safety
 /// `count` must be null or valid for reads and writes; `infos` null or valid for `*count`
 /// elements of `T`.
-unsafe fn list_processes<T>(
+pub(crate) unsafe fn list_processes<T>(
     symbol: &str,
     device: NvmlDevice,
     count: *mut c_uint,
@@ -487,7 +503,7 @@ unsafe fn list_processes<T>(
         let procs = if graphics {
             Vec::new()
         } else {
-            m.state.lock().processes(i)
+            compute_processes(m, i)
         };
         // SAFETY: `count` is non-null and valid by the caller's contract.
         let room = unsafe { count.read_unaligned() } as usize;
@@ -502,15 +518,27 @@ unsafe fn list_processes<T>(
         if infos.is_null() {
             return Err(NVML_ERROR_INVALID_ARGUMENT);
         }
-        for (k, p) in procs.iter().enumerate() {
-            let pid = match m.pid_mode {
-                PidMode::Native => p.pid,
-            };
+        for (k, &(pid, used)) in procs.iter().enumerate() {
             // SAFETY: k < procs.len() <= room, the caller's array length.
-            unsafe { infos.add(k).write_unaligned(make(pid, p.total())) };
+            unsafe { infos.add(k).write_unaligned(make(pid, used)) };
         }
         Ok(())
     })
+}
+
+/// The compute processes on device `i` as the caller sees them: (pid, usedGpuMemory).
+pub(crate) fn compute_processes(m: &Machine, i: usize) -> Vec<(c_uint, u64)> {
+    let caller = Caller::current();
+    m.state
+        .lock()
+        .processes(i)
+        .iter()
+        .filter_map(|p| {
+            let pid = listed_pid(m.pid_mode, &caller, p.pid)?;
+            let used = listed_memory(m.pid_mode, &caller, p.total(), m.broken_memory_zero);
+            Some((pid, used))
+        })
+        .collect()
 }
 
 fn info_v2(pid: c_uint, used: u64) -> NvmlProcessInfo {

@@ -4,15 +4,19 @@
 //!
 //! Like the real NVML it ignores `CUDA_VISIBLE_DEVICES` and lists every simulated device.
 //! Environment: the `FAKE_GPU_*` variables of `fake-gpu`; `FAKE_NVML_FAIL` (fault injection,
-//! `SYMBOL@N=CODE` / `SYMBOL@*=CODE`); `FAKE_NVML_PID_MODE` (`native`, the default and only
-//! mode so far: report pids as stored, i.e. as seen by the allocating process).
+//! `SYMBOL@N=CODE` / `SYMBOL@*=CODE`); `FAKE_NVML_PID_MODE` (`native`, `host-pids`,
+//! `translated-broken-memory`, `translated`: how a caller inside a PID namespace sees
+//! processes, like the three driver branches; see `src/view.rs`); `FAKE_NVML_BROKEN_MEMORY=zero`
+//! (per-process memory 0 instead of "not available" in `translated-broken-memory`).
 //!
 //! Every exported function is an `unsafe extern "C"` entry point whose safety contract is the
 //! NVML API documentation: pointer arguments must be null or valid for the documented access.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
 
+mod activity;
 mod api;
 mod nvml;
 mod types;
+mod view;
 
 pub use api::*;

@@ -9,11 +9,34 @@ use fake_gpu::{GpuConfig, MAX_DEVICES, SharedState};
 
 use crate::types::*;
 
-/// How pids are reported (`FAKE_NVML_PID_MODE`).
+/// How pids are reported to a caller inside a PID namespace (`FAKE_NVML_PID_MODE`); see
+/// [`crate::view`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PidMode {
-    /// The pid as stored, i.e. as the allocating process saw itself.
+    /// `native` (default): every process under the PID it is stored with (its host PID),
+    /// as if no namespaces were involved.
     Native,
+    /// `host-pids`: drivers before 535.113. Every process of the host, under host PIDs.
+    HostPids,
+    /// `translated-broken-memory`: 535.113 to 560 and all 535.x/550.x. The caller's
+    /// namespace only, translated, but per-process memory is not available (or 0 with
+    /// `FAKE_NVML_BROKEN_MEMORY=zero`).
+    TranslatedBrokenMemory,
+    /// `translated`: 565 and later. The caller's namespace only, translated, with memory.
+    Translated,
+}
+
+impl PidMode {
+    /// Parses a `FAKE_NVML_PID_MODE` value.
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim() {
+            "" | "native" => PidMode::Native,
+            "host-pids" => PidMode::HostPids,
+            "translated-broken-memory" => PidMode::TranslatedBrokenMemory,
+            "translated" => PidMode::Translated,
+            _ => return None,
+        })
+    }
 }
 
 /// What `nvmlInit` sets up.
@@ -21,6 +44,8 @@ pub struct Machine {
     pub cfg: GpuConfig,
     pub state: SharedState,
     pub pid_mode: PidMode,
+    /// In [`PidMode::TranslatedBrokenMemory`], report 0 instead of "not available".
+    pub broken_memory_zero: bool,
 }
 
 struct Global {
@@ -51,13 +76,20 @@ fn build_machine() -> Result<Machine, String> {
     let cfg = GpuConfig::from_env();
     let state = SharedState::from_env(&cfg).map_err(|e| e.to_string())?;
     let mode = std::env::var("FAKE_NVML_PID_MODE").unwrap_or_default();
-    if !(mode.is_empty() || mode == "native") && WARNED_PID_MODE.swap(1, Ordering::Relaxed) == 0 {
-        eprintln!("fake-nvml: FAKE_NVML_PID_MODE={mode:?} is not implemented; using native");
-    }
+    let pid_mode = PidMode::parse(&mode).unwrap_or_else(|| {
+        if WARNED_PID_MODE.swap(1, Ordering::Relaxed) == 0 {
+            eprintln!(
+                "fake-nvml: FAKE_NVML_PID_MODE={mode:?} is not one of native, host-pids, translated-broken-memory, translated; using native"
+            );
+        }
+        PidMode::Native
+    });
+    let broken_memory_zero = std::env::var("FAKE_NVML_BROKEN_MEMORY").as_deref() == Ok("zero");
     Ok(Machine {
         cfg,
         state,
-        pid_mode: PidMode::Native,
+        pid_mode,
+        broken_memory_zero,
     })
 }
 

@@ -108,6 +108,108 @@ pub struct NvmlUtilization {
     pub memory: c_uint,
 }
 
+/// `nvmlProcessDetail_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessDetail {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+    pub used_gpu_cc_protected_memory: u64,
+}
+
+/// `nvmlProcessDetailList_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessDetailList {
+    pub version: c_uint,
+    pub mode: c_uint,
+    pub num_proc_array_entries: c_uint,
+    pub proc_array: *mut NvmlProcessDetail,
+}
+
+/// `nvmlProcessDetailList_v1` (`NVML_STRUCT_VERSION(ProcessDetailList, 1)`).
+pub const NVML_PROCESS_DETAIL_LIST_V1: c_uint =
+    (std::mem::size_of::<NvmlProcessDetailList>() as c_uint) | (1 << 24);
+
+/// `nvmlProcessUtilizationSample_t`.
+#[repr(C)]
+pub struct NvmlProcessUtilizationSample {
+    pub pid: c_uint,
+    pub time_stamp: u64,
+    pub sm_util: c_uint,
+    pub mem_util: c_uint,
+    pub enc_util: c_uint,
+    pub dec_util: c_uint,
+}
+
+/// `nvmlProcessUtilizationInfo_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessUtilizationInfo {
+    pub time_stamp: u64,
+    pub pid: c_uint,
+    pub sm_util: c_uint,
+    pub mem_util: c_uint,
+    pub enc_util: c_uint,
+    pub dec_util: c_uint,
+    pub jpg_util: c_uint,
+    pub ofa_util: c_uint,
+}
+
+/// `nvmlProcessesUtilizationInfo_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessesUtilizationInfo {
+    pub version: c_uint,
+    pub process_samples_count: c_uint,
+    pub last_seen_time_stamp: u64,
+    pub proc_util_array: *mut NvmlProcessUtilizationInfo,
+}
+
+/// `nvmlProcessesUtilizationInfo_v1` (`NVML_STRUCT_VERSION(ProcessesUtilizationInfo, 1)`).
+pub const NVML_PROCESSES_UTILIZATION_INFO_V1: c_uint =
+    (std::mem::size_of::<NvmlProcessesUtilizationInfo>() as c_uint) | (1 << 24);
+
+/// `nvmlAccountingStats_t`.
+#[repr(C)]
+pub struct NvmlAccountingStats {
+    pub gpu_utilization: c_uint,
+    pub memory_utilization: c_uint,
+    pub max_memory_usage: u64,
+    pub time: u64,
+    pub start_time: u64,
+    pub is_running: c_uint,
+    pub reserved: [c_uint; 5],
+}
+
+/// `nvmlEncoderSessionInfo_t`.
+#[repr(C)]
+pub struct NvmlEncoderSessionInfo {
+    pub session_id: c_uint,
+    pub pid: c_uint,
+    pub vgpu_instance: c_uint,
+    pub codec_type: c_uint,
+    pub h_resolution: c_uint,
+    pub v_resolution: c_uint,
+    pub average_fps: c_uint,
+    pub average_latency: c_uint,
+}
+
+/// `nvmlFBCSessionInfo_t`.
+#[repr(C)]
+pub struct NvmlFbcSessionInfo {
+    pub session_id: c_uint,
+    pub pid: c_uint,
+    pub vgpu_instance: c_uint,
+    pub display_ordinal: c_uint,
+    pub session_type: c_uint,
+    pub session_flags: c_uint,
+    pub h_max_resolution: c_uint,
+    pub v_max_resolution: c_uint,
+    pub h_resolution: c_uint,
+    pub v_resolution: c_uint,
+    pub average_fps: c_uint,
+    pub average_latency: c_uint,
+}
+
 /// Value of `gpuInstanceId` / `computeInstanceId` outside MIG mode.
 pub const NVML_VALUE_NOT_AVAILABLE: c_uint = 0xFFFF_FFFF;
 
@@ -127,6 +229,17 @@ mod tests {
         assert_eq!(offset_of!(NvmlProcessInfo, used_gpu_memory), 8);
         assert_eq!(offset_of!(NvmlProcessInfo, compute_instance_id), 20);
         assert_eq!(size_of::<NvmlPciInfo>(), 68);
+        assert_eq!(size_of::<NvmlProcessDetail>(), 32);
+        assert_eq!(size_of::<NvmlProcessDetailList>(), 24);
+        assert_eq!(NVML_PROCESS_DETAIL_LIST_V1, 0x0100_0018);
+        assert_eq!(size_of::<NvmlProcessUtilizationSample>(), 32);
+        assert_eq!(offset_of!(NvmlProcessUtilizationSample, sm_util), 16);
+        assert_eq!(size_of::<NvmlProcessUtilizationInfo>(), 40);
+        assert_eq!(size_of::<NvmlProcessesUtilizationInfo>(), 24);
+        assert_eq!(NVML_PROCESSES_UTILIZATION_INFO_V1, 0x0100_0018);
+        assert_eq!(size_of::<NvmlAccountingStats>(), 56);
+        assert_eq!(size_of::<NvmlEncoderSessionInfo>(), 32);
+        assert_eq!(size_of::<NvmlFbcSessionInfo>(), 48);
         assert_eq!(offset_of!(NvmlPciInfo, bus_id), 36);
     }
 }

@@ -1,5 +1,6 @@
-//! The command line: `gpuslice run` and `gpuslice status` and their flags. Values are
-//! taken as text here and checked by [`crate::run::plan`], whose errors name the flag.
+//! The command line: `gpuslice run` and `gpuslice status` and their flags (those of
+//! `gpuslice cdi` are in [`crate::cdi::args`]). Values are taken as text here and checked
+//! by [`crate::run::plan`], whose errors name the flag.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -22,14 +23,29 @@ pub enum Command {
     Run(RunArgs),
     /// Show the slices of this host: limits, usage and processes.
     Status(StatusArgs),
+    /// Offer slices to containers as CDI devices (`--device gpuslice.io/slice=NAME`).
+    Cdi(crate::cdi::args::CdiArgs),
+    /// Host side: serve each container's processes their own container's GPU processes,
+    /// utilization and sessions, in their own PIDs (for the interposer's NVML view).
+    Agent(crate::agent::AgentArgs),
 }
 
 /// Flags of `gpuslice run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Memory limit of the slice on each GPU it limits (e.g. 4GiB, 512MiB, 8g).
-    #[arg(long, value_name = "SIZE")]
-    pub memory: String,
+    #[arg(long, value_name = "SIZE", required_unless_present = "compute")]
+    pub memory: Option<String>,
+
+    /// Compute limit: the share of each GPU's time the slice may use, in percent
+    /// (1 to 100), whatever else runs on the GPU.
+    #[arg(long, value_name = "PERCENT")]
+    pub compute: Option<String>,
+
+    /// Soft compute limit in percent: the slice may use up to this much while no other
+    /// slice wants the GPU, and falls back to --compute as soon as one does.
+    #[arg(long, value_name = "PERCENT", requires = "compute")]
+    pub burst: Option<String>,
 
     /// GPUs to limit and expose, as nvidia-smi numbers them, or UUIDs / unique UUID
     /// prefixes, comma separated (e.g. 0,2 or GPU-5d1f). Sets CUDA_VISIBLE_DEVICES.
@@ -108,7 +124,7 @@ mod tests {
             "run", "--memory", "4GiB", "--name", "a", "--gpus", "0,1", "--log", "info", "--", "sh",
             "-c", "exit 7",
         ]);
-        assert_eq!(r.memory, "4GiB");
+        assert_eq!(r.memory.as_deref(), Some("4GiB"));
         assert_eq!(r.name.as_deref(), Some("a"));
         assert_eq!(r.gpus.as_deref(), Some("0,1"));
         assert_eq!(r.log.as_deref(), Some("info"));
@@ -119,10 +135,48 @@ mod tests {
     }
 
     #[test]
-    fn memory_and_a_command_are_required() {
+    fn a_limit_and_a_command_are_required() {
         let err = parse(&["run", "--", "true"]).unwrap_err().to_string();
         assert!(err.contains("--memory"), "{err}");
         assert!(parse(&["run", "--memory", "1g"]).is_err());
+        // A compute limit alone is a slice too.
+        let r = run_args(&["run", "--compute", "30", "--burst", "80", "--", "true"]);
+        assert_eq!(r.memory, None);
+        assert_eq!(r.compute.as_deref(), Some("30"));
+        assert_eq!(r.burst.as_deref(), Some("80"));
+        // A burst needs a hard limit.
+        assert!(parse(&["run", "--memory", "1g", "--burst", "80", "--", "true"]).is_err());
+    }
+
+    #[test]
+    fn cdi_flags() {
+        use crate::cdi::args::CdiCommand;
+        let cmd = parse(&[
+            "cdi",
+            "generate",
+            "--slice",
+            "a=0:8GiB",
+            "--slice",
+            "b=1:4GiB:compute=30",
+        ])
+        .unwrap()
+        .command;
+        match cmd {
+            Command::Cdi(c) => match c.command {
+                CdiCommand::Generate(g) => {
+                    assert_eq!(g.slices, ["a=0:8GiB", "b=1:4GiB:compute=30"]);
+                    assert_eq!(g.output_dir, PathBuf::from("/etc/cdi"));
+                    assert_eq!(g.state_dir, PathBuf::from("/var/lib/gpuslice"));
+                    assert_eq!(g.agent_dir, PathBuf::from("/run/gpuslice/agent"));
+                    assert_eq!(g.driver_libs, "auto");
+                    assert_eq!(g.dev_root, PathBuf::from("/"));
+                    assert!(!g.dry_run);
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["cdi", "list", "--output-dir", "/var/run/cdi"]).is_ok());
     }
 
     #[test]

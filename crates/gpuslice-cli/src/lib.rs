@@ -1,8 +1,11 @@
 //! The `gpuslice` command's work, as a library that the thin binary in `main.rs` calls:
 //! `gpuslice run` runs a program in a new GPU memory slice (the interposer preloaded, a
-//! ledger held for the slice, signals forwarded, the exit code passed through), and
-//! `gpuslice status` shows the slices of this host.
+//! ledger held for the slice, signals forwarded, the exit code passed through),
+//! `gpuslice status` shows the slices of this host, and `gpuslice cdi` offers slices to
+//! containers as CDI devices.
 
+pub mod agent;
+pub mod cdi;
 pub mod cli;
 pub mod gpus;
 pub mod plan;

@@ -43,5 +43,32 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Agent(args) => match gpuslice_cli::agent::run(&args) {
+            Ok(text) => {
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(e.into());
+                ExitCode::FAILURE
+            }
+        },
+        Command::Cdi(args) => {
+            let printed = gpuslice_cli::cdi::run(&args.command)
+                .map_err(anyhow::Error::from)
+                .and_then(|out| {
+                    for warning in &out.warnings {
+                        eprintln!("gpuslice: warning: {warning}");
+                    }
+                    Ok(std::io::stdout().lock().write_all(out.stdout.as_bytes())?)
+                });
+            match printed {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    report(e);
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

@@ -37,6 +37,15 @@ pub enum PlanError {
     )]
     BadName(String),
     /// `--log` is not a level.
+    #[error("{flag} {value:?} is not a compute share: {reason}")]
+    BadCompute {
+        /// The flag.
+        flag: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong.
+        reason: String,
+    },
     #[error("--log {0:?} is not a log level (expected off, error, warn, info, debug or trace)")]
     BadLog(String),
     /// The library that was asked for does not exist.
@@ -238,11 +247,47 @@ pub fn prepend_preload(lib: &str, existing: Option<&str>) -> String {
     parts.join(":")
 }
 
+/// Parses `--compute` and `--burst` (whole percentages; the burst at least the limit).
+pub fn parse_compute(
+    hard: Option<&str>,
+    burst: Option<&str>,
+) -> Result<Option<(u32, Option<u32>)>, PlanError> {
+    let percent = |flag: &'static str, value: &str| {
+        gpuslice_config::compute::parse_percent(flag, value, false).map_err(|e| {
+            PlanError::BadCompute {
+                flag,
+                value: value.to_string(),
+                reason: match e {
+                    gpuslice_config::ConfigError::BadCompute { reason, .. } => reason,
+                    other => other.to_string(),
+                },
+            }
+        })
+    };
+    let Some(hard) = hard else {
+        return Ok(None);
+    };
+    let hard = percent("--compute", hard)?;
+    let burst = burst.map(|b| percent("--burst", b)).transpose()?;
+    if let Some(b) = burst
+        && b < hard
+    {
+        return Err(PlanError::BadCompute {
+            flag: "--burst",
+            value: b.to_string(),
+            reason: format!("it is below --compute {hard}"),
+        });
+    }
+    Ok(Some((hard, burst.filter(|&b| b != hard))))
+}
+
 /// Everything a run needs, decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunPlan {
-    /// The limit on each limited GPU.
-    pub limit: u64,
+    /// The memory limit on each limited GPU, if any.
+    pub limit: Option<u64>,
+    /// The compute limits in percent (hard, burst), if any.
+    pub compute: Option<(u32, Option<u32>)>,
     /// The GPUs given with `--gpus`, as canonical UUIDs in the given order; `None` limits
     /// every GPU the program uses.
     pub gpus: Option<Vec<String>>,
@@ -259,7 +304,7 @@ pub struct RunPlan {
 impl RunPlan {
     /// Puts the plan together; `ledger_dir` comes with the name of its source.
     pub fn new(
-        limit: u64,
+        limit: Option<u64>,
         gpus: Option<Vec<String>>,
         name: String,
         ledger_dir: (PathBuf, String),
@@ -281,6 +326,7 @@ impl RunPlan {
         }
         Ok(Self {
             limit,
+            compute: None,
             gpus,
             name,
             ledger,
@@ -289,18 +335,27 @@ impl RunPlan {
         })
     }
 
+    /// Sets the compute limits.
+    pub fn with_compute(mut self, compute: Option<(u32, Option<u32>)>) -> Self {
+        self.compute = compute;
+        self
+    }
+
     /// The memory limits, as the interposer will read them.
     pub fn limits(&self) -> MemoryLimits {
+        let Some(limit) = self.limit else {
+            return MemoryLimits::default();
+        };
         match &self.gpus {
             None => MemoryLimits {
-                all_devices: Some(self.limit),
+                all_devices: Some(limit),
                 per_device: Vec::new(),
             },
             Some(uuids) => MemoryLimits {
                 all_devices: None,
                 per_device: uuids
                     .iter()
-                    .map(|u| (DeviceSelector::Uuid(u.clone()), self.limit))
+                    .map(|u| (DeviceSelector::Uuid(u.clone()), limit))
                     .collect(),
             },
         }
@@ -308,16 +363,21 @@ impl RunPlan {
 
     /// The ledger to create, consistent with [`RunPlan::limits`].
     pub fn ledger_spec(&self) -> LedgerSpec {
+        // Without a memory limit the devices are still entered (unlimited), because the
+        // compute budget lives in the device entries.
+        let limit = self.limit.unwrap_or(u64::MAX);
         match &self.gpus {
             None => LedgerSpec {
                 name: self.name.clone(),
-                default_limit: Some(self.limit),
+                default_limit: self.limit.or(self.compute.map(|_| u64::MAX)),
                 devices: Vec::new(),
+                compute: self.compute,
             },
             Some(uuids) => LedgerSpec {
                 name: self.name.clone(),
                 default_limit: None,
-                devices: uuids.iter().map(|u| (u.clone(), self.limit)).collect(),
+                devices: uuids.iter().map(|u| (u.clone(), limit)).collect(),
+                compute: self.compute,
             },
         }
     }
@@ -332,9 +392,19 @@ impl RunPlan {
                 prepend_preload(&text(&self.lib), inherited_preload),
             ),
             (ENV_LEDGER.to_string(), text(&self.ledger)),
-            (ENV_MEMORY.to_string(), self.limits().to_env_value()),
             (ENV_SLICE_NAME.to_string(), self.name.clone()),
         ];
+        if self.limit.is_some() {
+            env.push((ENV_MEMORY.to_string(), self.limits().to_env_value()));
+        }
+        if let Some((hard, burst)) = self.compute {
+            let limits = gpuslice_config::ComputeLimits {
+                hard_percent: Some(hard),
+                burst_percent: burst,
+                ..Default::default()
+            };
+            env.extend(limits.to_env());
+        }
         if let Some(log) = &self.log {
             env.push((ENV_LOG.to_string(), log.0.clone()));
         }
@@ -363,7 +433,7 @@ mod tests {
 
     fn plan(gpus: Option<Vec<&str>>) -> RunPlan {
         RunPlan::new(
-            4 * GIB,
+            Some(4 * GIB),
             gpus.map(|g| g.into_iter().map(String::from).collect()),
             "job-1".into(),
             (PathBuf::from("/dev/shm/gs"), "--ledger-dir".into()),
@@ -503,7 +573,7 @@ mod tests {
     #[test]
     fn relative_ledger_dirs_become_absolute() {
         let p = RunPlan::new(
-            GIB,
+            Some(GIB),
             None,
             "n".into(),
             (PathBuf::from("rel"), "--ledger-dir".into()),

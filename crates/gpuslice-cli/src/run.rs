@@ -85,7 +85,8 @@ pub fn plan(
     env: &RunEnv,
     devices: impl FnOnce() -> Result<Vec<GpuDevice>, GpuError>,
 ) -> Result<RunPlan, RunError> {
-    let limit = plan::parse_memory(&args.memory)?;
+    let limit = args.memory.as_deref().map(plan::parse_memory).transpose()?;
+    let compute = plan::parse_compute(args.compute.as_deref(), args.burst.as_deref())?;
     let name = match &args.name {
         Some(name) => plan::validate_name(name)?,
         None => format!("run-{}", env.pid),
@@ -98,7 +99,7 @@ pub fn plan(
         Some(list) => Some(gpus::resolve(list, &devices()?)?),
         None => None,
     };
-    Ok(RunPlan::new(limit, gpus, name, dir, lib, log)?)
+    Ok(RunPlan::new(limit, gpus, name, dir, lib, log)?.with_compute(compute))
 }
 
 /// Runs `gpuslice run`. Call it before any other thread is started: it blocks the
@@ -196,7 +197,7 @@ mod tests {
         let (dir, env) = env_with_lib();
         let p = plan(&args(&[]), &env, || panic!("NVML must not be asked")).unwrap();
         assert_eq!(p.name, "run-4242");
-        assert_eq!(p.limit, 2 << 30);
+        assert_eq!(p.limit, Some(2 << 30));
         assert_eq!(p.gpus, None);
         assert_eq!(p.ledger, PathBuf::from("/dev/shm/gpuslice/run-4242.ledger"));
         assert_eq!(
@@ -239,7 +240,7 @@ mod tests {
         }
         for memory in ["lots", "0", "", "-1"] {
             let mut a = args(&[]);
-            a.memory = memory.into();
+            a.memory = Some(memory.into());
             let err = plan(&a, &env, machine).expect_err(memory);
             assert!(err.to_string().contains("--memory"), "{memory}: {err}");
         }

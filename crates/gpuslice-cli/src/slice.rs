@@ -262,6 +262,7 @@ mod tests {
             name: name.into(),
             default_limit: Some(4 * GIB),
             devices: Vec::new(),
+            compute: None,
         }
     }
 

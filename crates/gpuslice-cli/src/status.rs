@@ -46,6 +46,10 @@ pub struct SliceStatus {
     /// The limit of every device the slice uses that has no entry yet (`None` when the
     /// slice limits only the devices listed).
     pub default_limit_bytes: Option<u64>,
+    /// The slice's compute limit in percent of each GPU, if it has one.
+    pub compute_percent: Option<u32>,
+    /// Its soft (burst) compute limit, if any.
+    pub compute_burst_percent: Option<u32>,
     /// The devices the slice limits so far.
     pub devices: Vec<DeviceStatus>,
     /// The processes registered in the slice.
@@ -63,6 +67,8 @@ pub struct DeviceStatus {
     pub limit_bytes: u64,
     /// What the slice's processes have charged on it.
     pub used_bytes: u64,
+    /// GPU busy time the slice's processes have used on it (compute slices), in ns.
+    pub busy_ns: u64,
 }
 
 /// Whether a process runs.
@@ -129,6 +135,8 @@ pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
         path: path.display().to_string(),
         created_unix: None,
         default_limit_bytes: None,
+        compute_percent: None,
+        compute_burst_percent: None,
         devices: Vec::new(),
         processes: Vec::new(),
         error: None,
@@ -154,6 +162,10 @@ pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
     status.name = ledger.name();
     status.created_unix = Some(ledger.created_unix());
     status.default_limit_bytes = ledger.default_limit();
+    if let Some((hard, burst)) = ledger.compute_limits() {
+        status.compute_percent = Some(hard);
+        status.compute_burst_percent = burst;
+    }
     status.processes = ledger
         .processes()
         .into_iter()
@@ -179,6 +191,7 @@ pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
             uuid: d.uuid.clone(),
             limit_bytes: d.limit,
             used_bytes: d.used,
+            busy_ns: ledger.compute_busy_ns(d.slot),
         })
         .collect();
     status
@@ -314,11 +327,18 @@ pub fn render_table(report: &StatusReport, dir: &Path) -> String {
             out.push_str(&format!("  error: {error}\n"));
             continue;
         }
-        if let Some(limit) = slice.default_limit_bytes {
+        if let Some(limit) = slice.default_limit_bytes.filter(|&l| l != u64::MAX) {
             out.push_str(&format!(
                 "  limit {} on every GPU it uses\n",
                 human_size(limit)
             ));
+        }
+        if let Some(hard) = slice.compute_percent {
+            let burst = slice
+                .compute_burst_percent
+                .map(|b| format!(", up to {b}% while no other slice wants the GPU"))
+                .unwrap_or_default();
+            out.push_str(&format!("  compute {hard}% of each GPU{burst}\n"));
         }
         if !slice.devices.is_empty() {
             let mut rows = vec![vec![
@@ -326,16 +346,23 @@ pub fn render_table(report: &StatusReport, dir: &Path) -> String {
                 "LIMIT".into(),
                 "USED".into(),
                 "USE%".into(),
+                "GPU TIME".into(),
             ]];
             rows.extend(slice.devices.iter().map(|d| {
+                let limit = if d.limit_bytes == u64::MAX {
+                    "none".to_string()
+                } else {
+                    human_size(d.limit_bytes)
+                };
                 vec![
                     d.uuid.clone(),
-                    human_size(d.limit_bytes),
+                    limit,
                     human_size(d.used_bytes),
                     percent(d.used_bytes, d.limit_bytes),
+                    format!("{:.1}s", d.busy_ns as f64 / 1e9),
                 ]
             }));
-            out.push_str(&table(&rows, &[1, 2, 3], "  "));
+            out.push_str(&table(&rows, &[1, 2, 3, 4], "  "));
         }
         if slice.processes.is_empty() {
             out.push_str("  no processes\n");
@@ -388,6 +415,7 @@ mod tests {
                 name: name.into(),
                 default_limit: None,
                 devices: vec![(UUID.into(), 4 * GIB)],
+                compute: None,
             },
         )
         .unwrap();
@@ -423,7 +451,7 @@ mod tests {
         assert_eq!(train["default_limit_bytes"], serde_json::Value::Null);
         assert_eq!(
             train["devices"],
-            serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB}])
+            serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB, "busy_ns": 0}])
         );
         assert_eq!(
             train["processes"],
@@ -462,6 +490,7 @@ mod tests {
                 name: "every".into(),
                 default_limit: Some(8 * GIB),
                 devices: Vec::new(),
+                compute: None,
             },
         )
         .unwrap();

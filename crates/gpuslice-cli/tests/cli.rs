@@ -351,6 +351,7 @@ fn a_stale_ledger_is_replaced() {
                 name: "old".into(),
                 default_limit: Some(GIB),
                 devices: Vec::new(),
+                compute: None,
             },
         )
         .unwrap(),
@@ -386,6 +387,7 @@ fn status_json_lists_slices_processes_and_broken_files() {
             name: "train".into(),
             default_limit: None,
             devices: vec![(UUID.into(), 4 * GIB)],
+            compute: None,
         },
     )
     .unwrap();
@@ -414,7 +416,7 @@ fn status_json_lists_slices_processes_and_broken_files() {
     assert_eq!(train["error"], serde_json::Value::Null);
     assert_eq!(
         train["devices"],
-        serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB}])
+        serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB, "busy_ns": 0}])
     );
     assert_eq!(
         train["processes"],

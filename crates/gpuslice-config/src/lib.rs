@@ -6,10 +6,12 @@
 //! names the variable: the interposer turns it into a refusal to initialise CUDA, never
 //! into an unlimited run.
 
+pub mod compute;
 pub mod size;
 
 use std::fmt;
 
+pub use compute::{ComputeLimits, ComputeMethod};
 pub use size::{SizeError, format_size, human_size, parse_size};
 
 /// gpuslice's own variable: the memory limit, for every device (`8GiB`) or per device
@@ -32,8 +34,14 @@ pub const ENV_VGPU_LOG: &str = "LOGGER_LEVEL";
 /// HAMi-core: memory limit for every device, or per index with a `_<i>` suffix.
 pub const ENV_HAMI_MEM: &str = "CUDA_DEVICE_MEMORY_LIMIT";
 
+/// gpuslice's own variable: folder of the host-wide per-GPU turn files (compute slices
+/// on one GPU take turns through them, so it must be shared by every slice of a host).
+pub const ENV_GPU_DIR: &str = "GPUSLICE_GPU_DIR";
+
 /// Default folder for ledgers.
 pub const DEFAULT_LEDGER_DIR: &str = "/dev/shm/gpuslice";
+/// Default folder for the per-GPU turn files.
+pub const DEFAULT_GPU_DIR: &str = "/dev/shm/gpuslice/gpus";
 
 /// A configuration problem. Every message names the variable it came from.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -107,6 +115,16 @@ pub enum ConfigError {
     Empty {
         /// The variable.
         var: String,
+    },
+    /// A compute share that is not a whole percentage in range.
+    #[error("{var}={value:?} is not a valid compute share: {reason}")]
+    BadCompute {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// What is wrong with it.
+        reason: String,
     },
 }
 
@@ -311,12 +329,16 @@ pub struct SliceConfig {
     pub log_level: LogLevel,
     /// Which variable (or variables) the memory limits came from, for messages.
     pub memory_source: String,
+    /// Compute limits.
+    pub compute: ComputeLimits,
+    /// Folder of the host-wide per-GPU files through which slices take turns on a GPU.
+    pub gpu_dir: String,
 }
 
 impl SliceConfig {
     /// Whether this process belongs to a slice at all.
     pub fn is_sliced(&self) -> bool {
-        !self.memory.is_empty() || self.ledger_path.is_some()
+        !self.memory.is_empty() || self.ledger_path.is_some() || self.compute.is_limited()
     }
 
     /// Reads the configuration from the process environment.
@@ -341,9 +363,16 @@ impl SliceConfig {
         let mut vgpu_limits: Vec<(String, String)> = Vec::new();
         let mut hami_all: Option<String> = None;
         let mut hami_limits: Vec<(String, String)> = Vec::new();
+        let mut compute_vars: Vec<(String, String)> = Vec::new();
+        let mut gpu_dir = None;
 
         for (key, value) in vars {
+            if compute::is_compute_var(key) {
+                compute_vars.push((key.to_string(), value.to_string()));
+                continue;
+            }
             match key {
+                ENV_GPU_DIR => gpu_dir = non_empty(value),
                 ENV_MEMORY => own_memory = Some(value.to_string()),
                 ENV_LEDGER => ledger_path = non_empty(value),
                 ENV_LEDGER_DIR => ledger_dir = non_empty(value),
@@ -433,6 +462,9 @@ impl SliceConfig {
             }
         }
 
+        let compute =
+            ComputeLimits::from_vars(compute_vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))?;
+
         Ok(Self {
             memory,
             ledger_path,
@@ -440,6 +472,8 @@ impl SliceConfig {
             slice_name,
             log_level,
             memory_source: used_vars.join(", "),
+            compute,
+            gpu_dir: gpu_dir.unwrap_or_else(|| DEFAULT_GPU_DIR.to_string()),
         })
     }
 }

@@ -64,7 +64,14 @@ extern "C" fn dlsym_on_handle(handle: *mut c_void, symbol: *const c_char) -> *mu
     // SAFETY: dlsym's contract: `symbol` is a NUL-terminated string.
     let name = unsafe { CStr::from_ptr(symbol) };
     match hooked_id_by_name(name) {
-        Some(hook) if real(hook) == found && crate::state::hooks_wanted() => hook_address(hook),
+        Some(hook)
+            if real(hook) == found
+                && crate::state::hooks_wanted()
+                && (!crate::compute::is_launch_hook(hook)
+                    || crate::state::launch_hooks_wanted()) =>
+        {
+            hook_address(hook)
+        }
         _ => found,
     }
 }
@@ -77,7 +84,9 @@ fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int,
     // SAFETY: the driver just wrote a function pointer there.
     let found = unsafe { *pfn };
     let mut hooked = false;
-    if let Some(hook) = crate::real::hook_id_of_real(found) {
+    if let Some(hook) = crate::real::hook_id_of_real(found)
+        && (!crate::compute::is_launch_hook(hook) || crate::state::launch_hooks_wanted())
+    {
         let addr = hook_address(hook);
         if !addr.is_null() {
             // SAFETY: same location, a pointer of the same kind.

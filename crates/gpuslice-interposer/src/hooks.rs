@@ -1172,11 +1172,13 @@ fn launch_graph(exec: CUgraphExec, call: impl FnOnce() -> CUresult) -> CUresult 
     r
 }
 
-/// `cuGraphLaunch`.
+/// `cuGraphLaunch`: graph memory is charged, and the launch passes the compute gate.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
     launch_graph(exec, || {
-        call_driver!(id::cuGraphLaunch, LaunchFn, exec, stream)
+        crate::compute::gated(stream, false, || {
+            call_driver!(id::cuGraphLaunch, LaunchFn, exec, stream)
+        })
     })
 }
 
@@ -1184,7 +1186,9 @@ pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
     launch_graph(exec, || {
-        call_driver!(id::cuGraphLaunch_ptsz, LaunchFn, exec, stream)
+        crate::compute::gated(stream, true, || {
+            call_driver!(id::cuGraphLaunch_ptsz, LaunchFn, exec, stream)
+        })
     })
 }
 

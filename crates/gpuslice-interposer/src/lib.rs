@@ -6,11 +6,15 @@
 //! No constructor, no threads: everything is built lazily by the first hook that needs
 //! it. A process that belongs to no slice gets the real driver untouched.
 
+mod agent_client;
+mod compute;
 mod entry;
 mod ffi;
 mod hooks;
 mod log;
 mod nvml;
+mod nvml_abi;
+mod nvml_view;
 mod real;
 mod state;
 mod table;

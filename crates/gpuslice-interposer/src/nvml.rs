@@ -79,7 +79,68 @@ pub fn process_memory(uuid: &str, pid: u32) -> Option<u64> {
             .iter()
             .find(|i| i.pid == pid)
             .map(|i| i.used_gpu_memory)
-            .filter(|&m| m != u64::MAX);
+            // Not available, or 0 (535.x/550.x in a container: a process with a context
+            // never uses nothing): the driver cannot say.
+            .filter(|&m| m != u64::MAX && m != 0);
     }
     None
+}
+
+/// `nvmlProcessUtilizationSample_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UtilizationSample {
+    pid: c_uint,
+    time_stamp_us: u64,
+    sm_util: c_uint,
+    mem_util: c_uint,
+    enc_util: c_uint,
+    dec_util: c_uint,
+}
+
+type UtilFn =
+    unsafe extern "C" fn(NvmlDevice, *mut UtilizationSample, *mut c_uint, u64) -> NvmlReturn;
+
+/// The driver's per-process utilization samples on the device with `uuid` newer than
+/// `since_us`: `(pid, timestamp in µs, SM utilization in percent)`.
+pub fn utilization_samples(uuid: &str, since_us: u64) -> Vec<(u32, u64, u32)> {
+    static READY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    match READY.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => {
+            let ok = init();
+            READY.store(if ok { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+            if !ok {
+                return Vec::new();
+            }
+        }
+        1 => {}
+        _ => return Vec::new(),
+    }
+    let Some(dev) = device_by_uuid(uuid) else {
+        return Vec::new();
+    };
+    let p = real(id::nvmlView_GetProcessUtilization);
+    if p.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the real nvmlDeviceGetProcessUtilization has this signature.
+    let f = unsafe { std::mem::transmute::<*mut c_void, UtilFn>(p) };
+    let mut samples = vec![UtilizationSample::default(); 64];
+    for _ in 0..4 {
+        let mut count = samples.len() as c_uint;
+        // SAFETY: `samples` holds `count` entries.
+        let r = unsafe { f(dev, samples.as_mut_ptr(), &mut count, since_us) };
+        if r == NVML_ERROR_INSUFFICIENT_SIZE {
+            samples.resize(count as usize + 16, UtilizationSample::default());
+            continue;
+        }
+        if r != NVML_SUCCESS {
+            return Vec::new();
+        }
+        return samples[..(count as usize).min(samples.len())]
+            .iter()
+            .map(|s| (s.pid, s.time_stamp_us, s.sm_util))
+            .collect();
+    }
+    Vec::new()
 }

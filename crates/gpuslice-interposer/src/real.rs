@@ -102,11 +102,12 @@ pub fn real(id: usize) -> *mut c_void {
     p
 }
 
-/// Which hooked function has the real address `p`, if any. Only hooked entries are
-/// compared, so this never loads NVML.
+/// Which hooked CUDA function has the real address `p`, if any. Only hooked CUDA
+/// entries are compared, so this never loads NVML.
 pub fn hook_id_of_real(p: *mut c_void) -> Option<usize> {
     if p.is_null() {
         return None;
     }
-    (0..COUNT).find(|&id| !hook_address(id).is_null() && real(id) == p)
+    (0..COUNT)
+        .find(|&id| library_of(id) == Library::Cuda && !hook_address(id).is_null() && real(id) == p)
 }

@@ -71,6 +71,16 @@ pub fn hooks_wanted() -> bool {
     mode() != MODE_INERT
 }
 
+/// Whether launch hooks should be handed out: only to a slice with a compute limit (or
+/// a broken configuration, so that it can refuse), so that no other process pays for
+/// them.
+pub fn launch_hooks_wanted() -> bool {
+    match config() {
+        Ok(c) => c.compute.is_limited(),
+        Err(_) => true,
+    }
+}
+
 /// What a hook should do.
 pub enum Access {
     /// No slice: call the driver and do nothing else.
@@ -167,6 +177,7 @@ extern "C" fn at_exit() {
     if let Ok(slice) = unsafe { &*p }
         && slice.pid == std::process::id()
     {
+        slice.compute.leave();
         slice.ledger.unregister(slice.entry);
     }
 }
@@ -269,6 +280,8 @@ pub struct Slice {
     pub pools: Mutex<PoolBook>,
     /// Graph memory.
     pub graphs: Mutex<GraphBook>,
+    /// Compute limits: the gates of this process's contexts.
+    pub compute: crate::compute::Compute,
     /// Per ledger device entry: bytes charged for context and module memory.
     overhead: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
     /// Per ledger device entry: bytes charged that NVML's per-process usage never shows
@@ -296,12 +309,26 @@ impl Slice {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "default".into())
         });
+        let compute_limits = config
+            .compute
+            .hard_percent
+            .filter(|_| config.compute.is_limited())
+            .map(|h| (h, config.compute.burst_percent));
         let spec = LedgerSpec {
             name: name.clone(),
-            default_limit: config.memory.all_devices,
+            // A compute budget lives in a device entry: with no memory limit the
+            // devices are entered with an unlimited one.
+            default_limit: config
+                .memory
+                .all_devices
+                .or(compute_limits.map(|_| u64::MAX)),
             devices: Vec::new(),
+            compute: compute_limits,
         };
         let ledger = Ledger::create_or_open(&path, &spec).map_err(|e| e.to_string())?;
+        ledger
+            .agree_compute_limits(compute_limits)
+            .map_err(|e| e.to_string())?;
         let entry = ledger.register().map_err(|e| e.to_string())?;
         let name = if config.slice_name.is_some() {
             name
@@ -315,6 +342,7 @@ impl Slice {
             name,
             path.display()
         );
+        let compute = crate::compute::Compute::new(&config, &path);
         Ok(Slice {
             config,
             ledger,
@@ -325,6 +353,7 @@ impl Slice {
             allocations: Mutex::new(HashMap::new()),
             pools: Mutex::new(PoolBook::default()),
             graphs: Mutex::new(GraphBook::default()),
+            compute,
             overhead: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             invisible: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             overhead_lock: Mutex::new(()),
@@ -368,7 +397,12 @@ impl Slice {
             .iter()
             .find(|(s, _)| s.matches(index, &uuid))
             .map(|(_, l)| *l);
-        let config_limit = config_limit.or(self.config.memory.all_devices);
+        let config_limit = config_limit.or(self.config.memory.all_devices).or(self
+            .config
+            .compute
+            .is_limited()
+            .then_some(u64::MAX)
+            .filter(|_| self.config.memory.is_empty()));
         match self.ledger.device_slot(&uuid, config_limit) {
             Ok(Some(slot)) => {
                 cell.store(slot as i32, Relaxed);

@@ -66,8 +66,10 @@ pub fn hooked_id_by_name(name: &CStr) -> Option<usize> {
     (0..COUNT).find(|&id| NAMES[id].to_bytes() == bytes && !hook_address(id).is_null())
 }
 
+use crate::compute as c;
 use crate::entry as e;
 use crate::hooks as h;
+use crate::nvml_view as v;
 
 const NONE: *mut c_void = null_mut();
 
@@ -135,9 +137,48 @@ driver_functions! {
     cuDeviceGetGraphMemAttribute => "cuDeviceGetGraphMemAttribute", Cuda, NONE;
     cuDevicePrimaryCtxRelease_v2 => "cuDevicePrimaryCtxRelease_v2", Cuda, NONE;
     cuCtxDestroy_v2 => "cuCtxDestroy_v2", Cuda, NONE;
+    // ---- Compute slices (compute.rs): launch hooks, handed out only when the slice
+    // has a compute limit, and the event functions the meter calls.
+    cuLaunchKernel => "cuLaunchKernel", Cuda, c::cuLaunchKernel as *mut c_void;
+    cuLaunchKernel_ptsz => "cuLaunchKernel_ptsz", Cuda, c::cuLaunchKernel_ptsz as *mut c_void;
+    cuLaunchKernelEx => "cuLaunchKernelEx", Cuda, c::cuLaunchKernelEx as *mut c_void;
+    cuLaunchKernelEx_ptsz => "cuLaunchKernelEx_ptsz", Cuda, c::cuLaunchKernelEx_ptsz as *mut c_void;
+    cuLaunchCooperativeKernel => "cuLaunchCooperativeKernel", Cuda, c::cuLaunchCooperativeKernel as *mut c_void;
+    cuLaunchCooperativeKernel_ptsz => "cuLaunchCooperativeKernel_ptsz", Cuda, c::cuLaunchCooperativeKernel_ptsz as *mut c_void;
+    cuCtxGetCurrent => "cuCtxGetCurrent", Cuda, NONE;
+    cuEventCreate => "cuEventCreate", Cuda, NONE;
+    cuEventRecord => "cuEventRecord", Cuda, NONE;
+    cuEventQuery => "cuEventQuery", Cuda, NONE;
+    cuEventSynchronize => "cuEventSynchronize", Cuda, NONE;
+    cuEventElapsedTime => "cuEventElapsedTime", Cuda, NONE;
+    cuEventElapsedTime_v2 => "cuEventElapsedTime_v2", Cuda, NONE;
+    cuStreamCreate => "cuStreamCreate", Cuda, NONE;
+    cuThreadExchangeStreamCaptureMode => "cuThreadExchangeStreamCaptureMode", Cuda, NONE;
     nvmlInit_v2 => "nvmlInit_v2", Nvml, NONE;
     nvmlDeviceGetHandleByUUID => "nvmlDeviceGetHandleByUUID", Nvml, NONE;
     nvmlDeviceGetIndex => "nvmlDeviceGetIndex", Nvml, NONE;
     nvmlDeviceGetComputeRunningProcesses_v3 => "nvmlDeviceGetComputeRunningProcesses_v3", Nvml, NONE;
     nvmlDeviceGetComputeRunningProcesses_v2 => "nvmlDeviceGetComputeRunningProcesses_v2", Nvml, NONE;
+    // ---- NVML view (nvml_view.rs): what NVML shows inside a slice. Entries above that
+    // name the same functions are the interposer's own (unfiltered) calls.
+    nvmlView_GetMemoryInfo => "nvmlDeviceGetMemoryInfo", Nvml, v::nvmlDeviceGetMemoryInfo as *mut c_void;
+    nvmlView_GetMemoryInfo_v2 => "nvmlDeviceGetMemoryInfo_v2", Nvml, v::nvmlDeviceGetMemoryInfo_v2 as *mut c_void;
+    nvmlView_GetUtilizationRates => "nvmlDeviceGetUtilizationRates", Nvml, v::nvmlDeviceGetUtilizationRates as *mut c_void;
+    nvmlView_ComputeRunningProcesses => "nvmlDeviceGetComputeRunningProcesses", Nvml, v::nvmlDeviceGetComputeRunningProcesses as *mut c_void;
+    nvmlView_ComputeRunningProcesses_v2 => "nvmlDeviceGetComputeRunningProcesses_v2", Nvml, v::nvmlDeviceGetComputeRunningProcesses_v2 as *mut c_void;
+    nvmlView_ComputeRunningProcesses_v3 => "nvmlDeviceGetComputeRunningProcesses_v3", Nvml, v::nvmlDeviceGetComputeRunningProcesses_v3 as *mut c_void;
+    nvmlView_GraphicsRunningProcesses => "nvmlDeviceGetGraphicsRunningProcesses", Nvml, v::nvmlDeviceGetGraphicsRunningProcesses as *mut c_void;
+    nvmlView_GraphicsRunningProcesses_v2 => "nvmlDeviceGetGraphicsRunningProcesses_v2", Nvml, v::nvmlDeviceGetGraphicsRunningProcesses_v2 as *mut c_void;
+    nvmlView_GraphicsRunningProcesses_v3 => "nvmlDeviceGetGraphicsRunningProcesses_v3", Nvml, v::nvmlDeviceGetGraphicsRunningProcesses_v3 as *mut c_void;
+    nvmlView_MPSComputeRunningProcesses => "nvmlDeviceGetMPSComputeRunningProcesses", Nvml, v::nvmlDeviceGetMPSComputeRunningProcesses as *mut c_void;
+    nvmlView_MPSComputeRunningProcesses_v2 => "nvmlDeviceGetMPSComputeRunningProcesses_v2", Nvml, v::nvmlDeviceGetMPSComputeRunningProcesses_v2 as *mut c_void;
+    nvmlView_MPSComputeRunningProcesses_v3 => "nvmlDeviceGetMPSComputeRunningProcesses_v3", Nvml, v::nvmlDeviceGetMPSComputeRunningProcesses_v3 as *mut c_void;
+    nvmlView_GetRunningProcessDetailList => "nvmlDeviceGetRunningProcessDetailList", Nvml, v::nvmlDeviceGetRunningProcessDetailList as *mut c_void;
+    nvmlView_GetProcessUtilization => "nvmlDeviceGetProcessUtilization", Nvml, v::nvmlDeviceGetProcessUtilization as *mut c_void;
+    nvmlView_GetProcessesUtilizationInfo => "nvmlDeviceGetProcessesUtilizationInfo", Nvml, v::nvmlDeviceGetProcessesUtilizationInfo as *mut c_void;
+    nvmlView_GetAccountingPids => "nvmlDeviceGetAccountingPids", Nvml, v::nvmlDeviceGetAccountingPids as *mut c_void;
+    nvmlView_GetAccountingStats => "nvmlDeviceGetAccountingStats", Nvml, v::nvmlDeviceGetAccountingStats as *mut c_void;
+    nvmlView_GetEncoderSessions => "nvmlDeviceGetEncoderSessions", Nvml, v::nvmlDeviceGetEncoderSessions as *mut c_void;
+    nvmlView_GetFBCSessions => "nvmlDeviceGetFBCSessions", Nvml, v::nvmlDeviceGetFBCSessions as *mut c_void;
+    nvmlView_GetUUID => "nvmlDeviceGetUUID", Nvml, NONE;
 }

@@ -34,7 +34,9 @@ pub struct Header {
     pub high_water: AtomicU32,
     pub creator_pid: AtomicU32,
     pub name: [AtomicU64; NAME_WORDS],
-    pub reserved: [AtomicU64; 8],
+    /// The slice's compute limits, 0 when none: see `crate::pack_compute`.
+    pub compute_limits: AtomicU64,
+    pub reserved: [AtomicU64; 7],
 }
 
 /// One device: state word, limit and UUID.
@@ -44,7 +46,12 @@ pub struct DeviceEntry {
     pub limit: AtomicU64,
     pub uuid: [AtomicU64; UUID_WORDS],
     pub context_estimate: AtomicU64,
-    pub reserved: [AtomicU64; 5],
+    /// The compute budget's theoretical arrival time (monotonic ns; see
+    /// gpuslice-compute's `Budget`).
+    pub compute_tat: AtomicU64,
+    /// GPU busy time charged to the slice on this device, in ns.
+    pub compute_busy: AtomicU64,
+    pub reserved: [AtomicU64; 3],
 }
 
 /// One process: owner word, identity and charges per device.
@@ -148,6 +155,13 @@ pub fn initial_image(spec: &LedgerSpec) -> Vec<u8> {
         NAME_WORDS,
         &spec.name,
     );
+    if let Some((hard, burst)) = spec.compute {
+        put_u64(
+            &mut buf,
+            std::mem::offset_of!(Header, compute_limits),
+            crate::pack_compute(hard, burst),
+        );
+    }
     for (slot, (uuid, limit)) in spec.devices.iter().enumerate() {
         let at = device_offset(slot);
         put_u64(

@@ -22,6 +22,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
 use layout::{DeviceEntry, Header, ProcessEntry};
@@ -83,6 +84,18 @@ pub enum LedgerError {
         /// The process's limit.
         config_limit: u64,
     },
+    /// The process's compute limits disagree with the ledger's.
+    #[error(
+        "ledger {path} gives the slice a compute limit of {ledger}, but this process was configured with {config}"
+    )]
+    ComputeMismatch {
+        /// The file.
+        path: PathBuf,
+        /// The ledger's limits.
+        ledger: String,
+        /// The process's limits.
+        config: String,
+    },
     /// No room for another device or process.
     #[error("ledger {path} has no free {what} entry (at most {max})")]
     Full {
@@ -137,6 +150,10 @@ pub struct ProcessInfo {
     pub slot: usize,
     /// PID, in the process's own PID namespace.
     pub pid: u32,
+    /// Inode of that PID namespace.
+    pub pid_ns: u64,
+    /// Its start time (clock ticks since boot, as its own `/proc` showed it).
+    pub start_time: u64,
     /// Whether it still runs.
     pub liveness: Liveness,
     /// Bytes charged per device entry (index = device slot).
@@ -154,6 +171,32 @@ pub struct LedgerSpec {
     pub default_limit: Option<u64>,
     /// Devices and their limits.
     pub devices: Vec<(String, u64)>,
+    /// Compute limits in percent: hard, and soft (burst) if any.
+    pub compute: Option<(u32, Option<u32>)>,
+}
+
+const COMPUTE_SET: u64 = 1 << 63;
+
+/// Packs compute limits into the header word: a flag, the hard limit and the burst.
+pub fn pack_compute(hard: u32, burst: Option<u32>) -> u64 {
+    COMPUTE_SET | u64::from(hard & 0xffff) | (u64::from(burst.unwrap_or(0) & 0xffff) << 16)
+}
+
+fn unpack_compute(word: u64) -> Option<(u32, Option<u32>)> {
+    if word & COMPUTE_SET == 0 {
+        return None;
+    }
+    let hard = (word & 0xffff) as u32;
+    let burst = ((word >> 16) & 0xffff) as u32;
+    Some((hard, (burst != 0).then_some(burst)))
+}
+
+fn describe_compute(limits: Option<(u32, Option<u32>)>) -> String {
+    match limits {
+        None => "none".into(),
+        Some((hard, None)) => format!("{hard}%"),
+        Some((hard, Some(burst))) => format!("{hard}% (burst {burst}%)"),
+    }
 }
 
 /// An open ledger.
@@ -405,6 +448,50 @@ impl Ledger {
         })
     }
 
+    /// The slice's compute limits (hard percent, burst percent), if it has any.
+    pub fn compute_limits(&self) -> Option<(u32, Option<u32>)> {
+        unpack_compute(self.header().compute_limits.load(Acquire))
+    }
+
+    /// Makes sure the slice's compute limits are `limits`: sets them if the ledger has
+    /// none yet, and refuses if it has others (fail closed, naming both).
+    pub fn agree_compute_limits(
+        &self,
+        limits: Option<(u32, Option<u32>)>,
+    ) -> Result<(), LedgerError> {
+        let word = &self.header().compute_limits;
+        let current = word.load(Acquire);
+        let mismatch = |found: u64| LedgerError::ComputeMismatch {
+            path: self.path.clone(),
+            ledger: describe_compute(unpack_compute(found)),
+            config: describe_compute(limits),
+        };
+        match (unpack_compute(current), limits) {
+            (None, None) => Ok(()),
+            (Some(found), Some(wanted)) if found == wanted => Ok(()),
+            (None, Some((hard, burst))) => {
+                match word.compare_exchange(current, pack_compute(hard, burst), SeqCst, SeqCst) {
+                    Ok(_) => Ok(()),
+                    Err(found) if unpack_compute(found) == limits => Ok(()),
+                    Err(found) => Err(mismatch(found)),
+                }
+            }
+            (Some(_), _) => Err(mismatch(current)),
+        }
+    }
+
+    /// The compute budget's shared words of a device entry: the theoretical arrival
+    /// time and the total busy time.
+    pub fn compute_cells(&self, device: usize) -> (&AtomicU64, &AtomicU64) {
+        let d = self.device(device);
+        (&d.compute_tat, &d.compute_busy)
+    }
+
+    /// GPU busy time charged to the slice on a device entry, in ns.
+    pub fn compute_busy_ns(&self, device: usize) -> u64 {
+        self.device(device).compute_busy.load(Relaxed)
+    }
+
     /// The limit of a device entry.
     pub fn limit(&self, device: usize) -> u64 {
         self.device(device).limit.load(Relaxed)
@@ -646,6 +733,8 @@ impl Ledger {
                 Some(ProcessInfo {
                     slot,
                     pid,
+                    pid_ns: p.pid_ns.load(Relaxed),
+                    start_time: p.start_time.load(Relaxed),
                     liveness,
                     charges: (0..devices).map(|d| p.charge[d].load(SeqCst)).collect(),
                     context: (0..devices).map(|d| p.context[d].load(Relaxed)).collect(),

@@ -14,6 +14,7 @@ fn spec(limit: u64) -> LedgerSpec {
         name: "test".into(),
         default_limit: None,
         devices: vec![(UUID.into(), limit)],
+        compute: None,
     }
 }
 
@@ -133,6 +134,7 @@ fn devices_are_added_lazily_with_the_default_limit() {
         name: "lazy".into(),
         default_limit: Some(GIB),
         devices: vec![],
+        compute: None,
     };
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec).unwrap();
     assert_eq!(ledger.device_slot("GPU-a", None).unwrap(), Some(0));
@@ -155,6 +157,7 @@ fn concurrent_device_claims_make_one_entry() {
         name: "race".into(),
         default_limit: Some(GIB),
         devices: vec![],
+        compute: None,
     };
     Ledger::create_or_open(&path, &spec).unwrap();
     let threads: Vec<_> = (0..8)
@@ -185,7 +188,13 @@ fn racing_threads_never_commit_past_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("l");
     let limit = 64 * MIB;
-    Ledger::create_or_open(&path, &spec(limit)).unwrap();
+    // One process, as the interposer has it: every thread charges the process's one
+    // entry (a second registration of the same process would sweep the first: it
+    // stands for an earlier program image of the process).
+    let me = Ledger::create_or_open(&path, &spec(limit))
+        .unwrap()
+        .register()
+        .unwrap();
     let committed = Arc::new(AtomicU64::new(0));
     let over = Arc::new(AtomicBool::new(false));
     let successes = Arc::new(AtomicU64::new(0));
@@ -198,9 +207,7 @@ fn racing_threads_never_commit_past_the_limit() {
                 successes.clone(),
             );
             std::thread::spawn(move || {
-                // Each thread plays a process of its own.
                 let ledger = Ledger::open(&path).unwrap();
-                let me = ledger.register().unwrap();
                 for i in 0..3000u64 {
                     let bytes = ((t * 7 + i * 13) % 9 + 1) * 3 * MIB;
                     if ledger.try_charge(me, 0, bytes).is_ok() {
@@ -213,7 +220,6 @@ fn racing_threads_never_commit_past_the_limit() {
                         ledger.release(me, 0, bytes);
                     }
                 }
-                ledger.unregister(me);
             })
         })
         .collect();
@@ -226,7 +232,9 @@ fn racing_threads_never_commit_past_the_limit() {
         "too few reservations succeeded: {}",
         successes.load(SeqCst)
     );
-    assert_eq!(Ledger::open(&path).unwrap().used(0), 0);
+    let ledger = Ledger::open(&path).unwrap();
+    assert_eq!(ledger.used(0), 0);
+    ledger.unregister(me);
 }
 
 #[test]
@@ -250,6 +258,12 @@ fn dead_processes_are_swept_and_live_ones_kept() {
     assert_eq!(ledger.used(0), 100 * MIB);
     ledger.try_charge(live, 0, 200 * MIB).unwrap();
     assert_eq!(ledger.processes().len(), 1);
+    let me = current_identity();
+    let entry = &ledger.processes()[0];
+    assert_eq!(
+        (entry.pid, entry.pid_ns, entry.start_time),
+        (me.pid, me.pid_ns, me.start_time)
+    );
 }
 
 #[test]

@@ -79,6 +79,10 @@ impl Bench {
                 "GPUSLICE_LEDGER_DIR".into(),
                 dir.path().join("ledgers").display().to_string(),
             ),
+            (
+                "GPUSLICE_GPU_DIR".into(),
+                dir.path().join("gpus").display().to_string(),
+            ),
         ];
         Self { dir, build, env }
     }
@@ -118,6 +122,13 @@ impl Bench {
             "CUDA_DEVICE_MEMORY_LIMIT",
             "CUDA_VISIBLE_DEVICES",
             "GPUSLICE_LOG",
+            "GPUSLICE_COMPUTE",
+            "GPUSLICE_COMPUTE_BURST",
+            "GPUSLICE_COMPUTE_METHOD",
+            "CUDA_CORE_LIMIT",
+            "CUDA_CORE_SOFT_LIMIT",
+            "CUDA_DEVICE_SM_LIMIT",
+            "FAKE_CUDA_KERNEL_US",
         ] {
             cmd.env_remove(key);
         }

@@ -1,0 +1,316 @@
+//! Kernel and graph launches for the compute-limit tests: a module with one kernel,
+//! launched through `cuLaunchKernel`, `cuLaunchKernelEx`, `cuLaunchCooperativeKernel` or
+//! a CUDA graph of kernel nodes, in loops timed on the driver's clock (the fake driver's
+//! virtual clock when it has one, else the host's).
+
+use std::ffi::{c_int, c_uint, c_void};
+use std::ptr::null_mut;
+
+use crate::driver::Driver;
+
+/// `CUlaunchConfig` without attributes.
+#[repr(C)]
+struct LaunchConfig {
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    stream: *mut c_void,
+    attrs: *mut c_void,
+    num_attrs: c_uint,
+}
+
+/// `CUDA_KERNEL_NODE_PARAMS` (v1).
+#[repr(C)]
+struct KernelNodeParams {
+    func: *mut c_void,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    params: *mut *mut c_void,
+    extra: *mut *mut c_void,
+}
+
+/// The driver's clock: `fakeCudaClockNow`/`fakeCudaClockSleep` when the driver exports
+/// them (and its clock runs), else the host's.
+pub struct ProbeClock {
+    now: Option<unsafe extern "C" fn() -> u64>,
+    sleep: Option<unsafe extern "C" fn(u64)>,
+    busy: Option<unsafe extern "C" fn() -> u64>,
+    start: std::time::Instant,
+}
+
+impl ProbeClock {
+    pub fn new(cu: &Driver) -> Self {
+        let sym = |name: &std::ffi::CStr| cu.symbol(name);
+        let (n, s, b) = (
+            sym(c"fakeCudaClockNow"),
+            sym(c"fakeCudaClockSleep"),
+            sym(c"fakeCudaBusyNs"),
+        );
+        // SAFETY: the fake driver exports these with exactly these signatures.
+        let now = (!n.is_null()).then(|| unsafe {
+            std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(n)
+        });
+        // SAFETY: as above.
+        let sleep = (!s.is_null())
+            .then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64)>(s) });
+        // SAFETY: as above.
+        let busy = (!b.is_null()).then(|| unsafe {
+            std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(b)
+        });
+        let mut clock = ProbeClock {
+            now,
+            sleep,
+            busy,
+            start: std::time::Instant::now(),
+        };
+        if clock.now.is_some() && clock.virtual_now() == 0 {
+            clock.now = None;
+        }
+        clock
+    }
+
+    fn virtual_now(&self) -> u64 {
+        // SAFETY: see `new`.
+        self.now.map(|f| unsafe { f() }).unwrap_or(0)
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        match self.now {
+            // SAFETY: see `new`.
+            Some(f) => unsafe { f() },
+            None => self.start.elapsed().as_nanos() as u64,
+        }
+    }
+
+    pub fn sleep_ns(&self, ns: u64) {
+        match (self.now, self.sleep) {
+            // SAFETY: see `new`.
+            (Some(_), Some(f)) => unsafe { f(ns) },
+            _ => std::thread::sleep(std::time::Duration::from_nanos(ns)),
+        }
+    }
+
+    /// GPU time used so far, if the driver says.
+    pub fn busy_ns(&self) -> Option<u64> {
+        // SAFETY: see `new`.
+        self.busy.map(|f| unsafe { f() })
+    }
+}
+
+/// A loaded kernel.
+pub struct Kernels {
+    func: *mut c_void,
+    stream: *mut c_void,
+}
+
+type LaunchFn = unsafe extern "C" fn(
+    *mut c_void,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut c_void,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> c_int;
+type CoopFn = unsafe extern "C" fn(
+    *mut c_void,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut c_void,
+    *mut *mut c_void,
+) -> c_int;
+
+impl Kernels {
+    /// Loads a module and gets its kernel; launches go to `stream`.
+    pub fn load(cu: &Driver, stream: *mut c_void) -> Result<Self, c_int> {
+        let mut module = null_mut();
+        let image = b"fake-module\0";
+        let rc = cu.call2(
+            "cuModuleLoadData",
+            (&mut module as *mut *mut c_void).cast(),
+            image.as_ptr() as *mut c_void,
+        );
+        if rc != 0 {
+            return Err(rc);
+        }
+        let mut func = null_mut();
+        let rc = cu.call3(
+            "cuModuleGetFunction",
+            (&mut func as *mut *mut c_void).cast(),
+            module,
+            c"kernel".as_ptr() as *mut c_void,
+        );
+        if rc != 0 {
+            return Err(rc);
+        }
+        Ok(Kernels { func, stream })
+    }
+
+    /// One launch by `kind`: kernel, ex or coop.
+    pub fn launch(&self, cu: &Driver, kind: &str) -> c_int {
+        match kind {
+            "ex" => {
+                let config = LaunchConfig {
+                    grid: [1, 1, 1],
+                    block: [32, 1, 1],
+                    shared: 0,
+                    stream: self.stream,
+                    attrs: null_mut(),
+                    num_attrs: 0,
+                };
+                cu.call4(
+                    "cuLaunchKernelEx",
+                    (&config as *const LaunchConfig) as *mut c_void,
+                    self.func,
+                    null_mut(),
+                    null_mut(),
+                )
+            }
+            "coop" => {
+                let p = cu.entry("cuLaunchCooperativeKernel");
+                if p.is_null() {
+                    return 500;
+                }
+                // SAFETY: the entry point of this name has this signature.
+                let f = unsafe { std::mem::transmute::<*mut c_void, CoopFn>(p) };
+                // SAFETY: a valid function and stream; no parameters.
+                unsafe { f(self.func, 1, 1, 1, 32, 1, 1, 0, self.stream, null_mut()) }
+            }
+            _ => {
+                let p = cu.entry("cuLaunchKernel");
+                if p.is_null() {
+                    return 500;
+                }
+                // SAFETY: the entry point of this name has this signature.
+                let f = unsafe { std::mem::transmute::<*mut c_void, LaunchFn>(p) };
+                // SAFETY: a valid function and stream; no parameters.
+                unsafe {
+                    f(
+                        self.func,
+                        1,
+                        1,
+                        1,
+                        32,
+                        1,
+                        1,
+                        0,
+                        self.stream,
+                        null_mut(),
+                        null_mut(),
+                    )
+                }
+            }
+        }
+    }
+
+    /// An executable graph of `nodes` kernel nodes.
+    pub fn graph(&self, cu: &Driver, nodes: usize) -> Result<*mut c_void, c_int> {
+        let mut graph = null_mut();
+        let rc = cu.call2(
+            "cuGraphCreate",
+            (&mut graph as *mut *mut c_void).cast(),
+            null_mut(),
+        );
+        if rc != 0 {
+            return Err(rc);
+        }
+        let params = KernelNodeParams {
+            func: self.func,
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+            shared: 0,
+            params: null_mut(),
+            extra: null_mut(),
+        };
+        let mut prev: *mut c_void = null_mut();
+        for _ in 0..nodes {
+            let mut node = null_mut();
+            let deps: *mut c_void = if prev.is_null() {
+                null_mut()
+            } else {
+                (&mut prev as *mut *mut c_void).cast()
+            };
+            let rc = cu.call5(
+                "cuGraphAddKernelNode",
+                (&mut node as *mut *mut c_void).cast(),
+                graph,
+                deps,
+                usize::from(!prev.is_null()) as *mut c_void,
+                (&params as *const KernelNodeParams) as *mut c_void,
+            );
+            if rc != 0 {
+                return Err(rc);
+            }
+            prev = node;
+        }
+        let mut exec = null_mut();
+        let rc = cu.call3(
+            "cuGraphInstantiateWithFlags",
+            (&mut exec as *mut *mut c_void).cast(),
+            graph,
+            null_mut(),
+        );
+        if rc != 0 {
+            return Err(rc);
+        }
+        Ok(exec)
+    }
+}
+
+/// Runs launches of `kind` for `ms` milliseconds of the driver's clock and reports
+/// what the GPU did. `light`: each iteration waits 1 ms on the CPU, launches two
+/// kernels and waits for them. `graph`: launches a graph of 4 kernel nodes.
+pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
+    let stream = cu.stream_create();
+    let kernels = match Kernels::load(cu, stream) {
+        Ok(k) => k,
+        Err(rc) => return format!("rc={rc} stage=load"),
+    };
+    let exec = if kind == "graph" {
+        match kernels.graph(cu, 4) {
+            Ok(e) => e,
+            Err(rc) => return format!("rc={rc} stage=graph"),
+        }
+    } else {
+        null_mut()
+    };
+    let clock = ProbeClock::new(cu);
+    let busy0 = clock.busy_ns().unwrap_or(0);
+    let t0 = clock.now_ns();
+    let end = t0 + ms * 1_000_000;
+    let mut iterations = 0u64;
+    while clock.now_ns() < end {
+        let rc = match kind {
+            "graph" => cu.call2("cuGraphLaunch", exec, stream),
+            "light" => {
+                clock.sleep_ns(1_000_000);
+                let a = kernels.launch(cu, "kernel");
+                let b = kernels.launch(cu, "kernel");
+                let c = cu.stream_sync(stream);
+                a.max(b).max(c)
+            }
+            other => kernels.launch(cu, other),
+        };
+        if rc != 0 {
+            return format!("rc={rc} stage=launch iterations={iterations}");
+        }
+        iterations += 1;
+    }
+    let rc = cu.stream_sync(stream);
+    let wall = clock.now_ns() - t0;
+    let busy = clock.busy_ns().map(|b| b - busy0).unwrap_or(0);
+    format!(
+        "rc={rc} iterations={iterations} busy_ns={busy} wall_ns={wall} share_permille={}",
+        busy * 1000 / wall.max(1)
+    )
+}

@@ -1,0 +1,423 @@
+//! NVML as `nvidia-smi` reaches it: `dlopen("libnvidia-ml.so.1")`, then `dlsym` on that
+//! handle for each function (so an interposer sees the lookups through its `dlsym`).
+//! Each query returns one line of `key=value` fields for the probe's output; lists are
+//! `list=a:b,c:d` sorted by PID.
+
+use std::ffi::{CStr, CString, c_char, c_uint, c_void};
+
+type Ret = c_uint;
+type Dev = *mut c_void;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Memory {
+    total: u64,
+    free: u64,
+    used: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MemoryV2 {
+    version: c_uint,
+    total: u64,
+    reserved: u64,
+    free: u64,
+    used: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InfoV1 {
+    pid: c_uint,
+    used: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct InfoV2 {
+    pid: c_uint,
+    used: u64,
+    gi: c_uint,
+    ci: c_uint,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Detail {
+    pid: c_uint,
+    used: u64,
+    gi: c_uint,
+    ci: c_uint,
+    cc: u64,
+}
+
+#[repr(C)]
+struct DetailList {
+    version: c_uint,
+    mode: c_uint,
+    count: c_uint,
+    array: *mut Detail,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UtilSample {
+    pid: c_uint,
+    ts: u64,
+    sm: c_uint,
+    mem: c_uint,
+    enc: c_uint,
+    dec: c_uint,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UtilInfo {
+    ts: u64,
+    pid: c_uint,
+    sm: c_uint,
+    mem: c_uint,
+    enc: c_uint,
+    dec: c_uint,
+    jpg: c_uint,
+    ofa: c_uint,
+}
+
+#[repr(C)]
+struct UtilInfos {
+    version: c_uint,
+    count: c_uint,
+    last_seen: u64,
+    array: *mut UtilInfo,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Rates {
+    gpu: c_uint,
+    memory: c_uint,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct Stats {
+    gpu: c_uint,
+    mem: c_uint,
+    max_memory: u64,
+    time: u64,
+    start: u64,
+    running: c_uint,
+    reserved: [c_uint; 5],
+}
+
+/// Encoder and FBC session records start with (sessionId, pid); the rest is kept opaque.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Session<const N: usize> {
+    id: c_uint,
+    pid: c_uint,
+    rest: [c_uint; N],
+}
+
+impl<const N: usize> Default for Session<N> {
+    fn default() -> Self {
+        Self {
+            id: 0,
+            pid: 0,
+            rest: [0; N],
+        }
+    }
+}
+
+/// The loaded NVML.
+pub struct Nvml {
+    lib: *mut c_void,
+    init_rc: Ret,
+}
+
+fn version(size: usize, v: u32) -> c_uint {
+    size as c_uint | (v << 24)
+}
+
+fn join(items: impl IntoIterator<Item = String>) -> String {
+    items.into_iter().collect::<Vec<_>>().join(",")
+}
+
+impl Nvml {
+    /// Loads and initialises NVML like nvidia-smi.
+    pub fn load() -> Self {
+        // SAFETY: dlopen with a valid name.
+        let lib = unsafe {
+            libc::dlopen(
+                c"libnvidia-ml.so.1".as_ptr(),
+                libc::RTLD_NOW | libc::RTLD_LOCAL,
+            )
+        };
+        assert!(!lib.is_null(), "dlopen(libnvidia-ml.so.1) failed");
+        let mut me = Self { lib, init_rc: 0 };
+        type Init = unsafe extern "C" fn() -> Ret;
+        let p = me.sym("nvmlInit_v2");
+        assert!(!p.is_null(), "libnvidia-ml.so.1 has no nvmlInit_v2");
+        // SAFETY: nvmlInit_v2 takes no arguments.
+        me.init_rc = unsafe { std::mem::transmute::<*mut c_void, Init>(p)() };
+        me
+    }
+
+    fn sym(&self, name: &str) -> *mut c_void {
+        let c = CString::new(name).expect("name");
+        // SAFETY: a dlopen handle and a NUL-terminated name.
+        unsafe { libc::dlsym(self.lib, c.as_ptr()) }
+    }
+
+    /// Which library serves `name` when looked up through the handle and through
+    /// `RTLD_DEFAULT` (as a program linked against NVML binds it).
+    pub fn resolve(&self, name: &str) -> String {
+        let c = CString::new(name).expect("name");
+        let through_handle = self.sym(name);
+        // SAFETY: RTLD_DEFAULT lookup of a NUL-terminated name.
+        let default = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c.as_ptr()) };
+        format!(
+            "handle={} default={}",
+            library_of(through_handle),
+            library_of(default)
+        )
+    }
+
+    fn device(&self, index: u32) -> Result<Dev, String> {
+        if self.init_rc != 0 {
+            return Err(format!("rc={}", self.init_rc));
+        }
+        type ByIndex = unsafe extern "C" fn(c_uint, *mut Dev) -> Ret;
+        let p = self.sym("nvmlDeviceGetHandleByIndex_v2");
+        let mut dev: Dev = std::ptr::null_mut();
+        // SAFETY: the function of that name and signature; a valid out pointer.
+        let rc = unsafe { std::mem::transmute::<*mut c_void, ByIndex>(p)(index, &mut dev) };
+        if rc == 0 {
+            Ok(dev)
+        } else {
+            Err(format!("rc={rc}"))
+        }
+    }
+
+    /// Runs one NVML step; `arg` is `INDEX` or `INDEX:VARIANT`.
+    pub fn step(&self, name: &str, arg: &str) -> String {
+        let (index, variant) = arg.split_once(':').unwrap_or((arg, ""));
+        let dev = match self.device(index.parse().unwrap_or(0)) {
+            Ok(d) => d,
+            Err(e) => return e,
+        };
+        match name {
+            "nvml-mem" => self.memory(dev),
+            "nvml-procs" => self.processes(dev, variant),
+            "nvml-samples" => self.samples(dev),
+            "nvml-samples2" => self.samples_v2(dev),
+            "nvml-rates" => self.rates(dev),
+            "nvml-acct" => self.accounting(dev),
+            "nvml-enc" => self.sessions::<6>(dev, "nvmlDeviceGetEncoderSessions"),
+            "nvml-fbc" => self.sessions::<10>(dev, "nvmlDeviceGetFBCSessions"),
+            other => panic!("unknown NVML step {other}"),
+        }
+    }
+
+    fn f<T>(&self, name: &str) -> T {
+        let p = self.sym(name);
+        assert!(!p.is_null(), "no {name}");
+        assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<*mut c_void>());
+        // SAFETY: T is the function pointer type of `name` (checked to be pointer sized);
+        // the caller names the right signature.
+        unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) }
+    }
+
+    fn memory(&self, dev: Dev) -> String {
+        let v1: unsafe extern "C" fn(Dev, *mut Memory) -> Ret = self.f("nvmlDeviceGetMemoryInfo");
+        let v2: unsafe extern "C" fn(Dev, *mut MemoryV2) -> Ret =
+            self.f("nvmlDeviceGetMemoryInfo_v2");
+        let mut m = Memory::default();
+        let mut m2 = MemoryV2 {
+            version: version(std::mem::size_of::<MemoryV2>(), 2),
+            ..MemoryV2::default()
+        };
+        // SAFETY: valid device handle and structs.
+        let (rc1, rc2) = unsafe { (v1(dev, &mut m), v2(dev, &mut m2)) };
+        format!(
+            "rc={} total={} used={} free={} rc2={rc2} total2={} used2={} free2={} reserved2={}",
+            rc1, m.total, m.used, m.free, m2.total, m2.used, m2.free, m2.reserved
+        )
+    }
+
+    fn list<T: Copy + Default>(
+        &self,
+        dev: Dev,
+        name: &str,
+        key: impl Fn(&T) -> (u32, u64),
+    ) -> String {
+        let f: unsafe extern "C" fn(Dev, *mut c_uint, *mut T) -> Ret = self.f(name);
+        let mut count: c_uint = 0;
+        // SAFETY: a count query with a null array.
+        let rc0 = unsafe { f(dev, &mut count, std::ptr::null_mut()) };
+        let mut buf = vec![T::default(); count as usize + 4];
+        let mut n = buf.len() as c_uint;
+        // SAFETY: `buf` holds `n` records.
+        let rc = unsafe { f(dev, &mut n, buf.as_mut_ptr()) };
+        let mut items: Vec<(u32, u64)> =
+            buf[..(n as usize).min(buf.len())].iter().map(key).collect();
+        items.sort();
+        format!(
+            "rc={rc} rc0={rc0} count0={count} n={n} list={}",
+            join(items.iter().map(|(p, m)| format!("{p}:{m}")))
+        )
+    }
+
+    fn processes(&self, dev: Dev, variant: &str) -> String {
+        let v1 = |i: &InfoV1| (i.pid, i.used);
+        let v2 = |i: &InfoV2| (i.pid, i.used);
+        match variant {
+            "v1" => self.list(dev, "nvmlDeviceGetComputeRunningProcesses", v1),
+            "v2" => self.list(dev, "nvmlDeviceGetComputeRunningProcesses_v2", v2),
+            "" | "v3" => self.list(dev, "nvmlDeviceGetComputeRunningProcesses_v3", v2),
+            "graphics" => self.list(dev, "nvmlDeviceGetGraphicsRunningProcesses", v1),
+            "graphics-v3" => self.list(dev, "nvmlDeviceGetGraphicsRunningProcesses_v3", v2),
+            "mps" => self.list(dev, "nvmlDeviceGetMPSComputeRunningProcesses", v1),
+            "mps-v3" => self.list(dev, "nvmlDeviceGetMPSComputeRunningProcesses_v3", v2),
+            "detail" => self.detail(dev),
+            other => panic!("unknown process list {other}"),
+        }
+    }
+
+    fn detail(&self, dev: Dev) -> String {
+        let f: unsafe extern "C" fn(Dev, *mut DetailList) -> Ret =
+            self.f("nvmlDeviceGetRunningProcessDetailList");
+        let mut buf = vec![Detail::default(); 64];
+        let mut list = DetailList {
+            version: version(std::mem::size_of::<DetailList>(), 1),
+            mode: 0,
+            count: buf.len() as c_uint,
+            array: buf.as_mut_ptr(),
+        };
+        // SAFETY: the list points to `count` records.
+        let rc = unsafe { f(dev, &mut list) };
+        let n = (list.count as usize).min(buf.len());
+        let mut items: Vec<(u32, u64)> = buf[..n].iter().map(|d| (d.pid, d.used)).collect();
+        items.sort();
+        format!(
+            "rc={rc} n={n} list={}",
+            join(items.iter().map(|(p, m)| format!("{p}:{m}")))
+        )
+    }
+
+    fn samples(&self, dev: Dev) -> String {
+        let f: unsafe extern "C" fn(Dev, *mut UtilSample, *mut c_uint, u64) -> Ret =
+            self.f("nvmlDeviceGetProcessUtilization");
+        let mut count: c_uint = 0;
+        // SAFETY: a count query with a null array.
+        let rc0 = unsafe { f(dev, std::ptr::null_mut(), &mut count, 0) };
+        let mut buf = vec![UtilSample::default(); count as usize + 4];
+        let mut n = buf.len() as c_uint;
+        // SAFETY: `buf` holds `n` samples.
+        let rc = unsafe { f(dev, buf.as_mut_ptr(), &mut n, 0) };
+        let n = if rc == 0 { n as usize } else { 0 };
+        let mut items: Vec<(u32, u32, u32)> = buf[..n.min(buf.len())]
+            .iter()
+            .map(|s| (s.pid, s.sm, s.mem))
+            .collect();
+        items.sort();
+        format!(
+            "rc={rc} rc0={rc0} n={n} list={}",
+            join(items.iter().map(|(p, s, m)| format!("{p}:{s}:{m}")))
+        )
+    }
+
+    fn samples_v2(&self, dev: Dev) -> String {
+        let f: unsafe extern "C" fn(Dev, *mut UtilInfos) -> Ret =
+            self.f("nvmlDeviceGetProcessesUtilizationInfo");
+        let mut head = UtilInfos {
+            version: version(std::mem::size_of::<UtilInfos>(), 1),
+            count: 0,
+            last_seen: 0,
+            array: std::ptr::null_mut(),
+        };
+        // SAFETY: a count query with a null array.
+        let rc0 = unsafe { f(dev, &mut head) };
+        let mut buf = vec![UtilInfo::default(); head.count as usize + 4];
+        head.count = buf.len() as c_uint;
+        head.array = buf.as_mut_ptr();
+        // SAFETY: the array holds `count` records.
+        let rc = unsafe { f(dev, &mut head) };
+        let n = if rc == 0 { head.count as usize } else { 0 };
+        let mut items: Vec<(u32, u32)> = buf[..n.min(buf.len())]
+            .iter()
+            .map(|s| (s.pid, s.sm))
+            .collect();
+        items.sort();
+        format!(
+            "rc={rc} rc0={rc0} n={n} list={}",
+            join(items.iter().map(|(p, s)| format!("{p}:{s}")))
+        )
+    }
+
+    fn rates(&self, dev: Dev) -> String {
+        let f: unsafe extern "C" fn(Dev, *mut Rates) -> Ret =
+            self.f("nvmlDeviceGetUtilizationRates");
+        let mut r = Rates::default();
+        // SAFETY: valid handle and struct.
+        let rc = unsafe { f(dev, &mut r) };
+        format!("rc={rc} gpu={} memory={}", r.gpu, r.memory)
+    }
+
+    fn accounting(&self, dev: Dev) -> String {
+        let pids: unsafe extern "C" fn(Dev, *mut c_uint, *mut c_uint) -> Ret =
+            self.f("nvmlDeviceGetAccountingPids");
+        let stats: unsafe extern "C" fn(Dev, c_uint, *mut Stats) -> Ret =
+            self.f("nvmlDeviceGetAccountingStats");
+        let mut buf = vec![0 as c_uint; 64];
+        let mut n = buf.len() as c_uint;
+        // SAFETY: `buf` holds `n` PIDs.
+        let rc = unsafe { pids(dev, &mut n, buf.as_mut_ptr()) };
+        let mut list: Vec<u32> = buf[..(n as usize).min(buf.len())].to_vec();
+        list.sort();
+        let items = list.iter().map(|&pid| {
+            let mut s = Stats::default();
+            // SAFETY: valid handle and struct.
+            let rc = unsafe { stats(dev, pid, &mut s) };
+            format!("{pid}:{rc}:{}:{}", s.gpu, s.max_memory)
+        });
+        format!("rc={rc} n={n} list={}", join(items))
+    }
+
+    fn sessions<const N: usize>(&self, dev: Dev, name: &str) -> String {
+        let f: unsafe extern "C" fn(Dev, *mut c_uint, *mut Session<N>) -> Ret = self.f(name);
+        let mut count: c_uint = 0;
+        // SAFETY: a count query (count 0) with a null array.
+        let rc0 = unsafe { f(dev, &mut count, std::ptr::null_mut()) };
+        let mut buf = vec![Session::<N>::default(); count as usize + 4];
+        let mut n = buf.len() as c_uint;
+        // SAFETY: `buf` holds `n` records.
+        let rc = unsafe { f(dev, &mut n, buf.as_mut_ptr()) };
+        let mut items: Vec<(u32, u32)> = buf[..(n as usize).min(buf.len())]
+            .iter()
+            .map(|s| (s.pid, s.id))
+            .collect();
+        items.sort();
+        format!(
+            "rc={rc} rc0={rc0} count0={count} n={n} list={}",
+            join(items.iter().map(|(p, id)| format!("{p}:{id}")))
+        )
+    }
+}
+
+fn library_of(p: *mut c_void) -> String {
+    if p.is_null() {
+        return "none".into();
+    }
+    // SAFETY: an all-zero Dl_info is a valid out-parameter.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address.
+    if unsafe { libc::dladdr(p, &mut info) } == 0 || info.dli_fname.is_null() {
+        return "unknown".into();
+    }
+    // SAFETY: dladdr filled a NUL-terminated file name.
+    let name = unsafe { CStr::from_ptr(info.dli_fname as *const c_char) };
+    let name = name.to_string_lossy();
+    name.rsplit('/').next().unwrap_or(&name).to_string()
+}

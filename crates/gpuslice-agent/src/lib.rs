@@ -1,0 +1,110 @@
+//! The host-side gpuslice agent (`gpuslice agent`). Inside a container, NVML cannot tell
+//! the truth about the container's processes on every driver branch: old drivers show
+//! every host process under host PIDs, 535.x/550.x lose per-process memory, and even the
+//! newest leak other processes' utilization samples under host PIDs (field notes §2). On
+//! the host none of that is ambiguous. So the agent asks NVML on the host, and tells each
+//! caller, identified by the kernel through its socket's peer credentials, what of each GPU
+//! belongs to the caller's own container, in the caller's own PIDs.
+//!
+//! * [`probe`]: finds out at start-up how the driver behaves in a PID namespace;
+//! * [`host`]: the host's view from NVML;
+//! * [`scope`]: which processes are the caller's container, and its view;
+//! * [`server`]: the socket, peer authentication and threads;
+//! * [`procfs`]: what is read from the host's `/proc`.
+//!
+//! The agent never reads anything a container can write (not the slice ledgers, not a
+//! container's `/proc`).
+
+pub mod host;
+pub mod probe;
+pub mod procfs;
+pub mod scope;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gpuslice_agent_protocol::{DriverMode, SampleNumbering};
+
+pub use probe::{ProbeReport, probe};
+pub use server::{Agent, bind, log};
+
+/// What can stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// An NVML call failed.
+    #[error("NVML: {what}: {source}")]
+    Nvml {
+        /// What was being done.
+        what: String,
+        /// The error.
+        source: nvml_wrapper::error::NvmlError,
+    },
+    /// The socket could not be set up or used.
+    #[error("agent socket {path}: {what}: {source}")]
+    Socket {
+        /// The socket.
+        path: PathBuf,
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another agent answers on the socket.
+    #[error("another gpuslice agent already listens on {path}")]
+    InUse {
+        /// The socket.
+        path: PathBuf,
+    },
+}
+
+/// How to start the agent.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Where to listen.
+    pub socket: PathBuf,
+    /// Skip the driver probe (the mode is then reported as unknown).
+    pub skip_probe: bool,
+    /// Log every request.
+    pub verbose: bool,
+}
+
+/// Probes the driver (unless told not to), logging the verdict. A failed probe leaves the
+/// mode unknown: the agent's answers do not depend on it (they come from the host side).
+pub fn probe_and_log(skip: bool) -> (DriverMode, SampleNumbering) {
+    if skip {
+        log(format_args!("driver probe skipped; driver mode unknown"));
+        return (DriverMode::Unknown, SampleNumbering::Unknown);
+    }
+    match probe() {
+        Ok(report) => {
+            log(format_args!("{}", report.summary()));
+            (report.mode, report.own_samples)
+        }
+        Err(e) => {
+            log(format_args!("{e}; driver mode unknown"));
+            (DriverMode::Unknown, SampleNumbering::Unknown)
+        }
+    }
+}
+
+/// Runs the agent until its socket fails: probe, load NVML, bind, serve.
+pub fn run(options: &Options) -> Result<(), AgentError> {
+    server::set_verbose(options.verbose);
+    // The probe forks: it must run before NVML is loaded and before any thread starts.
+    let (mode, own_samples) = probe_and_log(options.skip_probe);
+    let procfs = procfs::Procfs::default();
+    let host = host::NvmlHost::init(procfs.clone())?;
+    let listener = bind(&options.socket)?;
+    let agent = Arc::new(Agent::new(Box::new(host), procfs, mode, own_samples));
+    log(format_args!(
+        "listening on {} (driver mode {mode})",
+        options.socket.display()
+    ));
+    agent.serve(listener)
+}
+
+/// The default socket.
+pub fn default_socket() -> &'static Path {
+    Path::new(gpuslice_agent_protocol::DEFAULT_SOCKET)
+}

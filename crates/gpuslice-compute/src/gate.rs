@@ -1,0 +1,316 @@
+//! The gate every launch of a compute-limited process passes: it charges the slice's
+//! budget with the busy time the meter has harvested, makes the process rest while the
+//! slice is over its share, bounds how much work the process may have queued, and takes
+//! the GPU's turn before letting work through.
+//!
+//! The gate is a state machine: [`Gate::step`] says what to do next ([`Step`]), and the
+//! caller does it (sleeps, waits for events) and asks again. The interposer loops over
+//! it with the real clock ([`admit`]); the tests drive it with a virtual clock.
+
+use crate::budget::Budget;
+use crate::clock::Clock;
+use crate::meter::BusyMeter;
+use crate::turns::{GpuTurns, Hold};
+
+const MS: u64 = 1_000_000;
+const US: u64 = 1_000;
+
+/// The gate's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateConfig {
+    /// Hard limit, percent of the GPU's time.
+    pub hard_percent: u32,
+    /// Soft limit while no other slice wants the GPU.
+    pub burst_percent: Option<u32>,
+    /// How far (wall time) the slice may run ahead of its share before it rests, until
+    /// it is back within the band. With the queue bound this sets the length of a duty
+    /// cycle, and what a slice may run at full speed after an idle period.
+    pub band_ns: u64,
+    /// The most credit a process keeps for time it waited for another process's turn.
+    pub max_credit_ns: u64,
+    /// Length of a lease on the GPU's turn.
+    pub lease_ns: u64,
+    /// The longest a process keeps the turn while others wait for it.
+    pub max_hold_ns: u64,
+    /// The most GPU work (estimated) a process may have queued.
+    pub max_inflight_ns: u64,
+    /// The most launches a process may have queued and unmeasured.
+    pub max_pending: usize,
+    /// Between full checks, launches pass with one clock read.
+    pub recheck_ns: u64,
+    /// How long to wait before asking again for a turn another process holds.
+    pub poll_ns: u64,
+    /// Other slices must have been quiet this long for the slice to use its burst.
+    pub burst_quiet_ns: u64,
+}
+
+impl GateConfig {
+    /// The defaults for a hard limit (and optional soft limit) in percent.
+    pub fn new(hard_percent: u32, burst_percent: Option<u32>) -> Self {
+        GateConfig {
+            hard_percent: hard_percent.clamp(1, 100),
+            burst_percent: burst_percent.map(|b| b.clamp(hard_percent.clamp(1, 100), 100)),
+            band_ns: 5 * MS,
+            max_credit_ns: 50 * MS,
+            lease_ns: 10 * MS,
+            max_hold_ns: 40 * MS,
+            max_inflight_ns: 2 * MS,
+            max_pending: 1024,
+            recheck_ns: 100 * US,
+            poll_ns: 200 * US,
+            burst_quiet_ns: 100 * MS,
+        }
+    }
+}
+
+/// What the caller must do before asking the gate again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Submit the work.
+    Go,
+    /// Sleep this many nanoseconds.
+    Sleep(u64),
+    /// Wait for the oldest pending launch of this process to complete.
+    WaitOldest,
+    /// Wait for every pending launch of this process to complete.
+    WaitAll,
+    /// Wait until another process releases the GPU's turn (the release count moves on
+    /// from `seen`), or at most `timeout_ns`.
+    WaitTurn {
+        /// The release count when the turn was found taken.
+        seen: u32,
+        /// The longest wait.
+        timeout_ns: u64,
+    },
+}
+
+/// One process's gate on one GPU.
+pub struct Gate<'a> {
+    config: GateConfig,
+    budget: Budget<'a>,
+    turns: Option<GpuTurns>,
+    resting: bool,
+    holding_since: Option<u64>,
+    next_check_ns: u64,
+    /// Launches that may still pass before the next full check.
+    allowance: usize,
+    /// Since when this process has been waiting for a turn another process holds. That
+    /// time is not idle time: the slice keeps the credit for it.
+    waiting_since: Option<u64>,
+    /// Credit the next charge starts from (the wait that preceded the turn).
+    credit_from: Option<u64>,
+    /// Since when this process has been without the turn (for the turn's fairness).
+    without_turn_since: u64,
+    /// The turn's release count when this process last asked for it.
+    releases_seen: u32,
+}
+
+impl<'a> Gate<'a> {
+    /// A gate charging `budget`, taking turns through `turns` (none: the process does
+    /// not coordinate with other slices).
+    pub fn new(config: GateConfig, budget: Budget<'a>, turns: Option<GpuTurns>) -> Self {
+        Gate {
+            config,
+            budget,
+            turns,
+            resting: false,
+            holding_since: None,
+            next_check_ns: 0,
+            allowance: 0,
+            waiting_since: None,
+            credit_from: None,
+            without_turn_since: 0,
+            releases_seen: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GateConfig {
+        &self.config
+    }
+
+    /// The share that applies now: the soft limit while no other slice wants the GPU.
+    pub fn percent_now(&self, now_ns: u64) -> u32 {
+        match (self.config.burst_percent, &self.turns) {
+            (Some(burst), Some(turns))
+                if !turns.other_slices_busy(now_ns, self.config.burst_quiet_ns) =>
+            {
+                burst
+            }
+            // Without the turn file nobody can tell whether others want the GPU.
+            _ => self.config.hard_percent,
+        }
+    }
+
+    /// Charges what the meter harvested.
+    fn charge(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) {
+        let h = meter.harvest(now_ns);
+        if h.busy_ns > 0 {
+            let percent = self.percent_now(now_ns);
+            // Time spent waiting for another process's turn is not idle time: it stays
+            // credited (bounded) until the slice has used it up.
+            let mut started = h.started_ns;
+            if let Some(from) = self.credit_from {
+                started = started
+                    .min(from)
+                    .max(now_ns.saturating_sub(self.config.max_credit_ns));
+            }
+            self.budget.charge(h.busy_ns, started, percent);
+            if self.budget.debt_ns(now_ns) >= 0 {
+                self.credit_from = None;
+            }
+            if let Some(t) = &self.turns {
+                t.note_active(now_ns);
+            }
+        }
+    }
+
+    fn give_up_turn(&mut self, now_ns: u64) {
+        if self.holding_since.take().is_some()
+            && let Some(t) = &self.turns
+        {
+            t.release();
+            self.without_turn_since = now_ns;
+        }
+    }
+
+    /// What to do before submitting the next launch.
+    pub fn step(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
+        self.step_inner(now_ns, meter)
+    }
+
+    fn step_inner(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
+        let c = self.config;
+        if now_ns < self.next_check_ns
+            && self.allowance > 0
+            && !self.resting
+            && self.holding_since.is_some()
+        {
+            self.allowance -= 1;
+            return Step::Go;
+        }
+        self.allowance = 0;
+        self.charge(now_ns, meter);
+        // No hysteresis: a slice rests exactly while it is more than a band ahead of its
+        // share. With the shares of the slices on a GPU adding up to at most 100, the
+        // share-weighted sum of their debts then never grows while the GPU is busy, so
+        // they cannot all rest at once while any of them has work: the GPU stays busy.
+        let debt = self.budget.debt_ns(now_ns);
+        self.resting = debt > c.band_ns as i64;
+        if self.resting {
+            // Finish (and charge) what is queued, give the GPU to others, and rest.
+            if meter.pending() > 0 {
+                return Step::WaitAll;
+            }
+            self.give_up_turn(now_ns);
+            let rest = (debt as u64) - c.band_ns;
+            if let Some(t) = &self.turns {
+                if self.without_turn_since == 0 {
+                    self.without_turn_since = now_ns;
+                }
+                t.note_rest(now_ns + rest, self.without_turn_since);
+            }
+            return Step::Sleep(rest.clamp(c.poll_ns / 4, 2 * MS));
+        }
+        if let Some(turns) = &mut self.turns {
+            if self.holding_since.is_none() && self.without_turn_since == 0 {
+                self.without_turn_since = now_ns;
+            }
+            self.releases_seen = turns.releases();
+            match turns.try_hold(now_ns, c.lease_ns, self.without_turn_since, 4 * c.poll_ns) {
+                Hold::Acquired => {
+                    self.holding_since = Some(now_ns);
+                    self.without_turn_since = 0;
+                    self.credit_from = self.waiting_since.take();
+                    turns.note_active(now_ns);
+                }
+                Hold::Held => {
+                    let since = *self.holding_since.get_or_insert(now_ns);
+                    if now_ns.saturating_sub(since) > c.max_hold_ns
+                        && turns.others_want(now_ns, 4 * c.poll_ns)
+                    {
+                        // Long enough: let a waiting process have the GPU.
+                        if meter.pending() > 0 {
+                            return Step::WaitAll;
+                        }
+                        self.give_up_turn(now_ns);
+                        return Step::Sleep(c.poll_ns);
+                    }
+                }
+                Hold::Busy { until_ns } => {
+                    // Another process holds the GPU (if this one held it, its lease ran
+                    // out while it was stopped), or has waited for it longer. Its own
+                    // queued work goes first.
+                    if self.holding_since.take().is_some() {
+                        self.without_turn_since = now_ns;
+                    }
+                    if meter.pending() > 0 {
+                        return Step::WaitAll;
+                    }
+                    turns.note_want(now_ns, self.without_turn_since.max(1));
+                    self.waiting_since.get_or_insert(now_ns);
+                    return Step::WaitTurn {
+                        seen: self.releases_seen,
+                        timeout_ns: until_ns.saturating_sub(now_ns).clamp(20 * US, c.poll_ns),
+                    };
+                }
+            }
+        } else {
+            self.holding_since.get_or_insert(now_ns);
+        }
+        // The queue bound comes after the turn, so that a process waiting for its own
+        // queued work keeps renewing its lease.
+        let room = meter.room(c.max_inflight_ns, c.max_pending);
+        if room == 0 {
+            return Step::WaitOldest;
+        }
+        self.next_check_ns = now_ns + c.recheck_ns;
+        // This launch takes one place in the queue; the rest may pass without a check.
+        self.allowance = room - 1;
+        Step::Go
+    }
+
+    /// Before the process goes quiet for a while (exit, a long synchronisation): charge
+    /// what completed and give the turn up.
+    pub fn pause(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) {
+        self.charge(now_ns, meter);
+        if meter.pending() == 0 {
+            self.give_up_turn(now_ns);
+        }
+    }
+
+    /// On exit: give the turn and the slot back.
+    pub fn leave(&mut self) {
+        self.holding_since = None;
+        if let Some(t) = &self.turns {
+            t.leave();
+        }
+    }
+
+    /// Sleeps until the GPU's turn is released or `timeout_ns` passes (see
+    /// [`Step::WaitTurn`]).
+    pub fn wait_turn(&self, seen: u32, timeout_ns: u64, clock: &dyn Clock) {
+        match &self.turns {
+            Some(t) if clock.is_real() => t.wait_release(seen, timeout_ns),
+            _ => clock.sleep_ns(timeout_ns),
+        }
+    }
+
+    /// The slice's budget.
+    pub fn budget(&self) -> &Budget<'a> {
+        &self.budget
+    }
+}
+
+/// Loops over [`Gate::step`] with a real clock until the launch may go.
+pub fn admit(gate: &mut Gate<'_>, clock: &dyn Clock, meter: &mut dyn BusyMeter) {
+    loop {
+        match gate.step(clock.now_ns(), meter) {
+            Step::Go => return,
+            Step::Sleep(ns) => clock.sleep_ns(ns),
+            Step::WaitOldest => meter.wait_oldest(),
+            Step::WaitAll => meter.wait_all(),
+            Step::WaitTurn { seen, timeout_ns } => gate.wait_turn(seen, timeout_ns, clock),
+        }
+    }
+}

@@ -1,0 +1,695 @@
+//! Compute slices inside the process: the gate in front of every kernel and graph
+//! launch, and the CUDA events that measure this process's GPU busy time (the
+//! controller itself lives in the `gpuslice-compute` crate).
+//!
+//! Launch hooks are handed out only to processes whose slice has a compute limit, so
+//! every other process launches straight into the driver. Launches into a stream that
+//! is being captured are not gated (they run later, as a graph, whose launch is).
+
+#![allow(non_snake_case)]
+
+use std::collections::HashMap;
+use std::ffi::{c_int, c_uint, c_void};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+
+use gpuslice_compute::turns::process_key;
+use gpuslice_compute::{
+    Budget, BusyMeter, Clock, EventMeter, Gate, GateConfig, GpuTurns, Harvest, MonotonicClock,
+    Step, Timeline,
+};
+use gpuslice_config::{ComputeMethod, SliceConfig};
+
+use crate::ffi::*;
+use crate::log::log_at;
+use crate::state::{Access, Slice, access, call_driver, lock};
+use crate::table::id;
+
+type CUevent = *mut c_void;
+type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
+type EventRecordFn = unsafe extern "C" fn(CUevent, CUstream) -> CUresult;
+type EventFn = unsafe extern "C" fn(CUevent) -> CUresult;
+type ElapsedFn = unsafe extern "C" fn(*mut f32, CUevent, CUevent) -> CUresult;
+type StreamCreateFn = unsafe extern "C" fn(*mut CUstream, c_uint) -> CUresult;
+type CtxGetCurrentFn = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
+type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
+type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CUresult;
+type IsCapturingFn = unsafe extern "C" fn(CUstream, *mut c_int) -> CUresult;
+
+const CU_EVENT_BLOCKING_SYNC: c_uint = 1;
+const CU_STREAM_NON_BLOCKING: c_uint = 1;
+const CUDA_ERROR_NOT_READY: CUresult = 600;
+const CU_STREAM_CAPTURE_MODE_RELAXED: c_int = 2;
+/// `CU_STREAM_PER_THREAD`.
+const PER_THREAD_STREAM: usize = 2;
+
+/// The clock of the GPU's driver when it has one of its own: the project's fake driver
+/// exports a virtual clock (`fakeCudaClockNow`/`fakeCudaClockSleep`) so that tests of
+/// the controller are exact. The NVIDIA driver has none, and the host's monotonic clock
+/// is used.
+struct DriverClock {
+    now: unsafe extern "C" fn() -> u64,
+    sleep: unsafe extern "C" fn(u64),
+}
+
+impl Clock for DriverClock {
+    fn now_ns(&self) -> u64 {
+        // SAFETY: a function of this signature exported by the loaded driver.
+        unsafe { (self.now)() }
+    }
+    fn sleep_ns(&self, ns: u64) {
+        // SAFETY: as above.
+        unsafe { (self.sleep)(ns) }
+    }
+}
+
+fn clock() -> &'static (dyn Clock + Send + Sync) {
+    static CLOCK: std::sync::OnceLock<Box<dyn Clock + Send + Sync>> = std::sync::OnceLock::new();
+    CLOCK
+        .get_or_init(|| {
+            let now = crate::real::driver_symbol(crate::table::Library::Cuda, c"fakeCudaClockNow");
+            let sleep =
+                crate::real::driver_symbol(crate::table::Library::Cuda, c"fakeCudaClockSleep");
+            if !now.is_null() && !sleep.is_null() {
+                // SAFETY: the fake driver exports these with exactly these signatures.
+                let clock = unsafe {
+                    DriverClock {
+                        now: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(now),
+                        sleep: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64)>(sleep),
+                    }
+                };
+                if clock.now_ns() != 0 {
+                    return Box::new(clock);
+                }
+            }
+            Box::new(MonotonicClock)
+        })
+        .as_ref()
+}
+
+/// How a stream is told apart: its handle, and for the per-thread default stream the
+/// thread it belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct StreamKey {
+    handle: usize,
+    thread: u64,
+}
+
+fn stream_key(handle: CUstream) -> StreamKey {
+    let handle = handle as usize;
+    let thread = if handle == PER_THREAD_STREAM {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() as u64 }
+    } else {
+        0
+    };
+    StreamKey { handle, thread }
+}
+
+/// The CUDA driver's events, as the meter's [`Timeline`]. Calls are made in the
+/// context that is current in the calling thread: the launch's context.
+struct CudaTimeline {
+    private: CUstream,
+}
+
+impl Timeline for CudaTimeline {
+    type Event = usize;
+    type Stream = StreamKey;
+
+    fn new_event(&mut self) -> Option<usize> {
+        let mut event: CUevent = std::ptr::null_mut();
+        let r = call_driver!(
+            id::cuEventCreate,
+            EventCreateFn,
+            &mut event,
+            CU_EVENT_BLOCKING_SYNC
+        );
+        (r == CUDA_SUCCESS && !event.is_null()).then_some(event as usize)
+    }
+
+    fn record(&mut self, event: usize, stream: StreamKey) -> bool {
+        call_driver!(
+            id::cuEventRecord,
+            EventRecordFn,
+            event as CUevent,
+            stream.handle as CUstream
+        ) == CUDA_SUCCESS
+    }
+
+    fn record_private(&mut self, event: usize) -> bool {
+        if self.private.is_null() {
+            let mut stream: CUstream = std::ptr::null_mut();
+            if call_driver!(
+                id::cuStreamCreate,
+                StreamCreateFn,
+                &mut stream,
+                CU_STREAM_NON_BLOCKING
+            ) != CUDA_SUCCESS
+            {
+                return false;
+            }
+            self.private = stream;
+        }
+        call_driver!(
+            id::cuEventRecord,
+            EventRecordFn,
+            event as CUevent,
+            self.private
+        ) == CUDA_SUCCESS
+    }
+
+    fn is_done(&mut self, event: usize) -> Option<bool> {
+        match call_driver!(id::cuEventQuery, EventFn, event as CUevent) {
+            CUDA_SUCCESS => Some(true),
+            CUDA_ERROR_NOT_READY => Some(false),
+            _ => None,
+        }
+    }
+
+    fn wait(&mut self, event: usize) -> bool {
+        call_driver!(id::cuEventSynchronize, EventFn, event as CUevent) == CUDA_SUCCESS
+    }
+
+    fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
+        let mut ms: f32 = 0.0;
+        let mut r = call_driver!(
+            id::cuEventElapsedTime_v2,
+            ElapsedFn,
+            &mut ms,
+            from as CUevent,
+            to as CUevent
+        );
+        if r == CUDA_ERROR_NOT_FOUND {
+            r = call_driver!(
+                id::cuEventElapsedTime,
+                ElapsedFn,
+                &mut ms,
+                from as CUevent,
+                to as CUevent
+            );
+        }
+        (r == CUDA_SUCCESS).then(|| (f64::from(ms) * 1e6) as i64)
+    }
+}
+
+/// The busy time of this process by the driver's own per-process utilization samples
+/// (NVML): the second candidate, kept for comparison (`GPUSLICE_COMPUTE_METHOD=nvml`).
+/// It sees work only after the driver has sampled it and cannot bound the queue.
+struct NvmlMeter {
+    uuid: String,
+    pid: u32,
+    last_poll_ns: u64,
+    last_sample_us: u64,
+}
+
+const NVML_POLL_NS: u64 = 50_000_000;
+
+impl BusyMeter for NvmlMeter {
+    fn harvest(&mut self, now_ns: u64) -> Harvest {
+        if now_ns.saturating_sub(self.last_poll_ns) < NVML_POLL_NS {
+            return Harvest::default();
+        }
+        self.last_poll_ns = now_ns;
+        let samples = crate::nvml::utilization_samples(&self.uuid, self.last_sample_us);
+        let mut busy_ns = 0u64;
+        for (pid, at_us, sm_percent) in samples {
+            if pid != self.pid || at_us <= self.last_sample_us {
+                continue;
+            }
+            let span_us = if self.last_sample_us == 0 {
+                NVML_POLL_NS / 1000
+            } else {
+                at_us - self.last_sample_us
+            };
+            busy_ns += span_us * 1000 * u64::from(sm_percent.min(100)) / 100;
+            self.last_sample_us = at_us;
+        }
+        Harvest {
+            busy_ns,
+            started_ns: now_ns.saturating_sub(busy_ns),
+        }
+    }
+    fn pending(&self) -> usize {
+        0
+    }
+    fn inflight_estimate_ns(&self) -> u64 {
+        0
+    }
+    fn room(&self, _max_inflight_ns: u64, max_pending: usize) -> usize {
+        max_pending
+    }
+    fn wait_oldest(&mut self) {}
+    fn wait_all(&mut self) {}
+}
+
+enum Meter {
+    Events(Box<EventMeter<CudaTimeline>>),
+    Nvml(NvmlMeter),
+}
+
+impl Meter {
+    fn as_dyn(&mut self) -> &mut dyn BusyMeter {
+        match self {
+            Meter::Events(m) => m.as_mut(),
+            Meter::Nvml(m) => m,
+        }
+    }
+}
+
+/// One CUDA context's gate and meter.
+struct ContextCompute {
+    gate: Gate<'static>,
+    meter: Meter,
+    /// For the periodic report at `info` level: since when, the slice's busy time then,
+    /// and this process's launches since.
+    report_since_ns: u64,
+    report_busy_ns: u64,
+    launches: u64,
+    name: String,
+}
+
+const REPORT_NS: u64 = 2_000_000_000;
+
+impl ContextCompute {
+    /// Every two seconds, at `info` level: the share of the GPU the slice used.
+    fn report(&mut self, now_ns: u64) {
+        if now_ns.saturating_sub(self.report_since_ns) < REPORT_NS
+            || !crate::log::enabled(gpuslice_config::LogLevel::Info)
+        {
+            return;
+        }
+        let busy = self.gate.budget().busy_total_ns();
+        let span = now_ns - self.report_since_ns;
+        let lost = match &self.meter {
+            Meter::Events(m) => m.lost(),
+            Meter::Nvml(_) => 0,
+        };
+        crate::log::line(
+            gpuslice_config::LogLevel::Info,
+            format_args!(
+                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} unmeasured)",
+                self.name,
+                (busy - self.report_busy_ns) as f64 * 100.0 / span as f64,
+                span as f64 / 1e9,
+                self.launches,
+                lost
+            ),
+        );
+        self.report_since_ns = now_ns;
+        self.report_busy_ns = busy;
+        self.launches = 0;
+    }
+}
+
+// SAFETY: the raw pointers inside (the private stream) are driver handles, valid in any
+// thread; the state is only touched under `Compute::contexts`' lock.
+unsafe impl Send for ContextCompute {}
+
+/// The compute side of a process's slice.
+pub struct Compute {
+    limits: Option<(u32, Option<u32>)>,
+    method: ComputeMethod,
+    gpu_dir: std::path::PathBuf,
+    slice_tag: u64,
+    /// Context -> its gate, or `None` when its device is not limited.
+    contexts: Mutex<HashMap<usize, Option<ContextCompute>>>,
+}
+
+impl Compute {
+    /// The compute state for a slice configured by `config`, whose ledger is `ledger`.
+    pub fn new(config: &SliceConfig, ledger: &std::path::Path) -> Self {
+        let limits = config
+            .compute
+            .is_limited()
+            .then(|| {
+                config
+                    .compute
+                    .hard_percent
+                    .map(|h| (h, config.compute.burst_percent))
+            })
+            .flatten();
+        Compute {
+            limits,
+            method: config.compute.method,
+            gpu_dir: config.gpu_dir.clone().into(),
+            slice_tag: slice_tag(ledger),
+            contexts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether launches are gated at all.
+    pub fn enabled(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    fn build(&self, s: &'static Slice, ctx: usize) -> Option<ContextCompute> {
+        let (hard, burst) = self.limits?;
+        let mut dev: CUdevice = 0;
+        if call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev) != CUDA_SUCCESS {
+            return None;
+        }
+        let slot = s.device_entry(dev).ok().flatten()?;
+        let uuid = s.ledger.uuid(slot);
+        let now = clock().now_ns();
+        let turns = match GpuTurns::open(&self.gpu_dir, &uuid, self.slice_tag, process_key(), now) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                warn_once(format_args!(
+                    "{e}; slice '{}' is held to its compute limit but cannot take turns with other slices on {uuid}",
+                    s.name
+                ));
+                None
+            }
+        };
+        let (tat, busy) = s.ledger.compute_cells(slot);
+        let gate = Gate::new(GateConfig::new(hard, burst), Budget::new(tat, busy), turns);
+        let meter = match self.method {
+            ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(
+                CudaTimeline {
+                    private: std::ptr::null_mut(),
+                },
+                now,
+            ))),
+            ComputeMethod::Nvml => Meter::Nvml(NvmlMeter {
+                uuid: uuid.clone(),
+                pid: std::process::id(),
+                last_poll_ns: now,
+                last_sample_us: 0,
+            }),
+        };
+        log_at!(
+            Info,
+            "slice '{}': context {ctx:#x} on {uuid} limited to {hard}% of the GPU{}",
+            s.name,
+            burst.map(|b| format!(" (burst {b}%)")).unwrap_or_default()
+        );
+        let report_busy_ns = gate.budget().busy_total_ns();
+        Some(ContextCompute {
+            gate,
+            meter,
+            report_since_ns: now,
+            report_busy_ns,
+            launches: 0,
+            name: format!("slice '{}' on {uuid}", s.name),
+        })
+    }
+
+    /// On exit: give the GPU's turn back.
+    pub fn leave(&self) {
+        if let Ok(mut map) = self.contexts.try_lock() {
+            for cc in map.values_mut().flatten() {
+                cc.gate.leave();
+            }
+        }
+    }
+}
+
+static WARNED: AtomicU32 = AtomicU32::new(0);
+
+fn warn_once(message: std::fmt::Arguments<'_>) {
+    let pid = std::process::id();
+    if WARNED.swap(pid, Relaxed) != pid {
+        crate::log::line(gpuslice_config::LogLevel::Warn, message);
+    }
+}
+
+/// A tag equal for all processes of one slice on a host: the ledger file's identity.
+fn slice_tag(ledger: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let (dev, ino) = std::fs::metadata(ledger)
+        .map(|m| (m.dev(), m.ino()))
+        .unwrap_or((0, 0));
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in dev.to_ne_bytes().iter().chain(ino.to_ne_bytes().iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}
+
+/// Whether a stream is being captured; `None` when the driver will not say (then the
+/// launch is not gated: it would fail the same way in the driver).
+fn capturing(stream: CUstream) -> Option<bool> {
+    let mut status: c_int = CU_STREAM_CAPTURE_STATUS_NONE;
+    let r = call_driver!(id::cuStreamIsCapturing, IsCapturingFn, stream, &mut status);
+    (r == CUDA_SUCCESS).then_some(status != CU_STREAM_CAPTURE_STATUS_NONE)
+}
+
+/// Runs a launch on `stream` through the slice's gate: waits while the slice is over
+/// its share, launches, and records the event that measures the launch.
+pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult) -> CUresult {
+    let s = match access() {
+        Access::PassThrough => return call(),
+        Access::Refuse(code) => return code,
+        Access::Slice(s) => s,
+    };
+    if !s.compute.enabled() {
+        return call();
+    }
+    let handle = if stream.is_null() && per_thread {
+        PER_THREAD_STREAM as CUstream
+    } else {
+        stream
+    };
+    if capturing(handle) != Some(false) {
+        return call();
+    }
+    let mut ctx: CUcontext = std::ptr::null_mut();
+    if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS || ctx.is_null()
+    {
+        return call();
+    }
+    let mut call = Some(call);
+    loop {
+        let mut map = lock(&s.compute.contexts);
+        let entry = map
+            .entry(ctx as usize)
+            .or_insert_with(|| s.compute.build(s, ctx as usize));
+        let Some(cc) = entry.as_mut() else {
+            drop(map);
+            return call.take().map_or(CUDA_SUCCESS, |c| c());
+        };
+        // Our event queries must not disturb a capture another thread runs in global
+        // mode: this thread is in relaxed mode while it is at the gate.
+        let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+        let exchanged = call_driver!(
+            id::cuThreadExchangeStreamCaptureMode,
+            ExchangeModeFn,
+            &mut mode
+        ) == CUDA_SUCCESS;
+        let now = clock().now_ns();
+        let step = cc.gate.step(now, cc.meter.as_dyn());
+        cc.report(now);
+        if exchanged {
+            call_driver!(
+                id::cuThreadExchangeStreamCaptureMode,
+                ExchangeModeFn,
+                &mut mode
+            );
+        }
+        // Waits happen without the lock, so that another thread of this process can
+        // submit the work this one's queue may depend on.
+        match step {
+            Step::Go => {
+                let key = stream_key(handle);
+                if let Meter::Events(meter) = &mut cc.meter {
+                    meter.before_launch(key);
+                }
+                let submitted = clock().now_ns();
+                let r = call.take().map_or(CUDA_SUCCESS, |c| c());
+                cc.launches += 1;
+                if r == CUDA_SUCCESS
+                    && let Meter::Events(meter) = &mut cc.meter
+                {
+                    meter.after_launch(key, submitted);
+                }
+                return r;
+            }
+            Step::Sleep(ns) => {
+                drop(map);
+                clock().sleep_ns(ns);
+            }
+            Step::WaitTurn { seen, timeout_ns } => {
+                // Waits for another process to give the GPU up; nothing of this
+                // process's own is waited for, so the lock can stay held.
+                cc.gate.wait_turn(seen, timeout_ns, clock());
+            }
+            Step::WaitOldest | Step::WaitAll => {
+                drop(map);
+                clock().sleep_ns(WAIT_POLL_NS);
+            }
+        }
+    }
+}
+
+/// How often a launch waiting for this process's queued work to drain checks again.
+const WAIT_POLL_NS: u64 = 50_000;
+
+type LaunchKernelFn = unsafe extern "C" fn(
+    *mut c_void,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CUstream,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CUresult;
+type LaunchCoopFn = unsafe extern "C" fn(
+    *mut c_void,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    CUstream,
+    *mut *mut c_void,
+) -> CUresult;
+type LaunchExFn = unsafe extern "C" fn(
+    *const LaunchConfigHead,
+    *mut c_void,
+    *mut *mut c_void,
+    *mut *mut c_void,
+) -> CUresult;
+
+/// The head of `CUlaunchConfig`: grid and block dimensions, shared memory, then the
+/// stream (the attributes that follow are not read).
+#[repr(C)]
+pub struct LaunchConfigHead {
+    dims: [c_uint; 6],
+    shared_mem_bytes: c_uint,
+    stream: CUstream,
+}
+
+macro_rules! launch_kernel_hook {
+    ($name:ident, $id:expr, $per_thread:expr) => {
+        /// Gated kernel launch.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name(
+            f: *mut c_void,
+            gx: c_uint,
+            gy: c_uint,
+            gz: c_uint,
+            bx: c_uint,
+            by: c_uint,
+            bz: c_uint,
+            shared: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            gated(stream, $per_thread, || {
+                call_driver!(
+                    $id,
+                    LaunchKernelFn,
+                    f,
+                    gx,
+                    gy,
+                    gz,
+                    bx,
+                    by,
+                    bz,
+                    shared,
+                    stream,
+                    params,
+                    extra
+                )
+            })
+        }
+    };
+}
+
+launch_kernel_hook!(cuLaunchKernel, id::cuLaunchKernel, false);
+launch_kernel_hook!(cuLaunchKernel_ptsz, id::cuLaunchKernel_ptsz, true);
+
+macro_rules! launch_coop_hook {
+    ($name:ident, $id:expr, $per_thread:expr) => {
+        /// Gated cooperative kernel launch.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn $name(
+            f: *mut c_void,
+            gx: c_uint,
+            gy: c_uint,
+            gz: c_uint,
+            bx: c_uint,
+            by: c_uint,
+            bz: c_uint,
+            shared: c_uint,
+            stream: CUstream,
+            params: *mut *mut c_void,
+        ) -> CUresult {
+            gated(stream, $per_thread, || {
+                call_driver!(
+                    $id,
+                    LaunchCoopFn,
+                    f,
+                    gx,
+                    gy,
+                    gz,
+                    bx,
+                    by,
+                    bz,
+                    shared,
+                    stream,
+                    params
+                )
+            })
+        }
+    };
+}
+
+launch_coop_hook!(
+    cuLaunchCooperativeKernel,
+    id::cuLaunchCooperativeKernel,
+    false
+);
+launch_coop_hook!(
+    cuLaunchCooperativeKernel_ptsz,
+    id::cuLaunchCooperativeKernel_ptsz,
+    true
+);
+
+macro_rules! launch_ex_hook {
+    ($name:ident, $id:expr, $per_thread:expr) => {
+        /// Gated extensible kernel launch (the stream is in the launch configuration).
+        ///
+        /// # Safety
+        /// Driver contract: `config` points to a valid `CUlaunchConfig`.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name(
+            config: *const LaunchConfigHead,
+            f: *mut c_void,
+            params: *mut *mut c_void,
+            extra: *mut *mut c_void,
+        ) -> CUresult {
+            let call = || call_driver!($id, LaunchExFn, config, f, params, extra);
+            if config.is_null() {
+                return call();
+            }
+            // SAFETY: the caller's valid launch configuration.
+            let stream = unsafe { (*config).stream };
+            gated(stream, $per_thread, call)
+        }
+    };
+}
+
+launch_ex_hook!(cuLaunchKernelEx, id::cuLaunchKernelEx, false);
+launch_ex_hook!(cuLaunchKernelEx_ptsz, id::cuLaunchKernelEx_ptsz, true);
+
+/// Whether a table entry is a launch hook, handed out only to compute-limited slices.
+pub fn is_launch_hook(entry: usize) -> bool {
+    [
+        id::cuLaunchKernel,
+        id::cuLaunchKernel_ptsz,
+        id::cuLaunchKernelEx,
+        id::cuLaunchKernelEx_ptsz,
+        id::cuLaunchCooperativeKernel,
+        id::cuLaunchCooperativeKernel_ptsz,
+    ]
+    .contains(&entry)
+}

@@ -1,0 +1,209 @@
+//! The NVML codes, constants and structure layouts of the NVML view's hooks, as plain
+//! integers and `repr(C)` structs (checked against `nvml.h` of CUDA 12/13 by the size
+//! tests below).
+
+#![allow(dead_code)]
+
+use std::ffi::{c_uint, c_void};
+
+pub type NvmlReturn = c_uint;
+pub type NvmlDevice = *mut c_void;
+
+pub const NVML_SUCCESS: NvmlReturn = 0;
+pub const NVML_ERROR_INVALID_ARGUMENT: NvmlReturn = 2;
+pub const NVML_ERROR_NO_PERMISSION: NvmlReturn = 4;
+pub const NVML_ERROR_NOT_FOUND: NvmlReturn = 6;
+pub const NVML_ERROR_INSUFFICIENT_SIZE: NvmlReturn = 7;
+pub const NVML_ERROR_FUNCTION_NOT_FOUND: NvmlReturn = 13;
+pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: NvmlReturn = 25;
+
+/// `NVML_VALUE_NOT_AVAILABLE` as a 64-bit memory value.
+pub const NOT_AVAILABLE_U64: u64 = u64::MAX;
+/// `NVML_VALUE_NOT_AVAILABLE` as a 32-bit id.
+pub const NOT_AVAILABLE_U32: c_uint = c_uint::MAX;
+
+/// `nvmlMemory_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlMemory {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlMemory_v2_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlMemoryV2 {
+    pub version: c_uint,
+    pub total: u64,
+    pub reserved: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// `nvmlUtilization_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlUtilization {
+    pub gpu: c_uint,
+    pub memory: c_uint,
+}
+
+/// `nvmlProcessInfo_v1_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessInfoV1 {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+}
+
+/// `nvmlProcessInfo_v2_t`, also `nvmlProcessInfo_t` of the `_v3` calls.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessInfoV2 {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+}
+
+/// `nvmlProcessDetail_v1_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessDetail {
+    pub pid: c_uint,
+    pub used_gpu_memory: u64,
+    pub gpu_instance_id: c_uint,
+    pub compute_instance_id: c_uint,
+    pub used_gpu_cc_protected_memory: u64,
+}
+
+/// `nvmlProcessDetailList_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessDetailList {
+    pub version: c_uint,
+    pub mode: c_uint,
+    pub num_proc_array_entries: c_uint,
+    pub proc_array: *mut NvmlProcessDetail,
+}
+
+/// `NVML_STRUCT_VERSION(ProcessDetailList, 1)`.
+pub const NVML_PROCESS_DETAIL_LIST_V1: c_uint =
+    (std::mem::size_of::<NvmlProcessDetailList>() as c_uint) | (1 << 24);
+/// `NVML_PROCESS_MODE_COMPUTE`, `_GRAPHICS`, `_MPS`.
+pub const NVML_PROCESS_MODE_COMPUTE: c_uint = 0;
+pub const NVML_PROCESS_MODE_GRAPHICS: c_uint = 1;
+pub const NVML_PROCESS_MODE_MPS: c_uint = 2;
+
+/// `nvmlProcessUtilizationSample_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessUtilizationSample {
+    pub pid: c_uint,
+    pub time_stamp: u64,
+    pub sm_util: c_uint,
+    pub mem_util: c_uint,
+    pub enc_util: c_uint,
+    pub dec_util: c_uint,
+}
+
+/// `nvmlProcessUtilizationInfo_v1_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlProcessUtilizationInfo {
+    pub time_stamp: u64,
+    pub pid: c_uint,
+    pub sm_util: c_uint,
+    pub mem_util: c_uint,
+    pub enc_util: c_uint,
+    pub dec_util: c_uint,
+    pub jpg_util: c_uint,
+    pub ofa_util: c_uint,
+}
+
+/// `nvmlProcessesUtilizationInfo_v1_t`.
+#[repr(C)]
+pub struct NvmlProcessesUtilizationInfo {
+    pub version: c_uint,
+    pub process_samples_count: c_uint,
+    pub last_seen_time_stamp: u64,
+    pub proc_util_array: *mut NvmlProcessUtilizationInfo,
+}
+
+/// `NVML_STRUCT_VERSION(ProcessesUtilizationInfo, 1)`.
+pub const NVML_PROCESSES_UTILIZATION_INFO_V1: c_uint =
+    (std::mem::size_of::<NvmlProcessesUtilizationInfo>() as c_uint) | (1 << 24);
+
+/// `nvmlAccountingStats_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlAccountingStats {
+    pub gpu_utilization: c_uint,
+    pub memory_utilization: c_uint,
+    pub max_memory_usage: u64,
+    pub time: u64,
+    pub start_time: u64,
+    pub is_running: c_uint,
+    pub reserved: [c_uint; 5],
+}
+
+/// `nvmlEncoderSessionInfo_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlEncoderSessionInfo {
+    pub session_id: c_uint,
+    pub pid: c_uint,
+    pub vgpu_instance: c_uint,
+    pub codec_type: c_uint,
+    pub h_resolution: c_uint,
+    pub v_resolution: c_uint,
+    pub average_fps: c_uint,
+    pub average_latency: c_uint,
+}
+
+/// `nvmlFBCSessionInfo_t`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+pub struct NvmlFbcSessionInfo {
+    pub session_id: c_uint,
+    pub pid: c_uint,
+    pub vgpu_instance: c_uint,
+    pub display_ordinal: c_uint,
+    pub session_type: c_uint,
+    pub session_flags: c_uint,
+    pub h_max_resolution: c_uint,
+    pub v_max_resolution: c_uint,
+    pub h_resolution: c_uint,
+    pub v_resolution: c_uint,
+    pub average_fps: c_uint,
+    pub average_latency: c_uint,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+
+    #[test]
+    fn layouts_match_nvml_h() {
+        assert_eq!(size_of::<NvmlMemory>(), 24);
+        assert_eq!(size_of::<NvmlMemoryV2>(), 40);
+        assert_eq!(offset_of!(NvmlMemoryV2, used), 32);
+        assert_eq!(size_of::<NvmlProcessInfoV1>(), 16);
+        assert_eq!(size_of::<NvmlProcessInfoV2>(), 24);
+        assert_eq!(size_of::<NvmlProcessDetail>(), 32);
+        assert_eq!(size_of::<NvmlProcessDetailList>(), 24);
+        assert_eq!(offset_of!(NvmlProcessDetailList, proc_array), 16);
+        assert_eq!(NVML_PROCESS_DETAIL_LIST_V1, 0x0100_0018);
+        assert_eq!(size_of::<NvmlProcessUtilizationSample>(), 32);
+        assert_eq!(offset_of!(NvmlProcessUtilizationSample, time_stamp), 8);
+        assert_eq!(size_of::<NvmlProcessUtilizationInfo>(), 40);
+        assert_eq!(size_of::<NvmlProcessesUtilizationInfo>(), 24);
+        assert_eq!(NVML_PROCESSES_UTILIZATION_INFO_V1, 0x0100_0018);
+        assert_eq!(size_of::<NvmlAccountingStats>(), 56);
+        assert_eq!(size_of::<NvmlEncoderSessionInfo>(), 32);
+        assert_eq!(size_of::<NvmlFbcSessionInfo>(), 48);
+        assert_eq!(size_of::<NvmlUtilization>(), 8);
+    }
+}

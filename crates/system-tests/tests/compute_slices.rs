@@ -1,0 +1,267 @@
+//! Compute slices end to end: `cuda-probe` launches kernels on the fake GPU, whose
+//! kernels take time on a virtual clock (`FAKE_CUDA_KERNEL_US`), with `libgpuslice.so`
+//! preloaded. The interposer's gate runs on the same virtual clock, so the share of the
+//! GPU a slice gets is exact and repeatable: no test here depends on the machine's speed.
+
+use system_tests::{Bench, run};
+
+const CUDA_ERROR_NOT_PERMITTED: u64 = 800;
+
+/// A bench whose fake kernels take 200 µs each.
+fn timed_bench() -> Bench {
+    let mut bench = Bench::new();
+    bench.set("FAKE_CUDA_KERNEL_US", "200");
+    bench
+}
+
+fn ledger(bench: &Bench, name: &str) -> String {
+    bench.ledger(name).display().to_string()
+}
+
+/// The share of the GPU (per mille) a loop of `kind` launches got over 3 virtual s.
+fn share(bench: &Bench, env: &[(&str, &str)], kind: &str) -> (u64, u64) {
+    let step = format!("loop:{kind}:3000");
+    let r = run(&mut bench.probe(env, &["init", "ctx", &step]));
+    assert_eq!(r.rc(&step), 0, "{}", r.text());
+    (r.num(&step, "share_permille"), r.num(&step, "iterations"))
+}
+
+#[test]
+fn launch_hooks_are_handed_out_only_to_compute_limited_slices() {
+    let bench = Bench::new();
+    let memory_only = ledger(&bench, "mem");
+    let r = run(&mut bench.probe(
+        &[
+            ("GPUSLICE_MEMORY", "1GiB"),
+            ("GPUSLICE_LEDGER", &memory_only),
+        ],
+        &["resolve:cuLaunchKernel", "resolve:cuLaunchKernelEx"],
+    ));
+    assert!(
+        r.lines.iter().all(|l| l.contains("libcuda.so.1")),
+        "{}",
+        r.text()
+    );
+    let limited = ledger(&bench, "cmp");
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_COMPUTE", "30"), ("GPUSLICE_LEDGER", &limited)],
+        &[
+            "resolve:cuLaunchKernel",
+            "resolve:cuLaunchKernelEx",
+            "resolve:cuLaunchCooperativeKernel",
+            "resolve:cuGraphLaunch",
+        ],
+    ));
+    assert!(
+        r.lines.iter().all(|l| l.contains("libgpuslice.so")),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
+fn every_launch_path_is_held_to_the_slice_share() {
+    let bench = timed_bench();
+    for kind in ["kernel", "ex", "coop", "graph"] {
+        for per_thread in ["0", "1"] {
+            let l = ledger(&bench, &format!("{kind}-{per_thread}"));
+            let (share, _) = share(
+                &bench,
+                &[
+                    ("GPUSLICE_COMPUTE", "25"),
+                    ("GPUSLICE_LEDGER", &l),
+                    ("PROBE_PER_THREAD", per_thread),
+                ],
+                kind,
+            );
+            assert!(
+                share.abs_diff(250) <= 10,
+                "{kind} (per-thread stream {per_thread}): {share}‰ of the GPU under a 25% limit"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_share_follows_the_limit() {
+    let bench = timed_bench();
+    for limit in [10u64, 50, 75] {
+        let l = ledger(&bench, &format!("limit-{limit}"));
+        let (share, _) = share(
+            &bench,
+            &[
+                ("GPUSLICE_COMPUTE", &limit.to_string()),
+                ("GPUSLICE_LEDGER", &l),
+            ],
+            "kernel",
+        );
+        assert!(
+            share.abs_diff(limit * 10) <= 15,
+            "{share}‰ under a {limit}% limit"
+        );
+    }
+}
+
+#[test]
+fn without_a_compute_limit_nothing_is_throttled() {
+    let bench = timed_bench();
+    let l = ledger(&bench, "memory-only");
+    let (share, _) = share(
+        &bench,
+        &[("GPUSLICE_MEMORY", "4GiB"), ("GPUSLICE_LEDGER", &l)],
+        "kernel",
+    );
+    assert!(share >= 990, "{share}‰");
+}
+
+#[test]
+fn light_work_under_its_limit_is_not_slowed() {
+    let bench = timed_bench();
+    let (_, free) = share(&bench, &[], "light");
+    let l = ledger(&bench, "light");
+    let (_, limited) = share(
+        &bench,
+        &[("GPUSLICE_COMPUTE", "50"), ("GPUSLICE_LEDGER", &l)],
+        "light",
+    );
+    assert!(
+        limited * 100 >= free * 99,
+        "{limited} iterations under a 50% limit, {free} without"
+    );
+}
+
+#[test]
+fn a_slice_alone_on_its_gpu_bursts_to_its_soft_limit() {
+    let bench = timed_bench();
+    let l = ledger(&bench, "burst");
+    let (share, _) = share(
+        &bench,
+        &[
+            ("GPUSLICE_COMPUTE", "30"),
+            ("GPUSLICE_COMPUTE_BURST", "80"),
+            ("GPUSLICE_LEDGER", &l),
+        ],
+        "kernel",
+    );
+    assert!(share.abs_diff(800) <= 15, "{share}‰ alone with 30/80");
+}
+
+#[test]
+fn compatible_variables_of_vgpu_controller_and_hami_core_set_compute_limits() {
+    let bench = timed_bench();
+    for (vars, expected) in [
+        (vec![("CUDA_DEVICE_SM_LIMIT", "25")], 250u64),
+        (vec![("CUDA_CORE_LIMIT", "40")], 400),
+        (
+            vec![("CUDA_CORE_LIMIT", "20"), ("CUDA_CORE_SOFT_LIMIT", "60")],
+            600,
+        ),
+    ] {
+        let l = ledger(&bench, &format!("compat-{expected}"));
+        let mut env = vars.clone();
+        env.push(("GPUSLICE_LEDGER", &l));
+        let (share, _) = share(&bench, &env, "kernel");
+        assert!(share.abs_diff(expected) <= 15, "{vars:?}: {share}‰");
+    }
+}
+
+#[test]
+fn bad_compute_limits_fail_closed_and_name_the_variable() {
+    let bench = timed_bench();
+    for (var, value) in [
+        ("GPUSLICE_COMPUTE", "lots"),
+        ("GPUSLICE_COMPUTE", "0"),
+        ("GPUSLICE_COMPUTE", "250"),
+        ("CUDA_DEVICE_SM_LIMIT", "half"),
+        ("CUDA_CORE_LIMIT", "-1"),
+    ] {
+        let r = run(&mut bench.probe(&[(var, value)], &["init", "ctx", "loop:kernel:10"]));
+        assert_eq!(
+            r.rc("init"),
+            CUDA_ERROR_NOT_PERMITTED,
+            "{var}={value}: {}",
+            r.text()
+        );
+        assert!(r.stderr.contains(var), "{var}: {}", r.stderr);
+    }
+    // A soft limit below the hard one is refused too.
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_COMPUTE", "50"), ("GPUSLICE_COMPUTE_BURST", "20")],
+        &["init"],
+    ));
+    assert_eq!(r.rc("init"), CUDA_ERROR_NOT_PERMITTED, "{}", r.text());
+    assert!(r.stderr.contains("GPUSLICE_COMPUTE_BURST"), "{}", r.stderr);
+}
+
+#[test]
+fn a_compute_limit_that_disagrees_with_the_ledger_is_refused() {
+    let bench = timed_bench();
+    let l = ledger(&bench, "agree");
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_COMPUTE", "30"), ("GPUSLICE_LEDGER", &l)],
+        &["init", "ctx", "loop:kernel:10"],
+    ));
+    assert_eq!(r.rc("init"), 0, "{}", r.text());
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_COMPUTE", "60"), ("GPUSLICE_LEDGER", &l)],
+        &["init"],
+    ));
+    assert_eq!(r.rc("init"), CUDA_ERROR_NOT_PERMITTED, "{}", r.text());
+    assert!(
+        r.stderr.contains("30%") && r.stderr.contains("60%"),
+        "names both limits: {}",
+        r.stderr
+    );
+}
+
+#[test]
+fn gpuslice_run_takes_a_compute_limit_and_status_shows_it() {
+    let bench = timed_bench();
+    let ledgers = bench.dir.path().join("ledgers");
+    let gpuslice = bench.build.join("gpuslice");
+    // Inside the slice: the probe, then `gpuslice status` while the slice still exists.
+    let script = format!(
+        "{} init ctx loop:kernel:3000 && {} status --json --ledger-dir {}",
+        bench.build.join("cuda-probe").display(),
+        gpuslice.display(),
+        ledgers.display()
+    );
+    let mut cmd = bench.plain(&gpuslice);
+    cmd.env("GPUSLICE_LIB", bench.interposer());
+    cmd.args([
+        "run",
+        "--compute",
+        "20",
+        "--name",
+        "cli-compute",
+        "--",
+        "sh",
+        "-c",
+    ])
+    .arg(&script);
+    let out = cmd.output().expect("gpuslice run");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("loop:kernel:3000"))
+        .unwrap_or_else(|| panic!("no probe output: {text}"));
+    let share: u64 = line
+        .split("share_permille=")
+        .nth(1)
+        .and_then(|v| v.trim().parse().ok())
+        .expect("share");
+    assert!(share.abs_diff(200) <= 10, "{share}‰: {text}");
+    // `gpuslice status` shows the slice's compute limit and the GPU time it used.
+    assert!(text.contains("\"compute_percent\": 20"), "{text}");
+    let busy: u64 = text
+        .split("\"busy_ns\": ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("busy_ns");
+    // 20% of 3 virtual seconds of fake kernels.
+    assert!(
+        busy.abs_diff(600_000_000) <= 30_000_000,
+        "{busy} ns: {text}"
+    );
+}
