@@ -924,6 +924,47 @@ unsafe fn write_sessions<T, S>(
     unsafe { write_list(items, count, out, make) }
 }
 
+/// A session list (encoder or FBC) for a slice: from the agent's host-side view, else
+/// the driver's own list cut down to the slice's processes where the driver's PIDs can be
+/// trusted, else nothing. `pid_of` reads a session's PID.
+///
+/// # Safety
+/// NVML's contract for `count` and `infos`.
+unsafe fn session_hook<T: Default + Clone + Copy>(
+    real_id: usize,
+    device: NvmlDevice,
+    count: *mut c_uint,
+    infos: *mut T,
+    from_agent: impl Fn(&gpuslice_agent_protocol::GpuView) -> Vec<T>,
+    pid_of: impl Fn(&T) -> u32,
+) -> NvmlReturn {
+    let slice = match who() {
+        Who::Real => return real_nvml!(real_id, ListFn<T>, device, count, infos),
+        Who::Refuse => return NVML_ERROR_NO_PERMISSION,
+        Who::Slice(s) => s,
+    };
+    let uuid = match handle_uuid(device) {
+        Ok(u) => u,
+        Err(e) => return e,
+    };
+    let list: Vec<T> = if let Some(gpu) = agent_client::view().and_then(|v| agent_gpu(&v, &uuid)) {
+        from_agent(&gpu)
+    } else if driver_host_data_usable() {
+        let raw = match real_sessions::<T>(real_id, device) {
+            Ok(r) => r,
+            Err(e) => return e,
+        };
+        let own = members(slice, &uuid);
+        raw.into_iter()
+            .filter(|s| own.iter().any(|&(m, _)| m == pid_of(s)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    // SAFETY: the caller's arguments, by NVML's contract.
+    unsafe { write_sessions(&list, count, infos, |s| *s) }
+}
+
 /// Hook of `nvmlDeviceGetEncoderSessions`.
 ///
 /// # Safety
@@ -934,55 +975,32 @@ pub unsafe extern "C" fn nvmlDeviceGetEncoderSessions(
     count: *mut c_uint,
     infos: *mut NvmlEncoderSessionInfo,
 ) -> NvmlReturn {
-    let slice = match who() {
-        Who::Real => {
-            return real_nvml!(
-                id::nvmlView_GetEncoderSessions,
-                ListFn<NvmlEncoderSessionInfo>,
-                device,
-                count,
-                infos
-            );
-        }
-        Who::Refuse => return NVML_ERROR_NO_PERMISSION,
-        Who::Slice(s) => s,
+    let from_agent = |gpu: &gpuslice_agent_protocol::GpuView| {
+        gpu.encoder_sessions
+            .iter()
+            .map(|e| NvmlEncoderSessionInfo {
+                session_id: e.session_id,
+                pid: e.pid,
+                vgpu_instance: 0,
+                codec_type: e.codec,
+                h_resolution: e.h_res,
+                v_resolution: e.v_res,
+                average_fps: e.average_fps,
+                average_latency: e.average_latency,
+            })
+            .collect()
     };
-    let uuid = match handle_uuid(device) {
-        Ok(u) => u,
-        Err(e) => return e,
-    };
-    let list: Vec<NvmlEncoderSessionInfo> =
-        if let Some(gpu) = agent_client::view().and_then(|v| agent_gpu(&v, &uuid)) {
-            gpu.encoder_sessions
-                .iter()
-                .map(|e| NvmlEncoderSessionInfo {
-                    session_id: e.session_id,
-                    pid: e.pid,
-                    vgpu_instance: 0,
-                    codec_type: e.codec,
-                    h_resolution: e.h_res,
-                    v_resolution: e.v_res,
-                    average_fps: e.average_fps,
-                    average_latency: e.average_latency,
-                })
-                .collect()
-        } else if driver_host_data_usable() {
-            let raw = match real_sessions::<NvmlEncoderSessionInfo>(
-                id::nvmlView_GetEncoderSessions,
-                device,
-            ) {
-                Ok(r) => r,
-                Err(e) => return e,
-            };
-            let own = members(slice, &uuid);
-            raw.into_iter()
-                .filter(|s| own.iter().any(|&(m, _)| m == s.pid))
-                .collect()
-        } else {
-            Vec::new()
-        };
     // SAFETY: the caller's arguments, by NVML's contract.
-    unsafe { write_sessions(&list, count, infos, |s| *s) }
+    unsafe {
+        session_hook(
+            id::nvmlView_GetEncoderSessions,
+            device,
+            count,
+            infos,
+            from_agent,
+            |s| s.pid,
+        )
+    }
 }
 
 /// Hook of `nvmlDeviceGetFBCSessions`.
@@ -995,26 +1013,7 @@ pub unsafe extern "C" fn nvmlDeviceGetFBCSessions(
     count: *mut c_uint,
     infos: *mut NvmlFbcSessionInfo,
 ) -> NvmlReturn {
-    let slice = match who() {
-        Who::Real => {
-            return real_nvml!(
-                id::nvmlView_GetFBCSessions,
-                ListFn<NvmlFbcSessionInfo>,
-                device,
-                count,
-                infos
-            );
-        }
-        Who::Refuse => return NVML_ERROR_NO_PERMISSION,
-        Who::Slice(s) => s,
-    };
-    let uuid = match handle_uuid(device) {
-        Ok(u) => u,
-        Err(e) => return e,
-    };
-    let list: Vec<NvmlFbcSessionInfo> = if let Some(gpu) =
-        agent_client::view().and_then(|v| agent_gpu(&v, &uuid))
-    {
+    let from_agent = |gpu: &gpuslice_agent_protocol::GpuView| {
         gpu.fbc_sessions
             .iter()
             .map(|f| NvmlFbcSessionInfo {
@@ -1032,20 +1031,18 @@ pub unsafe extern "C" fn nvmlDeviceGetFBCSessions(
                 average_latency: f.average_latency,
             })
             .collect()
-    } else if driver_host_data_usable() {
-        let raw = match real_sessions::<NvmlFbcSessionInfo>(id::nvmlView_GetFBCSessions, device) {
-            Ok(r) => r,
-            Err(e) => return e,
-        };
-        let own = members(slice, &uuid);
-        raw.into_iter()
-            .filter(|s| own.iter().any(|&(m, _)| m == s.pid))
-            .collect()
-    } else {
-        Vec::new()
     };
     // SAFETY: the caller's arguments, by NVML's contract.
-    unsafe { write_sessions(&list, count, infos, |s| *s) }
+    unsafe {
+        session_hook(
+            id::nvmlView_GetFBCSessions,
+            device,
+            count,
+            infos,
+            from_agent,
+            |s| s.pid,
+        )
+    }
 }
 
 #[cfg(test)]
