@@ -174,21 +174,26 @@ impl<'a> Gate<'a> {
         }
     }
 
-    /// What to do before submitting the next launch.
-    pub fn step(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
-        self.step_inner(now_ns, meter)
-    }
-
-    fn step_inner(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
-        let c = self.config;
+    /// Whether the next launch may go without a full check (it then counts against the
+    /// launches allowed until the next check). No driver call, no shared memory.
+    pub fn fast_go(&mut self, now_ns: u64) -> bool {
         if now_ns < self.next_check_ns
             && self.allowance > 0
             && !self.resting
             && self.holding_since.is_some()
         {
             self.allowance -= 1;
+            return true;
+        }
+        false
+    }
+
+    /// What to do before submitting the next launch.
+    pub fn step(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
+        if self.fast_go(now_ns) {
             return Step::Go;
         }
+        let c = self.config;
         self.allowance = 0;
         self.charge(now_ns, meter);
         // No hysteresis: a slice rests exactly while it is more than a band ahead of its

@@ -469,24 +469,29 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
             drop(map);
             return call.take().map_or(CUDA_SUCCESS, |c| c());
         };
-        // Our event queries must not disturb a capture another thread runs in global
-        // mode: this thread is in relaxed mode while it is at the gate.
-        let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-        let exchanged = call_driver!(
-            id::cuThreadExchangeStreamCaptureMode,
-            ExchangeModeFn,
-            &mut mode
-        ) == CUDA_SUCCESS;
         let now = clock().now_ns();
-        let step = cc.gate.step(now, cc.meter.as_dyn());
-        cc.report(now);
-        if exchanged {
-            call_driver!(
+        let step = if cc.gate.fast_go(now) {
+            Step::Go
+        } else {
+            // The full check queries events; that must not disturb a capture another
+            // thread runs in global mode: this thread is in relaxed mode meanwhile.
+            let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+            let exchanged = call_driver!(
                 id::cuThreadExchangeStreamCaptureMode,
                 ExchangeModeFn,
                 &mut mode
-            );
-        }
+            ) == CUDA_SUCCESS;
+            let step = cc.gate.step(now, cc.meter.as_dyn());
+            cc.report(now);
+            if exchanged {
+                call_driver!(
+                    id::cuThreadExchangeStreamCaptureMode,
+                    ExchangeModeFn,
+                    &mut mode
+                );
+            }
+            step
+        };
         // Waits happen without the lock, so that another thread of this process can
         // submit the work this one's queue may depend on.
         match step {
