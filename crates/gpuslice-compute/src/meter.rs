@@ -565,6 +565,30 @@ mod tests {
     }
 
     #[test]
+    fn a_start_mark_on_a_drained_stream_times_the_start_of_the_work() {
+        let mut m = EventMeter::new(
+            Scripted {
+                now: 10_000,
+                ..Scripted::default()
+            },
+            10_000,
+        );
+        // Submitted at 10 000 (GPU axis 9 000), but the GPU reached it only at 15 000
+        // (it was running another process's work): the start mark says so.
+        m.timeline().next_record.extend([15_000, 18_000]);
+        m.before_launch(3);
+        assert!(m.after_launch(3, 10_000));
+        m.timeline().now = 30_000;
+        assert_eq!(m.harvest(30_000).busy_ns, 3_000);
+        // The stream has drained again: the next launch gets a start mark too.
+        m.timeline().next_record.extend([25_000, 26_000]);
+        m.before_launch(3);
+        assert!(m.after_launch(3, 24_000));
+        m.timeline().now = 40_000;
+        assert_eq!(m.harvest(40_000).busy_ns, 1_000);
+    }
+
+    #[test]
     fn work_queued_behind_other_work_starts_when_that_ends() {
         let mut m = EventMeter::new(
             Scripted {

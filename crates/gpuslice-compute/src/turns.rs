@@ -590,6 +590,26 @@ mod tests {
     }
 
     #[test]
+    fn a_waiter_is_woken_by_the_release_not_by_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut holder = open(dir.path(), 1, 11, 0);
+        let waiter = open(dir.path(), 2, 22, 0);
+        assert_eq!(holder.try_hold(0, 60_000 * MS, 0, MS), Hold::Acquired);
+        let seen = waiter.releases();
+        let started = std::time::Instant::now();
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                holder.release();
+            });
+            // A 20-second timeout: only the release's wake-up ends the wait early.
+            waiter.wait_release(seen, 20_000 * MS);
+        });
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
+        assert_ne!(waiter.releases(), seen);
+    }
+
+    #[test]
     fn a_foreign_file_is_refused_and_named() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("GPU-x.turns"), b"not a turn file").unwrap();
