@@ -14,7 +14,7 @@ import re
 import sys
 
 MIB = 1 << 20
-LIMIT_MIB = 4096
+LIMIT_MIB = 4096  # --limit-mib
 
 
 def read(path, default=""):
@@ -29,7 +29,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
     ap.add_argument("--held-mib", type=int, default=1024)
+    ap.add_argument("--limit-mib", type=int, default=4096)
+    ap.add_argument("--container", action="store_true",
+                    help="a container of container-checks.sh: its workload must be the only "
+                    "GPU process listed, and the no-agent and bare runs are not made")
     a = ap.parse_args()
+    global LIMIT_MIB
+    LIMIT_MIB = a.limit_mib
     w = lambda name: os.path.join(a.work, name)  # noqa: E731
 
     results = []
@@ -85,8 +91,9 @@ def main():
     pids = [p for p, _ in apps]
     bad = foreign(pids)
     work_mem = dict(apps).get(work_pid)
+    only_own = pids == [work_pid] if a.container else work_pid in pids
     check("smi-compute-apps",
-          work_pid in pids and not bad and host_pid not in pids and (work_mem or 0) >= a.held_mib,
+          only_own and not bad and host_pid not in pids and (work_mem or 0) >= a.held_mib,
           f"apps={apps} workload ns pid={work_pid} foreign={bad}")
 
     # 4. nvidia-smi (table)
@@ -104,8 +111,9 @@ def main():
                 rows.append((int(m2.group(1)), int(m2.group(2))))
     totals = sorted({int(t) for _, t in mem})
     row_pids = [p for p, _ in rows]
+    only_own = row_pids == [work_pid] if a.container else work_pid in row_pids
     check("smi-table",
-          totals == [LIMIT_MIB] and work_pid in row_pids and not foreign(row_pids),
+          totals == [LIMIT_MIB] and only_own and not foreign(row_pids),
           f"memory column totals={totals}MiB processes={rows}")
 
     # 5-8. pynvml through the interposer, with the agent.
@@ -145,6 +153,9 @@ def main():
         fbc = [s["pid"] for s in v.get("fbc") or []]
         check("pynvml-sessions", not foreign(acct + enc + fbc),
               f"accounting mode={v.get('accounting_mode')} pids={acct} encoder={enc} fbc={fbc}")
+
+    if a.container:
+        return finish(results)
 
     # 9. Without the agent: the driver's own view, cut down to the slice.
     v = load("pynvml-noagent")

@@ -262,6 +262,36 @@ impl Driver {
         )
     }
 
+    /// Releases (or, with `reset`, resets) the primary context of device `ordinal`.
+    pub fn primary_release(&self, ordinal: c_int, reset: bool) -> c_int {
+        let mut dev = 0;
+        let rc = cu!(
+            self,
+            "cuDeviceGet",
+            unsafe extern "C" fn(*mut c_int, c_int) -> c_int,
+            &mut dev,
+            ordinal
+        );
+        if rc != 0 {
+            return rc;
+        }
+        if reset {
+            cu!(
+                self,
+                "cuDevicePrimaryCtxReset",
+                unsafe extern "C" fn(c_int) -> c_int,
+                dev
+            )
+        } else {
+            cu!(
+                self,
+                "cuDevicePrimaryCtxRelease",
+                unsafe extern "C" fn(c_int) -> c_int,
+                dev
+            )
+        }
+    }
+
     pub fn mem_alloc(&self, size: u64) -> (c_int, u64) {
         let mut p = 0u64;
         let rc = cu!(

@@ -3,7 +3,7 @@
 //! gets every other entry point through it (as the CUDA runtime does), then runs the
 //! steps given as arguments and prints one line per step: `STEP rc=CODE key=value...`.
 //!
-//! Steps: `init`, `ctx[:ORDINAL]`, `alloc:SIZE`, `fill:CHUNK` (allocate until refused),
+//! Steps: `init`, `ctx[:ORDINAL]` (retain the primary context and make it current), `ctxrelease[:ORDINAL]`, `ctxreset[:ORDINAL]`, `alloc:SIZE`, `fill:CHUNK` (allocate until refused),
 //! `churn:CHUNK:N` (allocate and free N times), `freeall`, `meminfo`, `totalmem`, `pitch:WIDTHxHEIGHT`, `managed:SIZE`,
 //! `async:SIZE`, `asyncfill:CHUNK`, `pool:SIZE` (user pool), `trim`, `sync`,
 //! `vmm:SIZE`, `vmmfill:CHUNK`, `array:WxH`, `array3d:WxHxD`, `mipmap:WxH:LEVELS`,
@@ -106,6 +106,8 @@ impl Probe {
         match name {
             "init" => format!("rc={}", cu.init()),
             "ctx" => format!("rc={}", cu.primary_ctx(arg.parse().unwrap_or(0))),
+            "ctxrelease" => format!("rc={}", cu.primary_release(arg.parse().unwrap_or(0), false)),
+            "ctxreset" => format!("rc={}", cu.primary_release(arg.parse().unwrap_or(0), true)),
             "alloc" => {
                 let (rc, p) = cu.mem_alloc(parse_size(arg));
                 if rc == 0 {

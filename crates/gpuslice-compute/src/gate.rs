@@ -103,6 +103,8 @@ pub struct Gate<'a> {
     without_turn_since: u64,
     /// The turn's release count when this process last asked for it.
     releases_seen: u32,
+    /// How many times [`Gate::step`] made a full check (for reports and tests).
+    full_checks: u64,
 }
 
 impl<'a> Gate<'a> {
@@ -121,6 +123,7 @@ impl<'a> Gate<'a> {
             credit_from: None,
             without_turn_since: 0,
             releases_seen: 0,
+            full_checks: 0,
         }
     }
 
@@ -193,6 +196,7 @@ impl<'a> Gate<'a> {
         if self.fast_go(now_ns) {
             return Step::Go;
         }
+        self.full_checks += 1;
         let c = self.config;
         self.allowance = 0;
         self.charge(now_ns, meter);
@@ -267,7 +271,19 @@ impl<'a> Gate<'a> {
         // queued work keeps renewing its lease.
         let room = meter.room(c.max_inflight_ns, c.max_pending);
         if room == 0 {
-            return Step::WaitOldest;
+            return match meter.inflight_estimate_ns() {
+                // Nothing measured yet: wait for the first work to complete.
+                u64::MAX => Step::WaitOldest,
+                // Wait until the queue has drained to half the bound, and refill it in
+                // one go: launches then pass in batches through `fast_go`, instead of
+                // one full check (and one wake-up) per completed launch, which a
+                // GPU-bound process with short kernels cannot afford.
+                inflight => Step::Sleep(
+                    inflight
+                        .saturating_sub(c.max_inflight_ns / 2)
+                        .clamp(c.recheck_ns / 2, c.max_inflight_ns),
+                ),
+            };
         }
         self.next_check_ns = now_ns + c.recheck_ns;
         // This launch takes one place in the queue; the rest may pass without a check.
@@ -299,6 +315,11 @@ impl<'a> Gate<'a> {
             Some(t) if clock.is_real() => t.wait_release(seen, timeout_ns),
             _ => clock.sleep_ns(timeout_ns),
         }
+    }
+
+    /// How many launches went through a full check rather than `fast_go`.
+    pub fn full_checks(&self) -> u64 {
+        self.full_checks
     }
 
     /// The slice's budget.

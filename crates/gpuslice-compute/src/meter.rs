@@ -3,9 +3,10 @@
 //! After each launch the process records one event on the launch's stream. When the
 //! event has completed, its timestamp is the moment that launch's work ended. The work
 //! began when the previous work on the same stream ended, or, if the stream had run dry,
-//! when the GPU reached it: for a launch into a stream known to be drained, an event is
-//! recorded just before the launch too, whose timestamp excludes the time the GPU spent
-//! on other processes' work and switching to this one. Where neither is known, the
+//! when the GPU reached it: for a launch into a stream that has drained (its newest
+//! pending launch, asked right before this one, has completed), an event is recorded
+//! just before the launch too, whose timestamp excludes the time the GPU spent on other
+//! processes' work and switching to this one. Where neither is known, the
 //! submission time from the CPU clock is used, mapped onto the GPU's event clock by
 //! reference events recorded on a private idle stream (the mapping errs towards too
 //! early, so busy time is never under-counted by it).
@@ -97,8 +98,8 @@ pub struct EventMeter<T: Timeline> {
     next_generation: u64,
     last_rebase_ns: u64,
     last_end: HashMap<T::Stream, i64>,
-    /// Streams whose work is known to have completed (at the last harvest).
-    drained: HashMap<T::Stream, bool>,
+    /// For each stream with pending launches, the event of its newest.
+    newest: HashMap<T::Stream, T::Event>,
     /// The start event recorded before the launch in progress.
     starting: Option<(T::Stream, T::Event)>,
     offsets: VecDeque<i64>,
@@ -118,7 +119,7 @@ impl<T: Timeline> EventMeter<T> {
             next_generation: 0,
             last_rebase_ns: 0,
             last_end: HashMap::new(),
-            drained: HashMap::new(),
+            newest: HashMap::new(),
             starting: None,
             offsets: VecDeque::new(),
             horizon: i64::MIN,
@@ -137,7 +138,7 @@ impl<T: Timeline> EventMeter<T> {
         self.references.clear();
         self.free.clear();
         self.last_end.clear();
-        self.drained.clear();
+        self.newest.clear();
         self.starting = None;
         self.offsets.clear();
         self.horizon = i64::MIN;
@@ -184,7 +185,13 @@ impl<T: Timeline> EventMeter<T> {
         if let Some((_, event)) = self.starting.take() {
             self.free.push(event);
         }
-        if !self.drained.get(&stream).copied().unwrap_or(true) {
+        // Drained: nothing of it pending, or its newest pending launch has completed
+        // (asked now, so that a stream that ran dry since the last harvest is caught).
+        let drained = match self.newest.get(&stream) {
+            None => true,
+            Some(&event) => self.timeline.is_done(event) != Some(false),
+        };
+        if !drained {
             return;
         }
         let Some(event) = self.take_event() else {
@@ -208,7 +215,6 @@ impl<T: Timeline> EventMeter<T> {
             }
             None => None,
         };
-        self.drained.insert(stream, false);
         let recycle = |free: &mut Vec<T::Event>| {
             if let Some(e) = start {
                 free.push(e);
@@ -230,6 +236,7 @@ impl<T: Timeline> EventMeter<T> {
             self.lost += 1;
             return false;
         }
+        self.newest.insert(stream, event);
         self.pending.push_back(Mark {
             event,
             start,
@@ -406,9 +413,9 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
         }
         self.pending = keep;
         // A stream with nothing pending has drained: its next launch gets a start mark.
-        let busy_streams: Vec<T::Stream> = self.pending.iter().map(|m| m.stream).collect();
-        for (stream, drained) in self.drained.iter_mut() {
-            *drained = !busy_streams.contains(stream);
+        self.newest.clear();
+        for m in &self.pending {
+            self.newest.insert(m.stream, m.event);
         }
         if intervals.is_empty() {
             return Harvest::default();
@@ -586,6 +593,30 @@ mod tests {
         assert!(m.after_launch(3, 24_000));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 1_000);
+    }
+
+    #[test]
+    fn a_stream_that_ran_dry_since_the_last_harvest_gets_a_start_mark() {
+        let mut m = EventMeter::new(
+            Scripted {
+                now: 10_000,
+                ..Scripted::default()
+            },
+            10_000,
+        );
+        // First launch: 10 000..12 000 on the GPU axis.
+        m.timeline().next_record.extend([10_000, 12_000]);
+        m.before_launch(4);
+        assert!(m.after_launch(4, 11_000));
+        // No harvest since, but that work has completed: the next launch, submitted at
+        // 20 000, is reached by the GPU only at 30 000 (another process ran), and its
+        // start mark says so. Without it the wait would be charged as busy.
+        m.timeline().now = 20_000;
+        m.timeline().next_record.extend([30_000, 31_000]);
+        m.before_launch(4);
+        assert!(m.after_launch(4, 20_000));
+        m.timeline().now = 40_000;
+        assert_eq!(m.harvest(40_000).busy_ns, 2_000 + 1_000);
     }
 
     #[test]

@@ -409,3 +409,34 @@ fn a_process_killed_mid_window_stops_no_one() {
         "the other slice: {slice_t:.2}%"
     );
 }
+
+#[test]
+fn a_full_queue_is_refilled_in_batches_not_one_launch_per_check() {
+    // Short kernels on four streams keep the queue at its bound. Were each completed
+    // launch let through by a full check of its own (harvest, wake-up), a process with
+    // short kernels would spend more CPU time per launch than the GPU spends on it.
+    for limit in [50u32, 99] {
+        let mut w = World::new();
+        let s = slice(1, limit, None);
+        let p = w.spawn(
+            Some(&s),
+            Work::Saturate {
+                kernel_ns: 30 * US,
+                streams: 4,
+            },
+            T0,
+        );
+        w.run_until(T0 + 3 * S);
+        let launches = w.procs[p].iterations;
+        let checks = w.procs[p].gate.as_ref().unwrap().full_checks();
+        assert!(
+            launches > 0 && checks * 8 < launches,
+            "limit {limit}%: {checks} full checks for {launches} launches"
+        );
+        let share = w.share(p, T0 + S, T0 + 3 * S);
+        assert!(
+            (share - limit as f64).abs() <= 1.5,
+            "limit {limit}%: {share:.2}%"
+        );
+    }
+}

@@ -264,6 +264,7 @@ struct ContextCompute {
     /// and this process's launches since.
     report_since_ns: u64,
     report_busy_ns: u64,
+    report_checks: u64,
     launches: u64,
     name: String,
 }
@@ -287,14 +288,16 @@ impl ContextCompute {
         crate::log::line(
             gpuslice_config::LogLevel::Info,
             format_args!(
-                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} unmeasured)",
+                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} full gate checks, {} unmeasured)",
                 self.name,
                 (busy - self.report_busy_ns) as f64 * 100.0 / span as f64,
                 span as f64 / 1e9,
                 self.launches,
+                self.gate.full_checks() - self.report_checks,
                 lost
             ),
         );
+        self.report_checks = self.gate.full_checks();
         self.report_since_ns = now_ns;
         self.report_busy_ns = busy;
         self.launches = 0;
@@ -389,6 +392,7 @@ impl Compute {
             meter,
             report_since_ns: now,
             report_busy_ns,
+            report_checks: 0,
             launches: 0,
             name: format!("slice '{}' on {uuid}", s.name),
         })

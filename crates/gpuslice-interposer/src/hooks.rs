@@ -840,7 +840,29 @@ fn charge_new_context(s: &Slice, dev: CUdevice) -> Result<bool, CUresult> {
     }
 }
 
-/// `cuDevicePrimaryCtxRetain`.
+/// Charges `dev`'s primary context if this retain activated it; false when it does not
+/// fit.
+fn charge_primary_context(s: &Slice, dev: CUdevice) -> Result<bool, CUresult> {
+    let Some(device) = s.device_entry(dev)? else {
+        return Ok(true);
+    };
+    if !s.claim_primary_context(device) {
+        return Ok(true);
+    }
+    let before = s.context_bytes(device);
+    let verdict = charge_new_context(s, dev);
+    match verdict {
+        Ok(true) => {
+            s.note_primary_charge(device, s.context_bytes(device).saturating_sub(before));
+        }
+        _ => s.unclaim_primary_context(device),
+    }
+    verdict
+}
+
+/// `cuDevicePrimaryCtxRetain`. The primary context is reference-counted: the driver
+/// creates it on the first retain, and libraries retain it again and again (the CUDA
+/// runtime, cuBLAS, ...). It is charged once, when this process activates it.
 ///
 /// # Safety
 /// Driver contract.
@@ -850,7 +872,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUde
     if r != CUDA_SUCCESS {
         return r;
     }
-    with_slice!(|s| match charge_new_context(s, dev) {
+    with_slice!(|s| match charge_primary_context(s, dev) {
         Ok(true) => r,
         Ok(false) => {
             call_driver!(id::cuDevicePrimaryCtxRelease_v2, ReleaseFn, dev);
@@ -861,6 +883,68 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUde
             e
         }
     }, else r)
+}
+
+type GetStateFn = unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult;
+
+/// After a release or reset of `dev`'s primary context: if the driver has destroyed it,
+/// its charge is given back.
+fn after_primary_release(r: CUresult, dev: CUdevice) -> CUresult {
+    if r != CUDA_SUCCESS {
+        return r;
+    }
+    let (mut flags, mut active): (c_uint, c_int) = (0, 0);
+    let state = call_driver!(
+        id::cuDevicePrimaryCtxGetState,
+        GetStateFn,
+        dev,
+        &mut flags,
+        &mut active
+    );
+    if state == CUDA_SUCCESS
+        && active == 0
+        && let Access::Slice(s) = access()
+        && let Ok(Some(device)) = s.device_entry(dev)
+    {
+        s.primary_context_gone(device);
+    }
+    r
+}
+
+/// `cuDevicePrimaryCtxRelease_v2`.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult {
+    after_primary_release(
+        call_driver!(id::cuDevicePrimaryCtxRelease_v2, ReleaseFn, dev),
+        dev,
+    )
+}
+
+/// `cuDevicePrimaryCtxRelease` (the name before CUDA 11).
+#[unsafe(no_mangle)]
+pub extern "C" fn cuDevicePrimaryCtxRelease(dev: CUdevice) -> CUresult {
+    after_primary_release(
+        call_driver!(id::cuDevicePrimaryCtxRelease, ReleaseFn, dev),
+        dev,
+    )
+}
+
+/// `cuDevicePrimaryCtxReset_v2`: destroys the primary context at once.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuDevicePrimaryCtxReset_v2(dev: CUdevice) -> CUresult {
+    after_primary_release(
+        call_driver!(id::cuDevicePrimaryCtxReset_v2, ReleaseFn, dev),
+        dev,
+    )
+}
+
+/// `cuDevicePrimaryCtxReset` (the name before CUDA 11).
+#[unsafe(no_mangle)]
+pub extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
+    after_primary_release(
+        call_driver!(id::cuDevicePrimaryCtxReset, ReleaseFn, dev),
+        dev,
+    )
 }
 
 fn after_ctx_create(r: CUresult, ctx: *mut CUcontext, dev: CUdevice) -> CUresult {

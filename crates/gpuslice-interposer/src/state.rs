@@ -250,6 +250,9 @@ pub struct GraphBook {
     pub needs: HashMap<usize, Vec<(CUdevice, u64)>>,
 }
 
+/// `Slice::primary` while the charge of a claimed primary context is under way.
+const PRIMARY_CLAIMED: u64 = 1;
+
 /// What a new context is charged before anyone in the slice has measured one (a CUDA 12
 /// or 13 context with its first modules takes about 500 MiB on Hopper).
 const DEFAULT_CONTEXT_ESTIMATE: u64 = 512 << 20;
@@ -288,6 +291,9 @@ pub struct Slice {
     /// (managed memory).
     invisible: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
     overhead_lock: Mutex<()>,
+    /// Per ledger device entry: bytes charged for this process's primary context while
+    /// it is active (0: not charged).
+    primary: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
     last_overhead_check_ms: AtomicU64,
     started: Instant,
     nvml_ready: AtomicU8,
@@ -357,6 +363,7 @@ impl Slice {
             overhead: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             invisible: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             overhead_lock: Mutex::new(()),
+            primary: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             last_overhead_check_ms: AtomicU64::new(0),
             started: Instant::now(),
             nvml_ready: AtomicU8::new(0),
@@ -406,12 +413,17 @@ impl Slice {
         match self.ledger.device_slot(&uuid, config_limit) {
             Ok(Some(slot)) => {
                 cell.store(slot as i32, Relaxed);
-                log_at!(
-                    Info,
-                    "slice '{}': {uuid} limited to {}",
-                    self.name,
-                    human_size(self.ledger.limit(slot))
-                );
+                let limit = self.ledger.limit(slot);
+                if limit == u64::MAX {
+                    log_at!(Info, "slice '{}': {uuid}: no memory limit", self.name);
+                } else {
+                    log_at!(
+                        Info,
+                        "slice '{}': {uuid} limited to {}",
+                        self.name,
+                        human_size(limit)
+                    );
+                }
                 Ok(Some(slot))
             }
             Ok(None) => {
@@ -610,6 +622,53 @@ impl Slice {
             return true;
         }
         self.refresh_overhead(device, true)
+    }
+
+    /// Before charging a retained primary context: true if this retain activated it
+    /// (it must be charged), false if it is already charged.
+    pub fn claim_primary_context(&self, device: usize) -> bool {
+        self.primary[device]
+            .compare_exchange(0, PRIMARY_CLAIMED, AcqRel, Acquire)
+            .is_ok()
+    }
+
+    /// After a successful claim: what the charge came to (the growth of this process's
+    /// context bytes), kept to be given back when the context goes.
+    pub fn note_primary_charge(&self, device: usize, bytes: u64) {
+        let _ = self.primary[device].compare_exchange(
+            PRIMARY_CLAIMED,
+            bytes.max(PRIMARY_CLAIMED),
+            AcqRel,
+            Acquire,
+        );
+    }
+
+    /// The claim on a primary context whose charge failed.
+    pub fn unclaim_primary_context(&self, device: usize) {
+        let _ = self.primary[device].compare_exchange(PRIMARY_CLAIMED, 0, AcqRel, Acquire);
+    }
+
+    /// Bytes this process has charged for context and module memory on a device entry.
+    pub fn context_bytes(&self, device: usize) -> u64 {
+        self.overhead[device].load(Relaxed)
+    }
+
+    /// The driver destroyed this process's primary context on a device entry: its
+    /// charge is given back (at most what context memory is still charged).
+    pub fn primary_context_gone(&self, device: usize) {
+        let bytes = self.primary[device].swap(0, AcqRel);
+        if bytes == 0 {
+            return;
+        }
+        let _guard = lock(&self.overhead_lock);
+        let current = self.overhead[device].load(Relaxed);
+        let give = bytes.min(current);
+        if give > 0 {
+            self.ledger.release(self.entry, device, give);
+            self.overhead[device].store(current - give, Relaxed);
+            self.ledger
+                .set_context_bytes(self.entry, device, current - give);
+        }
     }
 
     /// Re-measures context and module memory (at most four times a second) when less

@@ -106,6 +106,10 @@ driver_functions! {
     cuMipmappedArrayDestroy => "cuMipmappedArrayDestroy", Cuda, h::cuMipmappedArrayDestroy as *mut c_void;
     // Contexts (their memory is charged once they exist).
     cuDevicePrimaryCtxRetain => "cuDevicePrimaryCtxRetain", Cuda, h::cuDevicePrimaryCtxRetain as *mut c_void;
+    cuDevicePrimaryCtxRelease_v2 => "cuDevicePrimaryCtxRelease_v2", Cuda, h::cuDevicePrimaryCtxRelease_v2 as *mut c_void;
+    cuDevicePrimaryCtxRelease => "cuDevicePrimaryCtxRelease", Cuda, h::cuDevicePrimaryCtxRelease as *mut c_void;
+    cuDevicePrimaryCtxReset_v2 => "cuDevicePrimaryCtxReset_v2", Cuda, h::cuDevicePrimaryCtxReset_v2 as *mut c_void;
+    cuDevicePrimaryCtxReset => "cuDevicePrimaryCtxReset", Cuda, h::cuDevicePrimaryCtxReset as *mut c_void;
     cuCtxCreate_v2 => "cuCtxCreate_v2", Cuda, h::cuCtxCreate_v2 as *mut c_void;
     cuCtxCreate_v3 => "cuCtxCreate_v3", Cuda, h::cuCtxCreate_v3 as *mut c_void;
     cuCtxCreate_v4 => "cuCtxCreate_v4", Cuda, h::cuCtxCreate_v4 as *mut c_void;
@@ -135,7 +139,7 @@ driver_functions! {
     cuGraphMemAllocNodeGetParams => "cuGraphMemAllocNodeGetParams", Cuda, NONE;
     cuGraphChildGraphNodeGetGraph => "cuGraphChildGraphNodeGetGraph", Cuda, NONE;
     cuDeviceGetGraphMemAttribute => "cuDeviceGetGraphMemAttribute", Cuda, NONE;
-    cuDevicePrimaryCtxRelease_v2 => "cuDevicePrimaryCtxRelease_v2", Cuda, NONE;
+    cuDevicePrimaryCtxGetState => "cuDevicePrimaryCtxGetState", Cuda, NONE;
     cuCtxDestroy_v2 => "cuCtxDestroy_v2", Cuda, NONE;
     // ---- Compute slices (compute.rs): launch hooks, handed out only when the slice
     // has a compute limit, and the event functions the meter calls.

@@ -415,6 +415,50 @@ fn a_context_that_does_not_fit_is_refused() {
 }
 
 #[test]
+fn a_primary_context_is_charged_once_however_often_it_is_retained() {
+    // Libraries retain the primary context again and again (the runtime, cuBLAS, ...):
+    // one context, one charge, given back when the driver destroys it. NVML fails here,
+    // so the default estimate (512 MiB) is never replaced by a measurement.
+    let bench = Bench::new();
+    let mut slice = bench.slice_env("retains", "2GiB");
+    slice.push(("FAKE_NVML_FAIL".into(), "nvmlInit_v2@*=999".into()));
+    let r = run(&mut bench.probe(
+        &env(&slice),
+        &[
+            "init",
+            "ctx",
+            "ctx",
+            "ctx",
+            "meminfo",
+            "ctxrelease",
+            "ctxrelease",
+            "ctxrelease",
+            "ctx",
+            "meminfo",
+            "ctxreset",
+            "ctx",
+            "meminfo",
+        ],
+    ));
+    let used: Vec<u64> = r
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("meminfo"))
+        .map(|line| {
+            let field = |key: &str| -> u64 {
+                line.split(' ')
+                    .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            field("total") - field("free")
+        })
+        .collect();
+    assert_eq!(used, vec![512 * MIB; 3], "{}", r.text());
+}
+
+#[test]
 fn free_memory_never_exceeds_what_the_gpu_really_has() {
     let bench = Bench::new();
     // A process outside the slice holds most of the GPU.
