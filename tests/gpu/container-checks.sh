@@ -269,6 +269,11 @@ for n in "${NAMES[@]}"; do
     oom="$(cat "$d/oom.out" 2>/dev/null)"
     case "$oom" in REFUSED*"total ${LIMIT[$n]} MiB"*) ok=PASS ;; *) ok=FAIL ;; esac
     record "$n-limit" "$ok" "${oom:-no output: $(tail -c 200 "$d/oom.err" 2>/dev/null)}"
+    esc="$(cat "$d/escape.out" 2>/dev/null)" pmnt="$(fact "$n" pinned_mount)" pwr="$(fact "$n" pinned_writable)"
+    case "$esc" in REFUSED*"total ${LIMIT[$n]} MiB"*) ok=PASS ;; *) ok=FAIL ;; esac
+    case ",$pmnt," in *,ro,*) ;; *) ok=FAIL ;; esac
+    [ "$pwr" = no ] || ok=FAIL
+    record "$n-no-escape" "$ok" "variables dropped and raised: ${esc:-no output: $(tail -c 200 "$d/escape.err" 2>/dev/null)}; slice.env mount=$pmnt writable=$pwr"
     "$PY" "$HERE/nvml_view_judge.py" --work "$d" --held-mib "${MIB[$n]}" --limit-mib "${LIMIT[$n]}" \
         --container > "$d/judge.txt" 2>&1
     got=0

@@ -19,6 +19,8 @@ note "preload_file=$(tr '\n' ' ' < /etc/ld.so.preload 2>/dev/null || echo missin
 note "preload_mount=$(awk '$5 == "/etc/ld.so.preload" {print $6}' /proc/self/mountinfo | head -n 1)"
 if (echo "# tampered" >> /etc/ld.so.preload) 2>/dev/null; then note "preload_writable=yes"; else note "preload_writable=no"; fi
 note "ld_preload_env=${LD_PRELOAD:-unset}"
+note "pinned_mount=$(awk '$5 == "/run/gpuslice/slice.env" {print $6}' /proc/self/mountinfo | head -n 1)"
+if (echo "GPUSLICE_MEMORY=1000GiB" >> /run/gpuslice/slice.env) 2>/dev/null; then note "pinned_writable=yes"; else note "pinned_writable=no"; fi
 note "slice_env=$(env | grep -E '^GPUSLICE_' | sort | tr '\n' ' ')"
 note "dev_nodes=$(ls /dev | grep -E '^nvidia' | tr '\n' ' ')"
 
@@ -51,7 +53,7 @@ run smi-apps nvidia-smi --query-compute-apps=pid,used_memory --format=csv,nohead
 run smi-gpu nvidia-smi --query-gpu=memory.total,memory.used --format=csv,noheader,nounits
 run pynvml "$PY" "$HERE/nvml_view_query.py"
 # Past the limit: the slice's free memory plus 256 MiB must be refused.
-run oom "$PY" -c "
+OOM="
 import torch
 free, total = torch.cuda.mem_get_info()
 want = free + (256 << 20)
@@ -61,6 +63,11 @@ try:
 except torch.OutOfMemoryError:
     print('REFUSED', want >> 20, 'MiB; total', total >> 20, 'MiB')
 "
+run oom "$PY" -c "$OOM"
+# The same from a process that drops and raises its slice's variables: the pinned
+# configuration (/run/gpuslice/slice.env, read-only) still holds it.
+run escape env -u GPUSLICE_MEMORY -u GPUSLICE_LEDGER GPUSLICE_MEMORY=1000GiB \
+    CUDA_DEVICE_MEMORY_LIMIT=1000g GPUSLICE_LEDGER=/tmp/escape.ledger "$PY" -c "$OOM"
 ps -e -o pid= >> "$W/ns-pids.txt"
 touch "$W/done"
 wait "$WORK"

@@ -265,7 +265,8 @@ fn injecting_a_slice_gives_the_container_its_nodes_mounts_and_environment() {
     );
 
     // Mounts: the interposer and ld.so.preload read-only, the slice's folder and the
-    // per-GPU folder read-write, the agent's folder read-only, the driver files.
+    // per-GPU folder read-write, the agent's folder and the pinned configuration
+    // read-only, the driver files.
     let lib = host.path("lib/libgpuslice.so").canonicalize().unwrap();
     for (destination, source, mode) in [
         ("/usr/local/lib/gpuslice/libgpuslice.so", lib.clone(), "ro"),
@@ -277,6 +278,11 @@ fn injecting_a_slice_gives_the_container_its_nodes_mounts_and_environment() {
         ),
         ("/run/gpuslice/gpus", host.path("state/gpus"), "rw"),
         ("/run/gpuslice/agent", host.path("run/agent"), "ro"),
+        (
+            "/run/gpuslice/slice.env",
+            host.path("state/config/gpu1-4g-30.env"),
+            "ro",
+        ),
         (
             "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
             host.path("driver/usr/lib/x86_64-linux-gnu/libcuda.so.570.1")
@@ -505,7 +511,8 @@ fn the_gpuslice_binary_on_the_fake_nvml_writes_a_spec_that_injects() {
             "/etc/ld.so.preload",
             "/run/gpuslice/slice",
             "/run/gpuslice/gpus",
-            "/run/gpuslice/agent"
+            "/run/gpuslice/agent",
+            "/run/gpuslice/slice.env"
         ]
         .map(PathBuf::from)
     );

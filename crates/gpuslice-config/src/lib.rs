@@ -38,6 +38,13 @@ pub const ENV_HAMI_MEM: &str = "CUDA_DEVICE_MEMORY_LIMIT";
 /// on one GPU take turns through them, so it must be shared by every slice of a host).
 pub const ENV_GPU_DIR: &str = "GPUSLICE_GPU_DIR";
 
+/// Where a container's slice configuration is pinned: a file the container runtime
+/// mounts read-only (the CDI spec of `gpuslice cdi generate` does). When it exists it
+/// *is* the configuration, in `NAME=VALUE` lines with the variables' names, and the
+/// process environment is ignored except for the log level: a process cannot escape its
+/// slice by removing or changing its variables.
+pub const PINNED_CONFIG: &str = "/run/gpuslice/slice.env";
+
 /// Default folder for ledgers.
 pub const DEFAULT_LEDGER_DIR: &str = "/dev/shm/gpuslice";
 /// Default folder for the per-GPU turn files.
@@ -115,6 +122,22 @@ pub enum ConfigError {
     Empty {
         /// The variable.
         var: String,
+    },
+    /// A pinned configuration file that cannot be read or parsed.
+    #[error("{path}: {reason}")]
+    PinnedFile {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A variable in the pinned configuration file that is not valid.
+    #[error("{path}: {source}")]
+    InPinnedFile {
+        /// The file.
+        path: String,
+        /// The problem with the variable.
+        source: Box<ConfigError>,
     },
     /// A compute share that is not a whole percentage in range.
     #[error("{var}={value:?} is not a valid compute share: {reason}")]
@@ -333,6 +356,8 @@ pub struct SliceConfig {
     pub compute: ComputeLimits,
     /// Folder of the host-wide per-GPU files through which slices take turns on a GPU.
     pub gpu_dir: String,
+    /// The pinned configuration file the configuration came from, if any.
+    pub pinned_file: Option<String>,
 }
 
 impl SliceConfig {
@@ -341,12 +366,53 @@ impl SliceConfig {
         !self.memory.is_empty() || self.ledger_path.is_some() || self.compute.is_limited()
     }
 
-    /// Reads the configuration from the process environment.
+    /// Reads the configuration from [`PINNED_CONFIG`] if it exists, else from the
+    /// process environment.
     pub fn from_process_env() -> Result<Self, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
             .collect();
-        Self::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        Self::from_env_or_pinned(&vars, std::path::Path::new(PINNED_CONFIG))
+    }
+
+    /// The configuration from the pinned file `pinned` if it exists (with the log level
+    /// from `env` where the file sets none), else from `env`. A pinned file that cannot
+    /// be read, does not parse or names no slice is an error: it fails closed.
+    pub fn from_env_or_pinned(
+        env: &[(String, String)],
+        pinned: &std::path::Path,
+    ) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(pinned) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Self::from_vars(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+            }
+            Err(e) => {
+                return Err(ConfigError::PinnedFile {
+                    path: pinned.display().to_string(),
+                    reason: format!("cannot be read: {e}"),
+                });
+            }
+        };
+        let path = pinned.display().to_string();
+        let mut vars = parse_pinned(&text, &path)?;
+        let is_log = |k: &str| k == ENV_LOG || k == ENV_VGPU_LOG;
+        if !vars.iter().any(|(k, _)| is_log(k)) {
+            vars.extend(env.iter().filter(|(k, _)| is_log(k)).cloned());
+        }
+        let mut config = Self::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .map_err(|source| ConfigError::InPinnedFile {
+                path: path.clone(),
+                source: Box::new(source),
+            })?;
+        if !config.is_sliced() {
+            return Err(ConfigError::PinnedFile {
+                path,
+                reason: "sets no limit and no ledger, so it names no slice".into(),
+            });
+        }
+        config.pinned_file = Some(path);
+        Ok(config)
     }
 
     /// Parses the configuration from `(name, value)` pairs.
@@ -474,8 +540,41 @@ impl SliceConfig {
             memory_source: used_vars.join(", "),
             compute,
             gpu_dir: gpu_dir.unwrap_or_else(|| DEFAULT_GPU_DIR.to_string()),
+            pinned_file: None,
         })
     }
+}
+
+/// The `NAME=VALUE` lines of a pinned configuration file; blank lines and lines that
+/// start with `#` are skipped. Values are taken as written (no quotes, no expansion).
+fn parse_pinned(text: &str, path: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |reason: &str| ConfigError::PinnedFile {
+            path: path.to_string(),
+            reason: format!("line {}: {reason}", n + 1),
+        };
+        let (name, value) = line
+            .split_once('=')
+            .ok_or_else(|| bad("expected NAME=VALUE"))?;
+        let name = name.trim();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(bad("a variable name is A-Z, 0-9 and _"));
+        }
+        if vars.iter().any(|(k, _)| k == name) {
+            return Err(bad(&format!("{name} is set twice")));
+        }
+        vars.push((name.to_string(), value.trim().to_string()));
+    }
+    Ok(vars)
 }
 
 fn non_empty(value: &str) -> Option<String> {
@@ -655,5 +754,80 @@ mod tests {
     fn ledger_path_alone_makes_a_slice() {
         let c = cfg(&[(ENV_LEDGER, "/dev/shm/x.ledger")]).unwrap();
         assert!(c.is_sliced());
+    }
+
+    /// A scratch file path of this test process.
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("gpuslice-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir.join(name)
+    }
+
+    fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn without_a_pinned_file_the_environment_is_the_configuration() {
+        let env = owned(&[(ENV_MEMORY, "2GiB")]);
+        let c = SliceConfig::from_env_or_pinned(&env, &scratch("absent.env")).unwrap();
+        assert_eq!(c.memory.all_devices, Some(2 << 30));
+        assert_eq!(c.pinned_file, None);
+    }
+
+    #[test]
+    fn a_pinned_file_wins_over_whatever_the_environment_says() {
+        let path = scratch("pinned.env");
+        std::fs::write(
+            &path,
+            "# written by gpuslice cdi generate\nGPUSLICE_SLICE=s1\nGPUSLICE_MEMORY=4GiB\n\nGPUSLICE_COMPUTE=30\n",
+        )
+        .unwrap();
+        // Variables removed, raised, or pointed elsewhere: all ignored.
+        for env in [
+            owned(&[]),
+            owned(&[(ENV_MEMORY, "1000GiB"), (compute::ENV_COMPUTE, "100")]),
+            owned(&[(ENV_HAMI_MEM, "1000g"), (ENV_LEDGER, "/tmp/mine")]),
+        ] {
+            let c = SliceConfig::from_env_or_pinned(&env, &path).unwrap();
+            assert_eq!(c.memory.all_devices, Some(4 << 30), "{env:?}");
+            assert_eq!(c.compute.hard_percent, Some(30));
+            assert_eq!(c.ledger_path, None);
+            assert_eq!(c.slice_name.as_deref(), Some("s1"));
+            assert_eq!(c.pinned_file.as_deref(), Some(path.to_str().unwrap()));
+        }
+        // The log level may still come from the environment.
+        let c = SliceConfig::from_env_or_pinned(&owned(&[(ENV_LOG, "debug")]), &path).unwrap();
+        assert_eq!(c.log_level, LogLevel::Debug);
+    }
+
+    #[test]
+    fn a_pinned_file_that_is_wrong_fails_closed_naming_the_file() {
+        let cases = [
+            ("GPUSLICE_MEMORY 4GiB\n", "line 1: expected NAME=VALUE"),
+            ("GPUSLICE_MEMORY=4GiB\nlower=1\n", "line 2: a variable name"),
+            ("GPUSLICE_MEMORY=4GiB\nGPUSLICE_MEMORY=8GiB\n", "set twice"),
+            ("GPUSLICE_MEMORY=four\n", "GPUSLICE_MEMORY=\"four\""),
+            ("# nothing\n", "names no slice"),
+        ];
+        for (i, (text, want)) in cases.iter().enumerate() {
+            let path = scratch(&format!("bad{i}.env"));
+            std::fs::write(&path, text).unwrap();
+            let err = SliceConfig::from_env_or_pinned(&owned(&[(ENV_MEMORY, "1GiB")]), &path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(path.to_str().unwrap()) && err.contains(want),
+                "{text:?}: {err}"
+            );
+        }
+        // Present but unreadable (a folder in its place).
+        let dir = scratch("folder.env");
+        std::fs::create_dir_all(&dir).unwrap();
+        let err = SliceConfig::from_env_or_pinned(&[], &dir).unwrap_err();
+        assert!(err.to_string().contains("cannot be read"), "{err}");
     }
 }

@@ -23,6 +23,9 @@ pub struct HostPaths {
     pub preload: String,
     /// The folder holding one folder per slice (`<state-dir>/slices`).
     pub slices_dir: String,
+    /// The folder holding each slice's pinned configuration (`<state-dir>/config`), out
+    /// of the read-write slice folders.
+    pub configs_dir: String,
     /// The host-wide per-GPU folder (`<state-dir>/gpus`).
     pub gpus_dir: String,
     /// The agent's socket folder.
@@ -93,6 +96,23 @@ pub fn slice_env(slice: &Slice) -> Vec<String> {
     env
 }
 
+/// The pinned configuration file of a slice (`<state-dir>/config/<name>.env`, mounted
+/// read-only at [`gpuslice_config::PINNED_CONFIG`]): the same variables as its
+/// environment, which the interposer then ignores, so that a process cannot drop or
+/// change its limits.
+pub fn pinned_config_text(slice: &Slice) -> String {
+    let mut text = format!(
+        "# gpuslice slice {}: written by `gpuslice cdi generate`, mounted read-only at {}\n",
+        slice.name,
+        gpuslice_config::PINNED_CONFIG
+    );
+    for line in slice_env(slice) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
 /// The container edits of one slice device. Every device carries all it needs, so a
 /// runtime that applies only device edits still gets a working slice.
 pub fn slice_edits(
@@ -124,6 +144,11 @@ pub fn slice_edits(
         ),
         bind(&paths.gpus_dir, CONTAINER_GPU_DIR, false),
         bind(&paths.agent_dir, CONTAINER_AGENT_DIR, true),
+        bind(
+            &format!("{}/{}.env", paths.configs_dir, slice.name),
+            gpuslice_config::PINNED_CONFIG,
+            true,
+        ),
     ];
     mounts.extend(
         driver
@@ -215,6 +240,7 @@ mod tests {
             lib: "/opt/gs/libgpuslice.so".into(),
             preload: "/var/lib/gpuslice/ld.so.preload".into(),
             slices_dir: "/var/lib/gpuslice/slices".into(),
+            configs_dir: "/var/lib/gpuslice/config".into(),
             gpus_dir: "/var/lib/gpuslice/gpus".into(),
             agent_dir: "/run/gpuslice/agent".into(),
         }
@@ -285,6 +311,11 @@ mod tests {
                 ("/var/lib/gpuslice/gpus", "/run/gpuslice/gpus", "rw"),
                 ("/run/gpuslice/agent", "/run/gpuslice/agent", "ro"),
                 (
+                    "/var/lib/gpuslice/config/both.env",
+                    "/run/gpuslice/slice.env",
+                    "ro"
+                ),
+                (
                     "/usr/lib/x86_64-linux-gnu/libcuda.so.550",
                     "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
                     "ro"
@@ -334,6 +365,20 @@ mod tests {
                 .limit_for(Some(0), "GPU-cccc0000-0000-4000-8000-000000000000"),
             None
         );
+    }
+
+    #[test]
+    fn the_pinned_configuration_is_the_environment_and_the_interposer_reads_it() {
+        let path = std::env::temp_dir().join(format!("gpuslice-pinned-{}.env", std::process::id()));
+        std::fs::write(&path, pinned_config_text(&both())).unwrap();
+        // Even with the variables gone from the environment.
+        let cfg = SliceConfig::from_env_or_pinned(&[], &path).expect("the interposer accepts it");
+        std::fs::remove_file(&path).unwrap();
+        let env = slice_env(&both());
+        let pairs: Vec<(&str, &str)> = env.iter().map(|e| e.split_once('=').unwrap()).collect();
+        let mut from_env = SliceConfig::from_vars(pairs).unwrap();
+        from_env.pinned_file = Some(path.display().to_string());
+        assert_eq!(cfg, from_env);
     }
 
     #[test]

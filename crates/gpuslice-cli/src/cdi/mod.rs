@@ -395,6 +395,7 @@ pub fn generate(
         lib: lib_text,
         preload: text(layout.preload()),
         slices_dir: text(layout.slices_dir()),
+        configs_dir: text(layout.configs_dir()),
         gpus_dir: text(layout.gpus_dir()),
         agent_dir: agent_text,
     };

@@ -6,6 +6,9 @@
 //!   memory and compute limits and mode 0666, so that processes of any user in any
 //!   container can join it;
 //!   its folder stays 0755, so only the host can create or remove ledgers;
+//! * `<state-dir>/config/<name>.env`: each slice's pinned configuration (mode 0644),
+//!   mounted read-only at `/run/gpuslice/slice.env`; outside the slices' folders,
+//!   which containers mount read-write;
 //! * `<state-dir>/gpus/`: the host-wide per-GPU folder, 1777 like `/tmp`, because the
 //!   processes of every slice create their files there;
 //! * the agent's folder, 0755, if missing (the agent owns it once it runs).
@@ -21,7 +24,7 @@ use std::path::{Path, PathBuf};
 
 use gpuslice_ledger::{Ledger, LedgerSpec};
 
-use super::edits::preload_text;
+use super::edits::{pinned_config_text, preload_text};
 use super::slices::Slice;
 use super::spec::write_atomic;
 use super::{CdiError, LEDGER_FILE};
@@ -152,6 +155,14 @@ impl StateLayout {
     pub fn slices_dir(&self) -> PathBuf {
         self.state_dir.join("slices")
     }
+    /// `<state-dir>/config`.
+    pub fn configs_dir(&self) -> PathBuf {
+        self.state_dir.join("config")
+    }
+    /// `<state-dir>/config/<name>.env`.
+    pub fn pinned_config(&self, slice: &str) -> PathBuf {
+        self.configs_dir().join(format!("{slice}.env"))
+    }
     /// `<state-dir>/gpus`.
     pub fn gpus_dir(&self) -> PathBuf {
         self.state_dir.join("gpus")
@@ -171,8 +182,14 @@ pub fn prepare(layout: &StateLayout, slices: &[Slice]) -> Result<Vec<String>, Cd
     set_mode(&layout.gpus_dir(), 0o1777)?;
     ensure_dir(&layout.agent_dir, 0o755)?;
     ensure_dir(&layout.slices_dir(), 0o755)?;
+    ensure_dir(&layout.configs_dir(), 0o755)?;
     let mut report = Vec::new();
     for slice in slices {
+        write_atomic(
+            &layout.pinned_config(&slice.name),
+            &pinned_config_text(slice),
+            0o644,
+        )?;
         let dir = layout.slices_dir().join(&slice.name);
         ensure_dir(&dir, 0o755)?;
         let path = layout.ledger(&slice.name);
@@ -234,6 +251,16 @@ mod tests {
         assert_eq!(mode(&layout.gpus_dir()), 0o1777);
         assert_eq!(mode(&layout.agent_dir), 0o755);
         assert_eq!(mode(&layout.slices_dir().join("s1")), 0o755);
+        // The pinned configuration: read-only for containers, outside the slice's
+        // (read-write) folder.
+        let pinned = layout.pinned_config("s1");
+        assert_eq!(mode(&pinned), 0o644);
+        assert!(!pinned.starts_with(layout.slices_dir()));
+        let text = fs::read_to_string(&pinned).unwrap();
+        assert!(
+            text.contains("\nGPUSLICE_MEMORY=") && text.contains("GPUSLICE_LEDGER="),
+            "{text}"
+        );
         let ledger_path = layout.ledger("s1");
         assert_eq!(mode(&ledger_path), 0o666);
         let ledger = Ledger::open(&ledger_path).unwrap();

@@ -186,6 +186,7 @@ fn generate_writes_the_spec_and_the_host_files() {
                 "/run/gpuslice/agent",
                 &*host.path("run/agent").display().to_string()
             ),
+            ("/run/gpuslice/slice.env", &*state("config/both.env")),
             ("/usr/lib64/libcuda.so.1", &*driver_lib),
             ("/usr/lib64/libcuda.so.560.1", &*driver_lib),
             (
@@ -291,7 +292,7 @@ fn driver_libraries_follow_the_flag() {
     )
     .unwrap()
     .spec;
-    assert_eq!(spec.devices[0].container_edits.mounts.len(), 5);
+    assert_eq!(spec.devices[0].container_edits.mounts.len(), 6);
 
     fs::remove_file(host.path("driver/usr/lib64/libnvidia-ml.so.1")).unwrap();
     let generated = generate(
@@ -305,7 +306,7 @@ fn driver_libraries_follow_the_flag() {
         "{:?}",
         generated.warnings
     );
-    assert_eq!(generated.spec.devices[0].container_edits.mounts.len(), 7);
+    assert_eq!(generated.spec.devices[0].container_edits.mounts.len(), 8);
 
     let err = generate(
         &host.args(&["--slice", "a=0:1GiB", "--driver-libs", "on", "--dry-run"]),
