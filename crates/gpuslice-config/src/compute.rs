@@ -13,6 +13,13 @@ pub const ENV_COMPUTE_BURST: &str = "GPUSLICE_COMPUTE_BURST";
 /// gpuslice's own variable: how GPU busy time is measured (`events`, the default, or
 /// `nvml`, kept for comparison; see docs/compute.md).
 pub const ENV_COMPUTE_METHOD: &str = "GPUSLICE_COMPUTE_METHOD";
+/// gpuslice's own variable (tuning): how far, in milliseconds of GPU time, a slice may
+/// run ahead of its share before it rests (1 to 100, default 5). Larger: longer bursts
+/// and rests, fewer transitions; smaller: a smoother share, at some throughput.
+pub const ENV_COMPUTE_BAND_MS: &str = "GPUSLICE_COMPUTE_BAND_MS";
+/// gpuslice's own variable (tuning): how much GPU work, in milliseconds, a process of a
+/// compute slice may have queued (1 to 100, default 2).
+pub const ENV_COMPUTE_QUEUE_MS: &str = "GPUSLICE_COMPUTE_QUEUE_MS";
 /// vgpu-controller: hard compute limit in percent (0 means no limit).
 pub const ENV_VGPU_CORE: &str = "CUDA_CORE_LIMIT";
 /// vgpu-controller: soft compute limit in percent (0 means none).
@@ -20,10 +27,12 @@ pub const ENV_VGPU_CORE_SOFT: &str = "CUDA_CORE_SOFT_LIMIT";
 /// HAMi-core: compute limit in percent of SMs (0 means no limit).
 pub const ENV_HAMI_SM: &str = "CUDA_DEVICE_SM_LIMIT";
 
-const ALL: [&str; 6] = [
+const ALL: [&str; 8] = [
     ENV_COMPUTE,
     ENV_COMPUTE_BURST,
     ENV_COMPUTE_METHOD,
+    ENV_COMPUTE_BAND_MS,
+    ENV_COMPUTE_QUEUE_MS,
     ENV_VGPU_CORE,
     ENV_VGPU_CORE_SOFT,
     ENV_HAMI_SM,
@@ -53,6 +62,10 @@ pub struct ComputeLimits {
     pub burst_percent: Option<u32>,
     /// The measurement.
     pub method: ComputeMethod,
+    /// Tuning: the band in milliseconds (`None`: the default).
+    pub band_ms: Option<u32>,
+    /// Tuning: the queue bound in milliseconds (`None`: the default).
+    pub queue_ms: Option<u32>,
     /// Which variables the limits came from, for messages.
     pub source: String,
 }
@@ -139,10 +152,28 @@ impl ComputeLimits {
         if burst.is_some() {
             source.push(burst_var);
         }
+        let millis = |var: &str| -> Result<Option<u32>, ConfigError> {
+            let Some(value) = get(var) else {
+                return Ok(None);
+            };
+            match value.trim().parse::<u32>() {
+                Ok(n) if (1..=100).contains(&n) => Ok(Some(n)),
+                _ => Err(ConfigError::BadCompute {
+                    var: var.into(),
+                    value: value.into(),
+                    reason: "expected a whole number of milliseconds, 1 to 100".into(),
+                }),
+            }
+        };
+        let band_ms = millis(ENV_COMPUTE_BAND_MS)?;
+        let queue_ms = millis(ENV_COMPUTE_QUEUE_MS)?;
+
         Ok(Self {
             hard_percent: hard,
             burst_percent: burst.filter(|&b| Some(b) != hard),
             method,
+            band_ms,
+            queue_ms,
             source: source.join(", "),
         })
     }
@@ -260,5 +291,26 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("below the hard limit 50"), "{e}");
+    }
+
+    #[test]
+    fn tuning_knobs_are_whole_milliseconds_and_fail_closed() {
+        let c = limits(&[
+            (ENV_COMPUTE, "30"),
+            (ENV_COMPUTE_BAND_MS, "10"),
+            (ENV_COMPUTE_QUEUE_MS, " 4 "),
+        ])
+        .unwrap();
+        assert_eq!((c.band_ms, c.queue_ms), (Some(10), Some(4)));
+        assert_eq!(limits(&[(ENV_COMPUTE, "30")]).unwrap().band_ms, None);
+        for (var, value) in [
+            (ENV_COMPUTE_BAND_MS, "0"),
+            (ENV_COMPUTE_BAND_MS, "101"),
+            (ENV_COMPUTE_QUEUE_MS, "2ms"),
+            (ENV_COMPUTE_QUEUE_MS, ""),
+        ] {
+            let err = limits(&[(ENV_COMPUTE, "30"), (var, value)]).unwrap_err();
+            assert!(err.to_string().starts_with(var), "{err}");
+        }
     }
 }

@@ -365,7 +365,14 @@ impl Compute {
             }
         };
         let (tat, busy) = s.ledger.compute_cells(slot);
-        let gate = Gate::new(GateConfig::new(hard, burst), Budget::new(tat, busy), turns);
+        let mut gate_config = GateConfig::new(hard, burst);
+        if let Some(ms) = s.config.compute.band_ms {
+            gate_config.band_ns = u64::from(ms) * 1_000_000;
+        }
+        if let Some(ms) = s.config.compute.queue_ms {
+            gate_config.max_inflight_ns = u64::from(ms) * 1_000_000;
+        }
+        let gate = Gate::new(gate_config, Budget::new(tat, busy), turns);
         let meter = match self.method {
             ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(
                 CudaTimeline {
