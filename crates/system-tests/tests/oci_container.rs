@@ -1,0 +1,196 @@
+//! A slice reaches a real OCI container through its CDI spec, with nothing else: the
+//! fake GPU's nodes, `/etc/ld.so.preload` (no `LD_PRELOAD`), the slice's environment,
+//! ledger and pinned configuration. `gpuslice cdi generate` writes the spec on the fake
+//! NVML, `tests/gpu/container_bundle.py` writes a bundle whose image is the host's file
+//! system, `gpuslice-cdi-inject` applies the device, and `runc` (or `crun`) runs
+//! `cuda-probe` on the fake driver inside. The GPU version of this check is
+//! `tests/gpu/container-checks.sh`.
+//!
+//! Needs root, python3 and `runc` or `crun`; without them the test prints why it was
+//! skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use system_tests::{Bench, GIB, Report, run};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The first runtime that runs a trivial container here, or why none does.
+fn runtime(bench: &Bench) -> Result<String, String> {
+    if is_root() {
+        for candidate in ["runc", "crun"] {
+            let bundle = bench.dir.path().join(format!("probe-{candidate}"));
+            let made = Command::new("python3")
+                .arg(repo().join("tests/gpu/container_bundle.py"))
+                .args(["--bundle"])
+                .arg(&bundle)
+                .args([
+                    "--name",
+                    "probe",
+                    "--env",
+                    "PATH=/usr/bin:/bin",
+                    "--",
+                    "true",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !made {
+                return Err("python3 cannot write a bundle".into());
+            }
+            let ran = Command::new(candidate)
+                .arg("--root")
+                .arg(bench.dir.path().join("runtime-state"))
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("gs-probe-{}", std::process::id()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ran {
+                return Ok(candidate.to_string());
+            }
+        }
+        Err("neither runc nor crun runs a container here".into())
+    } else {
+        Err("needs root".into())
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+#[test]
+fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
+    let bench = Bench::new();
+    let runtime = match runtime(&bench) {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("SKIPPED a_cdi_slice_holds_inside_a_real_container: {why}");
+            return;
+        }
+    };
+    let host = bench.dir.path();
+    let s = |p: &Path| p.display().to_string();
+
+    // The host: fake device nodes (links to /dev/null, which the runtime copies) and the
+    // spec, written by the real binary on the fake NVML.
+    let dev = host.join("root/dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
+        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
+    }
+    let r = run(bench
+        .plain(&bench.build.join("gpuslice"))
+        .args([
+            "cdi",
+            "generate",
+            "--slice",
+            "c1=0:1GiB",
+            "--driver-libs",
+            "off",
+        ])
+        .args(["--dev-root", &s(&host.join("root"))])
+        .args(["--output-dir", &s(&host.join("cdi"))])
+        .args(["--state-dir", &s(&host.join("state"))])
+        .args(["--agent-dir", &s(&host.join("agent"))])
+        .args(["--lib", &s(&bench.interposer())]));
+    assert!(
+        r.lines.iter().any(|l| l.contains("gpuslice.io/slice=c1")),
+        "{}",
+        r.text()
+    );
+
+    // The image's environment: where its CUDA driver is (the fake), and a try at a
+    // bigger slice, which the device's edits replace. No LD_PRELOAD.
+    let mut image_env: Vec<String> = vec!["PATH=/usr/bin:/bin".into()];
+    for (k, v) in &bench.env {
+        if k.starts_with("FAKE_") || k == "LD_LIBRARY_PATH" {
+            image_env.push(format!("{k}={v}"));
+        }
+    }
+    image_env.push("GPUSLICE_MEMORY=64GiB".into());
+    let probe = s(&bench.build.join("cuda-probe"));
+    // Inside: the probe as the image starts it, then again with its slice's variables
+    // dropped and raised (the pinned configuration still holds it).
+    let script = format!(
+        "set -e; test -z \"$LD_PRELOAD\"; {probe} init ctx meminfo fill:64M; \
+         env -u GPUSLICE_MEMORY -u GPUSLICE_LEDGER GPUSLICE_MEMORY=64GiB \
+         CUDA_DEVICE_MEMORY_LIMIT=64g {probe} init ctx meminfo fill:64M"
+    );
+    let bundle = host.join("bundle");
+    let mut make = Command::new("python3");
+    make.arg(repo().join("tests/gpu/container_bundle.py"))
+        .arg("--bundle")
+        .arg(&bundle)
+        .args(["--name", "c1"])
+        .args(["--bind", &format!("{}:ro", s(&bench.build))])
+        .args(["--bind", &format!("{}:rw", s(host))]);
+    for e in &image_env {
+        make.args(["--env", e]);
+    }
+    make.args(["--", "sh", "-c", &script]);
+    let made = make.output().unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let config = std::fs::read(bundle.join("config.json")).unwrap();
+    let mut inject = Command::new(bench.build.join("gpuslice-cdi-inject"))
+        .args([
+            "--spec-dir",
+            &s(&host.join("cdi")),
+            "--device",
+            "gpuslice.io/slice=c1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    inject.stdin.take().unwrap().write_all(&config).unwrap();
+    let injected = inject.wait_with_output().unwrap();
+    assert!(
+        injected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&injected.stderr)
+    );
+    std::fs::write(bundle.join("config.json"), &injected.stdout).unwrap();
+
+    let out = Command::new(&runtime)
+        .arg("--root")
+        .arg(host.join("runtime-state"))
+        .args(["run", "--bundle"])
+        .arg(&bundle)
+        .arg(format!("gs-c1-{}", std::process::id()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let r = Report::from(&out);
+    assert!(out.status.success(), "{runtime} run failed: {}", r.text());
+    assert_eq!(r.rc("init"), 0, "{}", r.text());
+    let totals: Vec<&str> = r
+        .lines
+        .iter()
+        .filter(|l| l.starts_with("meminfo "))
+        .filter_map(|l| l.split(' ').find_map(|kv| kv.strip_prefix("total=")))
+        .collect();
+    let gib = GIB.to_string();
+    assert_eq!(totals, [gib.as_str(), gib.as_str()], "{}", r.text());
+    assert!(bench.peak(0) <= GIB, "peak {} > 1 GiB", bench.peak(0));
+    // The slice's ledger is the host's, under the state folder.
+    assert!(host.join("state/slices/c1/ledger").exists());
+}
