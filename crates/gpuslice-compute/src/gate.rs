@@ -42,6 +42,10 @@ pub struct GateConfig {
     pub poll_ns: u64,
     /// Other slices must have been quiet this long for the slice to use its burst.
     pub burst_quiet_ns: u64,
+    /// For a slice alone on the GPU (no other slice busy for `burst_quiet_ns`): how far
+    /// ahead of its share it may still be when it ends a rest. `None`: the band (no
+    /// hysteresis, as while other slices are busy).
+    pub alone_resume_ns: Option<u64>,
 }
 
 impl GateConfig {
@@ -59,6 +63,7 @@ impl GateConfig {
             recheck_ns: 100 * US,
             poll_ns: 200 * US,
             burst_quiet_ns: 100 * MS,
+            alone_resume_ns: None,
         }
     }
 }
@@ -200,19 +205,39 @@ impl<'a> Gate<'a> {
         let c = self.config;
         self.allowance = 0;
         self.charge(now_ns, meter);
-        // No hysteresis: a slice rests exactly while it is more than a band ahead of its
-        // share. With the shares of the slices on a GPU adding up to at most 100, the
-        // share-weighted sum of their debts then never grows while the GPU is busy, so
-        // they cannot all rest at once while any of them has work: the GPU stays busy.
+        // While other slices use the GPU, no hysteresis: a slice rests exactly while it is
+        // more than a band ahead of its share. With the shares of the slices on a GPU
+        // adding up to at most 100, the share-weighted sum of their debts then never grows
+        // while the GPU is busy, so they cannot all rest at once while any of them has
+        // work: the GPU stays busy. A slice alone on the GPU may rest longer
+        // (`alone_resume_ns`): nobody else could use the idle time, and its run and rest
+        // periods become up to a band long rather than a queue long, so its queue drains
+        // (and its concurrent streams lose their overlap) a few times less often.
         let debt = self.budget.debt_ns(now_ns);
-        self.resting = debt > c.band_ns as i64;
+        let band = c.band_ns as i64;
+        let resume_at = match c.alone_resume_ns {
+            Some(resume)
+                if self
+                    .turns
+                    .as_ref()
+                    .is_some_and(|t| !t.other_slices_busy(now_ns, c.burst_quiet_ns)) =>
+            {
+                (resume as i64).min(band)
+            }
+            _ => band,
+        };
+        self.resting = if self.resting {
+            debt > resume_at
+        } else {
+            debt > band
+        };
         if self.resting {
             // Finish (and charge) what is queued, give the GPU to others, and rest.
             if meter.pending() > 0 {
                 return Step::WaitAll;
             }
             self.give_up_turn(now_ns);
-            let rest = (debt as u64) - c.band_ns;
+            let rest = (debt - resume_at) as u64;
             if let Some(t) = &self.turns {
                 if self.without_turn_since == 0 {
                     self.without_turn_since = now_ns;

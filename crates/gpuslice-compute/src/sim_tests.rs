@@ -57,6 +57,7 @@ struct Slice {
     tag: u64,
     hard: u32,
     burst: Option<u32>,
+    alone_resume_ns: Option<u64>,
 }
 
 fn slice(tag: u64, hard: u32, burst: Option<u32>) -> Slice {
@@ -66,6 +67,7 @@ fn slice(tag: u64, hard: u32, burst: Option<u32>) -> Slice {
         tag,
         hard,
         burst,
+        alone_resume_ns: None,
     }
 }
 
@@ -90,11 +92,9 @@ impl World {
         let gate = slice.map(|s| {
             let turns = GpuTurns::open(self.dir.path(), "GPU-sim", s.tag, id as u64 + 1, start)
                 .expect("turn file");
-            Gate::new(
-                GateConfig::new(s.hard, s.burst),
-                Budget::new(s.tat, s.busy),
-                Some(turns),
-            )
+            let mut config = GateConfig::new(s.hard, s.burst);
+            config.alone_resume_ns = s.alone_resume_ns;
+            Gate::new(config, Budget::new(s.tat, s.busy), Some(turns))
         });
         self.procs.push(Proc {
             id,
@@ -336,9 +336,12 @@ fn processes_of_one_slice_share_its_budget() {
 
 #[test]
 fn two_slices_at_30_and_70_share_3_to_7_and_keep_the_gpu_busy() {
-    for kernel_ns in [50 * US, 2 * MS] {
+    // With `alone_resume_ns` too: it applies only while no other slice is busy.
+    for (kernel_ns, resume) in [(50 * US, None), (2 * MS, None), (50 * US, Some(0))] {
         let mut w = World::new();
-        let (s30, s70) = (slice(1, 30, None), slice(2, 70, None));
+        let (mut s30, mut s70) = (slice(1, 30, None), slice(2, 70, None));
+        s30.alone_resume_ns = resume;
+        s70.alone_resume_ns = resume;
         let work = Work::Saturate {
             kernel_ns,
             streams: 1,
@@ -361,8 +364,16 @@ fn two_slices_at_30_and_70_share_3_to_7_and_keep_the_gpu_busy() {
 
 #[test]
 fn a_slice_bursts_while_alone_and_falls_back_when_another_wants_the_gpu() {
+    for resume in [None, Some(0)] {
+        bursts_and_falls_back(resume);
+    }
+}
+
+fn bursts_and_falls_back(alone_resume_ns: Option<u64>) {
     let mut w = World::new();
-    let (a_slice, b_slice) = (slice(1, 30, Some(80)), slice(2, 50, None));
+    let (mut a_slice, mut b_slice) = (slice(1, 30, Some(80)), slice(2, 50, None));
+    a_slice.alone_resume_ns = alone_resume_ns;
+    b_slice.alone_resume_ns = alone_resume_ns;
     let work = Work::Saturate {
         kernel_ns: 200 * US,
         streams: 1,
@@ -370,13 +381,19 @@ fn a_slice_bursts_while_alone_and_falls_back_when_another_wants_the_gpu() {
     let a = w.spawn(Some(&a_slice), work, T0);
     w.run_until(T0 + 2 * S);
     let alone = w.share(a, T0 + 500 * MS, T0 + 2 * S);
-    assert!((alone - 80.0).abs() <= 2.0, "alone: {alone:.2}%");
+    assert!(
+        (alone - 80.0).abs() <= 2.0,
+        "{alone_resume_ns:?}: alone: {alone:.2}%"
+    );
     let b = w.spawn(Some(&b_slice), work, T0 + 2 * S);
     w.run_until(T0 + 5 * S);
     let within_a_second = w.share(a, T0 + 2 * S + 500 * MS, T0 + 3 * S);
     let after = w.share(a, T0 + 3 * S, T0 + 5 * S);
     let other = w.share(b, T0 + 3 * S, T0 + 5 * S);
-    assert!(within_a_second <= 35.0, "{within_a_second:.2}%");
+    assert!(
+        within_a_second <= 35.0,
+        "{alone_resume_ns:?}: {within_a_second:.2}%"
+    );
     assert!(
         (after - 30.0).abs() <= 2.0,
         "with another slice: {after:.2}%"
@@ -433,6 +450,52 @@ fn a_full_queue_is_refilled_in_batches_not_one_launch_per_check() {
             launches > 0 && checks * 8 < launches,
             "limit {limit}%: {checks} full checks for {launches} launches"
         );
+        let share = w.share(p, T0 + S, T0 + 3 * S);
+        assert!(
+            (share - limit as f64).abs() <= 1.5,
+            "limit {limit}%: {share:.2}%"
+        );
+    }
+}
+
+#[test]
+fn a_slice_alone_runs_and_rests_a_band_at_a_time() {
+    // Each rest drains the process's queue; the fewer rests, the less a process with
+    // concurrent streams loses their overlap. With `alone_resume_ns` 0 a slice alone on
+    // the GPU rests until it is back on its share, so its busy periods last about a band
+    // (5 ms) of debt, not just the queue (2 ms).
+    for limit in [25u32, 50, 75] {
+        let mut w = World::new();
+        let mut s = slice(1, limit, None);
+        s.alone_resume_ns = Some(0);
+        let p = w.spawn(
+            Some(&s),
+            Work::Saturate {
+                kernel_ns: 30 * US,
+                streams: 4,
+            },
+            T0,
+        );
+        w.run_until(T0 + 3 * S);
+        let g = w.gpu.borrow();
+        let mut kernels: Vec<(u64, u64)> = g
+            .kernels
+            .iter()
+            .filter(|k| k.0 == p && k.1 >= T0 + S)
+            .map(|k| (k.1, k.2))
+            .collect();
+        kernels.sort_unstable();
+        let mut runs = 1u64;
+        let mut end = kernels[0].1;
+        for &(start, stop) in &kernels[1..] {
+            if start > end {
+                runs += 1;
+            }
+            end = end.max(stop);
+        }
+        // Two seconds; without the hysteresis there were about 330 per second.
+        assert!(runs < 2 * 120, "limit {limit}%: {runs} busy periods in 2 s");
+        drop(g);
         let share = w.share(p, T0 + S, T0 + 3 * S);
         assert!(
             (share - limit as f64).abs() <= 1.5,

@@ -20,6 +20,10 @@ pub const ENV_COMPUTE_BAND_MS: &str = "GPUSLICE_COMPUTE_BAND_MS";
 /// gpuslice's own variable (tuning): how much GPU work, in milliseconds, a process of a
 /// compute slice may have queued (1 to 100, default 2).
 pub const ENV_COMPUTE_QUEUE_MS: &str = "GPUSLICE_COMPUTE_QUEUE_MS";
+/// gpuslice's own variable (tuning, experimental): for a slice alone on the GPU, how far
+/// ahead of its share, in milliseconds, it may still be when it ends a rest (0 to 100;
+/// unset: the band, no hysteresis). 0 makes a slice alone run and rest a band at a time.
+pub const ENV_COMPUTE_ALONE_RESUME_MS: &str = "GPUSLICE_COMPUTE_ALONE_RESUME_MS";
 /// vgpu-controller: hard compute limit in percent (0 means no limit).
 pub const ENV_VGPU_CORE: &str = "CUDA_CORE_LIMIT";
 /// vgpu-controller: soft compute limit in percent (0 means none).
@@ -27,12 +31,13 @@ pub const ENV_VGPU_CORE_SOFT: &str = "CUDA_CORE_SOFT_LIMIT";
 /// HAMi-core: compute limit in percent of SMs (0 means no limit).
 pub const ENV_HAMI_SM: &str = "CUDA_DEVICE_SM_LIMIT";
 
-const ALL: [&str; 8] = [
+const ALL: [&str; 9] = [
     ENV_COMPUTE,
     ENV_COMPUTE_BURST,
     ENV_COMPUTE_METHOD,
     ENV_COMPUTE_BAND_MS,
     ENV_COMPUTE_QUEUE_MS,
+    ENV_COMPUTE_ALONE_RESUME_MS,
     ENV_VGPU_CORE,
     ENV_VGPU_CORE_SOFT,
     ENV_HAMI_SM,
@@ -66,6 +71,9 @@ pub struct ComputeLimits {
     pub band_ms: Option<u32>,
     /// Tuning: the queue bound in milliseconds (`None`: the default).
     pub queue_ms: Option<u32>,
+    /// Tuning: where a slice alone on the GPU ends a rest, in milliseconds ahead of its
+    /// share (`None`: the band).
+    pub alone_resume_ms: Option<u32>,
     /// Which variables the limits came from, for messages.
     pub source: String,
 }
@@ -152,21 +160,22 @@ impl ComputeLimits {
         if burst.is_some() {
             source.push(burst_var);
         }
-        let millis = |var: &str| -> Result<Option<u32>, ConfigError> {
+        let millis = |var: &str, min: u32| -> Result<Option<u32>, ConfigError> {
             let Some(value) = get(var) else {
                 return Ok(None);
             };
             match value.trim().parse::<u32>() {
-                Ok(n) if (1..=100).contains(&n) => Ok(Some(n)),
+                Ok(n) if (min..=100).contains(&n) => Ok(Some(n)),
                 _ => Err(ConfigError::BadCompute {
                     var: var.into(),
                     value: value.into(),
-                    reason: "expected a whole number of milliseconds, 1 to 100".into(),
+                    reason: format!("expected a whole number of milliseconds, {min} to 100"),
                 }),
             }
         };
-        let band_ms = millis(ENV_COMPUTE_BAND_MS)?;
-        let queue_ms = millis(ENV_COMPUTE_QUEUE_MS)?;
+        let band_ms = millis(ENV_COMPUTE_BAND_MS, 1)?;
+        let queue_ms = millis(ENV_COMPUTE_QUEUE_MS, 1)?;
+        let alone_resume_ms = millis(ENV_COMPUTE_ALONE_RESUME_MS, 0)?;
 
         Ok(Self {
             hard_percent: hard,
@@ -174,6 +183,7 @@ impl ComputeLimits {
             method,
             band_ms,
             queue_ms,
+            alone_resume_ms,
             source: source.join(", "),
         })
     }
@@ -302,12 +312,16 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((c.band_ms, c.queue_ms), (Some(10), Some(4)));
+        let c = limits(&[(ENV_COMPUTE, "30"), (ENV_COMPUTE_ALONE_RESUME_MS, "0")]).unwrap();
+        assert_eq!(c.alone_resume_ms, Some(0));
         assert_eq!(limits(&[(ENV_COMPUTE, "30")]).unwrap().band_ms, None);
         for (var, value) in [
             (ENV_COMPUTE_BAND_MS, "0"),
             (ENV_COMPUTE_BAND_MS, "101"),
             (ENV_COMPUTE_QUEUE_MS, "2ms"),
             (ENV_COMPUTE_QUEUE_MS, ""),
+            (ENV_COMPUTE_ALONE_RESUME_MS, "-1"),
+            (ENV_COMPUTE_ALONE_RESUME_MS, "101"),
         ] {
             let err = limits(&[(ENV_COMPUTE, "30"), (var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");

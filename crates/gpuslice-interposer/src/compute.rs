@@ -372,6 +372,9 @@ impl Compute {
         if let Some(ms) = s.config.compute.queue_ms {
             gate_config.max_inflight_ns = u64::from(ms) * 1_000_000;
         }
+        if let Some(ms) = s.config.compute.alone_resume_ms {
+            gate_config.alone_resume_ns = Some(u64::from(ms) * 1_000_000);
+        }
         let gate = Gate::new(gate_config, Budget::new(tat, busy), turns);
         let meter = match self.method {
             ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(

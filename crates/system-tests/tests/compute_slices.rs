@@ -265,3 +265,48 @@ fn gpuslice_run_takes_a_compute_limit_and_status_shows_it() {
         "{busy} ns: {text}"
     );
 }
+
+#[test]
+fn the_tuning_variables_keep_the_share() {
+    // A wider band, a deeper queue, and a slice alone that rests until it is back on its
+    // share: the periods change, the share does not.
+    let bench = timed_bench();
+    for (i, tuning) in [
+        [
+            ("GPUSLICE_COMPUTE_BAND_MS", "10"),
+            ("GPUSLICE_COMPUTE_QUEUE_MS", "4"),
+        ],
+        [
+            ("GPUSLICE_COMPUTE_ALONE_RESUME_MS", "0"),
+            ("GPUSLICE_COMPUTE_BAND_MS", "5"),
+        ],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let l = ledger(&bench, &format!("tuned-{i}"));
+        let mut env = vec![("GPUSLICE_COMPUTE", "40"), ("GPUSLICE_LEDGER", l.as_str())];
+        env.extend_from_slice(tuning);
+        let (share, _) = share(&bench, &env, "kernel");
+        assert!(
+            share.abs_diff(400) <= 15,
+            "{tuning:?}: {share}‰ under a 40% limit"
+        );
+    }
+    // A bad value fails closed and names the variable.
+    let l = ledger(&bench, "tuned-bad");
+    let r = run(&mut bench.probe(
+        &[
+            ("GPUSLICE_COMPUTE", "40"),
+            ("GPUSLICE_LEDGER", &l),
+            ("GPUSLICE_COMPUTE_QUEUE_MS", "0"),
+        ],
+        &["init"],
+    ));
+    assert_eq!(r.rc("init"), CUDA_ERROR_NOT_PERMITTED, "{}", r.text());
+    assert!(
+        r.stderr.contains("GPUSLICE_COMPUTE_QUEUE_MS"),
+        "{}",
+        r.stderr
+    );
+}
