@@ -150,8 +150,19 @@ pub fn classify(
 /// Runs the probe (needs root: `unshare(CLONE_NEWPID)`): with the host's `/proc` first,
 /// then with the namespace's own when the driver needs it.
 pub fn probe() -> Result<ProbeReport, ProbeError> {
-    match probe_once(false) {
+    let once = || match probe_once(false) {
         Err(ProbeError::NeedsPrivateProc) => probe_once(true),
+        other => other,
+    };
+    // A probe process can die of something passing (a signal, a driver hiccup): the
+    // agent would then run without knowing the driver's behaviour, so it tries again.
+    match once() {
+        Err(ProbeError::Child(first)) => once().map_err(|again| match again {
+            ProbeError::Child(second) => {
+                ProbeError::Child(format!("{second} (and before: {first})"))
+            }
+            other => other,
+        }),
         other => other,
     }
 }
@@ -236,6 +247,12 @@ fn supervise(
                     sampled.push(p);
                 }
             }
+            (Some("exit"), _) => {
+                break Err(ProbeError::Child(format!(
+                    "the probe process ended before it reported: {}",
+                    line.trim_start_matches("exit ")
+                )));
+            }
             (Some("error-needs-proc"), _) => break Err(ProbeError::NeedsPrivateProc),
             (Some("error"), _) => {
                 break Err(ProbeError::Child(
@@ -313,9 +330,9 @@ fn namespace_child(report: OwnedFd, control: OwnedFd, private_proc: bool) -> ! {
         CloneFlags::CLONE_NEWPID
     };
     if let Err(e) = unshare(flags) {
-        let _ = writeln!(
-            out,
-            "error unshare({flags:?}) failed: {e} (the probe needs root)"
+        report_line(
+            &mut out,
+            format!("error unshare({flags:?}) failed: {e} (the probe needs root)"),
         );
         exit_now(1);
     }
@@ -325,16 +342,26 @@ fn namespace_child(report: OwnedFd, control: OwnedFd, private_proc: bool) -> ! {
         Ok(ForkResult::Child) => in_namespace(out, control, private_proc),
         Ok(ForkResult::Parent { child }) => {
             drop(control);
-            let _ = writeln!(out, "host {child}");
-            drop(out);
-            let _ = waitpid(child, None);
+            report_line(&mut out, format!("host {child}"));
+            // How the probe process ended, for the report of a probe that died before
+            // it said anything (the parent has stopped reading once it has its answer).
+            let status = waitpid(child, None);
+            report_line(&mut out, format!("exit {status:?}"));
             exit_now(0)
         }
         Err(e) => {
-            let _ = writeln!(out, "error fork in the new namespace: {e}");
+            report_line(&mut out, format!("error fork in the new namespace: {e}"));
             exit_now(1)
         }
     }
+}
+
+/// Writes one line of the report in a single `write`: the probe process and its parent
+/// write into the same pipe at the same time, and a line written piece by piece (as
+/// `writeln!` on a `File` does) could interleave with the other's and garble both.
+fn report_line(out: &mut File, mut line: String) {
+    line.push('\n');
+    let _ = out.write_all(line.as_bytes());
 }
 
 fn exit_now(code: c_int) -> ! {
@@ -452,16 +479,16 @@ fn hold_gpu() -> Result<(), (c_int, String)> {
 /// The probe process (PID 1 of a new namespace): hold the GPU, look at NVML from inside,
 /// report, and wait to be released. Never returns.
 fn in_namespace(mut out: File, control: OwnedFd, private_proc: bool) -> ! {
-    let _ = writeln!(out, "own {}", std::process::id());
+    report_line(&mut out, format!("own {}", std::process::id()));
     if private_proc && let Err(e) = mount_private_proc() {
-        let _ = writeln!(out, "error {e}");
+        report_line(&mut out, format!("error {e}"));
         exit_now(1);
     }
     if let Err((code, e)) = hold_gpu() {
         if code == CUDA_ERROR_OPERATING_SYSTEM && !private_proc {
-            let _ = writeln!(out, "error-needs-proc {e}");
+            report_line(&mut out, format!("error-needs-proc {e}"));
         } else {
-            let _ = writeln!(out, "error {e}");
+            report_line(&mut out, format!("error {e}"));
         }
         exit_now(1);
     }
@@ -471,9 +498,9 @@ fn in_namespace(mut out: File, control: OwnedFd, private_proc: bool) -> ! {
     {
         Ok(n) => n,
         Err(e) => {
-            let _ = writeln!(
-                out,
-                "error cannot load {NVML_LIBRARY} in the namespace: {e}"
+            report_line(
+                &mut out,
+                format!("error cannot load {NVML_LIBRARY} in the namespace: {e}"),
             );
             exit_now(1);
         }
@@ -488,13 +515,13 @@ fn in_namespace(mut out: File, control: OwnedFd, private_proc: bool) -> ! {
                 nvml_wrapper::enums::device::UsedGpuMemory::Used(n) => n.to_string(),
                 nvml_wrapper::enums::device::UsedGpuMemory::Unavailable => "na".into(),
             };
-            let _ = writeln!(out, "proc {} {mem}", p.pid);
+            report_line(&mut out, format!("proc {} {mem}", p.pid));
         }
         for s in dev.process_utilization_stats(None).unwrap_or_default() {
-            let _ = writeln!(out, "sample {}", s.pid);
+            report_line(&mut out, format!("sample {}", s.pid));
         }
     }
-    let _ = writeln!(out, "ready");
+    report_line(&mut out, "ready".to_string());
     drop(out);
     // Hold the context until the parent has looked from the host side.
     let mut line = String::new();
