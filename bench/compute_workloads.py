@@ -123,7 +123,12 @@ def gpu_workloads(names):
             self.opt.step()
 
     class Light:
-        """A CPU-bound loop with a tiny kernel and a synchronisation per iteration."""
+        """A CPU-bound loop with a tiny kernel and a synchronisation per iteration.
+
+        The CPU part is a 1 ms spin on the clock rather than a fixed amount of Python
+        work: the machine's CPU speed varies between processes by up to 1.8x, which hid
+        what gpuslice adds. With a fixed spin the rate is 1 / (1 ms + launch + copy +
+        whatever the gate costs), so a slowdown is gpuslice's own."""
 
         sync_every = 1
 
@@ -131,11 +136,11 @@ def gpu_workloads(names):
             self.x = torch.ones(1 << 16, device=dev)
 
         def step(self):
-            total = 0
-            for i in range(20000):
-                total += i * i
+            end = time.perf_counter() + 0.001
+            while time.perf_counter() < end:
+                pass
             self.x.add_(1.0)
-            self.last = float(self.x[0].item()) + total * 0
+            self.last = float(self.x[0].item())
 
     table = {
         "matmul": Matmul,

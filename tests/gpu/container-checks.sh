@@ -13,9 +13,12 @@
 #      interposer, the slice's variables, ledger and agent folders. No LD_PRELOAD;
 #   4. runs both containers at once (tests/gpu/container_inner.sh: a PyTorch workload of
 #      1 GiB in c1 and 2 GiB in c2, then nvidia-smi table, --query-compute-apps,
-#      --query-gpu, pynvml, and an allocation past the slice's free memory);
+#      --query-gpu, pynvml, and an allocation past the slice's free memory), and then a
+#      process that clears its slice's ledger to allocate past the limit
+#      (tests/gpu/ledger_tamper.py): the agent, which holds the slices of the state
+#      folder from the host, must kill it and leave the container's workload alone;
 #   5. judges each container with nvml_view_judge.py --container, plus the container
-#      facts: how the interposer got in, and that the limit held.
+#      facts: how the interposer got in, that the limit held, and the host's kill.
 #
 #   sudo bash tests/gpu/container-checks.sh
 #
@@ -175,7 +178,7 @@ fi
 say "runtime: $RUNTIME_NAME"
 
 # ------------------------------------------------------------------ the agent and a host process
-"$GS" agent --socket "$SOCK" --verbose > "$W/agent.out" 2> "$W/agent.log" &
+"$GS" agent --socket "$SOCK" --state-dir "$STATE" --verbose > "$W/agent.out" 2> "$W/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 1 600); do
     [ -S "$SOCK" ] && break
@@ -274,6 +277,11 @@ for n in "${NAMES[@]}"; do
     case ",$pmnt," in *,ro,*) ;; *) ok=FAIL ;; esac
     [ "$pwr" = no ] || ok=FAIL
     record "$n-no-escape" "$ok" "variables dropped and raised: ${esc:-no output: $(tail -c 200 "$d/escape.err" 2>/dev/null)}; slice.env mount=$pmnt writable=$pwr"
+    tam="$(head -n 1 "$d/tamper.out" 2>/dev/null)" trc="$(fact "$n" cmd_tamper)" wrc="$(fact "$n" workload_rc)"
+    kill_line="$(grep "slice '$n' holds" "$W/agent.log" | grep -m1 'killed it')"
+    ok=FAIL
+    case "$tam" in ALLOCATED*) [ "$trc" = rc137 ] && [ -n "$kill_line" ] && [ "$wrc" = 0 ] && ok=PASS ;; esac
+    record "$n-host-enforce" "$ok" "${tam:-no output: $(tail -c 200 "$d/tamper.err" 2>/dev/null)}; $trc; workload rc=$wrc; agent: $(printf '%s' "$kill_line" | sed 's/.*over its limit/over its limit/' | cut -c1-120)"
     "$PY" "$HERE/nvml_view_judge.py" --work "$d" --held-mib "${MIB[$n]}" --limit-mib "${LIMIT[$n]}" \
         --container > "$d/judge.txt" 2>&1
     got=0

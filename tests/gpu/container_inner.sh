@@ -3,7 +3,8 @@
 # crun or runc with a gpuslice CDI device). It checks how the slice reached it
 # (/etc/ld.so.preload mounted read-only, no LD_PRELOAD), starts a PyTorch workload that
 # holds MIB MiB, waits until the other container's workload runs too (GO file), then runs
-# the real nvidia-smi and pynvml, and tries to allocate past the slice's limit.
+# the real nvidia-smi and pynvml, tries to allocate past the slice's limit, and cheats
+# the slice's ledger to get past it (which the agent on the host must punish).
 # Nothing here sets LD_PRELOAD or any GPUSLICE_ variable: all of it comes from the spec.
 #
 #   container_inner.sh PYTHON TESTS_DIR WORK_DIR MIB LIMIT_MIB GO_FILE
@@ -69,6 +70,9 @@ run oom "$PY" -c "$OOM"
 run escape env -u GPUSLICE_MEMORY -u GPUSLICE_LEDGER GPUSLICE_MEMORY=1000GiB \
     CUDA_DEVICE_MEMORY_LIMIT=1000g GPUSLICE_LEDGER=/tmp/escape.ledger "$PY" -c "$OOM"
 ps -e -o pid= >> "$W/ns-pids.txt"
+# A process that clears the slice's ledger (its container can write it) and allocates
+# past the limit: the interposer is fooled, the agent on the host must kill it (rc 137).
+run tamper "$PY" "$HERE/ledger_tamper.py" --chunk-mib $(( LIMIT - MIB - 1536 )) --wait 20
 touch "$W/done"
 wait "$WORK"
 note "workload_rc=$?"

@@ -10,12 +10,17 @@
 //! * [`host`]: the host's view from NVML;
 //! * [`scope`]: which processes are the caller's container, and its view;
 //! * [`server`]: the socket, peer authentication and threads;
-//! * [`procfs`]: what is read from the host's `/proc`.
+//! * [`procfs`]: what is read from the host's `/proc`;
+//! * [`membership`]: which slice a host process belongs to;
+//! * [`enforce`]: holds each slice to its memory limit from the host, killing what a
+//!   container took past it without the interposer.
 //!
 //! The agent never reads anything a container can write (not the slice ledgers, not a
 //! container's `/proc`).
 
+pub mod enforce;
 pub mod host;
+pub mod membership;
 pub mod probe;
 pub mod procfs;
 pub mod scope;
@@ -50,6 +55,12 @@ pub enum AgentError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// A thread could not be started.
+    #[error("starting a thread: {source}")]
+    Thread {
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// Another agent answers on the socket.
     #[error("another gpuslice agent already listens on {path}")]
     InUse {
@@ -67,6 +78,8 @@ pub struct Options {
     pub skip_probe: bool,
     /// Log every request.
     pub verbose: bool,
+    /// Enforce memory slices from the host; `None`: do not.
+    pub enforce: Option<enforce::EnforceOptions>,
 }
 
 /// Probes the driver (unless told not to), logging the verdict. A failed probe leaves the
@@ -94,9 +107,21 @@ pub fn run(options: &Options) -> Result<(), AgentError> {
     // The probe forks: it must run before NVML is loaded and before any thread starts.
     let (mode, own_samples) = probe_and_log(options.skip_probe);
     let procfs = procfs::Procfs::default();
-    let host = host::NvmlHost::init(procfs.clone())?;
+    let host = Arc::new(host::CachedHost::new(Box::new(host::NvmlHost::init(
+        procfs.clone(),
+    )?)));
     let listener = bind(&options.socket)?;
-    let agent = Arc::new(Agent::new(Box::new(host), procfs, mode, own_samples));
+    if let Some(enforce) = &options.enforce {
+        let enforcer = enforce::Enforcer::new(enforce.clone(), procfs.clone());
+        let host = Arc::clone(&host);
+        std::thread::Builder::new()
+            .name("enforce".into())
+            .spawn(move || enforcer.run(host))
+            .map_err(|source| AgentError::Thread { source })?;
+    } else {
+        log(format_args!("memory slices are not enforced from the host"));
+    }
+    let agent = Arc::new(Agent::with_host(host, procfs, mode, own_samples));
     log(format_args!(
         "listening on {} (driver mode {mode})",
         options.socket.display()

@@ -54,7 +54,7 @@ fn debug(message: std::fmt::Arguments<'_>) {
 
 /// The agent: the host's GPUs, the `/proc` it reads, and the probed driver behaviour.
 pub struct Agent {
-    host: CachedHost,
+    host: Arc<CachedHost>,
     procfs: Procfs,
     mode: DriverMode,
     own_samples: SampleNumbering,
@@ -75,8 +75,18 @@ impl Agent {
         mode: DriverMode,
         own_samples: SampleNumbering,
     ) -> Self {
+        Self::with_host(Arc::new(CachedHost::new(host)), procfs, mode, own_samples)
+    }
+
+    /// An agent answering from a host view it shares (with the enforcer).
+    pub fn with_host(
+        host: Arc<CachedHost>,
+        procfs: Procfs,
+        mode: DriverMode,
+        own_samples: SampleNumbering,
+    ) -> Self {
         Self {
-            host: CachedHost::new(host),
+            host,
             procfs,
             mode,
             own_samples,

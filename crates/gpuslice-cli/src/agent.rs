@@ -25,6 +25,47 @@ pub struct AgentArgs {
     /// Log every request.
     #[arg(long)]
     pub verbose: bool,
+
+    /// The state folder of `gpuslice cdi generate`: the slices whose memory the agent
+    /// holds from the host (`config/<name>.env`).
+    #[arg(long, value_name = "DIR", default_value = crate::cdi::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+
+    /// What to do when a slice's processes hold more GPU memory than its limit plus the
+    /// grace, as NVML on the host counts it: `kill` its largest processes until the rest
+    /// fits, only `report` them, or `off`.
+    #[arg(long, value_name = "ACTION", default_value = "kill", value_parser = ["kill", "report", "off"])]
+    pub memory_enforcement: String,
+
+    /// How far past its limit a slice may go before the agent acts (e.g. `128MiB`).
+    #[arg(long, value_name = "SIZE", default_value = "128MiB", value_parser = parse_grace)]
+    pub memory_grace: u64,
+
+    /// How often the agent checks the slices, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub enforce_interval_ms: u64,
+}
+
+fn parse_grace(text: &str) -> Result<u64, String> {
+    gpuslice_config::parse_size(text).map_err(|e| e.to_string())
+}
+
+impl AgentArgs {
+    /// The enforcement the flags ask for.
+    pub fn enforce_options(&self) -> Option<gpuslice_agent::enforce::EnforceOptions> {
+        use gpuslice_agent::enforce::{Action, EnforceOptions};
+        let action = match self.memory_enforcement.as_str() {
+            "kill" => Action::Kill,
+            "report" => Action::Report,
+            _ => return None,
+        };
+        Some(EnforceOptions {
+            state_dir: self.state_dir.clone(),
+            grace: self.memory_grace,
+            interval: std::time::Duration::from_millis(self.enforce_interval_ms),
+            action,
+        })
+    }
 }
 
 /// Why `gpuslice agent` stopped.
@@ -53,6 +94,7 @@ pub fn run(args: &AgentArgs) -> Result<String, AgentCommandError> {
         socket: args.socket.clone(),
         skip_probe: args.no_probe,
         verbose: args.verbose,
+        enforce: args.enforce_options(),
     })?;
     Ok(String::new())
 }
@@ -87,6 +129,47 @@ mod tests {
         assert_eq!(a.socket, Path::new("/tmp/a.sock"));
         assert!(a.verbose && a.no_probe);
         assert!(agent_args(&["agent", "--probe-only"]).probe_only);
+        // Enforcement: on by default, over the CDI state folder.
+        let e = agent_args(&["agent"])
+            .enforce_options()
+            .expect("on by default");
+        assert_eq!(e.state_dir, Path::new("/var/lib/gpuslice"));
+        assert_eq!(e.grace, 128 << 20);
+        assert_eq!(e.interval, std::time::Duration::from_millis(500));
+        assert_eq!(e.action, gpuslice_agent::enforce::Action::Kill);
+        let e = agent_args(&[
+            "agent",
+            "--memory-enforcement",
+            "report",
+            "--memory-grace",
+            "1GiB",
+            "--state-dir",
+            "/srv/gs",
+            "--enforce-interval-ms",
+            "100",
+        ])
+        .enforce_options()
+        .unwrap();
+        assert_eq!(e.action, gpuslice_agent::enforce::Action::Report);
+        assert_eq!(
+            (e.grace, e.state_dir.as_path()),
+            (1 << 30, Path::new("/srv/gs"))
+        );
+        assert!(
+            agent_args(&["agent", "--memory-enforcement", "off"])
+                .enforce_options()
+                .is_none()
+        );
+        for bad in [
+            &["agent", "--memory-enforcement", "maybe"][..],
+            &["agent", "--memory-grace", "lots"],
+            &["agent", "--enforce-interval-ms", "0"],
+        ] {
+            let err = Cli::try_parse_from(std::iter::once("gpuslice").chain(bad.iter().copied()))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(bad[1]), "{bad:?}: {err}");
+        }
         assert!(
             Cli::try_parse_from(["gpuslice", "agent", "--probe-only", "--no-probe"]).is_err(),
             "--probe-only and --no-probe conflict"

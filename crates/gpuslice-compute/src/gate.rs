@@ -44,7 +44,8 @@ pub struct GateConfig {
     pub burst_quiet_ns: u64,
     /// For a slice alone on the GPU (no other slice busy for `burst_quiet_ns`): how far
     /// ahead of its share it may still be when it ends a rest. `None`: the band (no
-    /// hysteresis, as while other slices are busy).
+    /// hysteresis, as while other slices are busy). Default `Some(0)`: a slice alone rests
+    /// until it is back on its share, so it runs and rests a band at a time.
     pub alone_resume_ns: Option<u64>,
 }
 
@@ -63,7 +64,7 @@ impl GateConfig {
             recheck_ns: 100 * US,
             poll_ns: 200 * US,
             burst_quiet_ns: 100 * MS,
-            alone_resume_ns: None,
+            alone_resume_ns: Some(0),
         }
     }
 }

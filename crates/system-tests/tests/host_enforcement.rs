@@ -1,0 +1,243 @@
+//! Host-side memory enforcement by `gpuslice agent`, end to end on the fake driver.
+//! `gpuslice cdi generate` writes two slices' pinned configurations; "containers" are
+//! private mount and PID namespaces with a slice's file bind-mounted read-only at
+//! `/run/gpuslice/slice.env`, as the CDI spec mounts it. Their processes run without
+//! the interposer, as a process that gets past it would: the agent must kill the one
+//! that takes its slice past its limit, and only that one; a process of another slice
+//! and a host process, however large, are left alone.
+//!
+//! Needs root (namespaces and mounts); without it the test prints why it was skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use system_tests::{Bench, run};
+
+fn namespaces_work() -> bool {
+    Command::new("unshare")
+        .args(["--mount", "--pid", "--fork", "--propagation", "private"])
+        .args(["sh", "-c", "mount -t tmpfs gschk /run"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn wait_for(path: &Path, what: &str) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {what} ({})",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The host PID a `pid:FILE` step wrote.
+fn host_pid(path: &Path) -> u32 {
+    let text = std::fs::read_to_string(path).expect("pid file");
+    text.split(' ')
+        .find_map(|kv| kv.strip_prefix("host="))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no host PID in {text:?}"))
+}
+
+fn alive(pid: u32) -> bool {
+    // A killed process stays a zombie until `unshare` reaps it.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+struct World {
+    bench: Bench,
+    state: PathBuf,
+    agent: Option<Child>,
+    agent_log: PathBuf,
+    children: Vec<Child>,
+}
+
+impl World {
+    fn file(&self, name: &str) -> PathBuf {
+        self.bench.dir.path().join(name)
+    }
+
+    /// A `cuda-probe` without the interposer, in a "container" of `slice` (none: on the
+    /// host), that runs `steps`, writes its PIDs to `<tag>.pid` and waits.
+    fn start(&mut self, slice: Option<&str>, steps: &[&str], tag: &str) -> u32 {
+        let pid_file = self.file(&format!("{tag}.pid"));
+        let ready = self.file(&format!("{tag}.ready"));
+        let mut args: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+        args.push(format!("pid:{}", pid_file.display()));
+        args.push(format!("ready:{}", ready.display()));
+        args.push(format!("wait:{}", self.file("done").display()));
+        let probe = self.bench.build.join("cuda-probe");
+        let mut cmd = match slice {
+            None => {
+                let mut c = self.bench.plain(&probe);
+                c.args(&args);
+                c
+            }
+            Some(name) => {
+                let config = self.state.join(format!("config/{name}.env"));
+                let script = "set -e; mount -t tmpfs gs /run; mkdir -p /run/gpuslice; \
+                    touch /run/gpuslice/slice.env; \
+                    mount --bind \"$GS_CONFIG\" /run/gpuslice/slice.env; \
+                    mount -o remount,bind,ro /run/gpuslice/slice.env; exec \"$@\"";
+                let mut c = self.bench.plain(Path::new("unshare"));
+                c.args(["--mount", "--pid", "--fork", "--kill-child"])
+                    .args(["--propagation", "private", "sh", "-c", script, "sh"])
+                    .arg(&probe)
+                    .args(&args)
+                    .env("GS_CONFIG", &config);
+                c
+            }
+        };
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a process");
+        self.children.push(child);
+        wait_for(&ready, tag);
+        host_pid(&pid_file)
+    }
+
+    fn agent_text(&self) -> String {
+        std::fs::read_to_string(&self.agent_log).unwrap_or_default()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.file("done"), b"done");
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+        for c in &mut self.children {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_else() {
+    if !namespaces_work() {
+        eprintln!(
+            "SKIPPED the_agent_kills_the_process_that_takes_its_slice_past_the_limit: needs root and util-linux (`unshare --mount --pid` failed here)"
+        );
+        return;
+    }
+    let bench = Bench::new();
+    let host = bench.dir.path().to_path_buf();
+    let s = |p: &Path| p.display().to_string();
+    let dev = host.join("root/dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
+        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
+    }
+    let state = host.join("state");
+    let r = run(bench
+        .plain(&bench.build.join("gpuslice"))
+        .args([
+            "cdi", "generate", "--slice", "a=0:1GiB", "--slice", "b=0:2GiB",
+        ])
+        .args(["--driver-libs", "off"])
+        .args(["--dev-root", &s(&host.join("root"))])
+        .args(["--output-dir", &s(&host.join("cdi"))])
+        .args(["--state-dir", &s(&state)])
+        .args(["--agent-dir", &s(&host.join("agent"))])
+        .args(["--lib", &s(&bench.interposer())]));
+    assert!(state.join("config/a.env").exists(), "{}", r.text());
+
+    let agent_log = host.join("agent.log");
+    let mut world = World {
+        bench,
+        state: state.clone(),
+        agent: None,
+        agent_log: agent_log.clone(),
+        children: Vec::new(),
+    };
+    // Every process, with its 300 MiB context (fake): slice a holds 400 MiB with `small`.
+    let small = world.start(Some("a"), &["init", "ctx", "alloc:100M"], "small");
+    let other = world.start(Some("b"), &["init", "ctx", "alloc:1500M"], "other");
+    let on_host = world.start(None, &["init", "ctx", "alloc:6G"], "host");
+    let socket = host.join("agent/agent.sock");
+    let log = std::fs::File::create(&agent_log).unwrap();
+    let agent = world
+        .bench
+        .plain(&world.bench.build.join("gpuslice"))
+        .args(["agent", "--no-probe", "--enforce-interval-ms", "100"])
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start gpuslice agent");
+    world.agent = Some(agent);
+    wait_for(&socket, "the agent's socket");
+
+    // Within their limits: a few looks later, everyone is alive.
+    std::thread::sleep(Duration::from_millis(800));
+    for (pid, what) in [(small, "small"), (other, "other"), (on_host, "host")] {
+        assert!(
+            alive(pid),
+            "{what} ({pid}) was killed: {}",
+            world.agent_text()
+        );
+    }
+    assert!(
+        world.agent_text().contains("enforcing the memory slices"),
+        "{}",
+        world.agent_text()
+    );
+
+    // A process of slice a gets past the interposer and takes 1 GiB more: 1724 MiB
+    // against 1 GiB + 128 MiB of grace. It is the largest of the slice, so it goes.
+    let big = world.start(Some("a"), &["init", "ctx", "alloc:1G"], "big");
+    let start = Instant::now();
+    while alive(big) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the process past the limit still runs: {}",
+            world.agent_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let text = world.agent_text();
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("PID {big} ")))
+        .unwrap_or_else(|| panic!("no line about PID {big}: {text}"));
+    assert!(
+        line.contains("slice 'a'") && line.contains("limit of 1GiB") && line.contains("killed it"),
+        "{line}"
+    );
+    // The rest of slice a, slice b and the host process are left alone.
+    std::thread::sleep(Duration::from_millis(500));
+    for (pid, what) in [(small, "small"), (other, "other"), (on_host, "host")] {
+        assert!(
+            alive(pid),
+            "{what} ({pid}) was killed: {}",
+            world.agent_text()
+        );
+    }
+    assert_eq!(
+        world.agent_text().matches("killed it").count(),
+        1,
+        "{}",
+        world.agent_text()
+    );
+}
