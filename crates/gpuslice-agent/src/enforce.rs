@@ -8,6 +8,9 @@
 //! slice's largest process on that GPU (then the next, until the rest fits) with
 //! `SIGKILL` through a pidfd, so that a PID reused in between is never hit.
 //!
+//! Every [`SWEEP_EVERY`] looks it also frees the ledger entries of processes that are
+//! gone ([`crate::sweep`]).
+//!
 //! Processes the interposer holds never get there: their memory, contexts included, stays
 //! within the limit as NVML counts it (the GPU checks measure that). The grace covers
 //! what the driver adds to a process's memory after the interposer has charged it.
@@ -181,7 +184,15 @@ pub struct Enforcer {
     reported_broken: HashSet<(String, String)>,
     /// Processes already reported (report only: each once).
     reported: HashSet<(u32, u64)>,
+    /// Whether the agent sees every process (and so may sweep ledgers).
+    sweeps: bool,
+    /// Ledger errors already reported.
+    ledger_errors: HashSet<String>,
+    ticks: u64,
 }
+
+/// Ledgers are swept every this many looks.
+pub const SWEEP_EVERY: u64 = 4;
 
 impl Enforcer {
     /// An enforcer reading the host's `/proc` and `/sys/fs/cgroup`.
@@ -194,6 +205,9 @@ impl Enforcer {
             table: SliceTable::default(),
             reported_broken: HashSet::new(),
             reported: HashSet::new(),
+            sweeps: false,
+            ledger_errors: HashSet::new(),
+            ticks: 0,
         }
     }
 
@@ -274,6 +288,14 @@ impl Enforcer {
                 lines.push(line);
             }
         }
+        if self.sweeps && self.ticks.is_multiple_of(SWEEP_EVERY) {
+            lines.extend(crate::sweep::sweep_ledgers(
+                &self.options.state_dir,
+                &self.procfs,
+                &mut self.ledger_errors,
+            ));
+        }
+        self.ticks += 1;
         for l in &lines {
             log(format_args!("{l}"));
         }
@@ -295,6 +317,17 @@ impl Enforcer {
             },
             format_size(self.options.grace),
         ));
+        self.sweeps = crate::sweep::sees_every_process(&self.procfs);
+        if self.sweeps {
+            log(format_args!(
+                "sweeping the slices' ledgers of processes that are gone every {} ms",
+                self.options.interval.as_millis() * u128::from(SWEEP_EVERY)
+            ));
+        } else {
+            log(format_args!(
+                "not in the host's PID namespace: the ledgers are not swept (dead containers' entries stay)"
+            ));
+        }
         let mut last_error = String::new();
         loop {
             match host.snapshot() {

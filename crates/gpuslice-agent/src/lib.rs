@@ -13,7 +13,9 @@
 //! * [`procfs`]: what is read from the host's `/proc`;
 //! * [`membership`]: which slice a host process belongs to;
 //! * [`enforce`]: holds each slice to its memory limit from the host, killing what a
-//!   container took past it without the interposer.
+//!   container took past it without the interposer;
+//! * [`sweep`]: frees the ledger entries of slice processes that are gone, in any PID
+//!   namespace.
 //!
 //! The agent never reads anything a container can write (not the slice ledgers, not a
 //! container's `/proc`).
@@ -25,6 +27,7 @@ pub mod probe;
 pub mod procfs;
 pub mod scope;
 pub mod server;
+pub mod sweep;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

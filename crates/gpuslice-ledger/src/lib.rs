@@ -711,6 +711,24 @@ impl Ledger {
         swept
     }
 
+    /// Zeroes the entries of registered processes that `dead(pid, pid_ns, start_time)`
+    /// says are gone, whatever their PID namespace: for a sweeper that sees every
+    /// namespace (the host agent). The identity is read again just before each entry is
+    /// taken, so an entry taken over since is left alone. Returns how many were swept.
+    pub fn sweep_identities(&self, dead: impl Fn(u32, u64, u64) -> bool) -> usize {
+        self.sweep_where(
+            |p, owner| {
+                owner & OWNER_STATE_MASK == OWNER_ACTIVE
+                    && dead(
+                        owner_pid(owner),
+                        p.pid_ns.load(SeqCst),
+                        p.start_time.load(SeqCst),
+                    )
+            },
+            None,
+        )
+    }
+
     /// Every process entry in use.
     pub fn processes(&self) -> Vec<ProcessInfo> {
         let me = current_identity();

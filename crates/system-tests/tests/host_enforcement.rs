@@ -4,7 +4,9 @@
 //! `/run/gpuslice/slice.env`, as the CDI spec mounts it. Their processes run without
 //! the interposer, as a process that gets past it would: the agent must kill the one
 //! that takes its slice past its limit, and only that one; a process of another slice
-//! and a host process, however large, are left alone.
+//! and a host process, however large, are left alone. And the ledger entries of a
+//! container killed as a whole, which no later container of the slice can tell are dead,
+//! are freed by the agent.
 //!
 //! Needs root (namespaces and mounts); without it the test prints why it was skipped.
 
@@ -69,6 +71,11 @@ impl World {
     /// A `cuda-probe` without the interposer, in a "container" of `slice` (none: on the
     /// host), that runs `steps`, writes its PIDs to `<tag>.pid` and waits.
     fn start(&mut self, slice: Option<&str>, steps: &[&str], tag: &str) -> u32 {
+        self.start_with(slice, false, steps, tag)
+    }
+
+    /// [`World::start`], with the interposer preloaded when `preload` is set.
+    fn start_with(&mut self, slice: Option<&str>, preload: bool, steps: &[&str], tag: &str) -> u32 {
         let pid_file = self.file(&format!("{tag}.pid"));
         let ready = self.file(&format!("{tag}.ready"));
         let mut args: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
@@ -84,19 +91,25 @@ impl World {
             }
             Some(name) => {
                 let config = self.state.join(format!("config/{name}.env"));
-                let script = "set -e; mount -t tmpfs gs /run; mkdir -p /run/gpuslice; \
+                let folder = self.state.join(format!("slices/{name}"));
+                let script = "set -e; mount -t tmpfs gs /run; mkdir -p /run/gpuslice/slice; \
                     touch /run/gpuslice/slice.env; \
                     mount --bind \"$GS_CONFIG\" /run/gpuslice/slice.env; \
-                    mount -o remount,bind,ro /run/gpuslice/slice.env; exec \"$@\"";
+                    mount -o remount,bind,ro /run/gpuslice/slice.env; \
+                    mount --bind \"$GS_FOLDER\" /run/gpuslice/slice; exec \"$@\"";
                 let mut c = self.bench.plain(Path::new("unshare"));
                 c.args(["--mount", "--pid", "--fork", "--kill-child"])
                     .args(["--propagation", "private", "sh", "-c", script, "sh"])
                     .arg(&probe)
                     .args(&args)
-                    .env("GS_CONFIG", &config);
+                    .env("GS_CONFIG", &config)
+                    .env("GS_FOLDER", &folder);
                 c
             }
         };
+        if preload {
+            cmd.env("LD_PRELOAD", self.bench.interposer());
+        }
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -130,14 +143,9 @@ impl Drop for World {
     }
 }
 
-#[test]
-fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_else() {
-    if !namespaces_work() {
-        eprintln!(
-            "SKIPPED the_agent_kills_the_process_that_takes_its_slice_past_the_limit: needs root and util-linux (`unshare --mount --pid` failed here)"
-        );
-        return;
-    }
+/// The host: fake device nodes, two slices (a: 1 GiB, b: 2 GiB) written by
+/// `gpuslice cdi generate` on the fake NVML.
+fn world() -> World {
     let bench = Bench::new();
     let host = bench.dir.path().to_path_buf();
     let s = |p: &Path| p.display().to_string();
@@ -160,18 +168,20 @@ fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_e
         .args(["--lib", &s(&bench.interposer())]));
     assert!(state.join("config/a.env").exists(), "{}", r.text());
 
-    let agent_log = host.join("agent.log");
-    let mut world = World {
+    World {
         bench,
-        state: state.clone(),
+        state,
         agent: None,
-        agent_log: agent_log.clone(),
+        agent_log: host.join("agent.log"),
         children: Vec::new(),
-    };
-    // Every process, with its 300 MiB context (fake): slice a holds 400 MiB with `small`.
-    let small = world.start(Some("a"), &["init", "ctx", "alloc:100M"], "small");
-    let other = world.start(Some("b"), &["init", "ctx", "alloc:1500M"], "other");
-    let on_host = world.start(None, &["init", "ctx", "alloc:6G"], "host");
+    }
+}
+
+/// Starts `gpuslice agent` on the world's state folder, looking every 100 ms.
+fn start_agent(world: &mut World) {
+    let host = world.bench.dir.path().to_path_buf();
+    let state = world.state.clone();
+    let agent_log = world.agent_log.clone();
     let socket = host.join("agent/agent.sock");
     let log = std::fs::File::create(&agent_log).unwrap();
     let agent = world
@@ -188,6 +198,22 @@ fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_e
         .expect("start gpuslice agent");
     world.agent = Some(agent);
     wait_for(&socket, "the agent's socket");
+}
+
+#[test]
+fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_else() {
+    if !namespaces_work() {
+        eprintln!(
+            "SKIPPED the_agent_kills_the_process_that_takes_its_slice_past_the_limit: needs root and util-linux (`unshare --mount --pid` failed here)"
+        );
+        return;
+    }
+    let mut world = world();
+    // Every process, with its 300 MiB context (fake): slice a holds 400 MiB with `small`.
+    let small = world.start(Some("a"), &["init", "ctx", "alloc:100M"], "small");
+    let other = world.start(Some("b"), &["init", "ctx", "alloc:1500M"], "other");
+    let on_host = world.start(None, &["init", "ctx", "alloc:6G"], "host");
+    start_agent(&mut world);
 
     // Within their limits: a few looks later, everyone is alive.
     std::thread::sleep(Duration::from_millis(800));
@@ -240,4 +266,70 @@ fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_e
         "{}",
         world.agent_text()
     );
+}
+
+/// Slice `name`'s ledger: what it has charged on its first device, and its entries' PIDs.
+fn ledger_of(world: &World, name: &str) -> (u64, Vec<u32>) {
+    let ledger = gpuslice_ledger::Ledger::open(&world.state.join(format!("slices/{name}/ledger")))
+        .expect("the slice's ledger");
+    let pids = ledger.processes().iter().map(|p| p.pid).collect();
+    (ledger.used(0), pids)
+}
+
+#[test]
+fn the_agent_frees_the_ledger_entries_of_a_container_killed_as_a_whole() {
+    if !namespaces_work() {
+        eprintln!(
+            "SKIPPED the_agent_frees_the_ledger_entries_of_a_container_killed_as_a_whole: needs root and util-linux (`unshare --mount --pid` failed here)"
+        );
+        return;
+    }
+    let mut world = world();
+    // Two containers of slice a, with the interposer: each is PID 1 of its namespace.
+    let live = world.start_with(Some("a"), true, &["init", "ctx", "alloc:100M"], "live");
+    let doomed = world.start_with(Some("a"), true, &["init", "ctx", "alloc:200M"], "doomed");
+    let (used, pids) = ledger_of(&world, "a");
+    assert_eq!(pids.len(), 2, "both registered: {pids:?}");
+    // The second container is killed as a whole: nothing unregisters its process, and
+    // the first container, in another namespace, cannot tell it is dead.
+    let unshare = world.children.pop().expect("the doomed container");
+    let mut unshare = unshare;
+    unshare.kill().unwrap();
+    unshare.wait().unwrap();
+    let start = Instant::now();
+    while alive(doomed) {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the container's process lives on"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        ledger_of(&world, "a"),
+        (used, pids),
+        "its entry stays without the agent"
+    );
+
+    start_agent(&mut world);
+    let start = Instant::now();
+    loop {
+        let (now_used, now_pids) = ledger_of(&world, "a");
+        if now_pids.len() == 1 {
+            assert!(now_used < used && now_used > 0, "{now_used} of {used}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the dead entry was not freed: {}",
+            world.agent_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alive(live), "the live container runs on");
+    let text = world.agent_text();
+    assert!(
+        text.contains("slice 'a': freed 1 ledger entry of processes that are gone"),
+        "{text}"
+    );
+    assert!(!text.contains("killed it"), "{text}");
 }
