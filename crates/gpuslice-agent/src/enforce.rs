@@ -330,7 +330,7 @@ impl Enforcer {
         }
         let mut last_error = String::new();
         loop {
-            match host.snapshot() {
+            match host.fresh() {
                 Ok(snapshot) => {
                     last_error.clear();
                     self.tick(&snapshot);

@@ -64,6 +64,12 @@ impl CachedHost {
         }
     }
 
+    /// A snapshot taken now, neither from nor into the cache: for the enforcer, whose
+    /// looks must not make the clients' answers older than they would otherwise be.
+    pub fn fresh(&self) -> Result<Vec<HostGpu>, AgentError> {
+        self.source.snapshot()
+    }
+
     /// A snapshot no older than [`SNAPSHOT_TTL`].
     pub fn snapshot(&self) -> Result<Arc<Vec<HostGpu>>, AgentError> {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
