@@ -22,6 +22,7 @@
 //! ```text
 //! gpuslice-agent 1
 //! mode translated samples=host-pids
+//! pid 2 48213
 //! gpu GPU-5d1f0c2e-8a4b-4c1d-9e2f-0123456789ab
 //! proc 2 compute 2451570688
 //! sample 2 1732280000123456 7 3 0 0
@@ -31,7 +32,10 @@
 //! end
 //! ```
 //!
-//! Every PID in an answer is already in the caller's PID namespace. Numbers are decimal;
+//! Every PID in an answer is already in the caller's PID namespace, except the second
+//! field of a `pid` line: the host PID of that GPU process of the caller's container, for
+//! a caller that must translate what a driver which shows host PIDs says (`pid` lines come
+//! before the first `gpu` line). Numbers are decimal;
 //! a value the driver reports as not available is `na`. Anything else — an unknown
 //! record, a missing or extra field, a record before its `gpu` line, text after `end`, a
 //! line longer than [`MAX_LINE`] or a message longer than [`MAX_MESSAGE`] — is an error.
@@ -283,9 +287,22 @@ pub struct View {
     pub own_samples: SampleNumbering,
     /// Every GPU of the host, with what of it belongs to the caller.
     pub gpus: Vec<GpuView>,
+    /// The GPU processes of the caller's container: (PID in the caller's namespace, host
+    /// PID).
+    pub pids: Vec<(u32, u32)>,
 }
 
 impl View {
+    /// The caller's PID of the process with host PID `host`, if it is the container's.
+    pub fn pid_from_host(&self, host: u32) -> Option<u32> {
+        self.pids.iter().find(|p| p.1 == host).map(|p| p.0)
+    }
+
+    /// The host PID of the container's process with PID `pid` in the caller's namespace.
+    pub fn host_pid_of(&self, pid: u32) -> Option<u32> {
+        self.pids.iter().find(|p| p.0 == pid).map(|p| p.1)
+    }
+
     /// The view of the GPU with `uuid` (compared without regard to case).
     pub fn gpu(&self, uuid: &str) -> Option<&GpuView> {
         self.gpus.iter().find(|g| g.uuid.eq_ignore_ascii_case(uuid))
@@ -449,6 +466,9 @@ impl Response {
                     view.mode.as_str(),
                     view.own_samples.as_str()
                 ));
+                for (pid, host) in &view.pids {
+                    out.push_str(&format!("pid {pid} {host}\n"));
+                }
                 for gpu in &view.gpus {
                     out.push_str(&format!("gpu {}\n", gpu.uuid));
                     for p in &gpu.processes {
@@ -546,10 +566,21 @@ impl Response {
             mode,
             own_samples,
             gpus: Vec::new(),
+            pids: Vec::new(),
         };
         for &(no, line) in &lines[1..] {
             let f: Vec<&str> = line.split(' ').collect();
             let kind = f[0];
+            if kind == "pid" {
+                if !view.gpus.is_empty() {
+                    return Err(bad(no, "`pid` lines come before the first `gpu` line"));
+                }
+                let [_, pid, host] = f.as_slice() else {
+                    return Err(bad(no, "`pid` takes 2 fields"));
+                };
+                view.pids.push((num32(no, pid)?, num32(no, host)?));
+                continue;
+            }
             if kind == "gpu" {
                 let [_, uuid] = f.as_slice() else {
                     return Err(bad(no, "`gpu` takes one field"));

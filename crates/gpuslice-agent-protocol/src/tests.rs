@@ -69,6 +69,7 @@ fn sample_view() -> View {
                 ..GpuView::default()
             },
         ],
+        pids: vec![(1, 48213), (7, 48300)],
     }
 }
 
@@ -88,10 +89,18 @@ fn views_round_trip() {
     );
     assert!(text.contains("\nproc 7 graphics na\n"), "{text}");
     assert_eq!(Response::decode(&text), Ok(Response::View(view.clone())));
+    assert!(
+        text.contains("samples=host-pids\npid 1 48213\npid 7 48300\ngpu "),
+        "{text}"
+    );
+    assert_eq!(view.pid_from_host(48300), Some(7));
+    assert_eq!(view.host_pid_of(1), Some(48213));
+    assert_eq!(view.pid_from_host(1), None);
     let empty = View {
         mode: DriverMode::Unknown,
         own_samples: SampleNumbering::Unknown,
         gpus: vec![],
+        pids: vec![],
     };
     let text = Response::View(empty.clone()).encode();
     assert_eq!(Response::decode(&text), Ok(Response::View(empty)));
@@ -190,6 +199,12 @@ fn malformed_responses_are_refused() {
             "before any `gpu`",
         ),
         ("mode translated samples=unknown\ngpu", "one field"),
+        ("mode translated samples=unknown\npid 1", "takes 2 fields"),
+        ("mode translated samples=unknown\npid 1 x", "number"),
+        (
+            "mode translated samples=unknown\ngpu G\npid 1 2",
+            "before the first `gpu`",
+        ),
         ("mode translated samples=unknown\ngpu a b", "one field"),
         (
             "mode translated samples=unknown\ngpu G\nproc 1 compute",

@@ -93,7 +93,8 @@ impl Scope {
                 m
             }
         };
-        let gpus = gpus
+        let gpus_in = gpus;
+        let gpus = gpus_in
             .iter()
             .map(|g| GpuView {
                 uuid: g.uuid.clone(),
@@ -146,10 +147,21 @@ impl Scope {
                     .collect(),
             })
             .collect();
+        // The container's GPU processes with their host PIDs, for a caller that must
+        // translate what a driver showing host PIDs says.
+        let mut pids: Vec<(u32, u32)> = Vec::new();
+        for p in gpus_in.iter().flat_map(|g| g.processes.iter()) {
+            if let Some(own) = member(p.pid)
+                && !pids.iter().any(|&(_, host)| host == p.pid)
+            {
+                pids.push((own, p.pid));
+            }
+        }
         View {
             mode,
             own_samples,
             gpus,
+            pids,
         }
     }
 }
@@ -293,6 +305,8 @@ mod tests {
         );
         assert_eq!(g.fbc_sessions.len(), 2);
         assert_eq!(view.mode, DriverMode::Translated);
+        // Host PIDs of the container's GPU processes, for translating a driver's answer.
+        assert_eq!(view.pids, vec![(1, 301), (2, 302)]);
 
         // From the root cgroup of namespace A, the sibling is visible too.
         let wide = Scope {

@@ -16,5 +16,6 @@ mod nvml;
 mod nvml_abi;
 mod nvml_view;
 mod real;
+mod smi_ioctl;
 mod state;
 mod table;

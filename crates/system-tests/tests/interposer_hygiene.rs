@@ -59,6 +59,8 @@ const EXPORTED: &[&str] = &[
     "cuMipmappedArrayCreate",
     "cuMipmappedArrayDestroy",
     "dlsym",
+    // nvidia-smi's process table on drivers that show host PIDs (smi_ioctl.rs).
+    "ioctl",
     // NVML view (nvml_view.rs).
     "nvmlDeviceGetAccountingPids",
     "nvmlDeviceGetAccountingStats",
@@ -130,6 +132,38 @@ fn depends_only_on_the_c_runtime() {
         !text.contains("libcuda"),
         "must not link the driver: it loads it at run time"
     );
+}
+
+#[test]
+fn ioctls_other_than_the_process_list_reach_the_kernel_unchanged() {
+    // The interposer exports `ioctl` (smi_ioctl.rs): everything but the driver's two
+    // process-list controls must behave as without it, results and errors alike.
+    let script = "import fcntl, os, struct, termios\n\
+        r, w = os.pipe()\n\
+        os.write(w, b'abcde')\n\
+        n = struct.unpack('i', fcntl.ioctl(r, termios.FIONREAD, b'\\0' * 4))[0]\n\
+        try:\n    fcntl.ioctl(r, termios.TIOCGWINSZ, b'\\0' * 8)\n    e = 0\n\
+        except OSError as x:\n    e = x.errno\n\
+        try:\n    fcntl.ioctl(987654, termios.FIONREAD, b'\\0' * 4)\n    b = 0\n\
+        except OSError as x:\n    b = x.errno\n\
+        print(n, e, b)\n";
+    let run = |preload: bool| {
+        let mut cmd = Command::new("python3");
+        cmd.args(["-c", script]);
+        if preload {
+            cmd.env("LD_PRELOAD", build_dir().join("libgpuslice.so"));
+        }
+        let out = cmd.output().expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // 5 bytes readable; not a terminal (ENOTTY 25); a bad descriptor (EBADF 9).
+    assert_eq!(run(false), "5 25 9");
+    assert_eq!(run(true), "5 25 9");
 }
 
 #[test]
