@@ -203,6 +203,11 @@ fn describe_compute(limits: Option<(u32, Option<u32>)>) -> String {
 pub struct Ledger {
     map: memmap2::MmapMut,
     path: PathBuf,
+    /// This process's own cap per device entry: the limit it agreed to in
+    /// [`Ledger::device_slot`] (`u64::MAX`: none). The limit stored in the file can be
+    /// rewritten by any process that can write the file; [`Ledger::limit`] never answers
+    /// more than the cap, so raising it there frees nobody who already agreed to less.
+    caps: [AtomicU64; MAX_DEVICES],
 }
 
 // SAFETY: the mapping is only accessed through atomics (see `layout`), so sharing
@@ -320,6 +325,7 @@ impl Ledger {
         Ok(Self {
             map,
             path: path.to_path_buf(),
+            caps: [const { AtomicU64::new(u64::MAX) }; MAX_DEVICES],
         })
     }
 
@@ -391,6 +397,7 @@ impl Ledger {
                             config_limit,
                         });
                     }
+                    self.cap(slot, limit);
                     return Ok(Some(slot));
                 }
                 slot += 1;
@@ -439,6 +446,7 @@ impl Ledger {
             layout::write_uuid(entry, uuid);
             entry.limit.store(limit, SeqCst);
             entry.state.store(DEVICE_READY, Release);
+            self.cap(slot, limit);
             return Ok(Some(slot));
         }
         Err(LedgerError::Full {
@@ -494,7 +502,14 @@ impl Ledger {
 
     /// The limit of a device entry.
     pub fn limit(&self, device: usize) -> u64 {
-        self.device(device).limit.load(Relaxed)
+        let cap = self.caps.get(device).map_or(u64::MAX, |c| c.load(Relaxed));
+        self.device(device).limit.load(Relaxed).min(cap)
+    }
+
+    fn cap(&self, device: usize, limit: u64) {
+        if let Some(c) = self.caps.get(device) {
+            c.fetch_min(limit, Relaxed);
+        }
     }
 
     /// What a CUDA context (with its modules) was last measured to take on this device

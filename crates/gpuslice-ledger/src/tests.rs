@@ -128,6 +128,25 @@ fn limit_mismatch_is_refused() {
 }
 
 #[test]
+fn a_limit_raised_in_the_file_frees_no_process_that_agreed_to_less() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let ledger = Ledger::create_or_open(&path, &spec(GIB)).unwrap();
+    let dev = ledger.device_slot(UUID, Some(GIB)).unwrap().unwrap();
+    let me = ledger.register().unwrap();
+    // Another process, writing the file directly, raises the limit.
+    let other = Ledger::open(&path).unwrap();
+    other.device(dev).limit.store(1000 * GIB, SeqCst);
+    assert_eq!(other.limit(dev), 1000 * GIB, "a handle that agreed to nothing reads it");
+    assert_eq!(ledger.limit(dev), GIB);
+    assert!(ledger.try_charge(me, dev, 2 * GIB).is_err());
+    ledger.try_charge(me, dev, GIB).unwrap();
+    // Lowering it applies.
+    other.device(dev).limit.store(GIB / 2, SeqCst);
+    assert_eq!(ledger.limit(dev), GIB / 2);
+}
+
+#[test]
 fn devices_are_added_lazily_with_the_default_limit() {
     let dir = tempfile::tempdir().unwrap();
     let spec = LedgerSpec {
