@@ -282,6 +282,7 @@ def main():
     lines.append("throughput share = rate under the limit / rate without gpuslice, same run; "
                  "util = mean GPU utilization (NVML, as nvidia-smi) during the window")
     row("method", "limit", *[f"{n:>11}" for n in names], "result")
+    clock_notes = 0
     for label, res in report["configs"].items():
         if label == "native":
             continue
@@ -302,11 +303,20 @@ def main():
                 good = abs(share - limit) <= 5
             ok &= good
             util = f"/{r['util']:.0f}" if r.get("util") is not None else ""
-            cells.append(f"{share:6.1f}{util:>5}")
+            # Off in throughput but on target in time, at a clock well above the
+            # unlimited run's: the GPU's power cap, not the gate (docs/compute.md).
+            clocked = (not good and r.get("util") is not None and abs(r["util"] - limit) <= 3
+                       and (r.get("clock_mhz") or 0) >= 1.1 * (base.get("clock_mhz") or 1e9))
+            if clocked:
+                clock_notes += 1
+            cells.append(f"{share:6.1f}{util:>5}" + ("c" if clocked else ""))
         verdict = "PASS" if ok else "FAIL"
         if method == "events" and not ok:
             fails += 1
         row(method, f"{limit:>5}", *cells, verdict + ("" if method == "events" else " (candidate)"))
+    if clock_notes:
+        lines.append("c: throughput off target, time share within 3 points, SM clock at least 10% above "
+                     "the unlimited run's (which the power cap holds down): see docs/compute.md")
     if report["pair"]:
         p = report["pair"]
         ok = p["together"] >= 90 and abs(p["ratio_vs_3_7"] - 1) <= 0.10
