@@ -137,7 +137,11 @@ fn a_limit_raised_in_the_file_frees_no_process_that_agreed_to_less() {
     // Another process, writing the file directly, raises the limit.
     let other = Ledger::open(&path).unwrap();
     other.device(dev).limit.store(1000 * GIB, SeqCst);
-    assert_eq!(other.limit(dev), 1000 * GIB, "a handle that agreed to nothing reads it");
+    assert_eq!(
+        other.limit(dev),
+        1000 * GIB,
+        "a handle that agreed to nothing reads it"
+    );
     assert_eq!(ledger.limit(dev), GIB);
     assert!(ledger.try_charge(me, dev, 2 * GIB).is_err());
     ledger.try_charge(me, dev, GIB).unwrap();
