@@ -44,8 +44,10 @@ pub struct GateConfig {
     pub burst_quiet_ns: u64,
     /// For a slice alone on the GPU (no other slice busy for `burst_quiet_ns`): how far
     /// ahead of its share it may still be when it ends a rest. `None`: the band (no
-    /// hysteresis, as while other slices are busy). Default `Some(0)`: a slice alone rests
-    /// until it is back on its share, so it runs and rests a band at a time.
+    /// hysteresis, as while other slices are busy). Default half a millisecond: a slice
+    /// alone rests until it is almost back on its share, so it runs and rests about a
+    /// band at a time; the half millisecond left covers waking and launching again, which
+    /// would otherwise be idle time the budget does not give back.
     pub alone_resume_ns: Option<u64>,
 }
 
@@ -64,7 +66,7 @@ impl GateConfig {
             recheck_ns: 100 * US,
             poll_ns: 200 * US,
             burst_quiet_ns: 100 * MS,
-            alone_resume_ns: Some(0),
+            alone_resume_ns: Some(500 * US),
         }
     }
 }
