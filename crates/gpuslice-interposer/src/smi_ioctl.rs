@@ -206,11 +206,13 @@ fn raw_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
 /// As `ioctl(2)`: `arg` is what the request expects.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
-    if request != NV_RM_CONTROL_REQUEST || arg.is_null() {
+    // The kernel reads the request as 32 bits; a caller may leave the upper half unset.
+    if request & 0xffff_ffff != NV_RM_CONTROL_REQUEST || arg.is_null() {
         return raw_ioctl(fd, request, arg);
     }
-    // SAFETY: the request says `arg` is an NVOS54_PARAMETERS the caller owns.
-    let head = unsafe { &*(arg as *const RmControl) };
+    // SAFETY: the request says `arg` is an NVOS54_PARAMETERS the caller owns; it is read
+    // without assuming its alignment.
+    let head = unsafe { std::ptr::read_unaligned(arg as *const RmControl) };
     let (cmd, params, size) = (head.cmd, head.params, head.params_size as usize);
     if (cmd != CMD_GET_PIDS && cmd != CMD_GET_PID_INFO) || params == 0 || size > 1 << 16 {
         return raw_ioctl(fd, request, arg);
@@ -225,7 +227,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
         CMD_GET_PIDS => {
             let rc = raw_ioctl(fd, request, arg);
             // SAFETY: as above; the driver has written its answer.
-            let status = unsafe { (*(arg as *const RmControl)).status };
+            let status = unsafe { std::ptr::read_unaligned(arg as *const RmControl) }.status;
             if rc == 0 && status == 0 && rewrite == Rewrite::HostPids {
                 let _ = rewrite_pids(buf, &view);
             }
