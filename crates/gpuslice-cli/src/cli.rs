@@ -26,7 +26,8 @@ pub enum Command {
     /// Offer slices to containers as CDI devices (`--device gpuslice.io/slice=NAME`).
     Cdi(crate::cdi::args::CdiArgs),
     /// Host side: serve each container's processes their own container's GPU processes,
-    /// utilization and sessions, in their own PIDs (for the interposer's NVML view).
+    /// utilization and sessions, in their own PIDs (for the interposer's NVML view), and
+    /// hold the CDI slices to their memory limits from the host.
     Agent(crate::agent::AgentArgs),
 }
 
