@@ -3,7 +3,7 @@
 //! Each query returns one line of `key=value` fields for the probe's output; lists are
 //! `list=a:b,c:d` sorted by PID.
 
-use std::ffi::{CStr, CString, c_char, c_uint, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 
 type Ret = c_uint;
 type Dev = *mut c_void;
@@ -216,7 +216,30 @@ impl Nvml {
             "nvml-acct" => self.accounting(dev),
             "nvml-enc" => self.sessions::<6>(dev, "nvmlDeviceGetEncoderSessions"),
             "nvml-fbc" => self.sessions::<10>(dev, "nvmlDeviceGetFBCSessions"),
+            "nvml-smi" => self.smi_table(index.parse().unwrap_or(0)),
             other => panic!("unknown NVML step {other}"),
+        }
+    }
+
+    /// nvidia-smi's process table as the driver's RM controls give it (the fake NVML's
+    /// test hook issues them through libc's `ioctl`, where the interposer sits).
+    fn smi_table(&self, index: c_int) -> String {
+        let p = self.sym("fakeNvmlSmiTable");
+        if p.is_null() {
+            return "rc=-2 (not the fake NVML)".into();
+        }
+        type Table = unsafe extern "C" fn(c_int, *mut c_char, usize) -> c_int;
+        // SAFETY: the fake's hook has this signature.
+        let table = unsafe { std::mem::transmute::<*mut c_void, Table>(p) };
+        let mut out = vec![0u8; 4096];
+        // SAFETY: a buffer of the length given.
+        let rc = unsafe { table(index, out.as_mut_ptr().cast(), out.len()) };
+        let text = String::from_utf8_lossy(&out[..out.iter().position(|&b| b == 0).unwrap_or(0)])
+            .into_owned();
+        if rc == 0 {
+            format!("rc=0 {text}")
+        } else {
+            format!("rc={rc} error={}", text.replace(' ', "_"))
         }
     }
 

@@ -16,7 +16,9 @@
 mod activity;
 mod api;
 mod nvml;
+mod rm;
 mod types;
 mod view;
 
 pub use api::*;
+pub use rm::fakeNvmlSmiTable;

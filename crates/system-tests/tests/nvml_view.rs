@@ -507,6 +507,40 @@ fn check_with_agent(mode: &'static str, expected_probe: &str) {
         "{}",
         w.agent_text()
     );
+    // nvidia-smi's own table: the driver's process-list ioctls, which the interposer
+    // rewrites where the driver needs it (the fake answers them behind a seccomp trap).
+    let want = w.a_list(CONTEXT + 200 * MIB, CONTEXT + 64 * MIB);
+    let r = w.client_in_a(&["nvml-smi:0"]);
+    assert_eq!(r.rc("nvml-smi:0"), 0, "{}", r.text());
+    assert_eq!(list(&r, "nvml-smi:0"), want, "{mode}: {}", r.text());
+    assert_eq!(r.num("nvml-smi:0", "answered"), 2, "{}", r.text());
+    // Without the rewriting, the driver's own answer: every host PID on a driver that
+    // shows host PIDs, no memory on one that loses it.
+    let mut cmd = w.nsenter(w.a1.host);
+    cmd.args(["nvml-smi:0"])
+        .envs(w.slice_env("a"))
+        .env("GPUSLICE_SMI_IOCTL", "off");
+    let raw = list(&run(&mut cmd), "nvml-smi:0");
+    match mode {
+        "host-pids" => {
+            let mut hosts: Vec<u32> = w.host_pids().to_vec();
+            hosts.sort_unstable();
+            let listed: Vec<u32> = raw
+                .split(',')
+                .filter_map(|i| i.split(':').next()?.parse().ok())
+                .collect();
+            assert_eq!(listed, hosts, "{raw}");
+        }
+        "translated-broken-memory" => {
+            assert_eq!(
+                raw,
+                want.replace(&format!(":{}", CONTEXT + 200 * MIB), ":na")
+                    .replace(&format!(":{}", CONTEXT + 64 * MIB), ":na"),
+                "{raw}"
+            );
+        }
+        _ => assert_eq!(raw, want, "a translating driver needs nothing"),
+    }
 }
 
 #[test]
