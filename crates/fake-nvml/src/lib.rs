@@ -9,6 +9,10 @@
 //! processes, like the three driver branches; see `src/view.rs`); `FAKE_NVML_BROKEN_MEMORY=zero`
 //! (per-process memory 0 instead of "not available" in `translated-broken-memory`).
 //!
+//! Test hook: `fakeNvmlSmiTable` answers the kernel driver's process-list ioctls the way
+//! each branch does, behind a seccomp trap in the calling process, and sends them through
+//! libc's `ioctl` (see `src/rm.rs`).
+//!
 //! Every exported function is an `unsafe extern "C"` entry point whose safety contract is the
 //! NVML API documentation: pointer arguments must be null or valid for the documented access.
 #![allow(non_snake_case, clippy::missing_safety_doc)]
