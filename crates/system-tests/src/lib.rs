@@ -248,3 +248,28 @@ impl Report {
         self.num(step, "rc")
     }
 }
+
+/// Waits up to 30 s for `path` to exist (a process's ready file); panics naming `what`.
+pub fn wait_for(path: &Path, what: &str) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {what} ({})",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The PIDs a `cuda-probe` `pid:FILE` step wrote: (in its namespace, on the host).
+pub fn pid_file(path: &Path) -> (u32, u32) {
+    let text = std::fs::read_to_string(path).expect("pid file");
+    let field = |k: &str| -> u32 {
+        text.split(' ')
+            .find_map(|kv| kv.strip_prefix(k))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {k} in {text:?}"))
+    };
+    (field("ns="), field("host="))
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use system_tests::{Bench, run};
+use system_tests::{Bench, pid_file, run, wait_for};
 
 fn namespaces_work() -> bool {
     Command::new("unshare")
@@ -24,27 +24,6 @@ fn namespaces_work() -> bool {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())
-}
-
-fn wait_for(path: &Path, what: &str) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what} ({})",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The host PID a `pid:FILE` step wrote.
-fn host_pid(path: &Path) -> u32 {
-    let text = std::fs::read_to_string(path).expect("pid file");
-    text.split(' ')
-        .find_map(|kv| kv.strip_prefix("host="))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no host PID in {text:?}"))
 }
 
 fn alive(pid: u32) -> bool {
@@ -76,10 +55,10 @@ impl World {
 
     /// [`World::start`], with the interposer preloaded when `preload` is set.
     fn start_with(&mut self, slice: Option<&str>, preload: bool, steps: &[&str], tag: &str) -> u32 {
-        let pid_file = self.file(&format!("{tag}.pid"));
+        let pid_path = self.file(&format!("{tag}.pid"));
         let ready = self.file(&format!("{tag}.ready"));
         let mut args: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
-        args.push(format!("pid:{}", pid_file.display()));
+        args.push(format!("pid:{}", pid_path.display()));
         args.push(format!("ready:{}", ready.display()));
         args.push(format!("wait:{}", self.file("done").display()));
         let probe = self.bench.build.join("cuda-probe");
@@ -117,7 +96,7 @@ impl World {
             .expect("start a process");
         self.children.push(child);
         wait_for(&ready, tag);
-        host_pid(&pid_file)
+        pid_file(&pid_path).1
     }
 
     fn agent_text(&self) -> String {

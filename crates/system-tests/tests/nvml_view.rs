@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use system_tests::{Bench, GIB, MIB, Report, run};
+use system_tests::{Bench, GIB, MIB, Report, pid_file, run, wait_for};
 
 const CONTEXT: u64 = 300 * MIB;
 const A_LIMIT: &str = "2GiB";
@@ -53,30 +53,9 @@ struct Pids {
     host: u32,
 }
 
-fn wait_for(path: &Path, what: &str) {
-    let start = Instant::now();
-    while !path.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what} ({})",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn read_pids(path: &Path) -> Pids {
-    let text = std::fs::read_to_string(path).expect("pid file");
-    let field = |k: &str| -> u32 {
-        text.split(' ')
-            .find_map(|kv| kv.strip_prefix(k))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no {k} in {text:?}"))
-    };
-    Pids {
-        ns: field("ns="),
-        host: field("host="),
-    }
+    let (ns, host) = pid_file(path);
+    Pids { ns, host }
 }
 
 /// Two containers, a host process and (optionally) the agent, on one fake GPU.
