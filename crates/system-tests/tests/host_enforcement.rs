@@ -158,6 +158,11 @@ fn world() -> World {
 
 /// Starts `gpuslice agent` on the world's state folder, looking every 100 ms.
 fn start_agent(world: &mut World) {
+    start_agent_with(world, &[]);
+}
+
+/// [`start_agent`] with more flags.
+fn start_agent_with(world: &mut World, flags: &[&str]) {
     let host = world.bench.dir.path().to_path_buf();
     let state = world.state.clone();
     let agent_log = world.agent_log.clone();
@@ -167,6 +172,7 @@ fn start_agent(world: &mut World) {
         .bench
         .plain(&world.bench.build.join("gpuslice"))
         .args(["agent", "--no-probe", "--enforce-interval-ms", "100"])
+        .args(flags)
         .arg("--socket")
         .arg(&socket)
         .arg("--state-dir")
@@ -311,4 +317,36 @@ fn the_agent_frees_the_ledger_entries_of_a_container_killed_as_a_whole() {
         "{text}"
     );
     assert!(!text.contains("killed it"), "{text}");
+}
+
+#[test]
+fn in_report_mode_the_agent_names_the_process_once_and_kills_nothing() {
+    if !namespaces_work() {
+        eprintln!(
+            "SKIPPED in_report_mode_the_agent_names_the_process_once_and_kills_nothing: needs root and util-linux (`unshare --mount --pid` failed here)"
+        );
+        return;
+    }
+    let mut world = world();
+    let big = world.start(Some("a"), &["init", "ctx", "alloc:1G"], "big");
+    start_agent_with(&mut world, &["--memory-enforcement", "report"]);
+    let start = Instant::now();
+    while !world.agent_text().contains("report only") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no report: {}",
+            world.agent_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Several looks later: still alive, reported once.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(alive(big), "{}", world.agent_text());
+    let text = world.agent_text();
+    assert_eq!(
+        text.matches("would kill it (report only)").count(),
+        1,
+        "{text}"
+    );
+    assert!(text.contains(&format!("PID {big} ")), "{text}");
 }
