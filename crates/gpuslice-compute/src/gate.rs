@@ -63,7 +63,7 @@ impl GateConfig {
             max_hold_ns: 40 * MS,
             max_inflight_ns: 2 * MS,
             max_pending: 1024,
-            recheck_ns: 100 * US,
+            recheck_ns: 250 * US,
             poll_ns: 200 * US,
             burst_quiet_ns: 100 * MS,
             alone_resume_ns: Some(500 * US),
@@ -113,6 +113,8 @@ pub struct Gate<'a> {
     releases_seen: u32,
     /// How many times [`Gate::step`] made a full check (for reports and tests).
     full_checks: u64,
+    /// How many rests the gate has begun (for reports and tests).
+    rests: u64,
 }
 
 impl<'a> Gate<'a> {
@@ -132,6 +134,7 @@ impl<'a> Gate<'a> {
             without_turn_since: 0,
             releases_seen: 0,
             full_checks: 0,
+            rests: 0,
         }
     }
 
@@ -204,6 +207,17 @@ impl<'a> Gate<'a> {
         if self.fast_go(now_ns) {
             return Step::Go;
         }
+        let step = self.check(now_ns, meter);
+        if step != Step::Go {
+            // The process is about to wait: its queued work must be measurable, and
+            // nothing more of it may join a group that waits for a next launch.
+            meter.seal();
+        }
+        step
+    }
+
+    /// A full check.
+    fn check(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
         self.full_checks += 1;
         let c = self.config;
         self.allowance = 0;
@@ -229,11 +243,15 @@ impl<'a> Gate<'a> {
             }
             _ => band,
         };
-        self.resting = if self.resting {
+        let was_resting = self.resting;
+        self.resting = if was_resting {
             debt > resume_at
         } else {
             debt > band
         };
+        if self.resting && !was_resting {
+            self.rests += 1;
+        }
         if self.resting {
             // Finish (and charge) what is queued, give the GPU to others, and rest.
             if meter.pending() > 0 {
@@ -322,6 +340,7 @@ impl<'a> Gate<'a> {
     /// Before the process goes quiet for a while (exit, a long synchronisation): charge
     /// what completed and give the turn up.
     pub fn pause(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) {
+        meter.seal();
         self.charge(now_ns, meter);
         if meter.pending() == 0 {
             self.give_up_turn(now_ns);
@@ -348,6 +367,11 @@ impl<'a> Gate<'a> {
     /// How many launches went through a full check rather than `fast_go`.
     pub fn full_checks(&self) -> u64 {
         self.full_checks
+    }
+
+    /// How many rests the gate has begun.
+    pub fn rests(&self) -> u64 {
+        self.rests
     }
 
     /// The slice's budget.

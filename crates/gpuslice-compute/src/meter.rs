@@ -1,16 +1,26 @@
 //! Measuring a process's GPU busy time with timing events.
 //!
-//! After each launch the process records one event on the launch's stream. When the
-//! event has completed, its timestamp is the moment that launch's work ended. The work
-//! began when the previous work on the same stream ended, or, if the stream had run dry,
-//! when the GPU reached it: for a launch into a stream that has drained (its newest
-//! pending launch, asked right before this one, has completed), an event is recorded
-//! just before the launch too, whose timestamp excludes the time the GPU spent on other
-//! processes' work and switching to this one. Where neither is known, the
+//! Launches on a stream are measured in groups: after the last launch of a group the
+//! process records one event on the stream. When the event has completed, its timestamp
+//! is the moment the group's work ended. The work began when the previous work on the
+//! same stream ended, or, if the stream had run dry, when the GPU reached it: for a
+//! launch into a stream that has drained (asked right before the launch), an event is
+//! recorded just before the launch too, whose timestamp excludes the time the GPU spent
+//! on other processes' work and switching to this one. Where neither is known, the
 //! submission time from the CPU clock is used, mapped onto the GPU's event clock by
 //! reference events recorded on a private idle stream (the mapping errs towards too
 //! early, so busy time is never under-counted by it).
 //! Busy intervals of several streams are merged, so overlapping streams count once.
+//!
+//! A timing event costs the GPU about two microseconds of a busy stream's time
+//! (`bench/event_cost.py`: 6.6% of the throughput of 27 µs kernels on four streams with
+//! one after every launch, nothing with one after every fourth). So a group holds one
+//! launch while its stream is shallow (its previous group has completed), and while the
+//! stream is deep as many launches as make about [`GROUP_GPU_NS`] of this process's GPU
+//! work, at most [`MAX_GROUP`]. A group still open when the process waits (the gate
+//! seals every open group first) or when its stream turns out to have drained is closed
+//! then; in the second case its end is estimated from the stream's measured time per
+//! launch, because the event recorded at that moment would count the idle time since.
 //!
 //! Event timestamps are read relative to a chain of reference events, re-based every
 //! 100 ms, so that the millisecond floats of `cuEventElapsedTime` never lose precision.
@@ -34,6 +44,8 @@ pub trait Timeline {
     fn record_private(&mut self, event: Self::Event) -> bool;
     /// Whether `event` has completed; `None` on an error.
     fn is_done(&mut self, event: Self::Event) -> Option<bool>;
+    /// Whether all work submitted to `stream` has completed; `None` on an error.
+    fn stream_idle(&mut self, stream: Self::Stream) -> Option<bool>;
     /// Blocks until `event` has completed; false on an error.
     fn wait(&mut self, event: Self::Event) -> bool;
     /// Nanoseconds from `from` to `to`, both completed.
@@ -55,6 +67,9 @@ pub trait BusyMeter {
     fn harvest(&mut self, now_ns: u64) -> Harvest;
     /// Launches whose work has not been harvested yet.
     fn pending(&self) -> usize;
+    /// Closes every open group of launches, so that all pending work can be waited
+    /// for and harvested. Called before the process waits.
+    fn seal(&mut self) {}
     /// An estimate of the GPU time still queued by this process.
     fn inflight_estimate_ns(&self) -> u64;
     /// How many more launches may be queued before the queue is full (an estimate).
@@ -65,14 +80,35 @@ pub trait BusyMeter {
     fn wait_all(&mut self);
 }
 
+/// A closed group of launches on one stream, timed by the event after its last.
 struct Mark<T: Timeline> {
     event: T::Event,
-    /// An event recorded just before the launch, when the stream was drained.
+    /// An event recorded just before the group's first launch, when the stream was
+    /// drained.
     start: Option<T::Event>,
     stream: T::Stream,
+    /// When the group's first launch was submitted (CPU clock).
     submitted_ns: u64,
     generation: u64,
+    launches: u32,
+    /// For a group closed after its stream had drained: the most GPU time it may be
+    /// charged (its event was recorded after the work, so it would count idle time).
+    cap_ns: Option<u64>,
 }
+
+/// Launches on a stream after its newest event: a group not yet closed. It takes the
+/// reference it is timed against when it is closed: a reference is kept only while a
+/// closed group needs it.
+struct OpenGroup<T: Timeline> {
+    start: Option<T::Event>,
+    submitted_ns: u64,
+    launches: u32,
+}
+
+/// The GPU work one group of launches should amount to (see the module comment).
+pub const GROUP_GPU_NS: u64 = 100_000;
+/// The most launches in one group.
+pub const MAX_GROUP: u32 = 8;
 
 struct Reference<T: Timeline> {
     generation: u64,
@@ -102,10 +138,21 @@ pub struct EventMeter<T: Timeline> {
     newest: HashMap<T::Stream, T::Event>,
     /// The start event recorded before the launch in progress.
     starting: Option<(T::Stream, T::Event)>,
+    /// Whether the stream of the launch in progress had work of an earlier group still
+    /// running when the launch was checked.
+    deep: bool,
+    /// Open groups, by stream.
+    open: HashMap<T::Stream, OpenGroup<T>>,
+    /// Launches in pending marks and open groups.
+    pending_launches: usize,
     offsets: VecDeque<i64>,
     horizon: i64,
+    /// GPU busy time per launch (overlapping streams counted once), a moving average.
     average_ns: u64,
+    /// Per stream: the time from one launch's end to the next one's, a moving average.
+    stream_average_ns: HashMap<T::Stream, u64>,
     lost: u64,
+    events_recorded: u64,
 }
 
 impl<T: Timeline> EventMeter<T> {
@@ -121,10 +168,15 @@ impl<T: Timeline> EventMeter<T> {
             last_end: HashMap::new(),
             newest: HashMap::new(),
             starting: None,
+            deep: false,
+            open: HashMap::new(),
+            pending_launches: 0,
             offsets: VecDeque::new(),
             horizon: i64::MIN,
             average_ns: 0,
+            stream_average_ns: HashMap::new(),
             lost: 0,
+            events_recorded: 0,
         };
         meter.rebase(now_ns);
         meter
@@ -133,8 +185,10 @@ impl<T: Timeline> EventMeter<T> {
     /// Starts over after the driver lost events (a destroyed context, a sticky error):
     /// pending launches are dropped as unmeasurable and a new time axis begins.
     fn reset(&mut self, now_ns: u64) {
-        self.lost += self.pending.len() as u64;
+        self.lost += self.pending_launches as u64;
+        self.pending_launches = 0;
         self.pending.clear();
+        self.open.clear();
         self.references.clear();
         self.free.clear();
         self.last_end.clear();
@@ -153,6 +207,11 @@ impl<T: Timeline> EventMeter<T> {
     /// Launches that could not be measured (driver errors).
     pub fn lost(&self) -> u64 {
         self.lost
+    }
+
+    /// Timing events recorded on the process's streams (ends and start marks).
+    pub fn events_recorded(&self) -> u64 {
+        self.events_recorded
     }
 
     fn take_event(&mut self) -> Option<T::Event> {
@@ -185,27 +244,48 @@ impl<T: Timeline> EventMeter<T> {
         if let Some((_, event)) = self.starting.take() {
             self.free.push(event);
         }
-        // Drained: nothing of it pending, or its newest pending launch has completed
-        // (asked now, so that a stream that ran dry since the last harvest is caught).
-        let drained = match self.newest.get(&stream) {
-            None => true,
-            Some(&event) => self.timeline.is_done(event) != Some(false),
+        // Whether an earlier group of this stream is still running (asked now, so that
+        // a stream that ran dry since the last harvest is caught).
+        self.deep = match self.newest.get(&stream) {
+            None => false,
+            Some(&event) => self.timeline.is_done(event) == Some(false),
         };
-        if !drained {
+        if self.deep {
+            return;
+        }
+        // The stream has drained if the launches of its open group (if any) have
+        // completed too.
+        if self.open.contains_key(&stream) {
+            if self.timeline.stream_idle(stream) != Some(true) {
+                return;
+            }
+            // Its end is estimated: an event recorded now would time the idle since.
+            self.close(stream, true);
+        }
+        // While other work of this process runs, the GPU is busy from this process's
+        // point of view whenever this launch starts: its start may be taken from the
+        // submission time (the busy intervals are merged), and the start mark, which
+        // costs as much CPU time as a fifth of a launch, is not needed.
+        if let Some(other) = self.pending.back()
+            && other.stream != stream
+            && self.timeline.is_done(other.event) == Some(false)
+        {
             return;
         }
         let Some(event) = self.take_event() else {
             return;
         };
         if self.timeline.record(event, stream) {
+            self.events_recorded += 1;
             self.starting = Some((stream, event));
         } else {
             self.free.push(event);
         }
     }
 
-    /// Records the end of a launch that was submitted at `submitted_ns` on `stream`.
-    /// False if it could not be measured.
+    /// After a launch that was submitted at `submitted_ns` on `stream`: adds it to the
+    /// stream's open group and closes the group when it is long enough. False if it
+    /// could not be measured.
     pub fn after_launch(&mut self, stream: T::Stream, submitted_ns: u64) -> bool {
         let start = match self.starting.take() {
             Some((s, event)) if s == stream => Some(event),
@@ -215,34 +295,83 @@ impl<T: Timeline> EventMeter<T> {
             }
             None => None,
         };
-        let recycle = |free: &mut Vec<T::Event>| {
+        if self.references.is_empty() {
             if let Some(e) = start {
-                free.push(e);
+                self.free.push(e);
             }
-        };
-        let Some(generation) = self.references.back().map(|r| r.generation) else {
-            recycle(&mut self.free);
-            self.lost += 1;
-            return false;
-        };
-        let Some(event) = self.take_event() else {
-            recycle(&mut self.free);
-            self.lost += 1;
-            return false;
-        };
-        if !self.timeline.record(event, stream) {
-            self.free.push(event);
-            recycle(&mut self.free);
             self.lost += 1;
             return false;
         }
+        if start.is_some() && self.open.contains_key(&stream) {
+            // A start mark is only recorded for a stream without an open group; should
+            // one exist anyway, it ends where the new work begins.
+            self.close(stream, false);
+        }
+        let group = self.open.entry(stream).or_insert(OpenGroup {
+            start,
+            submitted_ns,
+            launches: 0,
+        });
+        group.launches += 1;
+        self.pending_launches += 1;
+        let launches = group.launches;
+        if !self.deep || launches >= self.group_size() {
+            return self.close(stream, false);
+        }
+        true
+    }
+
+    /// How many launches a group on a deep stream holds.
+    fn group_size(&self) -> u32 {
+        match self.average_ns {
+            0 => 1,
+            avg => GROUP_GPU_NS.div_ceil(avg).clamp(1, u64::from(MAX_GROUP)) as u32,
+        }
+    }
+
+    /// Closes the open group of `stream` with an event recorded now. `estimated`: the
+    /// stream has drained, so the group's charge is capped by its launches' usual time.
+    /// False if the group could not be measured.
+    fn close(&mut self, stream: T::Stream, estimated: bool) -> bool {
+        let Some(group) = self.open.remove(&stream) else {
+            return true;
+        };
+        let lose = |me: &mut Self, group: OpenGroup<T>| {
+            if let Some(e) = group.start {
+                me.free.push(e);
+            }
+            me.lost += u64::from(group.launches);
+            me.pending_launches = me.pending_launches.saturating_sub(group.launches as usize);
+            false
+        };
+        let Some(generation) = self.references.back().map(|r| r.generation) else {
+            return lose(self, group);
+        };
+        let Some(event) = self.take_event() else {
+            return lose(self, group);
+        };
+        if !self.timeline.record(event, stream) {
+            self.free.push(event);
+            return lose(self, group);
+        }
+        self.events_recorded += 1;
+        let cap_ns = estimated.then(|| {
+            let per_launch = self
+                .stream_average_ns
+                .get(&stream)
+                .copied()
+                .unwrap_or(self.average_ns);
+            per_launch.saturating_mul(u64::from(group.launches))
+        });
         self.newest.insert(stream, event);
         self.pending.push_back(Mark {
             event,
-            start,
+            start: group.start,
             stream,
-            submitted_ns,
+            submitted_ns: group.submitted_ns,
             generation,
+            launches: group.launches,
+            cap_ns: cap_ns.filter(|&c| c > 0),
         });
         true
     }
@@ -357,6 +486,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
         let mut keep: VecDeque<Mark<T>> = VecDeque::with_capacity(self.pending.len());
         let marks: Vec<Mark<T>> = self.pending.drain(..).collect();
         let mut blocked_streams: Vec<T::Stream> = Vec::new();
+        let mut launches: u64 = 0;
         for m in marks {
             let left = budget.get_mut(&m.stream);
             let complete = matches!(left, Some(n) if *n > 0);
@@ -365,6 +495,22 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
                 continue;
             }
             let Some((reference, reference_at)) = self.reference_at(m.generation) else {
+                if self
+                    .references
+                    .front()
+                    .is_none_or(|r| r.generation > m.generation)
+                {
+                    // Its reference is gone (it never should be): unmeasurable, rather
+                    // than waited for forever.
+                    self.lost += u64::from(m.launches);
+                    self.pending_launches =
+                        self.pending_launches.saturating_sub(m.launches as usize);
+                    self.free.push(m.event);
+                    if let Some(se) = m.start {
+                        self.free.push(se);
+                    }
+                    continue;
+                }
                 // Its reference is not placed yet: keep it (and what follows on its
                 // stream) for the next harvest.
                 blocked_streams.push(m.stream);
@@ -379,7 +525,8 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
                 .elapsed_ns(reference, m.event)
                 .map(|d| reference_at + d)
             else {
-                self.lost += 1;
+                self.lost += u64::from(m.launches);
+                self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
                 self.free.push(m.event);
                 if let Some(se) = m.start {
                     self.free.push(se);
@@ -407,8 +554,19 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
                 (None, None) => end,
             }
             .min(end);
+            let end = match m.cap_ns {
+                Some(cap) => end.min(start.saturating_add(cap as i64)),
+                None => {
+                    let per_launch = (end - start).max(0) as u64 / u64::from(m.launches.max(1));
+                    let avg = self.stream_average_ns.entry(m.stream).or_insert(per_launch);
+                    *avg = (*avg * 7 + per_launch) / 8;
+                    end
+                }
+            };
             self.last_end.insert(m.stream, end);
             intervals.push((start, end));
+            launches += u64::from(m.launches);
+            self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
             self.free.push(m.event);
         }
         self.pending = keep;
@@ -420,7 +578,6 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
         if intervals.is_empty() {
             return Harvest::default();
         }
-        let marks = intervals.len() as u64;
         intervals.sort_unstable();
         let mut busy: i64 = 0;
         for &(start, end) in &intervals {
@@ -431,11 +588,11 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             self.horizon = self.horizon.max(end);
         }
         let busy = busy.max(0) as u64;
-        let per_mark = busy / marks;
+        let per_launch = busy / launches.max(1);
         self.average_ns = if self.average_ns == 0 {
-            per_mark
+            per_launch.max(1)
         } else {
-            (self.average_ns * 7 + per_mark) / 8
+            ((self.average_ns * 7 + per_launch) / 8).max(1)
         };
         let started_ns = match offset {
             Some(o) => (intervals[0].0 + o).max(0) as u64,
@@ -448,19 +605,29 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
     }
 
     fn pending(&self) -> usize {
-        self.pending.len()
+        self.pending_launches
+    }
+
+    fn seal(&mut self) {
+        let streams: Vec<T::Stream> = self.open.keys().copied().collect();
+        for stream in streams {
+            // A stream the process stopped using long ago (a side stream used once)
+            // has drained: an event recorded now would time the idle since.
+            let drained = self.timeline.stream_idle(stream) == Some(true);
+            self.close(stream, drained);
+        }
     }
 
     fn inflight_estimate_ns(&self) -> u64 {
-        if self.average_ns == 0 && self.pending.len() > UNMEASURED_PENDING {
+        if self.average_ns == 0 && self.pending_launches > UNMEASURED_PENDING {
             // Nothing measured yet: the work may be long, so queue little until it is.
             return u64::MAX;
         }
-        self.average_ns.saturating_mul(self.pending.len() as u64)
+        self.average_ns.saturating_mul(self.pending_launches as u64)
     }
 
     fn room(&self, max_inflight_ns: u64, max_pending: usize) -> usize {
-        let by_count = max_pending.saturating_sub(self.pending.len());
+        let by_count = max_pending.saturating_sub(self.pending_launches);
         // One launch more than the bound allows is always let through, so that the next
         // work is queued before the running work ends: the GPU never waits for the CPU
         // to notice a completion, however long each launch's work is.
@@ -469,10 +636,10 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             .checked_div(self.average_ns)
         {
             Some(n) => n as usize,
-            None => UNMEASURED_PENDING.saturating_sub(self.pending.len()),
+            None => UNMEASURED_PENDING.saturating_sub(self.pending_launches),
         };
         // With nothing queued, one launch may always go, however long it is.
-        let by_time = if self.pending.is_empty() {
+        let by_time = if self.pending_launches == 0 {
             by_time.max(1)
         } else {
             by_time
@@ -481,17 +648,22 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
     }
 
     fn wait_oldest(&mut self) {
+        if self.pending.is_empty() {
+            self.seal();
+        }
         if let Some(m) = self.pending.front() {
             let event = m.event;
             if !self.timeline.wait(event) {
                 // Unmeasurable: forget it rather than wait for it again.
-                self.lost += 1;
+                self.lost += u64::from(m.launches);
+                self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
                 self.pending.pop_front();
             }
         }
     }
 
     fn wait_all(&mut self) {
+        self.seal();
         let mut newest: HashMap<T::Stream, T::Event> = HashMap::new();
         for m in &self.pending {
             newest.insert(m.stream, m.event);
@@ -501,7 +673,8 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             failed |= !self.timeline.wait(event);
         }
         if failed {
-            self.lost += self.pending.len() as u64;
+            self.lost += self.pending_launches as u64;
+            self.pending_launches = 0;
             self.pending.clear();
         }
     }
@@ -515,6 +688,8 @@ mod tests {
     #[derive(Default)]
     struct Scripted {
         now: i64,
+        /// What `stream_idle` answers.
+        idle: bool,
         times: Vec<i64>,
         next_record: VecDeque<i64>,
     }
@@ -537,6 +712,9 @@ mod tests {
         }
         fn is_done(&mut self, event: usize) -> Option<bool> {
             Some(self.times[event] <= self.now - 1000)
+        }
+        fn stream_idle(&mut self, _stream: u8) -> Option<bool> {
+            Some(self.idle)
         }
         fn wait(&mut self, _event: usize) -> bool {
             true
@@ -640,5 +818,111 @@ mod tests {
         m.timeline().now = 30_000;
         assert_eq!(m.harvest(30_000).busy_ns, 10_000);
         assert_eq!(m.pending(), 0);
+    }
+
+    #[test]
+    fn a_group_left_open_on_a_stream_that_drained_is_charged_its_usual_time_not_the_idle() {
+        let mut m = EventMeter::new(
+            Scripted {
+                now: 10_000,
+                ..Scripted::default()
+            },
+            10_000,
+        );
+        // One launch of 2 000 ns teaches the meter the time per launch.
+        m.timeline().next_record.extend([10_000, 12_000]);
+        m.before_launch(1);
+        assert!(m.after_launch(1, 10_000));
+        m.timeline().now = 20_000;
+        assert_eq!(m.harvest(20_000).busy_ns, 2_000);
+        // A launch on the drained stream (start and end events: 20 000..22 000), then two
+        // more behind it: the stream is deep, so they wait in an open group.
+        m.timeline().next_record.extend([20_000, 22_000]);
+        m.before_launch(1);
+        assert!(m.after_launch(1, 20_000));
+        for at in [20_100, 20_200] {
+            m.before_launch(1);
+            assert!(m.after_launch(1, at));
+        }
+        assert_eq!(m.events_recorded(), 4, "the two launches share no event yet");
+        assert_eq!(m.pending(), 3);
+        // The process went quiet without the gate knowing; the next launch, at 60 000,
+        // finds the stream drained. The group's event, recorded only now (58 000 on the
+        // GPU axis), would charge the idle time: its charge is capped at two launches'
+        // usual 2 000 ns.
+        m.timeline().now = 60_000;
+        m.timeline().idle = true;
+        m.timeline().next_record.extend([58_000, 60_000, 61_000]);
+        m.before_launch(1);
+        assert!(m.after_launch(1, 60_000));
+        m.timeline().now = 70_000;
+        assert_eq!(m.harvest(70_000).busy_ns, 2_000 + 4_000 + 1_000);
+        assert_eq!(m.events_recorded(), 7);
+        assert_eq!(m.pending(), 0);
+    }
+
+    #[test]
+    fn sealing_closes_open_groups_so_that_waits_end() {
+        let mut m = EventMeter::new(
+            Scripted {
+                now: 10_000,
+                ..Scripted::default()
+            },
+            10_000,
+        );
+        m.timeline().next_record.extend([10_000, 12_000]);
+        m.before_launch(2);
+        assert!(m.after_launch(2, 10_000));
+        m.timeline().now = 20_000;
+        m.harvest(20_000);
+        m.timeline().next_record.extend([20_000, 22_000]);
+        m.before_launch(2);
+        assert!(m.after_launch(2, 20_000));
+        m.before_launch(2);
+        assert!(m.after_launch(2, 20_100));
+        // One launch is in an open group: no event to wait for until it is sealed.
+        m.timeline().next_record.extend([24_000]);
+        m.seal();
+        m.timeline().now = 30_000;
+        assert_eq!(m.harvest(30_000).busy_ns, 2_000 + 2_000);
+        assert_eq!(m.pending(), 0);
+    }
+
+    #[test]
+    fn a_group_open_across_rebases_is_still_measured() {
+        let mut m = EventMeter::new(
+            Scripted {
+                now: 10_000,
+                ..Scripted::default()
+            },
+            10_000,
+        );
+        m.timeline().next_record.extend([10_000, 12_000]);
+        m.before_launch(1);
+        assert!(m.after_launch(1, 10_000));
+        m.timeline().now = 20_000;
+        m.harvest(20_000);
+        m.timeline().next_record.extend([20_000, 22_000]);
+        m.before_launch(1);
+        assert!(m.after_launch(1, 20_000));
+        m.before_launch(1);
+        assert!(m.after_launch(1, 20_100));
+        // The group stays open while the meter re-bases twice and drops the references
+        // no closed group needs (the first version timed a group against the reference
+        // of its first launch, which could be dropped meanwhile: the group then waited
+        // for it forever, and a process resting until its queue drained hung).
+        for now in [200_000_000, 400_000_000] {
+            m.timeline().now = now;
+            m.harvest(now as u64);
+        }
+        // The stream has long drained: the seal's event (at 300 000 000) is capped at
+        // the group's usual time.
+        m.timeline().idle = true;
+        m.timeline().next_record.extend([300_000_000]);
+        m.seal();
+        m.timeline().now = 500_000_000;
+        assert_eq!(m.harvest(500_000_000).busy_ns, 2_000);
+        assert_eq!(m.pending(), 0);
+        assert_eq!(m.lost(), 0);
     }
 }

@@ -123,6 +123,11 @@ impl Timeline for SimTimeline {
         g.events.get(event).map(|&at| at <= g.now)
     }
 
+    fn stream_idle(&mut self, stream: u32) -> Option<bool> {
+        let g = self.gpu.borrow();
+        Some(g.stream_tail(self.process, stream) <= g.now)
+    }
+
     fn wait(&mut self, event: usize) -> bool {
         let mut g = self.gpu.borrow_mut();
         let Some(&at) = g.events.get(event) else {

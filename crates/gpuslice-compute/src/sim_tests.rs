@@ -537,3 +537,57 @@ fn a_slice_that_rests_alone_loses_no_time_to_waking_late() {
         );
     }
 }
+
+#[test]
+fn short_kernels_on_a_deep_queue_share_timing_events_and_are_charged_exactly() {
+    // A timing event costs the GPU time of its stream (bench/event_cost.py): the meter
+    // times a deep stream's launches in groups of about 100 µs of work. What it charges
+    // must still be what the GPU did, whether the process saturates the GPU or stops
+    // after a few launches without telling anyone (a synchronisation the gate does not
+    // see), leaving a group open that is closed only when its stream has drained.
+    let cases = [
+        (
+            Work::Saturate {
+                kernel_ns: 25 * US,
+                streams: 4,
+            },
+            50u32,
+        ),
+        (
+            Work::Saturate {
+                kernel_ns: 25 * US,
+                streams: 1,
+            },
+            75,
+        ),
+        (
+            Work::Light {
+                cpu_ns: 300 * US,
+                kernel_ns: 30 * US,
+                kernels: 7,
+            },
+            95,
+        ),
+    ];
+    for (work, limit) in cases {
+        let mut w = World::new();
+        let s = slice(1, limit, None);
+        let p = w.spawn(Some(&s), work, T0);
+        w.run_until(T0 + 3 * S);
+        let truth = w.gpu.borrow().busy_of(p, 0, u64::MAX);
+        let charged = s.busy.load(std::sync::atomic::Ordering::Relaxed);
+        let launches = w.gpu.borrow().kernels.len() as f64;
+        let events = w.procs[p].meter.as_ref().unwrap().events_recorded() as f64;
+        let error = (charged as f64 - truth as f64) / truth as f64 * 100.0;
+        assert!(
+            error.abs() <= 2.0,
+            "{work:?}: charged {charged} ns for {truth} ns of work ({error:+.2}%)"
+        );
+        if let Work::Saturate { .. } = work {
+            assert!(
+                events / launches <= 0.4,
+                "{work:?}: {events} timing events for {launches} launches"
+            );
+        }
+    }
+}

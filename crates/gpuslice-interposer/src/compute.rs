@@ -29,6 +29,7 @@ type CUevent = *mut c_void;
 type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
 type EventRecordFn = unsafe extern "C" fn(CUevent, CUstream) -> CUresult;
 type EventFn = unsafe extern "C" fn(CUevent) -> CUresult;
+type StreamFn = unsafe extern "C" fn(CUstream) -> CUresult;
 type ElapsedFn = unsafe extern "C" fn(*mut f32, CUevent, CUevent) -> CUresult;
 type StreamCreateFn = unsafe extern "C" fn(*mut CUstream, c_uint) -> CUresult;
 type CtxGetCurrentFn = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
@@ -166,6 +167,14 @@ impl Timeline for CudaTimeline {
         }
     }
 
+    fn stream_idle(&mut self, stream: StreamKey) -> Option<bool> {
+        match call_driver!(id::cuStreamQuery, StreamFn, stream.handle as CUstream) {
+            CUDA_SUCCESS => Some(true),
+            CUDA_ERROR_NOT_READY => Some(false),
+            _ => None,
+        }
+    }
+
     fn wait(&mut self, event: usize) -> bool {
         call_driver!(id::cuEventSynchronize, EventFn, event as CUevent) == CUDA_SUCCESS
     }
@@ -265,6 +274,8 @@ struct ContextCompute {
     report_since_ns: u64,
     report_busy_ns: u64,
     report_checks: u64,
+    report_rests: u64,
+    report_events: u64,
     launches: u64,
     name: String,
 }
@@ -281,23 +292,27 @@ impl ContextCompute {
         }
         let busy = self.gate.budget().busy_total_ns();
         let span = now_ns - self.report_since_ns;
-        let lost = match &self.meter {
-            Meter::Events(m) => m.lost(),
-            Meter::Nvml(_) => 0,
+        let (lost, events) = match &self.meter {
+            Meter::Events(m) => (m.lost(), m.events_recorded()),
+            Meter::Nvml(_) => (0, 0),
         };
         crate::log::line(
             gpuslice_config::LogLevel::Info,
             format_args!(
-                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} full gate checks, {} unmeasured)",
+                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} full gate checks, {} rests, {} timing events, {} unmeasured)",
                 self.name,
                 (busy - self.report_busy_ns) as f64 * 100.0 / span as f64,
                 span as f64 / 1e9,
                 self.launches,
                 self.gate.full_checks() - self.report_checks,
+                self.gate.rests() - self.report_rests,
+                events - self.report_events,
                 lost
             ),
         );
         self.report_checks = self.gate.full_checks();
+        self.report_rests = self.gate.rests();
+        self.report_events = events;
         self.report_since_ns = now_ns;
         self.report_busy_ns = busy;
         self.launches = 0;
@@ -403,6 +418,8 @@ impl Compute {
             report_since_ns: now,
             report_busy_ns,
             report_checks: 0,
+            report_rests: 0,
+            report_events: 0,
             launches: 0,
             name: format!("slice '{}' on {uuid}", s.name),
         })

@@ -153,6 +153,7 @@ driver_functions! {
     cuEventCreate => "cuEventCreate", Cuda, NONE;
     cuEventRecord => "cuEventRecord", Cuda, NONE;
     cuEventQuery => "cuEventQuery", Cuda, NONE;
+    cuStreamQuery => "cuStreamQuery", Cuda, NONE;
     cuEventSynchronize => "cuEventSynchronize", Cuda, NONE;
     cuEventElapsedTime => "cuEventElapsedTime", Cuda, NONE;
     cuEventElapsedTime_v2 => "cuEventElapsedTime_v2", Cuda, NONE;
