@@ -50,6 +50,19 @@ impl Driver {
         Ok(())
     }
 
+    /// `cuStreamQuery`: not ready while work queued on the stream has not completed.
+    fn query_stream(&mut self, s: Handle) -> Result<(), CUresult> {
+        let (sk, _, _) = self.stream(s)?;
+        if self.capturing(sk).is_some() {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+        }
+        if self.timing.stream_done(sk) {
+            Ok(())
+        } else {
+            Err(CUDA_ERROR_NOT_READY)
+        }
+    }
+
     fn capture_status(&self, s: Handle) -> Result<c_int, CUresult> {
         let (sk, _, _) = self.stream(s)?;
         Ok(if self.capturing(sk).is_some() {
@@ -121,7 +134,7 @@ pub unsafe extern "C" fn cuStreamSynchronize_ptsz(stream: Handle) -> CUresult {
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamQuery(stream: Handle) -> CUresult {
-    api("cuStreamQuery", |d| d.stream(stream).map(|_| ()))
+    api("cuStreamQuery", |d| d.query_stream(stream))
 }
 
 fn is_capturing(symbol: &str, stream: Handle, status: *mut c_int) -> CUresult {

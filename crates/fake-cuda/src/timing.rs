@@ -91,6 +91,15 @@ impl Timing {
         self.events.get(&ev).is_none_or(|&at| at <= self.now)
     }
 
+    /// Whether everything queued on stream `sk` has completed.
+    pub fn stream_done(&mut self, sk: u64) -> bool {
+        if !self.on() {
+            return true;
+        }
+        self.now += 100;
+        self.tails.get(&sk).is_none_or(|&at| at <= self.now)
+    }
+
     /// Waits for event `ev`.
     pub fn wait_event(&mut self, ev: u64) {
         if let Some(&at) = self.events.get(&ev) {

@@ -1,5 +1,5 @@
 /* Drives the fake libcuda.so.1 / libnvidia-ml.so.1 through dlopen, the way an application
- * (or the gpuslice interposer) would. Usage: fake_driver basic|features|visible.
+ * (or the gpuslice interposer) would. Usage: fake_driver basic|features|visible|empty|timing.
  * Prints "OK <mode>" and exits 0 on success; prints the failing line otherwise. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -340,6 +340,36 @@ static int empty(void) {
     return 0;
 }
 
+static int timing(void) {
+    /* FAKE_CUDA_KERNEL_US=1000: kernels take virtual time; queries follow it. */
+    CHECK(FN(cuInit, unsigned)(0));
+    primary_ctx(0);
+    u64 (*now)(void) = (u64(*)(void))sym_in(cuda, "fakeCudaClockNow");
+    void (*sleep_ns)(u64) = (void (*)(u64))sym_in(cuda, "fakeCudaClockSleep");
+    void *stream, *mod, *fn, *ev;
+    CHECK(FN(cuStreamCreate, void **, unsigned)(&stream, 0));
+    CHECK(FN(cuEventCreate, void **, unsigned)(&ev, 0));
+    CHECK(FN(cuModuleLoadData, void **, const void *)(&mod, "fake image"));
+    CHECK(FN(cuModuleGetFunction, void **, void *, const char *)(&fn, mod, "kernel"));
+    CHECK(FN(cuStreamQuery, void *)(stream));
+    u64 t0 = now();
+    for (int i = 0; i < 3; i++)
+        CHECK(FN(cuLaunchKernel, void *, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void *, void **, void **)(fn, 1, 1, 1, 32, 1, 1, 0, stream, NULL, NULL));
+    CHECK(FN(cuEventRecord, void *, void *)(ev, stream));
+    /* 3 ms of work queued: neither the stream nor the event is done yet (600: not ready). */
+    EXPECT(FN(cuStreamQuery, void *)(stream) == 600);
+    EXPECT(FN(cuEventQuery, void *)(ev) == 600);
+    /* Another stream is idle meanwhile. */
+    void *other;
+    CHECK(FN(cuStreamCreate, void **, unsigned)(&other, 0));
+    CHECK(FN(cuStreamQuery, void *)(other));
+    sleep_ns(t0 + 3100000 - now());
+    CHECK(FN(cuStreamQuery, void *)(stream));
+    CHECK(FN(cuEventQuery, void *)(ev));
+    puts("OK timing");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) return 2;
     open_libs();
@@ -347,5 +377,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "features")) return features();
     if (!strcmp(argv[1], "visible")) return visible();
     if (!strcmp(argv[1], "empty")) return empty();
+    if (!strcmp(argv[1], "timing")) return timing();
     return 2;
 }

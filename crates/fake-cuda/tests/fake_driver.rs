@@ -144,3 +144,11 @@ fn visible_devices_are_renumbered() {
         ],
     );
 }
+
+#[test]
+fn streams_and_events_complete_on_the_virtual_clock() {
+    let Some(f) = Fixture::new("timing") else {
+        return;
+    };
+    f.run("timing", &[("FAKE_CUDA_KERNEL_US", "1000")]);
+}
