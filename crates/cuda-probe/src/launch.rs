@@ -270,6 +270,8 @@ impl Kernels {
 /// Runs launches of `kind` for `ms` milliseconds of the driver's clock and reports
 /// what the GPU did. `light`: each iteration waits 1 ms on the CPU, launches two
 /// kernels and waits for them. `graph`: launches a graph of 4 kernel nodes.
+/// `sidestream`: kernels, and once, after 1000 of them, four on a second stream that is
+/// not used again.
 pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     let stream = cu.stream_create();
     let kernels = match Kernels::load(cu, stream) {
@@ -281,6 +283,11 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
             Ok(e) => e,
             Err(rc) => return format!("rc={rc} stage=graph"),
         }
+    } else {
+        null_mut()
+    };
+    let side_stream = if kind == "sidestream" {
+        cu.stream_create()
     } else {
         null_mut()
     };
@@ -298,6 +305,23 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
                 let b = kernels.launch(cu, "kernel");
                 let c = cu.stream_sync(stream);
                 a.max(b).max(c)
+            }
+            "sidestream" => {
+                // A few launches on a second stream, once, then that stream is never used
+                // again (as PyTorch does with a graph's warm-up stream).
+                if iterations == 1000 {
+                    let side = Kernels {
+                        func: kernels.func,
+                        stream: side_stream,
+                    };
+                    for _ in 0..4 {
+                        let rc = side.launch(cu, "kernel");
+                        if rc != 0 {
+                            return format!("rc={rc} stage=side iterations={iterations}");
+                        }
+                    }
+                }
+                kernels.launch(cu, "kernel")
             }
             other => kernels.launch(cu, other),
         };

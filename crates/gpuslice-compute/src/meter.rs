@@ -844,7 +844,11 @@ mod tests {
             m.before_launch(1);
             assert!(m.after_launch(1, at));
         }
-        assert_eq!(m.events_recorded(), 4, "the two launches share no event yet");
+        assert_eq!(
+            m.events_recorded(),
+            4,
+            "the two launches share no event yet"
+        );
         assert_eq!(m.pending(), 3);
         // The process went quiet without the gate knowing; the next launch, at 60 000,
         // finds the stream drained. The group's event, recorded only now (58 000 on the

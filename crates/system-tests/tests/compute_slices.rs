@@ -310,3 +310,32 @@ fn the_tuning_variables_keep_the_share() {
         r.stderr
     );
 }
+
+#[test]
+fn a_stream_used_a_few_times_and_abandoned_neither_hangs_nor_skews_the_share() {
+    // Short kernels: the meter times a deep stream's launches in groups, so the second
+    // stream's last launches are left in an open group that nothing closes until the
+    // gate seals it before the process next waits. That group must be measured, and
+    // measured once, through the real interposer. (The hang the first version of the
+    // groups had needs such a group to stay open through two re-bases of the meter
+    // before a wait; the meter's unit test `a_group_open_across_rebases_is_still_measured`
+    // builds exactly that.)
+    let mut bench = Bench::new();
+    bench.set("FAKE_CUDA_KERNEL_US", "30");
+    for limit in [10u64, 50] {
+        let l = ledger(&bench, &format!("side{limit}"));
+        let (share, iterations) = share(
+            &bench,
+            &[
+                ("GPUSLICE_COMPUTE", &limit.to_string()),
+                ("GPUSLICE_LEDGER", &l),
+            ],
+            "sidestream",
+        );
+        assert!(iterations > 1000, "{iterations} iterations");
+        assert!(
+            share.abs_diff(limit * 10) <= 15,
+            "limit {limit}%: {share} per mille"
+        );
+    }
+}
