@@ -227,11 +227,21 @@ fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_e
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let text = world.agent_text();
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("PID {big} ")))
-        .unwrap_or_else(|| panic!("no line about PID {big}: {text}"));
+    // The agent writes its line once the kill has gone through, which the test may see
+    // first.
+    let wanted = format!("PID {big} ");
+    let start = Instant::now();
+    let line = loop {
+        let text = world.agent_text();
+        if let Some(line) = text.lines().find(|l| l.contains(&wanted)) {
+            break line.to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no line about PID {big}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(
         line.contains("slice 'a'") && line.contains("limit of 1GiB") && line.contains("killed it"),
         "{line}"
@@ -311,11 +321,17 @@ fn the_agent_frees_the_ledger_entries_of_a_container_killed_as_a_whole() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(alive(live), "the live container runs on");
-    let text = world.agent_text();
-    assert!(
-        text.contains("slice 'a': freed 1 ledger entry of processes that are gone"),
-        "{text}"
-    );
+    // The agent writes its line after the ledger has changed, which the test may see
+    // first.
+    let start = Instant::now();
+    let text = loop {
+        let text = world.agent_text();
+        if text.contains("slice 'a': freed 1 ledger entry of processes that are gone") {
+            break text;
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     assert!(!text.contains("killed it"), "{text}");
 }
 
