@@ -159,6 +159,9 @@ def main():
     ap.add_argument("--skip", default="", help="comma list of: limits,nvml,pair,burst,light")
     ap.add_argument("--slice-env", action="append", default=[], metavar="NAME=VALUE",
                     help="one more variable for every limited process, e.g. GPUSLICE_COMPUTE_BAND_MS=10")
+    ap.add_argument("--reports", action="store_true",
+                    help="print the interposer's 2-second reports (share used, launches, full "
+                         "gate checks, rests, timing events) after the table")
     ap.add_argument("--fake", action="store_true")
     args = ap.parse_args()
     args.slice_env = dict(kv.split("=", 1) for kv in args.slice_env)
@@ -351,6 +354,9 @@ def main():
         row(f"{label:>12}", *[f"{n} {res[n].get('clock_mhz')}/{res[n].get('power_w')}"
                               for n in names if n in res])
     lines.append(f"native rates (/s): " + ", ".join(f"{n}={native[n]['rate']:.1f}" for n in names if n in native))
+    if args.reports:
+        lines.append("interposer reports:")
+        lines.extend("  " + r.split("gpuslice: ", 1)[-1] for r in REPORTS)
     lines.append(f"{fails} failed; total {time.time() - t_start:.0f}s")
     print("\n".join(lines))
     if os.environ.get("OUT"):
