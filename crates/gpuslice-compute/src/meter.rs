@@ -724,15 +724,30 @@ mod tests {
         }
     }
 
-    #[test]
-    fn overlapping_streams_count_once_and_idle_gaps_not_at_all() {
-        let mut m = EventMeter::new(
+    /// A meter over a scripted timeline at 10 000 ns (GPU axis = CPU time - 1000).
+    fn meter_at_10_000() -> EventMeter<Scripted> {
+        EventMeter::new(
             Scripted {
                 now: 10_000,
                 ..Scripted::default()
             },
             10_000,
-        );
+        )
+    }
+
+    /// One launch of 2 000 ns on `stream` (10 000..12 000), harvested at 20 000: the
+    /// meter has learned the time per launch.
+    fn learn_a_launch(m: &mut EventMeter<Scripted>, stream: u8) {
+        m.timeline().next_record.extend([10_000, 12_000]);
+        m.before_launch(stream);
+        assert!(m.after_launch(stream, 10_000));
+        m.timeline().now = 20_000;
+        assert_eq!(m.harvest(20_000).busy_ns, 2_000);
+    }
+
+    #[test]
+    fn overlapping_streams_count_once_and_idle_gaps_not_at_all() {
+        let mut m = meter_at_10_000();
         // GPU axis = CPU time - 1000. Stream 1: submitted at 10 000, ends at 19 000
         // (runs 9 000..19 000 on the GPU axis... i.e. 10 000 ns from its submission).
         // Stream 2: submitted at 12 000, ends at 15 000 (inside stream 1's work).
@@ -751,13 +766,7 @@ mod tests {
 
     #[test]
     fn a_start_mark_on_a_drained_stream_times_the_start_of_the_work() {
-        let mut m = EventMeter::new(
-            Scripted {
-                now: 10_000,
-                ..Scripted::default()
-            },
-            10_000,
-        );
+        let mut m = meter_at_10_000();
         // Submitted at 10 000 (GPU axis 9 000), but the GPU reached it only at 15 000
         // (it was running another process's work): the start mark says so.
         m.timeline().next_record.extend([15_000, 18_000]);
@@ -775,13 +784,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_ran_dry_since_the_last_harvest_gets_a_start_mark() {
-        let mut m = EventMeter::new(
-            Scripted {
-                now: 10_000,
-                ..Scripted::default()
-            },
-            10_000,
-        );
+        let mut m = meter_at_10_000();
         // First launch: 10 000..12 000 on the GPU axis.
         m.timeline().next_record.extend([10_000, 12_000]);
         m.before_launch(4);
@@ -799,13 +802,7 @@ mod tests {
 
     #[test]
     fn work_queued_behind_other_work_starts_when_that_ends() {
-        let mut m = EventMeter::new(
-            Scripted {
-                now: 10_000,
-                ..Scripted::default()
-            },
-            10_000,
-        );
+        let mut m = meter_at_10_000();
         // Three launches submitted at once on one stream, 5 000 ns each.
         m.timeline().next_record.extend([14_000, 19_000, 24_000]);
         for _ in 0..3 {
@@ -822,19 +819,8 @@ mod tests {
 
     #[test]
     fn a_group_left_open_on_a_stream_that_drained_is_charged_its_usual_time_not_the_idle() {
-        let mut m = EventMeter::new(
-            Scripted {
-                now: 10_000,
-                ..Scripted::default()
-            },
-            10_000,
-        );
-        // One launch of 2 000 ns teaches the meter the time per launch.
-        m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(1);
-        assert!(m.after_launch(1, 10_000));
-        m.timeline().now = 20_000;
-        assert_eq!(m.harvest(20_000).busy_ns, 2_000);
+        let mut m = meter_at_10_000();
+        learn_a_launch(&mut m, 1);
         // A launch on the drained stream (start and end events: 20 000..22 000), then two
         // more behind it: the stream is deep, so they wait in an open group.
         m.timeline().next_record.extend([20_000, 22_000]);
@@ -867,18 +853,8 @@ mod tests {
 
     #[test]
     fn sealing_closes_open_groups_so_that_waits_end() {
-        let mut m = EventMeter::new(
-            Scripted {
-                now: 10_000,
-                ..Scripted::default()
-            },
-            10_000,
-        );
-        m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(2);
-        assert!(m.after_launch(2, 10_000));
-        m.timeline().now = 20_000;
-        m.harvest(20_000);
+        let mut m = meter_at_10_000();
+        learn_a_launch(&mut m, 2);
         m.timeline().next_record.extend([20_000, 22_000]);
         m.before_launch(2);
         assert!(m.after_launch(2, 20_000));
@@ -894,18 +870,8 @@ mod tests {
 
     #[test]
     fn a_group_open_across_rebases_is_still_measured() {
-        let mut m = EventMeter::new(
-            Scripted {
-                now: 10_000,
-                ..Scripted::default()
-            },
-            10_000,
-        );
-        m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(1);
-        assert!(m.after_launch(1, 10_000));
-        m.timeline().now = 20_000;
-        m.harvest(20_000);
+        let mut m = meter_at_10_000();
+        learn_a_launch(&mut m, 1);
         m.timeline().next_record.extend([20_000, 22_000]);
         m.before_launch(1);
         assert!(m.after_launch(1, 20_000));
