@@ -94,16 +94,16 @@ cleanup() {
 }
 
 print_table() {
-    local i pass=0 fail=0 skip=0
+    local i pass=0 fail=0 skip=0 info=0
     echo
     printf '%-24s | %-6s | %s\n' check result detail
     printf '%s\n' "-------------------------+--------+------------------------------------------------------------"
     for i in "${!R_NAME[@]}"; do
         printf '%-24s | %-6s | %s\n' "${R_NAME[$i]}" "${R_RES[$i]}" "$(printf '%s' "${R_DET[$i]}" | tr '\n' ' ' | cut -c1-230)"
-        case "${R_RES[$i]}" in PASS) pass=$((pass + 1)) ;; FAIL) fail=$((fail + 1)) ;; *) skip=$((skip + 1)) ;; esac
+        case "${R_RES[$i]}" in PASS) pass=$((pass + 1)) ;; FAIL) fail=$((fail + 1)) ;; INFO) info=$((info + 1)) ;; *) skip=$((skip + 1)) ;; esac
     done
     echo "runtime: $RUNTIME_NAME; total time $((SECONDS - START))s; logs: $LOGDIR"
-    echo "$pass passed, $fail failed, $skip skipped"
+    echo "$pass passed, $fail failed, $skip skipped ($info for information only)"
     [ "$fail" -eq 0 ]
 }
 

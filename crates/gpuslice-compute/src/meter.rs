@@ -50,8 +50,6 @@ pub trait Timeline {
     fn wait(&mut self, event: Self::Event) -> bool;
     /// Nanoseconds from `from` to `to`, both completed.
     fn elapsed_ns(&mut self, from: Self::Event, to: Self::Event) -> Option<i64>;
-    /// The CPU clock the caller's times are on, now.
-    fn now_ns(&mut self) -> u64;
 }
 
 /// What a harvest of completed work found.
@@ -91,8 +89,6 @@ struct Mark<T: Timeline> {
     stream: T::Stream,
     /// When the group's first launch was submitted (CPU clock).
     submitted_ns: u64,
-    /// When the launch call of the group's first launch returned (CPU clock).
-    launched_ns: u64,
     generation: u64,
     launches: u32,
     /// For a group closed after its stream had drained: the most GPU time it may be
@@ -106,7 +102,6 @@ struct Mark<T: Timeline> {
 struct OpenGroup<T: Timeline> {
     start: Option<T::Event>,
     submitted_ns: u64,
-    launched_ns: u64,
     launches: u32,
 }
 
@@ -119,8 +114,6 @@ struct Reference<T: Timeline> {
     generation: u64,
     event: T::Event,
     recorded_ns: u64,
-    /// When the call that recorded it returned.
-    recorded_after_ns: u64,
     /// Position on the meter's GPU time axis, once the event has completed.
     at: Option<i64>,
     /// Whether this reference starts the time axis (it is at 0).
@@ -143,8 +136,6 @@ pub struct EventMeter<T: Timeline> {
     last_end: HashMap<T::Stream, i64>,
     /// For each stream with pending launches, the event of its newest group.
     newest: HashMap<T::Stream, T::Event>,
-    /// For each stream with two groups pending, the event of the older of the two.
-    second: HashMap<T::Stream, T::Event>,
     /// The start event recorded before the launch in progress.
     starting: Option<(T::Stream, T::Event)>,
     /// Whether the stream of the launch in progress had work of an earlier group still
@@ -155,11 +146,6 @@ pub struct EventMeter<T: Timeline> {
     /// Launches in pending marks and open groups.
     pending_launches: usize,
     offsets: VecDeque<i64>,
-    /// The same, from the CPU time after each reference's record call.
-    after_offsets: VecDeque<i64>,
-    /// Whether a launch's work starts no earlier than the end of its launch call
-    /// (`GPUSLICE_COMPUTE_START=after-call`).
-    start_after_call: bool,
     horizon: i64,
     /// GPU busy time per launch (overlapping streams counted once), a moving average.
     average_ns: u64,
@@ -181,14 +167,11 @@ impl<T: Timeline> EventMeter<T> {
             last_rebase_ns: 0,
             last_end: HashMap::new(),
             newest: HashMap::new(),
-            second: HashMap::new(),
             starting: None,
             deep: false,
             open: HashMap::new(),
             pending_launches: 0,
             offsets: VecDeque::new(),
-            after_offsets: VecDeque::new(),
-            start_after_call: false,
             horizon: i64::MIN,
             average_ns: 0,
             stream_average_ns: HashMap::new(),
@@ -210,10 +193,8 @@ impl<T: Timeline> EventMeter<T> {
         self.free.clear();
         self.last_end.clear();
         self.newest.clear();
-        self.second.clear();
         self.starting = None;
         self.offsets.clear();
-        self.after_offsets.clear();
         self.horizon = i64::MIN;
         self.rebase(now_ns);
     }
@@ -245,13 +226,11 @@ impl<T: Timeline> EventMeter<T> {
             self.free.push(event);
             return;
         }
-        let recorded_after_ns = self.timeline.now_ns();
         let epoch = self.references.is_empty();
         self.references.push_back(Reference {
             generation: self.next_generation,
             event,
             recorded_ns: now_ns,
-            recorded_after_ns,
             at: None,
             epoch,
         });
@@ -265,25 +244,13 @@ impl<T: Timeline> EventMeter<T> {
         if let Some((_, event)) = self.starting.take() {
             self.free.push(event);
         }
-        // Deep: the newest group of this stream is still running (asked now, so that a
-        // stream that ran dry since the last harvest is caught). With after-call starts
-        // (experimental), a whole group must be queued behind one still running: with
-        // only the newest running, the next kernel may reach the GPU, a launch call and
-        // its latency later, after that group has ended, and a group spanning both
-        // would charge the gap that the after-call start is there to leave out.
-        let pending = |me: &mut Self, map: fn(&Self) -> &HashMap<T::Stream, T::Event>| {
-            map(me)
-                .get(&stream)
-                .copied()
-                .is_some_and(|e| me.timeline.is_done(e) == Some(false))
+        // Whether an earlier group of this stream is still running (asked now, so that
+        // a stream that ran dry since the last harvest is caught).
+        self.deep = match self.newest.get(&stream) {
+            None => false,
+            Some(&event) => self.timeline.is_done(event) == Some(false),
         };
-        let newest_pending = pending(self, |me| &me.newest);
-        self.deep = if self.start_after_call {
-            newest_pending && pending(self, |me| &me.second)
-        } else {
-            newest_pending
-        };
-        if newest_pending {
+        if self.deep {
             return;
         }
         // The stream has drained if the launches of its open group (if any) have
@@ -319,7 +286,7 @@ impl<T: Timeline> EventMeter<T> {
     /// After a launch that was submitted at `submitted_ns` on `stream`: adds it to the
     /// stream's open group and closes the group when it is long enough. False if it
     /// could not be measured.
-    pub fn after_launch(&mut self, stream: T::Stream, submitted_ns: u64, launched_ns: u64) -> bool {
+    pub fn after_launch(&mut self, stream: T::Stream, submitted_ns: u64) -> bool {
         let start = match self.starting.take() {
             Some((s, event)) if s == stream => Some(event),
             Some((_, event)) => {
@@ -343,7 +310,6 @@ impl<T: Timeline> EventMeter<T> {
         let group = self.open.entry(stream).or_insert(OpenGroup {
             start,
             submitted_ns,
-            launched_ns,
             launches: 0,
         });
         group.launches += 1;
@@ -397,15 +363,12 @@ impl<T: Timeline> EventMeter<T> {
                 .unwrap_or(self.average_ns);
             per_launch.saturating_mul(u64::from(group.launches))
         });
-        if let Some(older) = self.newest.insert(stream, event) {
-            self.second.insert(stream, older);
-        }
+        self.newest.insert(stream, event);
         self.pending.push_back(Mark {
             event,
             start: group.start,
             stream,
             submitted_ns: group.submitted_ns,
-            launched_ns: group.launched_ns,
             generation,
             launches: group.launches,
             cap_ns: cap_ns.filter(|&c| c > 0),
@@ -447,11 +410,6 @@ impl<T: Timeline> EventMeter<T> {
             if self.offsets.len() > OFFSET_SAMPLES {
                 self.offsets.pop_front();
             }
-            self.after_offsets
-                .push_back(self.references[i].recorded_after_ns as i64 - at);
-            if self.after_offsets.len() > OFFSET_SAMPLES {
-                self.after_offsets.pop_front();
-            }
         }
         // Drop references no pending launch needs, keeping the newest resolved one.
         while self.references.len() > 1 && self.references[1].at.is_some() {
@@ -470,26 +428,6 @@ impl<T: Timeline> EventMeter<T> {
     /// no later than the earliest moment its work could start.
     fn offset(&self) -> Option<i64> {
         self.offsets.iter().copied().max()
-    }
-
-    /// The same from the end of the record calls: the end of a launch call maps to the
-    /// moment an event recorded by it would have been reached, at the least latency
-    /// seen. A kernel reaches the GPU no sooner than an event, so its work starts no
-    /// earlier than that.
-    fn after_offset(&self) -> Option<i64> {
-        self.after_offsets.iter().copied().max()
-    }
-
-    /// Experimental (`GPUSLICE_COMPUTE_START=after-call`): a launch's work starts no
-    /// earlier than the end of its launch call, so that the CPU time of the call, during
-    /// which a start mark recorded before it is already reached, is not charged.
-    pub fn set_start_after_call(&mut self, on: bool) {
-        self.start_after_call = on;
-    }
-
-    /// Whether launches start no earlier than the end of their launch call.
-    pub fn start_after_call(&self) -> bool {
-        self.start_after_call
     }
 
     fn reference_at(&self, generation: u64) -> Option<(T::Event, i64)> {
@@ -544,7 +482,6 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
         }
         let mut budget = self.completed_per_stream();
         let offset = self.offset();
-        let after_offset = self.after_offset().filter(|_| self.start_after_call);
         let mut intervals: Vec<(i64, i64)> = Vec::new();
         let mut keep: VecDeque<Mark<T>> = VecDeque::with_capacity(self.pending.len());
         let marks: Vec<Mark<T>> = self.pending.drain(..).collect();
@@ -605,12 +542,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
                     .map(|d| reference_at + d),
                 None => None,
             }
-            .or_else(|| offset.map(|o| m.submitted_ns as i64 - o));
-            let began = match (began, after_offset) {
-                (Some(b), Some(o)) => Some(b.max(m.launched_ns as i64 - o)),
-                (None, Some(o)) => Some(m.launched_ns as i64 - o),
-                (b, None) => b,
-            }
+            .or_else(|| offset.map(|o| m.submitted_ns as i64 - o))
             .map(|s| s.min(end));
             if let Some(se) = m.start {
                 self.free.push(se);
@@ -640,11 +572,8 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
         self.pending = keep;
         // A stream with nothing pending has drained: its next launch gets a start mark.
         self.newest.clear();
-        self.second.clear();
         for m in &self.pending {
-            if let Some(older) = self.newest.insert(m.stream, m.event) {
-                self.second.insert(m.stream, older);
-            }
+            self.newest.insert(m.stream, m.event);
         }
         if intervals.is_empty() {
             return Harvest::default();
@@ -793,9 +722,6 @@ mod tests {
         fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
             Some(self.times[to] - self.times[from])
         }
-        fn now_ns(&mut self) -> u64 {
-            self.now as u64
-        }
     }
 
     /// A meter over a scripted timeline at 10 000 ns (GPU axis = CPU time - 1000).
@@ -814,7 +740,7 @@ mod tests {
     fn learn_a_launch(m: &mut EventMeter<Scripted>, stream: u8) {
         m.timeline().next_record.extend([10_000, 12_000]);
         m.before_launch(stream);
-        assert!(m.after_launch(stream, 10_000, 10_000));
+        assert!(m.after_launch(stream, 10_000));
         m.timeline().now = 20_000;
         assert_eq!(m.harvest(20_000).busy_ns, 2_000);
     }
@@ -827,9 +753,9 @@ mod tests {
         // Stream 2: submitted at 12 000, ends at 15 000 (inside stream 1's work).
         // Stream 1 again: submitted at 40 000 after an idle gap, ends at 44 000.
         m.timeline().next_record.extend([18_000, 14_000, 43_000]);
-        assert!(m.after_launch(1, 10_000, 10_000));
-        assert!(m.after_launch(2, 12_000, 12_000));
-        assert!(m.after_launch(1, 40_000, 40_000));
+        assert!(m.after_launch(1, 10_000));
+        assert!(m.after_launch(2, 12_000));
+        assert!(m.after_launch(1, 40_000));
         m.timeline().now = 50_000;
         let h = m.harvest(50_000);
         // 9 000 + 0 (overlap) + 4 000: the gap between 19 000 and 40 000 is idle.
@@ -845,13 +771,13 @@ mod tests {
         // (it was running another process's work): the start mark says so.
         m.timeline().next_record.extend([15_000, 18_000]);
         m.before_launch(3);
-        assert!(m.after_launch(3, 10_000, 10_000));
+        assert!(m.after_launch(3, 10_000));
         m.timeline().now = 30_000;
         assert_eq!(m.harvest(30_000).busy_ns, 3_000);
         // The stream has drained again: the next launch gets a start mark too.
         m.timeline().next_record.extend([25_000, 26_000]);
         m.before_launch(3);
-        assert!(m.after_launch(3, 24_000, 24_000));
+        assert!(m.after_launch(3, 24_000));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 1_000);
     }
@@ -862,14 +788,14 @@ mod tests {
         // First launch: 10 000..12 000 on the GPU axis.
         m.timeline().next_record.extend([10_000, 12_000]);
         m.before_launch(4);
-        assert!(m.after_launch(4, 11_000, 11_000));
+        assert!(m.after_launch(4, 11_000));
         // No harvest since, but that work has completed: the next launch, submitted at
         // 20 000, is reached by the GPU only at 30 000 (another process ran), and its
         // start mark says so. Without it the wait would be charged as busy.
         m.timeline().now = 20_000;
         m.timeline().next_record.extend([30_000, 31_000]);
         m.before_launch(4);
-        assert!(m.after_launch(4, 20_000, 20_000));
+        assert!(m.after_launch(4, 20_000));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 2_000 + 1_000);
     }
@@ -880,7 +806,7 @@ mod tests {
         // Three launches submitted at once on one stream, 5 000 ns each.
         m.timeline().next_record.extend([14_000, 19_000, 24_000]);
         for _ in 0..3 {
-            m.after_launch(7, 10_000, 10_000);
+            m.after_launch(7, 10_000);
         }
         // Only the first has completed.
         m.timeline().now = 16_000;
@@ -899,10 +825,10 @@ mod tests {
         // more behind it: the stream is deep, so they wait in an open group.
         m.timeline().next_record.extend([20_000, 22_000]);
         m.before_launch(1);
-        assert!(m.after_launch(1, 20_000, 20_000));
+        assert!(m.after_launch(1, 20_000));
         for at in [20_100, 20_200] {
             m.before_launch(1);
-            assert!(m.after_launch(1, at, at));
+            assert!(m.after_launch(1, at));
         }
         assert_eq!(
             m.events_recorded(),
@@ -918,58 +844,11 @@ mod tests {
         m.timeline().idle = true;
         m.timeline().next_record.extend([58_000, 60_000, 61_000]);
         m.before_launch(1);
-        assert!(m.after_launch(1, 60_000, 60_000));
+        assert!(m.after_launch(1, 60_000));
         m.timeline().now = 70_000;
         assert_eq!(m.harvest(70_000).busy_ns, 2_000 + 4_000 + 1_000);
         assert_eq!(m.events_recorded(), 7);
         assert_eq!(m.pending(), 0);
-    }
-
-    #[test]
-    fn with_after_call_starts_only_a_stream_with_a_whole_group_queued_is_deep() {
-        // With only the newest group still running, the next launch may reach the GPU
-        // after that group has ended. With after-call starts it gets an event of its
-        // own, so that its start can be told apart from the end of the work before it,
-        // and the gap is not charged. By default it opens a group (closed by the seal
-        // here), and its start is the end of the work before it.
-        for (after_call, busy) in [(false, 2_000 + 8_000), (true, 2_000 + 3_500)] {
-            let mut m = meter_at_10_000();
-            m.set_start_after_call(after_call);
-            learn_a_launch(&mut m, 1);
-            m.timeline().next_record.extend([20_000, 22_000, 30_000]);
-            m.before_launch(1);
-            assert!(m.after_launch(1, 20_000, 20_000));
-            // Submitted while the first still runs; its call returns at 27 500 (26 500
-            // on the GPU axis), and it runs 28 000..30 000.
-            m.before_launch(1);
-            assert!(m.after_launch(1, 20_100, 27_500));
-            assert_eq!(m.pending(), 2);
-            assert_eq!(
-                m.events_recorded(),
-                if after_call { 5 } else { 4 },
-                "after-call: {after_call}"
-            );
-            m.seal();
-            m.timeline().now = 40_000;
-            assert_eq!(m.harvest(40_000).busy_ns, busy, "after-call: {after_call}");
-        }
-    }
-
-    #[test]
-    fn after_call_starts_exclude_the_launch_call() {
-        // GPU axis = CPU time - 1000. A launch onto a drained stream: its start mark is
-        // reached at 20 000 (CPU 21 000), but the launch call returns only at CPU 24 000:
-        // its kernel runs 23 000..25 000.
-        for (after_call, busy) in [(false, 5_000), (true, 2_000)] {
-            let mut m = meter_at_10_000();
-            m.set_start_after_call(after_call);
-            learn_a_launch(&mut m, 1);
-            m.timeline().next_record.extend([20_000, 25_000]);
-            m.before_launch(1);
-            assert!(m.after_launch(1, 21_000, 24_000));
-            m.timeline().now = 40_000;
-            assert_eq!(m.harvest(40_000).busy_ns, busy, "after-call: {after_call}");
-        }
     }
 
     #[test]
@@ -978,9 +857,9 @@ mod tests {
         learn_a_launch(&mut m, 2);
         m.timeline().next_record.extend([20_000, 22_000]);
         m.before_launch(2);
-        assert!(m.after_launch(2, 20_000, 20_000));
+        assert!(m.after_launch(2, 20_000));
         m.before_launch(2);
-        assert!(m.after_launch(2, 20_100, 20_100));
+        assert!(m.after_launch(2, 20_100));
         // One launch is in an open group: no event to wait for until it is sealed.
         m.timeline().next_record.extend([24_000]);
         m.seal();
@@ -995,9 +874,9 @@ mod tests {
         learn_a_launch(&mut m, 1);
         m.timeline().next_record.extend([20_000, 22_000]);
         m.before_launch(1);
-        assert!(m.after_launch(1, 20_000, 20_000));
+        assert!(m.after_launch(1, 20_000));
         m.before_launch(1);
-        assert!(m.after_launch(1, 20_100, 20_100));
+        assert!(m.after_launch(1, 20_100));
         // The group stays open while the meter re-bases twice and drops the references
         // no closed group needs (the first version timed a group against the reference
         // of its first launch, which could be dropped meanwhile: the group then waited

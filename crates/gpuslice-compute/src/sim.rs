@@ -139,10 +139,6 @@ impl Timeline for SimTimeline {
         true
     }
 
-    fn now_ns(&mut self) -> u64 {
-        self.gpu.borrow().now
-    }
-
     fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
         let g = self.gpu.borrow();
         let (a, b) = (*g.events.get(from)?, *g.events.get(to)?);

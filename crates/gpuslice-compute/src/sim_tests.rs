@@ -182,7 +182,7 @@ impl World {
                         }
                         gpu.borrow_mut().launch(p.id, stream, kernel_ns);
                         if p.gate.is_some() {
-                            meter.after_launch(stream, now, now);
+                            meter.after_launch(stream, now);
                         }
                         p.ready_at = now + LAUNCH_COST;
                         p.launched += 1;

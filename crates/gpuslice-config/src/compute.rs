@@ -20,16 +20,10 @@ pub const ENV_COMPUTE_BAND_MS: &str = "GPUSLICE_COMPUTE_BAND_MS";
 /// gpuslice's own variable (tuning): how much GPU work, in milliseconds, a process of a
 /// compute slice may have queued (1 to 100, default 2).
 pub const ENV_COMPUTE_QUEUE_MS: &str = "GPUSLICE_COMPUTE_QUEUE_MS";
-/// gpuslice's own variable (tuning): for a slice alone on the GPU, how far ahead of its
-/// share, in milliseconds, it may still be when it ends a rest (0 to 100; unset: half a
-/// millisecond). The band's value or more turns this hysteresis off.
+/// gpuslice's own variable (tuning, experimental): for a slice alone on the GPU, how far
+/// ahead of its share, in milliseconds, it may still be when it ends a rest (0 to 100;
+/// unset: the band, no hysteresis). 0 makes a slice alone run and rest a band at a time.
 pub const ENV_COMPUTE_ALONE_RESUME_MS: &str = "GPUSLICE_COMPUTE_ALONE_RESUME_MS";
-/// gpuslice's own variable (experimental): where the busy time of a launch onto a drained
-/// stream starts. `mark` (the default): at the event recorded just before the launch
-/// call. `after-call`: no earlier than the end of the launch call, mapped onto the GPU's
-/// clock, so the call's own CPU time is not charged (docs/compute.md, "What gating costs
-/// a launch").
-pub const ENV_COMPUTE_START: &str = "GPUSLICE_COMPUTE_START";
 /// vgpu-controller: hard compute limit in percent (0 means no limit).
 pub const ENV_VGPU_CORE: &str = "CUDA_CORE_LIMIT";
 /// vgpu-controller: soft compute limit in percent (0 means none).
@@ -37,14 +31,13 @@ pub const ENV_VGPU_CORE_SOFT: &str = "CUDA_CORE_SOFT_LIMIT";
 /// HAMi-core: compute limit in percent of SMs (0 means no limit).
 pub const ENV_HAMI_SM: &str = "CUDA_DEVICE_SM_LIMIT";
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 9] = [
     ENV_COMPUTE,
     ENV_COMPUTE_BURST,
     ENV_COMPUTE_METHOD,
     ENV_COMPUTE_BAND_MS,
     ENV_COMPUTE_QUEUE_MS,
     ENV_COMPUTE_ALONE_RESUME_MS,
-    ENV_COMPUTE_START,
     ENV_VGPU_CORE,
     ENV_VGPU_CORE_SOFT,
     ENV_HAMI_SM,
@@ -58,7 +51,7 @@ pub fn is_compute_var(key: &str) -> bool {
 /// How the slice's GPU busy time is measured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ComputeMethod {
-    /// Timing events recorded on the launches' streams.
+    /// Timing events recorded after each launch on the launch's stream.
     #[default]
     Events,
     /// The driver's per-process utilization samples from NVML.
@@ -81,9 +74,6 @@ pub struct ComputeLimits {
     /// Tuning: where a slice alone on the GPU ends a rest, in milliseconds ahead of its
     /// share (`None`: the band).
     pub alone_resume_ms: Option<u32>,
-    /// Experimental: a launch onto a drained stream starts no earlier than the end of
-    /// its launch call (`GPUSLICE_COMPUTE_START=after-call`).
-    pub start_after_call: bool,
     /// Which variables the limits came from, for messages.
     pub source: String,
 }
@@ -186,17 +176,6 @@ impl ComputeLimits {
         let band_ms = millis(ENV_COMPUTE_BAND_MS, 1)?;
         let queue_ms = millis(ENV_COMPUTE_QUEUE_MS, 1)?;
         let alone_resume_ms = millis(ENV_COMPUTE_ALONE_RESUME_MS, 0)?;
-        let start_after_call = match get(ENV_COMPUTE_START).map(str::trim) {
-            None | Some("") | Some("mark") => false,
-            Some("after-call") => true,
-            Some(other) => {
-                return Err(ConfigError::BadCompute {
-                    var: ENV_COMPUTE_START.into(),
-                    value: other.into(),
-                    reason: "expected mark or after-call".into(),
-                });
-            }
-        };
 
         Ok(Self {
             hard_percent: hard,
@@ -205,7 +184,6 @@ impl ComputeLimits {
             band_ms,
             queue_ms,
             alone_resume_ms,
-            start_after_call,
             source: source.join(", "),
         })
     }
@@ -348,17 +326,5 @@ mod tests {
             let err = limits(&[(ENV_COMPUTE, "30"), (var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(var), "{err}");
         }
-    }
-
-    #[test]
-    fn the_start_of_a_launch_is_mark_or_after_call_and_fails_closed() {
-        assert!(!limits(&[(ENV_COMPUTE, "30")]).unwrap().start_after_call);
-        let c = limits(&[(ENV_COMPUTE, "30"), (ENV_COMPUTE_START, "mark")]).unwrap();
-        assert!(!c.start_after_call);
-        let c = limits(&[(ENV_COMPUTE, "30"), (ENV_COMPUTE_START, " after-call ")]).unwrap();
-        assert!(c.start_after_call);
-        let err = limits(&[(ENV_COMPUTE, "30"), (ENV_COMPUTE_START, "late")]).unwrap_err();
-        assert!(err.to_string().starts_with(ENV_COMPUTE_START), "{err}");
-        assert!(err.to_string().contains("mark or after-call"), "{err}");
     }
 }

@@ -167,10 +167,6 @@ impl Timeline for CudaTimeline {
         }
     }
 
-    fn now_ns(&mut self) -> u64 {
-        clock().now_ns()
-    }
-
     fn stream_idle(&mut self, stream: StreamKey) -> Option<bool> {
         match call_driver!(id::cuStreamQuery, StreamFn, stream.handle as CUstream) {
             CUDA_SUCCESS => Some(true),
@@ -331,7 +327,6 @@ unsafe impl Send for ContextCompute {}
 pub struct Compute {
     limits: Option<(u32, Option<u32>)>,
     method: ComputeMethod,
-    start_after_call: bool,
     gpu_dir: std::path::PathBuf,
     slice_tag: u64,
     /// Context -> its gate, or `None` when its device is not limited.
@@ -354,7 +349,6 @@ impl Compute {
         Compute {
             limits,
             method: config.compute.method,
-            start_after_call: config.compute.start_after_call,
             gpu_dir: config.gpu_dir.clone().into(),
             slice_tag: slice_tag(ledger),
             contexts: Mutex::new(HashMap::new()),
@@ -398,16 +392,12 @@ impl Compute {
         }
         let gate = Gate::new(gate_config, Budget::new(tat, busy), turns);
         let meter = match self.method {
-            ComputeMethod::Events => {
-                let mut meter = EventMeter::new(
-                    CudaTimeline {
-                        private: std::ptr::null_mut(),
-                    },
-                    now,
-                );
-                meter.set_start_after_call(self.start_after_call);
-                Meter::Events(Box::new(meter))
-            }
+            ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(
+                CudaTimeline {
+                    private: std::ptr::null_mut(),
+                },
+                now,
+            ))),
             ComputeMethod::Nvml => Meter::Nvml(NvmlMeter {
                 uuid: uuid.clone(),
                 pid: std::process::id(),
@@ -547,13 +537,7 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
                 if r == CUDA_SUCCESS
                     && let Meter::Events(meter) = &mut cc.meter
                 {
-                    // The end of the call is read only where it is used.
-                    let launched = if meter.start_after_call() {
-                        clock().now_ns()
-                    } else {
-                        submitted
-                    };
-                    meter.after_launch(key, submitted, launched);
+                    meter.after_launch(key, submitted);
                 }
                 return r;
             }

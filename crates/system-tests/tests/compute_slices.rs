@@ -339,33 +339,3 @@ fn a_stream_used_a_few_times_and_abandoned_neither_hangs_nor_skews_the_share() {
         );
     }
 }
-
-#[test]
-fn after_call_starts_charge_tiny_kernels_less_of_their_launch_calls() {
-    // 3 µs kernels launched one at a time (each launch call takes 4 µs of the fake's
-    // virtual clock): a start mark recorded before the call is reached by the GPU a whole
-    // call before the kernel, and that time is charged. `GPUSLICE_COMPUTE_START=after-call`
-    // (experimental, not yet measured on a GPU) starts the work no earlier than the end
-    // of the call.
-    let mut bench = Bench::new();
-    bench.set("FAKE_CUDA_KERNEL_US", "3");
-    let mut shares = Vec::new();
-    for start in ["mark", "after-call"] {
-        let l = ledger(&bench, &format!("start-{start}"));
-        let (share, _) = share(
-            &bench,
-            &[
-                ("GPUSLICE_COMPUTE", "10"),
-                ("GPUSLICE_COMPUTE_START", start),
-                ("GPUSLICE_LEDGER", &l),
-            ],
-            "kernel",
-        );
-        shares.push(share);
-    }
-    let (mark, after_call) = (shares[0], shares[1]);
-    assert!(
-        after_call >= mark + 15 && after_call <= 105,
-        "per mille of the GPU under a 10% limit: {mark} with start marks, {after_call} with after-call starts"
-    );
-}
