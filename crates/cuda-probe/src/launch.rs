@@ -271,15 +271,16 @@ impl Kernels {
 /// what the GPU did. `light`: each iteration waits 1 ms on the CPU, launches two
 /// kernels and waits for them. `graph`: launches a graph of 4 kernel nodes.
 /// `sidestream`: kernels, and once, after 1000 of them, four on a second stream that is
-/// not used again.
+/// not used again. `once`: a single launch, not waited for. `bigsync`: 30 kernels, a graph
+/// of 200 kernels and one more kernel, then a stream synchronisation.
 pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     let stream = cu.stream_create();
     let kernels = match Kernels::load(cu, stream) {
         Ok(k) => k,
         Err(rc) => return format!("rc={rc} stage=load"),
     };
-    let exec = if kind == "graph" {
-        match kernels.graph(cu, 4) {
+    let exec = if kind == "graph" || kind == "bigsync" {
+        match kernels.graph(cu, if kind == "graph" { 4 } else { 200 }) {
             Ok(e) => e,
             Err(rc) => return format!("rc={rc} stage=graph"),
         }
@@ -291,6 +292,10 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     } else {
         null_mut()
     };
+    if kind == "once" {
+        // One launch, left queued: the process exits with work on the GPU.
+        return format!("rc={} iterations=1", kernels.launch(cu, "kernel"));
+    }
     let clock = ProbeClock::new(cu);
     let busy0 = clock.busy_ns().unwrap_or(0);
     let t0 = clock.now_ns();
@@ -299,6 +304,18 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     while clock.now_ns() < end {
         let rc = match kind {
             "graph" => cu.call2("cuGraphLaunch", exec, stream),
+            "bigsync" => {
+                // Short kernels, then much longer work (a graph of 200 kernels) and one
+                // more kernel, then a wait for the stream, as a training step ends
+                // with `loss.item()`.
+                let mut rc = 0;
+                for _ in 0..30 {
+                    rc = rc.max(kernels.launch(cu, "kernel"));
+                }
+                rc = rc.max(cu.call2("cuGraphLaunch", exec, stream));
+                rc = rc.max(kernels.launch(cu, "kernel"));
+                rc.max(cu.stream_sync(stream))
+            }
             "light" => {
                 clock.sleep_ns(1_000_000);
                 let a = kernels.launch(cu, "kernel");

@@ -14,6 +14,8 @@ use crate::turns::{GpuTurns, Hold};
 
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
+/// How often [`Gate::settle`] looks for the completion of the exiting process's work.
+const SETTLE_POLL_NS: u64 = 200 * US;
 
 /// The gate's settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +347,24 @@ impl<'a> Gate<'a> {
         if meter.pending() == 0 {
             self.give_up_turn(now_ns);
         }
+    }
+
+    /// Before the process exits: closes its open groups, waits up to `max_wait_ns` for
+    /// the work it still has queued to complete, charges it, and gives the turn up. A
+    /// process that queued work and exited would otherwise leave that work uncharged,
+    /// and a loop of short processes could use the GPU without limit.
+    pub fn settle(&mut self, meter: &mut dyn BusyMeter, clock: &dyn Clock, max_wait_ns: u64) {
+        let start = clock.now_ns();
+        meter.seal();
+        loop {
+            let now = clock.now_ns();
+            self.charge(now, meter);
+            if meter.pending() == 0 || now.saturating_sub(start) >= max_wait_ns {
+                break;
+            }
+            clock.sleep_ns(SETTLE_POLL_NS);
+        }
+        self.leave();
     }
 
     /// On exit: give the turn and the slot back.

@@ -124,6 +124,9 @@ const REBASE_NS: u64 = 100_000_000;
 const OFFSET_SAMPLES: usize = 16;
 /// Launches a process may queue before any of its work has been measured.
 const UNMEASURED_PENDING: usize = 2;
+/// How many charged busy intervals the meter remembers, and for how long before the newest.
+const CHARGED_KEEP: usize = 256;
+const CHARGED_KEEP_NS: i64 = 1_000_000_000;
 
 /// Busy time from events, for one CUDA context.
 pub struct EventMeter<T: Timeline> {
@@ -146,7 +149,16 @@ pub struct EventMeter<T: Timeline> {
     /// Launches in pending marks and open groups.
     pending_launches: usize,
     offsets: VecDeque<i64>,
-    horizon: i64,
+    /// Busy time already charged, as disjoint intervals on the GPU axis, oldest first:
+    /// a later harvest charges only what lies outside them. (A single horizon, the end of
+    /// the newest charged interval, erased busy time: a long kernel harvested after a
+    /// short one that ran in its middle on another stream was charged only from the
+    /// short one's end.)
+    charged: VecDeque<(i64, i64)>,
+    /// GPU time charged for launches that could not be measured, at the usual time per
+    /// launch: added to the next harvest, so that a driver error never lets work through
+    /// free.
+    unmeasured_ns: u64,
     /// GPU busy time per launch (overlapping streams counted once), a moving average.
     average_ns: u64,
     /// Per stream: the time from one launch's end to the next one's, a moving average.
@@ -172,7 +184,8 @@ impl<T: Timeline> EventMeter<T> {
             open: HashMap::new(),
             pending_launches: 0,
             offsets: VecDeque::new(),
-            horizon: i64::MIN,
+            charged: VecDeque::new(),
+            unmeasured_ns: 0,
             average_ns: 0,
             stream_average_ns: HashMap::new(),
             lost: 0,
@@ -185,7 +198,7 @@ impl<T: Timeline> EventMeter<T> {
     /// Starts over after the driver lost events (a destroyed context, a sticky error):
     /// pending launches are dropped as unmeasurable and a new time axis begins.
     fn reset(&mut self, now_ns: u64) {
-        self.lost += self.pending_launches as u64;
+        self.note_lost(self.pending_launches as u64);
         self.pending_launches = 0;
         self.pending.clear();
         self.open.clear();
@@ -195,7 +208,7 @@ impl<T: Timeline> EventMeter<T> {
         self.newest.clear();
         self.starting = None;
         self.offsets.clear();
-        self.horizon = i64::MIN;
+        self.charged.clear();
         self.rebase(now_ns);
     }
 
@@ -212,6 +225,14 @@ impl<T: Timeline> EventMeter<T> {
     /// Timing events recorded on the process's streams (ends and start marks).
     pub fn events_recorded(&self) -> u64 {
         self.events_recorded
+    }
+
+    /// Counts `launches` as unmeasured and charges them their usual time.
+    fn note_lost(&mut self, launches: u64) {
+        self.lost += launches;
+        self.unmeasured_ns = self
+            .unmeasured_ns
+            .saturating_add(self.average_ns.saturating_mul(launches));
     }
 
     fn take_event(&mut self) -> Option<T::Event> {
@@ -299,7 +320,7 @@ impl<T: Timeline> EventMeter<T> {
             if let Some(e) = start {
                 self.free.push(e);
             }
-            self.lost += 1;
+            self.note_lost(1);
             return false;
         }
         if start.is_some() && self.open.contains_key(&stream) {
@@ -340,7 +361,7 @@ impl<T: Timeline> EventMeter<T> {
             if let Some(e) = group.start {
                 me.free.push(e);
             }
-            me.lost += u64::from(group.launches);
+            me.note_lost(u64::from(group.launches));
             me.pending_launches = me.pending_launches.saturating_sub(group.launches as usize);
             false
         };
@@ -430,6 +451,52 @@ impl<T: Timeline> EventMeter<T> {
         self.offsets.iter().copied().max()
     }
 
+    /// The part of `intervals` (sorted by start) not already charged, in nanoseconds;
+    /// records it as charged. Intervals ending more than [`CHARGED_KEEP_NS`] before the
+    /// newest, or beyond the newest [`CHARGED_KEEP`], are forgotten: work overlapping them
+    /// would be charged twice, never left out.
+    fn charge_new(&mut self, intervals: Vec<(i64, i64)>) -> u64 {
+        let mut merged: Vec<(i64, i64)> = Vec::with_capacity(intervals.len());
+        for (start, end) in intervals {
+            if end <= start {
+                continue;
+            }
+            match merged.last_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => merged.push((start, end)),
+            }
+        }
+        let total: i64 = merged.iter().map(|(s, e)| e - s).sum();
+        let mut already: i64 = 0;
+        for &(s, e) in &merged {
+            for &(cs, ce) in &self.charged {
+                let overlap = e.min(ce) - s.max(cs);
+                if overlap > 0 {
+                    already += overlap;
+                }
+            }
+        }
+        // Union of the two sorted disjoint lists.
+        let mut all: Vec<(i64, i64)> = self.charged.drain(..).chain(merged).collect();
+        all.sort_unstable();
+        for (start, end) in all {
+            match self.charged.back_mut() {
+                Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                _ => self.charged.push_back((start, end)),
+            }
+        }
+        let newest = self.charged.back().map_or(i64::MIN, |c| c.1);
+        while self.charged.len() > CHARGED_KEEP
+            || self
+                .charged
+                .front()
+                .is_some_and(|c| c.1 < newest.saturating_sub(CHARGED_KEEP_NS))
+        {
+            self.charged.pop_front();
+        }
+        (total - already).max(0) as u64
+    }
+
     fn reference_at(&self, generation: u64) -> Option<(T::Event, i64)> {
         self.references
             .iter()
@@ -468,8 +535,9 @@ impl<T: Timeline> EventMeter<T> {
     }
 }
 
-impl<T: Timeline> BusyMeter for EventMeter<T> {
-    fn harvest(&mut self, now_ns: u64) -> Harvest {
+impl<T: Timeline> EventMeter<T> {
+    /// What completed since the last harvest, measured by its events.
+    fn harvest_measured(&mut self, now_ns: u64) -> Harvest {
         if now_ns.saturating_sub(self.last_rebase_ns) >= REBASE_NS {
             self.rebase(now_ns);
         }
@@ -501,8 +569,11 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
                     .is_none_or(|r| r.generation > m.generation)
                 {
                     // Its reference is gone (it never should be): unmeasurable, rather
-                    // than waited for forever.
-                    self.lost += u64::from(m.launches);
+                    // than waited for forever. It was one of its stream's completed marks.
+                    if let Some(n) = budget.get_mut(&m.stream) {
+                        *n -= 1;
+                    }
+                    self.note_lost(u64::from(m.launches));
                     self.pending_launches =
                         self.pending_launches.saturating_sub(m.launches as usize);
                     self.free.push(m.event);
@@ -525,7 +596,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
                 .elapsed_ns(reference, m.event)
                 .map(|d| reference_at + d)
             else {
-                self.lost += u64::from(m.launches);
+                self.note_lost(u64::from(m.launches));
                 self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
                 self.free.push(m.event);
                 if let Some(se) = m.start {
@@ -579,15 +650,8 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             return Harvest::default();
         }
         intervals.sort_unstable();
-        let mut busy: i64 = 0;
-        for &(start, end) in &intervals {
-            let from = start.max(self.horizon);
-            if end > from {
-                busy += end - from;
-            }
-            self.horizon = self.horizon.max(end);
-        }
-        let busy = busy.max(0) as u64;
+        let first_start = intervals[0].0;
+        let busy = self.charge_new(intervals);
         let per_launch = busy / launches.max(1);
         self.average_ns = if self.average_ns == 0 {
             per_launch.max(1)
@@ -595,13 +659,27 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             ((self.average_ns * 7 + per_launch) / 8).max(1)
         };
         let started_ns = match offset {
-            Some(o) => (intervals[0].0 + o).max(0) as u64,
+            Some(o) => (first_start + o).max(0) as u64,
             None => now_ns.saturating_sub(busy),
         };
         Harvest {
             busy_ns: busy,
             started_ns,
         }
+    }
+}
+
+impl<T: Timeline> BusyMeter for EventMeter<T> {
+    fn harvest(&mut self, now_ns: u64) -> Harvest {
+        let mut h = self.harvest_measured(now_ns);
+        let unmeasured = std::mem::take(&mut self.unmeasured_ns);
+        if unmeasured > 0 {
+            if h.busy_ns == 0 {
+                h.started_ns = now_ns.saturating_sub(unmeasured);
+            }
+            h.busy_ns = h.busy_ns.saturating_add(unmeasured);
+        }
+        h
     }
 
     fn pending(&self) -> usize {
@@ -651,14 +729,13 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
         if self.pending.is_empty() {
             self.seal();
         }
-        if let Some(m) = self.pending.front() {
-            let event = m.event;
-            if !self.timeline.wait(event) {
-                // Unmeasurable: forget it rather than wait for it again.
-                self.lost += u64::from(m.launches);
-                self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
-                self.pending.pop_front();
-            }
+        if let Some((event, launches)) = self.pending.front().map(|m| (m.event, m.launches))
+            && !self.timeline.wait(event)
+        {
+            // Unmeasurable: forget it rather than wait for it again.
+            self.note_lost(u64::from(launches));
+            self.pending_launches = self.pending_launches.saturating_sub(launches as usize);
+            self.pending.pop_front();
         }
     }
 
@@ -673,7 +750,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             failed |= !self.timeline.wait(event);
         }
         if failed {
-            self.lost += self.pending_launches as u64;
+            self.note_lost(self.pending_launches as u64);
             self.pending_launches = 0;
             self.pending.clear();
         }
@@ -692,6 +769,8 @@ mod tests {
         idle: bool,
         times: Vec<i64>,
         next_record: VecDeque<i64>,
+        /// Records on the process's streams fail (a driver error).
+        fail_records: bool,
     }
 
     impl Timeline for Scripted {
@@ -702,6 +781,9 @@ mod tests {
             Some(self.times.len() - 1)
         }
         fn record(&mut self, event: usize, _stream: u8) -> bool {
+            if self.fail_records {
+                return false;
+            }
             self.times[event] = self.next_record.pop_front().unwrap();
             true
         }
@@ -743,6 +825,48 @@ mod tests {
         assert!(m.after_launch(stream, 10_000));
         m.timeline().now = 20_000;
         assert_eq!(m.harvest(20_000).busy_ns, 2_000);
+    }
+
+    #[test]
+    fn launches_that_cannot_be_measured_are_charged_their_usual_time() {
+        let mut m = meter_at_10_000();
+        learn_a_launch(&mut m, 1);
+        m.timeline().fail_records = true;
+        for _ in 0..3 {
+            m.before_launch(1);
+            assert!(!m.after_launch(1, 21_000));
+        }
+        assert_eq!(m.lost(), 3);
+        m.timeline().now = 30_000;
+        let h = m.harvest(30_000);
+        assert_eq!(h.busy_ns, 3 * 2_000);
+        assert_eq!(h.started_ns, 30_000 - 6_000);
+        assert_eq!(m.harvest(40_000).busy_ns, 0, "charged once");
+    }
+
+    #[test]
+    fn a_long_kernel_harvested_after_a_short_one_inside_it_is_charged_whole() {
+        // Stream 1 runs 10 000..110 000; a short kernel on stream 2 runs 59 000..61 000,
+        // in its middle, and completes first. Together they kept the GPU busy 100 000 ns.
+        let mut m = meter_at_10_000();
+        m.timeline().next_record.extend([10_000, 110_000, 61_000]);
+        m.before_launch(1);
+        assert!(m.after_launch(1, 10_000));
+        m.timeline().now = 60_000;
+        m.before_launch(2);
+        assert!(m.after_launch(2, 60_000));
+        m.timeline().now = 70_000;
+        let first = m.harvest(70_000).busy_ns;
+        assert_eq!(first, 2_000);
+        m.timeline().now = 200_000;
+        let second = m.harvest(200_000).busy_ns;
+        assert_eq!(first + second, 100_000);
+        // Charged work is not charged again by a later harvest that overlaps it.
+        m.timeline().next_record.extend([150_000, 160_000]);
+        m.before_launch(2);
+        assert!(m.after_launch(2, 200_000));
+        m.timeline().now = 300_000;
+        assert_eq!(m.harvest(300_000).busy_ns, 10_000);
     }
 
     #[test]

@@ -20,6 +20,8 @@ const VERSION: u32 = 1;
 pub const SLOTS: usize = 128;
 /// A slot whose stamps are all older than this is free for another process to take.
 const STALE_NS: u64 = 60_000_000_000;
+/// The longest lease honoured (the gate asks for 10 ms).
+const MAX_LEASE_NS: u64 = 1_000_000_000;
 
 #[repr(C)]
 struct Header {
@@ -209,7 +211,11 @@ impl GpuTurns {
             let s = self.slot_at(i);
             let key = s.key.load(Acquire);
             let stale = key != 0
-                && s.want_ns.load(Relaxed).max(s.active_ns.load(Relaxed)) + STALE_NS < now_ns;
+                && s.want_ns
+                    .load(Relaxed)
+                    .max(s.active_ns.load(Relaxed))
+                    .saturating_add(STALE_NS)
+                    < now_ns;
             if (key == 0 || stale)
                 && s.key
                     .compare_exchange(key, self.key, AcqRel, Relaxed)
@@ -270,7 +276,12 @@ impl GpuTurns {
                         return Hold::Held;
                     }
                 }
-                Some((_, until_ns)) if until_ns > now_ns => {
+                // A lease longer than any process takes is not honoured: the file is
+                // shared by every slice on the GPU, and a word written by a broken or
+                // hostile process must not hold the GPU for ever.
+                Some((_, until_ns))
+                    if until_ns > now_ns && until_ns <= now_ns.saturating_add(MAX_LEASE_NS) =>
+                {
                     return Hold::Busy { until_ns };
                 }
                 _ => {
@@ -492,6 +503,20 @@ mod tests {
         assert!(matches!(hold(&mut a, 1008 * MS), Hold::Busy { .. }));
         b.release();
         assert_eq!(hold(&mut a, 1008 * MS), Hold::Acquired);
+    }
+
+    #[test]
+    fn a_lease_far_in_the_future_is_not_honoured() {
+        // A process that writes itself a lease of an hour (a bug, or on purpose) does not
+        // keep the other slices off the GPU.
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = open(dir.path(), 1, 11, 1000 * MS);
+        let mut b = open(dir.path(), 2, 22, 1000 * MS);
+        assert_eq!(
+            a.try_hold(1000 * MS, 3_600_000 * MS, 1000 * MS, MS),
+            Hold::Acquired
+        );
+        assert_eq!(b.try_hold(1001 * MS, 5 * MS, 1001 * MS, MS), Hold::Acquired);
     }
 
     #[test]

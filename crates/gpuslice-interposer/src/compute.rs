@@ -151,12 +151,19 @@ impl Timeline for CudaTimeline {
             }
             self.private = stream;
         }
-        call_driver!(
+        let ok = call_driver!(
             id::cuEventRecord,
             EventRecordFn,
             event as CUevent,
             self.private
-        ) == CUDA_SUCCESS
+        ) == CUDA_SUCCESS;
+        if !ok {
+            // The stream may belong to a context that is gone (a reset, or a destroyed
+            // context whose address was reused): the next re-base makes a new one, so
+            // that the meter measures again instead of losing every launch from now on.
+            self.private = std::ptr::null_mut();
+        }
+        ok
     }
 
     fn is_done(&mut self, event: usize) -> Option<bool> {
@@ -425,12 +432,36 @@ impl Compute {
         })
     }
 
-    /// On exit: give the GPU's turn back.
+    /// On exit: charge the work still queued (waiting for it at most
+    /// [`EXIT_WAIT_NS`]) and give the GPU's turn back.
     pub fn leave(&self) {
         if let Ok(mut map) = self.contexts.try_lock() {
             for cc in map.values_mut().flatten() {
-                cc.gate.leave();
+                relaxed(|| cc.gate.settle(cc.meter.as_dyn(), clock(), EXIT_WAIT_NS));
             }
+        }
+    }
+
+    /// Before this thread waits for the GPU (a stream, context or event
+    /// synchronisation): closes the open groups of the current context, so that their
+    /// events are recorded while their work is still queued. Closed later, after the
+    /// wait, a group's end could only be estimated from its launches' usual time, which
+    /// a long kernel after short ones would exceed.
+    pub fn before_wait(&self) {
+        if self.limits.is_none() {
+            return;
+        }
+        let mut ctx: CUcontext = std::ptr::null_mut();
+        if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS
+            || ctx.is_null()
+        {
+            return;
+        }
+        let mut map = lock(&self.contexts);
+        if let Some(Some(cc)) = map.get_mut(&(ctx as usize))
+            && let Meter::Events(meter) = &mut cc.meter
+        {
+            relaxed(|| meter.seal());
         }
     }
 }
@@ -504,24 +535,11 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
         let step = if cc.gate.fast_go(now) {
             Step::Go
         } else {
-            // The full check queries events; that must not disturb a capture another
-            // thread runs in global mode: this thread is in relaxed mode meanwhile.
-            let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
-            let exchanged = call_driver!(
-                id::cuThreadExchangeStreamCaptureMode,
-                ExchangeModeFn,
-                &mut mode
-            ) == CUDA_SUCCESS;
-            let step = cc.gate.step(now, cc.meter.as_dyn());
-            cc.report(now);
-            if exchanged {
-                call_driver!(
-                    id::cuThreadExchangeStreamCaptureMode,
-                    ExchangeModeFn,
-                    &mut mode
-                );
-            }
-            step
+            relaxed(|| {
+                let step = cc.gate.step(now, cc.meter.as_dyn());
+                cc.report(now);
+                step
+            })
         };
         // Waits happen without the lock, so that another thread of this process can
         // submit the work this one's queue may depend on.
@@ -529,7 +547,7 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
             Step::Go => {
                 let key = stream_key(handle);
                 if let Meter::Events(meter) = &mut cc.meter {
-                    meter.before_launch(key);
+                    relaxed(|| meter.before_launch(key));
                 }
                 let submitted = clock().now_ns();
                 let r = call.take().map_or(CUDA_SUCCESS, |c| c());
@@ -537,7 +555,7 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
                 if r == CUDA_SUCCESS
                     && let Meter::Events(meter) = &mut cc.meter
                 {
-                    meter.after_launch(key, submitted);
+                    relaxed(|| meter.after_launch(key, submitted));
                 }
                 return r;
             }
@@ -557,6 +575,30 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
         }
     }
 }
+
+/// Runs `f` with this thread in relaxed stream-capture mode. The meter and the gate
+/// query and record events; in the default (global) mode that would fail, and
+/// invalidate the capture, while another thread of the process captures a graph.
+fn relaxed<R>(f: impl FnOnce() -> R) -> R {
+    let mut mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    let exchanged = call_driver!(
+        id::cuThreadExchangeStreamCaptureMode,
+        ExchangeModeFn,
+        &mut mode
+    ) == CUDA_SUCCESS;
+    let r = f();
+    if exchanged {
+        call_driver!(
+            id::cuThreadExchangeStreamCaptureMode,
+            ExchangeModeFn,
+            &mut mode
+        );
+    }
+    r
+}
+
+/// How long an exiting process waits for its queued work, to charge it.
+const EXIT_WAIT_NS: u64 = 2_000_000_000;
 
 /// How often a launch waiting for this process's queued work to drain checks again.
 const WAIT_POLL_NS: u64 = 50_000;
@@ -717,7 +759,46 @@ macro_rules! launch_ex_hook {
 launch_ex_hook!(cuLaunchKernelEx, id::cuLaunchKernelEx, false);
 launch_ex_hook!(cuLaunchKernelEx_ptsz, id::cuLaunchKernelEx_ptsz, true);
 
-/// Whether a table entry is a launch hook, handed out only to compute-limited slices.
+/// Closes the current context's open groups before a synchronisation (see
+/// [`Compute::before_wait`]).
+fn before_wait() {
+    if let Access::Slice(s) = access() {
+        s.compute.before_wait();
+    }
+}
+
+type VoidFn = unsafe extern "C" fn() -> CUresult;
+
+/// `cuStreamSynchronize`: open groups are closed first.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
+    before_wait();
+    call_driver!(id::cuStreamSynchronize, StreamFn, stream)
+}
+
+/// `cuStreamSynchronize_ptsz`.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
+    before_wait();
+    call_driver!(id::cuStreamSynchronize_ptsz, StreamFn, stream)
+}
+
+/// `cuCtxSynchronize`.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuCtxSynchronize() -> CUresult {
+    before_wait();
+    call_driver!(id::cuCtxSynchronize, VoidFn,)
+}
+
+/// `cuEventSynchronize`.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
+    before_wait();
+    call_driver!(id::cuEventSynchronize, EventFn, event)
+}
+
+/// Whether a table entry is a hook handed out only to compute-limited slices: the
+/// launches, and the synchronisations that close open groups.
 pub fn is_launch_hook(entry: usize) -> bool {
     [
         id::cuLaunchKernel,
@@ -726,6 +807,10 @@ pub fn is_launch_hook(entry: usize) -> bool {
         id::cuLaunchKernelEx_ptsz,
         id::cuLaunchCooperativeKernel,
         id::cuLaunchCooperativeKernel_ptsz,
+        id::cuStreamSynchronize,
+        id::cuStreamSynchronize_ptsz,
+        id::cuCtxSynchronize,
+        id::cuEventSynchronize,
     ]
     .contains(&entry)
 }

@@ -131,7 +131,9 @@ driver_functions! {
     cuDeviceGetMemPool => "cuDeviceGetMemPool", Cuda, NONE;
     cuMemPoolGetAttribute => "cuMemPoolGetAttribute", Cuda, NONE;
     cuStreamIsCapturing => "cuStreamIsCapturing", Cuda, NONE;
-    cuStreamSynchronize => "cuStreamSynchronize", Cuda, NONE;
+    cuStreamSynchronize => "cuStreamSynchronize", Cuda, c::cuStreamSynchronize as *mut c_void;
+    cuStreamSynchronize_ptsz => "cuStreamSynchronize_ptsz", Cuda, c::cuStreamSynchronize_ptsz as *mut c_void;
+    cuCtxSynchronize => "cuCtxSynchronize", Cuda, c::cuCtxSynchronize as *mut c_void;
     cuArrayGetMemoryRequirements => "cuArrayGetMemoryRequirements", Cuda, NONE;
     cuMipmappedArrayGetMemoryRequirements => "cuMipmappedArrayGetMemoryRequirements", Cuda, NONE;
     cuGraphGetNodes => "cuGraphGetNodes", Cuda, NONE;
@@ -154,7 +156,7 @@ driver_functions! {
     cuEventRecord => "cuEventRecord", Cuda, NONE;
     cuEventQuery => "cuEventQuery", Cuda, NONE;
     cuStreamQuery => "cuStreamQuery", Cuda, NONE;
-    cuEventSynchronize => "cuEventSynchronize", Cuda, NONE;
+    cuEventSynchronize => "cuEventSynchronize", Cuda, c::cuEventSynchronize as *mut c_void;
     cuEventElapsedTime => "cuEventElapsedTime", Cuda, NONE;
     cuEventElapsedTime_v2 => "cuEventElapsedTime_v2", Cuda, NONE;
     cuStreamCreate => "cuStreamCreate", Cuda, NONE;

@@ -35,7 +35,12 @@ fn launch_hooks_are_handed_out_only_to_compute_limited_slices() {
             ("GPUSLICE_MEMORY", "1GiB"),
             ("GPUSLICE_LEDGER", &memory_only),
         ],
-        &["resolve:cuLaunchKernel", "resolve:cuLaunchKernelEx"],
+        &[
+            "resolve:cuLaunchKernel",
+            "resolve:cuLaunchKernelEx",
+            "resolve:cuStreamSynchronize",
+            "resolve:cuCtxSynchronize",
+        ],
     ));
     assert!(
         r.lines.iter().all(|l| l.contains("libcuda.so.1")),
@@ -50,6 +55,9 @@ fn launch_hooks_are_handed_out_only_to_compute_limited_slices() {
             "resolve:cuLaunchKernelEx",
             "resolve:cuLaunchCooperativeKernel",
             "resolve:cuGraphLaunch",
+            "resolve:cuStreamSynchronize",
+            "resolve:cuCtxSynchronize",
+            "resolve:cuEventSynchronize",
         ],
     ));
     assert!(
@@ -338,4 +346,60 @@ fn a_stream_used_a_few_times_and_abandoned_neither_hangs_nor_skews_the_share() {
             "limit {limit}%: {share} per mille"
         );
     }
+}
+
+#[test]
+fn work_left_queued_by_an_exiting_process_is_charged_to_its_slice() {
+    // One process of a 10% slice queues a single 2-second kernel and exits without
+    // waiting for it: 20 s of the slice's time. The next process of the slice must
+    // find that debt; before, the kernel went uncharged, and a loop of such processes
+    // used the GPU without limit.
+    let bench = timed_bench();
+    let l = ledger(&bench, "exit");
+    let first = run(&mut bench.probe(
+        &[
+            ("GPUSLICE_COMPUTE", "10"),
+            ("GPUSLICE_LEDGER", &l),
+            ("FAKE_CUDA_KERNEL_US", "2000000"),
+        ],
+        &["init", "ctx", "loop:once:0"],
+    ));
+    assert_eq!(first.rc("loop:once:0"), 0, "{}", first.text());
+    let (after, _) = share(
+        &bench,
+        &[("GPUSLICE_COMPUTE", "10"), ("GPUSLICE_LEDGER", &l)],
+        "kernel",
+    );
+    assert!(
+        after <= 10,
+        "{after}‰ of the GPU in the 3 s after 20 s of the slice's time was left queued"
+    );
+    let fresh = ledger(&bench, "fresh");
+    let (alone, _) = share(
+        &bench,
+        &[("GPUSLICE_COMPUTE", "10"), ("GPUSLICE_LEDGER", &fresh)],
+        "kernel",
+    );
+    assert!(alone.abs_diff(100) <= 10, "a fresh slice: {alone}‰");
+}
+
+#[test]
+fn long_work_after_short_kernels_is_charged_whole_when_the_process_waits_for_it() {
+    // 10 µs kernels make the meter group launches 8 at a time; a 2 ms graph and a kernel
+    // after them sit in an open group when the process waits for its stream. Closed
+    // after the wait, the group could only be charged its launches' usual 10 µs each;
+    // the interposer closes it before the wait, while its work is still queued.
+    let mut bench = Bench::new();
+    bench.set("FAKE_CUDA_KERNEL_US", "10");
+    let l = ledger(&bench, "bigsync");
+    let (share, iterations) = share(
+        &bench,
+        &[("GPUSLICE_COMPUTE", "25"), ("GPUSLICE_LEDGER", &l)],
+        "bigsync",
+    );
+    assert!(iterations > 10, "{iterations} iterations");
+    assert!(
+        share.abs_diff(250) <= 15,
+        "{share}‰ of the GPU under a 25% limit"
+    );
 }

@@ -14,6 +14,7 @@ const EXPORTED: &[&str] = &[
     "cuCtxCreate_v2",
     "cuCtxCreate_v3",
     "cuCtxCreate_v4",
+    "cuCtxSynchronize",
     "cuDeviceGraphMemTrim",
     "cuDevicePrimaryCtxRelease",
     "cuDevicePrimaryCtxRelease_v2",
@@ -21,6 +22,7 @@ const EXPORTED: &[&str] = &[
     "cuDevicePrimaryCtxReset_v2",
     "cuDevicePrimaryCtxRetain",
     "cuDeviceTotalMem_v2",
+    "cuEventSynchronize",
     "cuGetProcAddress",
     "cuGetProcAddress_v2",
     "cuGraphExecDestroy",
@@ -33,7 +35,6 @@ const EXPORTED: &[&str] = &[
     "cuGraphUpload",
     "cuGraphUpload_ptsz",
     "cuInit",
-    // Compute slices (compute.rs).
     "cuLaunchCooperativeKernel",
     "cuLaunchCooperativeKernel_ptsz",
     "cuLaunchKernel",
@@ -58,10 +59,10 @@ const EXPORTED: &[&str] = &[
     "cuMemRelease",
     "cuMipmappedArrayCreate",
     "cuMipmappedArrayDestroy",
+    "cuStreamSynchronize",
+    "cuStreamSynchronize_ptsz",
     "dlsym",
-    // nvidia-smi's process table on drivers that show host PIDs (smi_ioctl.rs).
     "ioctl",
-    // NVML view (nvml_view.rs).
     "nvmlDeviceGetAccountingPids",
     "nvmlDeviceGetAccountingStats",
     "nvmlDeviceGetComputeRunningProcesses",
