@@ -389,6 +389,15 @@ impl Driver {
         s
     }
 
+    pub fn stream_destroy(&self, s: *mut c_void) -> c_int {
+        cu!(
+            self,
+            "cuStreamDestroy",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            s
+        )
+    }
+
     pub fn stream_sync(&self, s: *mut c_void) -> c_int {
         cu!(
             self,

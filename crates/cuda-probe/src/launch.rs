@@ -272,7 +272,8 @@ impl Kernels {
 /// kernels and waits for them. `graph`: launches a graph of 4 kernel nodes.
 /// `sidestream`: kernels, and once, after 1000 of them, four on a second stream that is
 /// not used again. `once`: a single launch, not waited for. `bigsync`: 30 kernels, a graph
-/// of 200 kernels and one more kernel, then a stream synchronisation.
+/// of 200 kernels and one more kernel, then a stream synchronisation. `streamchurn`: a new
+/// stream per iteration, 8 kernels on it, then the stream is destroyed.
 pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     let stream = cu.stream_create();
     let kernels = match Kernels::load(cu, stream) {
@@ -304,6 +305,18 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     while clock.now_ns() < end {
         let rc = match kind {
             "graph" => cu.call2("cuGraphLaunch", exec, stream),
+            "streamchurn" => {
+                // A stream made for a few launches and destroyed with them still queued.
+                let side = Kernels {
+                    func: kernels.func,
+                    stream: cu.stream_create(),
+                };
+                let mut rc = 0;
+                for _ in 0..8 {
+                    rc = rc.max(side.launch(cu, "kernel"));
+                }
+                rc.max(cu.stream_destroy(side.stream))
+            }
             "bigsync" => {
                 // Short kernels, then much longer work (a graph of 200 kernels) and one
                 // more kernel, then a wait for the stream, as a training step ends

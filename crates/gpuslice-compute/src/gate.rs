@@ -14,6 +14,9 @@ use crate::turns::{GpuTurns, Hold};
 
 const MS: u64 = 1_000_000;
 const US: u64 = 1_000;
+/// The shortest time without any of its queued work completing after which a waiting
+/// process lets its launch go (see [`Gate::step`]).
+const OWN_WAIT_MIN_NS: u64 = 100 * MS;
 /// How often [`Gate::settle`] looks for the completion of the exiting process's work.
 const SETTLE_POLL_NS: u64 = 200 * US;
 
@@ -117,6 +120,13 @@ pub struct Gate<'a> {
     full_checks: u64,
     /// How many rests the gate has begun (for reports and tests).
     rests: u64,
+    /// Set by a full check that found the process's queue full.
+    queue_full: bool,
+    /// Since when, and with how many launches pending, the process has waited for its
+    /// own queued work without any of it completing.
+    own_wait: Option<(u64, usize)>,
+    /// Launches let through because the process's own work stopped completing.
+    unblocked: u64,
 }
 
 impl<'a> Gate<'a> {
@@ -137,6 +147,9 @@ impl<'a> Gate<'a> {
             releases_seen: 0,
             full_checks: 0,
             rests: 0,
+            queue_full: false,
+            own_wait: None,
+            unblocked: 0,
         }
     }
 
@@ -209,13 +222,48 @@ impl<'a> Gate<'a> {
         if self.fast_go(now_ns) {
             return Step::Go;
         }
-        let step = self.check(now_ns, meter);
+        self.queue_full = false;
+        let mut step = self.check(now_ns, meter);
+        if matches!(step, Step::WaitAll | Step::WaitOldest) || self.queue_full {
+            step = self.unless_stuck(step, now_ns, meter);
+        } else {
+            self.own_wait = None;
+        }
         if step != Step::Go {
             // The process is about to wait: its queued work must be measurable, and
             // nothing more of it may join a group that waits for a next launch.
             meter.seal();
         }
         step
+    }
+
+    /// A wait for the process's own queued work, unless that work has stopped
+    /// completing: then the launch goes. Work on the GPU may wait for a later launch of
+    /// the same process (a stream waiting on a value a later kernel writes), and a gate
+    /// that held that launch until the work completed would wait for ever. Work counts as
+    /// stopped when none of it has completed for [`OWN_WAIT_MIN_NS`], or four times the
+    /// longest group of launches measured, if longer.
+    fn unless_stuck(&mut self, step: Step, now_ns: u64, meter: &mut dyn BusyMeter) -> Step {
+        let pending = meter.pending();
+        match self.own_wait {
+            Some((since, seen)) if pending >= seen => {
+                let limit = OWN_WAIT_MIN_NS.max(meter.longest_ns().saturating_mul(4));
+                if now_ns.saturating_sub(since) >= limit {
+                    self.own_wait = None;
+                    self.unblocked += 1;
+                    self.allowance = 0;
+                    return Step::Go;
+                }
+            }
+            _ => self.own_wait = Some((now_ns, pending)),
+        }
+        step
+    }
+
+    /// Launches let through because the process's own queued work stopped completing
+    /// (for reports and tests).
+    pub fn unblocked(&self) -> u64 {
+        self.unblocked
     }
 
     /// A full check.
@@ -319,6 +367,7 @@ impl<'a> Gate<'a> {
         // queued work keeps renewing its lease.
         let room = meter.room(c.max_inflight_ns, c.max_pending);
         if room == 0 {
+            self.queue_full = true;
             return match meter.inflight_estimate_ns() {
                 // Nothing measured yet: wait for the first work to complete.
                 u64::MAX => Step::WaitOldest,
@@ -410,5 +459,85 @@ pub fn admit(gate: &mut Gate<'_>, clock: &dyn Clock, meter: &mut dyn BusyMeter) 
             Step::WaitAll => meter.wait_all(),
             Step::WaitTurn { seen, timeout_ns } => gate.wait_turn(seen, timeout_ns, clock),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+
+    use super::*;
+    use crate::meter::Harvest;
+
+    /// Work that was queued and never completes (it waits for a later launch).
+    struct Stuck {
+        pending: usize,
+        longest_ns: u64,
+    }
+
+    impl BusyMeter for Stuck {
+        fn harvest(&mut self, _now_ns: u64) -> Harvest {
+            Harvest::default()
+        }
+        fn pending(&self) -> usize {
+            self.pending
+        }
+        fn inflight_estimate_ns(&self) -> u64 {
+            u64::MAX
+        }
+        fn room(&self, _max_inflight_ns: u64, _max_pending: usize) -> usize {
+            0
+        }
+        fn longest_ns(&self) -> u64 {
+            self.longest_ns
+        }
+        fn wait_oldest(&mut self) {}
+        fn wait_all(&mut self) {}
+    }
+
+    /// The time from the first step until the gate lets a launch go.
+    fn time_to_go(meter: &mut Stuck, progress_every: Option<u64>) -> u64 {
+        let tat = AtomicU64::new(0);
+        let busy = AtomicU64::new(0);
+        let mut gate = Gate::new(GateConfig::new(50, None), Budget::new(&tat, &busy), None);
+        let t0 = 1_000 * MS;
+        let mut now = t0;
+        while now < t0 + 10_000 * MS {
+            if gate.step(now, meter) == Step::Go {
+                return now - t0;
+            }
+            now += MS;
+            if let Some(every) = progress_every
+                && (now - t0).is_multiple_of(every)
+            {
+                meter.pending -= 1;
+            }
+        }
+        u64::MAX
+    }
+
+    #[test]
+    fn a_launch_is_not_held_for_ever_behind_work_that_never_completes() {
+        let mut stuck = Stuck {
+            pending: 3,
+            longest_ns: 0,
+        };
+        assert_eq!(time_to_go(&mut stuck, None), OWN_WAIT_MIN_NS);
+        // Work known to take long is waited for longer.
+        let mut slow = Stuck {
+            pending: 3,
+            longest_ns: 500 * MS,
+        };
+        assert_eq!(time_to_go(&mut slow, None), 2_000 * MS);
+    }
+
+    #[test]
+    fn work_that_keeps_completing_is_waited_for() {
+        // Something completes every 50 ms: the process waits, as the queue bound says.
+        let mut draining = Stuck {
+            pending: 10_000,
+            longest_ns: 0,
+        };
+        assert_eq!(time_to_go(&mut draining, Some(50 * MS)), u64::MAX);
     }
 }

@@ -74,6 +74,10 @@ pub trait BusyMeter {
     fn inflight_estimate_ns(&self) -> u64;
     /// How many more launches may be queued before the queue is full (an estimate).
     fn room(&self, max_inflight_ns: u64, max_pending: usize) -> usize;
+    /// The longest GPU time one group of launches took (0 when unknown).
+    fn longest_ns(&self) -> u64 {
+        0
+    }
     /// Blocks until the oldest pending launch has completed.
     fn wait_oldest(&mut self);
     /// Blocks until every pending launch has completed.
@@ -159,6 +163,8 @@ pub struct EventMeter<T: Timeline> {
     /// launch: added to the next harvest, so that a driver error never lets work through
     /// free.
     unmeasured_ns: u64,
+    /// The longest GPU time one group took.
+    longest_ns: u64,
     /// GPU busy time per launch (overlapping streams counted once), a moving average.
     average_ns: u64,
     /// Per stream: the time from one launch's end to the next one's, a moving average.
@@ -186,6 +192,7 @@ impl<T: Timeline> EventMeter<T> {
             offsets: VecDeque::new(),
             charged: VecDeque::new(),
             unmeasured_ns: 0,
+            longest_ns: 0,
             average_ns: 0,
             stream_average_ns: HashMap::new(),
             lost: 0,
@@ -225,6 +232,20 @@ impl<T: Timeline> EventMeter<T> {
     /// Timing events recorded on the process's streams (ends and start marks).
     pub fn events_recorded(&self) -> u64 {
         self.events_recorded
+    }
+
+    /// Before `stream` is destroyed: closes its open group with an event recorded while
+    /// the stream still exists, and forgets what was learned about the stream (its
+    /// handle may be given to a new stream).
+    pub fn forget_stream(&mut self, stream: T::Stream) {
+        if self.open.contains_key(&stream) {
+            self.close(stream, false);
+        }
+        self.stream_average_ns.remove(&stream);
+        if !self.pending.iter().any(|m| m.stream == stream) {
+            self.last_end.remove(&stream);
+            self.newest.remove(&stream);
+        }
     }
 
     /// Counts `launches` as unmeasured and charges them their usual time.
@@ -635,6 +656,7 @@ impl<T: Timeline> EventMeter<T> {
                 }
             };
             self.last_end.insert(m.stream, end);
+            self.longest_ns = self.longest_ns.max((end - start).max(0) as u64);
             intervals.push((start, end));
             launches += u64::from(m.launches);
             self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
@@ -684,6 +706,10 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
 
     fn pending(&self) -> usize {
         self.pending_launches
+    }
+
+    fn longest_ns(&self) -> u64 {
+        self.longest_ns
     }
 
     fn seal(&mut self) {

@@ -442,6 +442,26 @@ impl Compute {
         }
     }
 
+    /// Before `stream` is destroyed: the current context's meter closes the stream's
+    /// open group and forgets the stream.
+    pub fn before_stream_destroy(&self, stream: CUstream) {
+        if self.limits.is_none() || stream.is_null() {
+            return;
+        }
+        let mut ctx: CUcontext = std::ptr::null_mut();
+        if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS
+            || ctx.is_null()
+        {
+            return;
+        }
+        let mut map = lock(&self.contexts);
+        if let Some(Some(cc)) = map.get_mut(&(ctx as usize))
+            && let Meter::Events(meter) = &mut cc.meter
+        {
+            relaxed(|| meter.forget_stream(stream_key(stream)));
+        }
+    }
+
     /// Before this thread waits for the GPU (a stream, context or event
     /// synchronisation): closes the open groups of the current context, so that their
     /// events are recorded while their work is still queued. Closed later, after the
@@ -536,7 +556,14 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
             Step::Go
         } else {
             relaxed(|| {
+                let unblocked = cc.gate.unblocked();
                 let step = cc.gate.step(now, cc.meter.as_dyn());
+                if cc.gate.unblocked() > unblocked {
+                    warn_once(format_args!(
+                        "{}: this process's queued GPU work stopped completing while a launch waited for it; the launch goes, in case that work waits for it",
+                        cc.name
+                    ));
+                }
                 cc.report(now);
                 step
             })
@@ -769,6 +796,15 @@ fn before_wait() {
 
 type VoidFn = unsafe extern "C" fn() -> CUresult;
 
+/// `cuStreamDestroy_v2`: the stream's open group is closed while the stream exists.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
+    if let Access::Slice(s) = access() {
+        s.compute.before_stream_destroy(stream);
+    }
+    call_driver!(id::cuStreamDestroy_v2, StreamFn, stream)
+}
+
 /// `cuStreamSynchronize`: open groups are closed first.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
@@ -811,6 +847,7 @@ pub fn is_launch_hook(entry: usize) -> bool {
         id::cuStreamSynchronize_ptsz,
         id::cuCtxSynchronize,
         id::cuEventSynchronize,
+        id::cuStreamDestroy_v2,
     ]
     .contains(&entry)
 }

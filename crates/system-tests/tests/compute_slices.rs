@@ -403,3 +403,24 @@ fn long_work_after_short_kernels_is_charged_whole_when_the_process_waits_for_it(
         "{share}‰ of the GPU under a 25% limit"
     );
 }
+
+#[test]
+fn streams_destroyed_with_work_queued_keep_the_share() {
+    // Each iteration makes a stream, queues 8 kernels on it and destroys it at once: the
+    // open group of launches is closed before the stream goes, while its work is
+    // queued, so it is timed rather than estimated, and no driver call is made on a
+    // destroyed stream.
+    let mut bench = Bench::new();
+    bench.set("FAKE_CUDA_KERNEL_US", "10");
+    let l = ledger(&bench, "churn");
+    let (share, iterations) = share(
+        &bench,
+        &[("GPUSLICE_COMPUTE", "25"), ("GPUSLICE_LEDGER", &l)],
+        "streamchurn",
+    );
+    assert!(iterations > 100, "{iterations} iterations");
+    assert!(
+        share.abs_diff(250) <= 15,
+        "{share}‰ of the GPU under a 25% limit"
+    );
+}
