@@ -796,6 +796,15 @@ fn before_wait() {
 
 type VoidFn = unsafe extern "C" fn() -> CUresult;
 
+/// `cuStreamDestroy` (the first version, same arguments).
+#[unsafe(no_mangle)]
+pub extern "C" fn cuStreamDestroy(stream: CUstream) -> CUresult {
+    if let Access::Slice(s) = access() {
+        s.compute.before_stream_destroy(stream);
+    }
+    call_driver!(id::cuStreamDestroy, StreamFn, stream)
+}
+
 /// `cuStreamDestroy_v2`: the stream's open group is closed while the stream exists.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
@@ -847,6 +856,7 @@ pub fn is_launch_hook(entry: usize) -> bool {
         id::cuStreamSynchronize_ptsz,
         id::cuCtxSynchronize,
         id::cuEventSynchronize,
+        id::cuStreamDestroy,
         id::cuStreamDestroy_v2,
     ]
     .contains(&entry)

@@ -160,6 +160,7 @@ driver_functions! {
     cuEventElapsedTime => "cuEventElapsedTime", Cuda, NONE;
     cuEventElapsedTime_v2 => "cuEventElapsedTime_v2", Cuda, NONE;
     cuStreamCreate => "cuStreamCreate", Cuda, NONE;
+    cuStreamDestroy => "cuStreamDestroy", Cuda, c::cuStreamDestroy as *mut c_void;
     cuStreamDestroy_v2 => "cuStreamDestroy_v2", Cuda, c::cuStreamDestroy_v2 as *mut c_void;
     cuThreadExchangeStreamCaptureMode => "cuThreadExchangeStreamCaptureMode", Cuda, NONE;
     nvmlInit_v2 => "nvmlInit_v2", Nvml, NONE;

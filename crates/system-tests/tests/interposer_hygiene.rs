@@ -59,6 +59,7 @@ const EXPORTED: &[&str] = &[
     "cuMemRelease",
     "cuMipmappedArrayCreate",
     "cuMipmappedArrayDestroy",
+    "cuStreamDestroy",
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
     "cuStreamSynchronize_ptsz",
