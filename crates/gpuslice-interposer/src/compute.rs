@@ -445,20 +445,8 @@ impl Compute {
     /// Before `stream` is destroyed: the current context's meter closes the stream's
     /// open group and forgets the stream.
     pub fn before_stream_destroy(&self, stream: CUstream) {
-        if self.limits.is_none() || stream.is_null() {
-            return;
-        }
-        let mut ctx: CUcontext = std::ptr::null_mut();
-        if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS
-            || ctx.is_null()
-        {
-            return;
-        }
-        let mut map = lock(&self.contexts);
-        if let Some(Some(cc)) = map.get_mut(&(ctx as usize))
-            && let Meter::Events(meter) = &mut cc.meter
-        {
-            relaxed(|| meter.forget_stream(stream_key(stream)));
+        if !stream.is_null() {
+            self.with_current_meter(|meter| meter.forget_stream(stream_key(stream)));
         }
     }
 
@@ -468,6 +456,12 @@ impl Compute {
     /// wait, a group's end could only be estimated from its launches' usual time, which
     /// a long kernel after short ones would exceed.
     pub fn before_wait(&self) {
+        self.with_current_meter(|meter| meter.seal());
+    }
+
+    /// Runs `f` on the event meter of the current context, if it is compute-limited and
+    /// has one, in relaxed capture mode.
+    fn with_current_meter(&self, f: impl FnOnce(&mut EventMeter<CudaTimeline>)) {
         if self.limits.is_none() {
             return;
         }
@@ -481,7 +475,7 @@ impl Compute {
         if let Some(Some(cc)) = map.get_mut(&(ctx as usize))
             && let Meter::Events(meter) = &mut cc.meter
         {
-            relaxed(|| meter.seal());
+            relaxed(|| f(meter));
         }
     }
 }
