@@ -368,3 +368,40 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
         busy * 1000 / wall.max(1)
     )
 }
+
+/// One thread captures a graph in global mode on one stream while it launches kernels
+/// on another stream (which the interposer gates and times). The driver prohibits
+/// queries and synchronisations while a global-mode capture runs, unless the calling
+/// thread is in relaxed mode; a prohibited call invalidates the capture. Reports the
+/// result of ending the capture.
+pub fn capture_beside(cu: &Driver) -> String {
+    let captured = cu.stream_create();
+    let other = cu.stream_create();
+    let kernels = match Kernels::load(cu, captured) {
+        Ok(k) => k,
+        Err(rc) => return format!("rc={rc} stage=load"),
+    };
+    let beside = Kernels {
+        func: kernels.func,
+        stream: other,
+    };
+    // Resolved for CUDA 13: `cuStreamBeginCapture_v2`; CU_STREAM_CAPTURE_MODE_GLOBAL is 0.
+    let begin = cu.call2("cuStreamBeginCapture", captured, null_mut());
+    if begin != 0 {
+        return format!("rc={begin} stage=begin");
+    }
+    let in_graph = kernels.launch(cu, "kernel");
+    let mut launched = 0;
+    for _ in 0..20 {
+        if beside.launch(cu, "kernel") == 0 {
+            launched += 1;
+        }
+    }
+    let mut graph: *mut c_void = null_mut();
+    let end = cu.call2(
+        "cuStreamEndCapture",
+        captured,
+        (&mut graph as *mut *mut c_void).cast(),
+    );
+    format!("rc={end} captured_launch={in_graph} launched_beside={launched}")
+}

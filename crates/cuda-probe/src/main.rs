@@ -291,6 +291,7 @@ impl Probe {
                 launch::timed_loop(cu, kind, ms.parse().expect("ms"))
             }
             "resolve" => format!("library={}", cu.resolve_library(arg)),
+            "capture-beside" => launch::capture_beside(cu),
             "ready" => {
                 std::fs::write(arg, b"ready").expect("write ready file");
                 "rc=0".into()

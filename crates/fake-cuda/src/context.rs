@@ -358,6 +358,7 @@ pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut Handle) -> CUresult {
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     api("cuCtxSynchronize", |d| {
         d.current()?;
+        d.check_capture_safe()?;
         d.timing.wait_stream(None);
         d.synchronize();
         Ok(())

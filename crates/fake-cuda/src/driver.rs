@@ -105,6 +105,11 @@ pub struct Stream {
     pub dev: usize,
     /// The graph being captured into, if any.
     pub capture: Option<u64>,
+    /// How the capture was begun: its mode, the thread that began it, and whether a
+    /// prohibited call has invalidated it.
+    pub capture_mode: std::ffi::c_int,
+    pub capture_thread: u64,
+    pub capture_invalidated: bool,
 }
 
 /// A loaded module.

@@ -294,6 +294,11 @@ fn build() -> HashMap<&'static str, Entry> {
         vec![v!(10000, cuStreamEndCapture)],
         None,
     );
+    add(
+        "cuThreadExchangeStreamCaptureMode",
+        vec![v!(10010, cuThreadExchangeStreamCaptureMode)],
+        None,
+    );
     add("cuEventCreate", vec![v!(2000, cuEventCreate)], None);
     add(
         "cuEventDestroy",

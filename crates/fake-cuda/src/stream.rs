@@ -4,6 +4,7 @@
 //! in capture mode turns `cuMemAllocAsync` / `cuMemFreeAsync` / kernel launches into graph
 //! nodes.
 
+use std::cell::Cell;
 use std::ffi::{c_int, c_uint};
 
 use crate::driver::{Driver, Out, Stream, api, handle, key};
@@ -19,6 +20,33 @@ impl Driver {
         }
     }
 
+    /// Before a call that stream capture prohibits (a query or a synchronisation): in
+    /// any mode but relaxed, a thread may not make one while another thread captures in
+    /// global mode, or while it captures itself; the call fails and the capture is
+    /// invalidated, as the real driver does.
+    pub fn check_capture_safe(&mut self) -> Result<(), CUresult> {
+        if CAPTURE_MODE.get() == CU_STREAM_CAPTURE_MODE_RELAXED {
+            return Ok(());
+        }
+        let me = thread_id();
+        let mut prohibited = false;
+        for st in self.streams.values_mut() {
+            if st.capture.is_some()
+                && (st.capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL
+                    || (st.capture_thread == me
+                        && st.capture_mode != CU_STREAM_CAPTURE_MODE_RELAXED))
+            {
+                st.capture_invalidated = true;
+                prohibited = true;
+            }
+        }
+        if prohibited {
+            Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED)
+        } else {
+            Ok(())
+        }
+    }
+
     fn create_stream(&mut self) -> Result<u64, CUresult> {
         let (ctx, dev) = self.current()?;
         let k = self.new_handle();
@@ -28,6 +56,9 @@ impl Driver {
                 ctx,
                 dev,
                 capture: None,
+                capture_mode: CU_STREAM_CAPTURE_MODE_GLOBAL,
+                capture_thread: 0,
+                capture_invalidated: false,
             },
         );
         Ok(k)
@@ -45,6 +76,7 @@ impl Driver {
         if self.capturing(sk).is_some() {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
+        self.check_capture_safe()?;
         self.timing.wait_stream(Some(sk));
         self.synchronize();
         Ok(())
@@ -56,6 +88,7 @@ impl Driver {
         if self.capturing(sk).is_some() {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
         }
+        self.check_capture_safe()?;
         if self.timing.stream_done(sk) {
             Ok(())
         } else {
@@ -72,7 +105,7 @@ impl Driver {
         })
     }
 
-    fn begin_capture(&mut self, s: Handle) -> Result<(), CUresult> {
+    fn begin_capture(&mut self, s: Handle, mode: c_int) -> Result<(), CUresult> {
         let (sk, _, _) = self.stream(s)?;
         if sk == 0 {
             return Err(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
@@ -83,6 +116,9 @@ impl Driver {
         let g = self.new_graph();
         if let Some(st) = self.streams.get_mut(&sk) {
             st.capture = Some(g);
+            st.capture_mode = mode;
+            st.capture_thread = thread_id();
+            st.capture_invalidated = false;
         }
         Ok(())
     }
@@ -157,13 +193,15 @@ pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(stream: Handle, status: *mut c
 }
 
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: Handle, _mode: c_int) -> CUresult {
-    api("cuStreamBeginCapture_v2", |d| d.begin_capture(stream))
+pub unsafe extern "C" fn cuStreamBeginCapture_v2(stream: Handle, mode: c_int) -> CUresult {
+    api("cuStreamBeginCapture_v2", |d| d.begin_capture(stream, mode))
 }
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuStreamBeginCapture(stream: Handle) -> CUresult {
-    api("cuStreamBeginCapture", |d| d.begin_capture(stream))
+    api("cuStreamBeginCapture", |d| {
+        d.begin_capture(stream, CU_STREAM_CAPTURE_MODE_GLOBAL)
+    })
 }
 
 #[unsafe(no_mangle)]
@@ -173,8 +211,13 @@ pub unsafe extern "C" fn cuStreamEndCapture(stream: Handle, ph_graph: *mut Handl
         let out = unsafe { Out::new(ph_graph) }?;
         let (sk, _, _) = d.stream(stream)?;
         let g = d.capturing(sk).ok_or(CUDA_ERROR_ILLEGAL_STATE)?;
+        let mut invalidated = false;
         if let Some(st) = d.streams.get_mut(&sk) {
             st.capture = None;
+            invalidated = std::mem::take(&mut st.capture_invalidated);
+        }
+        if invalidated {
+            return Err(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
         }
         out.set(handle(g));
         Ok(())
@@ -231,6 +274,8 @@ pub unsafe extern "C" fn cuEventQuery(event: Handle) -> CUresult {
     api("cuEventQuery", |d| {
         if !d.events.contains(&key(event)) {
             Err(CUDA_ERROR_INVALID_HANDLE)
+        } else if let Err(e) = d.check_capture_safe() {
+            Err(e)
         } else if d.timing.done(key(event)) {
             Ok(())
         } else {
@@ -245,8 +290,35 @@ pub unsafe extern "C" fn cuEventSynchronize(event: Handle) -> CUresult {
         if !d.events.contains(&key(event)) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
+        d.check_capture_safe()?;
         d.timing.wait_event(key(event));
         d.synchronize();
+        Ok(())
+    })
+}
+
+thread_local! {
+    /// This thread's stream-capture mode (`cuThreadExchangeStreamCaptureMode`).
+    static CAPTURE_MODE: Cell<c_int> = const { Cell::new(CU_STREAM_CAPTURE_MODE_GLOBAL) };
+}
+
+/// The calling thread's id.
+fn thread_id() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as u64 }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> CUresult {
+    api("cuThreadExchangeStreamCaptureMode", |_| {
+        if mode.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        // SAFETY: non-null, readable and writable by the API contract.
+        let wanted = unsafe { *mode };
+        let old = CAPTURE_MODE.replace(wanted);
+        // SAFETY: as above.
+        unsafe { *mode = old };
         Ok(())
     })
 }

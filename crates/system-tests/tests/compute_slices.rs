@@ -424,3 +424,27 @@ fn streams_destroyed_with_work_queued_keep_the_share() {
         "{share}‰ of the GPU under a 25% limit"
     );
 }
+
+#[test]
+fn a_graph_captured_in_global_mode_survives_gated_launches_beside_it() {
+    // PyTorch captures CUDA graphs in global mode. The meter's event queries, made for
+    // launches on other streams meanwhile, are calls that mode prohibits: made in the
+    // thread's own mode they would fail and invalidate the capture. The interposer makes
+    // them in relaxed mode.
+    let bench = timed_bench();
+    for limited in [false, true] {
+        let l = ledger(&bench, &format!("capture-{limited}"));
+        let mut env = vec![("GPUSLICE_LEDGER", l.as_str())];
+        if limited {
+            env.push(("GPUSLICE_COMPUTE", "25"));
+        }
+        let r = run(&mut bench.probe(&env, &["init", "ctx", "capture-beside"]));
+        assert_eq!(r.rc("capture-beside"), 0, "limited {limited}: {}", r.text());
+        assert_eq!(
+            r.num("capture-beside", "launched_beside"),
+            20,
+            "{}",
+            r.text()
+        );
+    }
+}
