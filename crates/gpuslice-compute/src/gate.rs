@@ -388,16 +388,6 @@ impl<'a> Gate<'a> {
         Step::Go
     }
 
-    /// Before the process goes quiet for a while (exit, a long synchronisation): charge
-    /// what completed and give the turn up.
-    pub fn pause(&mut self, now_ns: u64, meter: &mut dyn BusyMeter) {
-        meter.seal();
-        self.charge(now_ns, meter);
-        if meter.pending() == 0 {
-            self.give_up_turn(now_ns);
-        }
-    }
-
     /// Before the process exits: closes its open groups, waits up to `max_wait_ns` for
     /// the work it still has queued to complete, charges it, and gives the turn up. A
     /// process that queued work and exited would otherwise leave that work uncharged,
