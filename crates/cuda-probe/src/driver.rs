@@ -292,6 +292,30 @@ impl Driver {
         }
     }
 
+    /// `cuCtxCreate` on device `ordinal`: a context of the process's own, made current.
+    pub fn ctx_create(&self, ordinal: c_int) -> (c_int, *mut c_void) {
+        let mut ctx = null_mut();
+        let rc = cu!(
+            self,
+            "cuCtxCreate",
+            unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> c_int,
+            &mut ctx,
+            0,
+            ordinal
+        );
+        (rc, ctx)
+    }
+
+    /// `cuCtxDestroy`.
+    pub fn ctx_destroy(&self, ctx: *mut c_void) -> c_int {
+        cu!(
+            self,
+            "cuCtxDestroy",
+            unsafe extern "C" fn(*mut c_void) -> c_int,
+            ctx
+        )
+    }
+
     pub fn mem_alloc(&self, size: u64) -> (c_int, u64) {
         let mut p = 0u64;
         let rc = cu!(

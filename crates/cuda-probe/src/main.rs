@@ -70,6 +70,26 @@ fn run_steps(probe: &mut Probe, steps: &[String]) {
     }
 }
 
+/// The device whose primary context [`release_at_exit`] releases.
+static RELEASE_AT_EXIT: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Registers an exit handler that releases the primary context of device `ordinal`, as
+/// the CUDA runtime's teardown does: a library initialised after the slice was built,
+/// whose handler therefore runs before the slice's own.
+fn release_primary_at_exit(ordinal: i32) {
+    RELEASE_AT_EXIT.store(ordinal, std::sync::atomic::Ordering::Relaxed);
+    // SAFETY: registers a plain extern "C" function with no arguments.
+    unsafe { libc::atexit(release_at_exit) };
+}
+
+extern "C" fn release_at_exit() {
+    let ordinal = RELEASE_AT_EXIT.load(std::sync::atomic::Ordering::Relaxed);
+    if ordinal >= 0 {
+        let rc = Driver::load().primary_release(ordinal, false);
+        println!("release-at-exit rc={rc}");
+    }
+}
+
 struct Probe {
     cu: Driver,
     pointers: Vec<u64>,
@@ -79,6 +99,8 @@ struct Probe {
     mipmaps: Vec<*mut c_void>,
     pool: *mut c_void,
     stream: *mut c_void,
+    /// Contexts made by `ownctx`, newest last.
+    own_contexts: Vec<*mut c_void>,
     nvml: Option<nvml::Nvml>,
 }
 
@@ -97,6 +119,7 @@ impl Probe {
             mipmaps: Vec::new(),
             pool: std::ptr::null_mut(),
             stream: std::ptr::null_mut(),
+            own_contexts: Vec::new(),
             nvml: None,
         }
     }
@@ -107,6 +130,15 @@ impl Probe {
             "init" => format!("rc={}", cu.init()),
             "ctx" => format!("rc={}", cu.primary_ctx(arg.parse().unwrap_or(0))),
             "ctxrelease" => format!("rc={}", cu.primary_release(arg.parse().unwrap_or(0), false)),
+            "ownctx" => {
+                let (rc, ctx) = cu.ctx_create(arg.parse().unwrap_or(0));
+                self.own_contexts.push(ctx);
+                format!("rc={rc}")
+            }
+            "ownctxdestroy" => match self.own_contexts.pop() {
+                Some(ctx) => format!("rc={}", cu.ctx_destroy(ctx)),
+                None => "rc=-1".into(),
+            },
             "ctxreset" => format!("rc={}", cu.primary_release(arg.parse().unwrap_or(0), true)),
             "alloc" => {
                 let (rc, p) = cu.mem_alloc(parse_size(arg));
@@ -329,6 +361,10 @@ impl Probe {
                 format!("rc=0 child_pid={pid} child_status={status}")
             }
             "exit" => std::process::exit(arg.parse().unwrap_or(0)),
+            "release-at-exit" => {
+                release_primary_at_exit(arg.parse().unwrap_or(0));
+                "rc=0".into()
+            }
             "pid" => {
                 let ns = std::process::id();
                 let host = std::fs::read_link("/proc/self")

@@ -65,7 +65,27 @@ impl Driver {
         for k in modules {
             self.unload_module(k);
         }
-        self.streams.retain(|_, s| s.ctx != ctx);
+        let streams: Vec<u64> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.ctx == ctx)
+            .map(|(&k, _)| k)
+            .collect();
+        let events: Vec<u64> = self
+            .event_ctx
+            .iter()
+            .filter(|&(_, &c)| c == ctx)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in streams {
+            self.streams.remove(&k);
+            self.dead_handles.insert(k);
+        }
+        for k in events {
+            self.events.remove(&k);
+            self.event_ctx.remove(&k);
+            self.dead_handles.insert(k);
+        }
         if primary {
             let pools: Vec<u64> = self
                 .pools

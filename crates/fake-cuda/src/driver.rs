@@ -149,6 +149,13 @@ pub struct Driver {
     pub current_pool: Vec<u64>,
     pub streams: HashMap<u64, Stream>,
     pub events: HashSet<u64>,
+    /// Event -> the context it was created in.
+    pub event_ctx: HashMap<u64, u64>,
+    /// Stream and event handles freed because their context was destroyed. A real
+    /// driver frees them with the context, and a later call with one is undefined
+    /// behaviour (a crash, or a wait that never ends), so the fake aborts on it: a test
+    /// that does it fails loudly.
+    pub dead_handles: HashSet<u64>,
     pub phys: HashMap<u64, crate::vmm::PhysAlloc>,
     pub reservations: BTreeMap<u64, u64>,
     pub mappings: BTreeMap<u64, crate::vmm::Mapping>,
@@ -320,6 +327,8 @@ impl Driver {
             current_pool: Vec::new(),
             streams: HashMap::new(),
             events: HashSet::new(),
+            event_ctx: HashMap::new(),
+            dead_handles: HashSet::new(),
             phys: HashMap::new(),
             reservations: BTreeMap::new(),
             mappings: BTreeMap::new(),
@@ -456,10 +465,22 @@ impl Driver {
             let (ctx, dev) = self.current()?;
             return Ok((0, ctx, dev));
         }
+        self.check_not_dead("stream", k);
         let st = self.streams.get(&k).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         match self.contexts.get(&st.ctx) {
             Some(c) if c.active => Ok((k, st.ctx, st.dev)),
             _ => Err(CUDA_ERROR_INVALID_CONTEXT),
+        }
+    }
+
+    /// Aborts the process if `k` is a handle that a destroyed context took with it (see
+    /// [`Driver::dead_handles`]).
+    pub fn check_not_dead(&self, what: &str, k: u64) {
+        if self.dead_handles.contains(&k) {
+            eprintln!(
+                "fake-cuda: {what} {k:#x} belonged to a context that was destroyed; using it is undefined behaviour on a real driver"
+            );
+            std::process::abort();
         }
     }
 

@@ -65,6 +65,7 @@ impl Driver {
     }
 
     fn destroy_stream(&mut self, s: Handle) -> Result<(), CUresult> {
+        self.check_not_dead("stream", key(s));
         self.streams
             .remove(&key(s))
             .map(|_| ())
@@ -229,9 +230,10 @@ pub unsafe extern "C" fn cuEventCreate(ph_event: *mut Handle, _flags: c_uint) ->
     api("cuEventCreate", |d| {
         // SAFETY: `ph_event` is null or writable by the API contract.
         let out = unsafe { Out::new(ph_event) }?;
-        d.current()?;
+        let (ctx, _) = d.current()?;
         let k = d.new_handle();
         d.events.insert(k);
+        d.event_ctx.insert(k, ctx);
         out.set(handle(k));
         Ok(())
     })
@@ -239,6 +241,8 @@ pub unsafe extern "C" fn cuEventCreate(ph_event: *mut Handle, _flags: c_uint) ->
 
 fn destroy_event(symbol: &str, event: Handle) -> CUresult {
     api(symbol, |d| {
+        d.check_not_dead("event", key(event));
+        d.event_ctx.remove(&key(event));
         if d.events.remove(&key(event)) {
             Ok(())
         } else {
@@ -260,6 +264,7 @@ pub unsafe extern "C" fn cuEventDestroy(event: Handle) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventRecord(event: Handle, stream: Handle) -> CUresult {
     api("cuEventRecord", |d| {
+        d.check_not_dead("event", key(event));
         if !d.events.contains(&key(event)) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }
@@ -272,6 +277,7 @@ pub unsafe extern "C" fn cuEventRecord(event: Handle, stream: Handle) -> CUresul
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventQuery(event: Handle) -> CUresult {
     api("cuEventQuery", |d| {
+        d.check_not_dead("event", key(event));
         if !d.events.contains(&key(event)) {
             Err(CUDA_ERROR_INVALID_HANDLE)
         } else if let Err(e) = d.check_capture_safe() {
@@ -287,6 +293,7 @@ pub unsafe extern "C" fn cuEventQuery(event: Handle) -> CUresult {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuEventSynchronize(event: Handle) -> CUresult {
     api("cuEventSynchronize", |d| {
+        d.check_not_dead("event", key(event));
         if !d.events.contains(&key(event)) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }

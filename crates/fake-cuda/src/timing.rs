@@ -174,6 +174,8 @@ fn elapsed(symbol: &str, ms: *mut f32, a: Handle, b: Handle) -> CUresult {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         let (ka, kb) = (crate::driver::key(a), crate::driver::key(b));
+        d.check_not_dead("event", ka);
+        d.check_not_dead("event", kb);
         if !d.events.contains(&ka) || !d.events.contains(&kb) {
             return Err(CUDA_ERROR_INVALID_HANDLE);
         }

@@ -388,9 +388,11 @@ impl<'a> Gate<'a> {
         Step::Go
     }
 
-    /// Before the process exits: closes its open groups, waits up to `max_wait_ns` for
-    /// the work it still has queued to complete, charges it, and gives the turn up. A
-    /// process that queued work and exited would otherwise leave that work uncharged,
+    /// Before the process exits or its context is destroyed: closes its open groups,
+    /// waits up to `max_wait_ns` for the work it still has queued to complete, charges
+    /// it, and gives the turn up. What is still queued at the deadline is charged its
+    /// usual time without waiting longer, so the wait is bounded whatever the GPU does.
+    /// A process that queued work and exited would otherwise leave that work uncharged,
     /// and a loop of short processes could use the GPU without limit.
     pub fn settle(&mut self, meter: &mut dyn BusyMeter, clock: &dyn Clock, max_wait_ns: u64) {
         let start = clock.now_ns();
@@ -402,6 +404,19 @@ impl<'a> Gate<'a> {
                 break;
             }
             clock.sleep_ns(SETTLE_POLL_NS);
+        }
+        self.abandon(meter, clock.now_ns());
+    }
+
+    /// After the context is gone (the driver destroyed it, and its events with it):
+    /// charges what was still queued at its usual time, without a call to the driver,
+    /// and gives the turn up.
+    pub fn abandon(&mut self, meter: &mut dyn BusyMeter, now_ns: u64) {
+        let busy_ns = meter.abandon(now_ns);
+        if busy_ns > 0 {
+            let percent = self.percent_now(now_ns);
+            self.budget
+                .charge(busy_ns, now_ns.saturating_sub(busy_ns), percent);
         }
         self.leave();
     }
@@ -519,6 +534,80 @@ mod tests {
             longest_ns: 500 * MS,
         };
         assert_eq!(time_to_go(&mut slow, None), 2_000 * MS);
+    }
+
+    /// Queued work that never completes, and that usually takes `usual_ns` a launch.
+    struct NeverDone {
+        pending: usize,
+        usual_ns: u64,
+    }
+
+    impl BusyMeter for NeverDone {
+        fn harvest(&mut self, _now_ns: u64) -> Harvest {
+            Harvest::default()
+        }
+        fn pending(&self) -> usize {
+            self.pending
+        }
+        fn inflight_estimate_ns(&self) -> u64 {
+            0
+        }
+        fn room(&self, _max_inflight_ns: u64, _max_pending: usize) -> usize {
+            0
+        }
+        fn wait_oldest(&mut self) {}
+        fn wait_all(&mut self) {}
+        fn abandon(&mut self, _now_ns: u64) -> u64 {
+            let ns = self.pending as u64 * self.usual_ns;
+            self.pending = 0;
+            ns
+        }
+    }
+
+    /// A virtual clock that moves only when slept on.
+    struct Virtual(std::cell::Cell<u64>);
+
+    impl Clock for Virtual {
+        fn now_ns(&self) -> u64 {
+            self.0.get()
+        }
+        fn sleep_ns(&self, ns: u64) {
+            self.0.set(self.0.get() + ns);
+        }
+    }
+
+    #[test]
+    fn settling_ends_at_its_deadline_and_charges_what_never_completed() {
+        let tat = AtomicU64::new(0);
+        let busy = AtomicU64::new(0);
+        let mut gate = Gate::new(GateConfig::new(50, None), Budget::new(&tat, &busy), None);
+        let clock = Virtual(std::cell::Cell::new(1_000 * MS));
+        let mut meter = NeverDone {
+            pending: 4,
+            usual_ns: 10 * MS,
+        };
+        gate.settle(&mut meter, &clock, 300 * MS);
+        let waited = clock.now_ns() - 1_000 * MS;
+        assert!(
+            (300 * MS..=301 * MS).contains(&waited),
+            "settled after {waited} ns"
+        );
+        assert_eq!(meter.pending(), 0);
+        assert_eq!(gate.budget().busy_total_ns(), 40 * MS);
+    }
+
+    #[test]
+    fn abandoning_a_gone_context_charges_its_queue_without_waiting() {
+        let tat = AtomicU64::new(0);
+        let busy = AtomicU64::new(0);
+        let mut gate = Gate::new(GateConfig::new(50, None), Budget::new(&tat, &busy), None);
+        let mut meter = NeverDone {
+            pending: 3,
+            usual_ns: 2 * MS,
+        };
+        gate.abandon(&mut meter, 5_000 * MS);
+        assert_eq!(meter.pending(), 0);
+        assert_eq!(gate.budget().busy_total_ns(), 6 * MS);
     }
 
     #[test]

@@ -82,6 +82,14 @@ pub trait BusyMeter {
     fn wait_oldest(&mut self);
     /// Blocks until every pending launch has completed.
     fn wait_all(&mut self);
+    /// Gives up on every pending launch without asking the driver again (its context
+    /// is gone, or the process must exit now) and returns the GPU time to charge for
+    /// them: their usual time each, or the time since the oldest of them was submitted
+    /// if that is more (for a hard limit, overcharging is the safe error), plus anything
+    /// unmeasured not yet charged. After it, nothing is pending.
+    fn abandon(&mut self, _now_ns: u64) -> u64 {
+        0
+    }
 }
 
 /// A closed group of launches on one stream, timed by the event after its last.
@@ -706,6 +714,27 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
 
     fn pending(&self) -> usize {
         self.pending_launches
+    }
+
+    fn abandon(&mut self, now_ns: u64) -> u64 {
+        let oldest = self
+            .pending
+            .iter()
+            .map(|m| m.submitted_ns)
+            .chain(self.open.values().map(|g| g.submitted_ns))
+            .min();
+        let usual = self.average_ns.saturating_mul(self.pending_launches as u64);
+        if let Some(oldest) = oldest {
+            let waited = now_ns.saturating_sub(oldest);
+            self.unmeasured_ns = self.unmeasured_ns.saturating_add(waited.max(usual));
+            self.lost += self.pending_launches as u64;
+        }
+        self.pending_launches = 0;
+        self.pending.clear();
+        self.open.clear();
+        self.starting = None;
+        self.newest.clear();
+        std::mem::take(&mut self.unmeasured_ns)
     }
 
     fn longest_ns(&self) -> u64 {

@@ -272,10 +272,13 @@ impl Meter {
     }
 }
 
-/// One CUDA context's gate and meter.
+/// One CUDA context's gate and meter. The meter's events and private stream belong to
+/// the context: they must not be used once the driver has destroyed it.
 struct ContextCompute {
     gate: Gate<'static>,
     meter: Meter,
+    /// The device the context is on.
+    device: CUdevice,
     /// For the periodic report at `info` level: since when, the slice's busy time then,
     /// and this process's launches since.
     report_since_ns: u64,
@@ -338,6 +341,8 @@ pub struct Compute {
     slice_tag: u64,
     /// Context -> its gate, or `None` when its device is not limited.
     contexts: Mutex<HashMap<usize, Option<ContextCompute>>>,
+    /// Device -> its primary context, as `cuDevicePrimaryCtxRetain` handed it out.
+    primaries: Mutex<HashMap<CUdevice, usize>>,
 }
 
 impl Compute {
@@ -359,6 +364,7 @@ impl Compute {
             gpu_dir: config.gpu_dir.clone().into(),
             slice_tag: slice_tag(ledger),
             contexts: Mutex::new(HashMap::new()),
+            primaries: Mutex::new(HashMap::new()),
         }
     }
 
@@ -419,9 +425,11 @@ impl Compute {
             burst.map(|b| format!(" (burst {b}%)")).unwrap_or_default()
         );
         let report_busy_ns = gate.budget().busy_total_ns();
+        register_exit_handler();
         Some(ContextCompute {
             gate,
             meter,
+            device: dev,
             report_since_ns: now,
             report_busy_ns,
             report_checks: 0,
@@ -432,13 +440,63 @@ impl Compute {
         })
     }
 
-    /// On exit: charge the work still queued (waiting for it at most
-    /// [`EXIT_WAIT_NS`]) and give the GPU's turn back.
+    /// On exit: charges the work still queued in every context (waiting for it at most
+    /// [`EXIT_WAIT_NS`] in all), gives the GPU's turn back and forgets the contexts, so
+    /// that a second call does nothing. Only contexts that still exist are left here:
+    /// those the driver destroyed were forgotten when it did ([`Compute::primary_gone`],
+    /// [`Compute::before_context_destroy`]).
     pub fn leave(&self) {
-        if let Ok(mut map) = self.contexts.try_lock() {
-            for cc in map.values_mut().flatten() {
-                relaxed(|| cc.gate.settle(cc.meter.as_dyn(), clock(), EXIT_WAIT_NS));
-            }
+        let drained: Vec<ContextCompute> = match self.contexts.try_lock() {
+            Ok(mut map) => map.drain().filter_map(|(_, cc)| cc).collect(),
+            // Another thread of the exiting process is inside a launch: leave it be
+            // rather than wait for it.
+            Err(_) => return,
+        };
+        let deadline = clock().now_ns().saturating_add(EXIT_WAIT_NS);
+        for mut cc in drained {
+            let left = deadline.saturating_sub(clock().now_ns());
+            relaxed(|| cc.gate.settle(cc.meter.as_dyn(), clock(), left));
+        }
+    }
+
+    /// After `cuDevicePrimaryCtxRetain` handed out `ctx` as `dev`'s primary context.
+    pub fn note_primary(&self, dev: CUdevice, ctx: CUcontext) {
+        if self.limits.is_some() && !ctx.is_null() {
+            lock(&self.primaries).insert(dev, ctx as usize);
+        }
+    }
+
+    /// After the driver destroyed `dev`'s primary context (its last release, or a
+    /// reset): the context's events and streams went with it, so its gate is dropped
+    /// without another call to the driver, and what it still had queued is charged its
+    /// usual time. Called from the CUDA runtime's own teardown at exit too: the exit
+    /// handler must then find nothing of that context left to touch.
+    pub fn primary_gone(&self, dev: CUdevice) {
+        if self.limits.is_none() {
+            return;
+        }
+        let Some(ctx) = lock(&self.primaries).remove(&dev) else {
+            return;
+        };
+        let gone = lock(&self.contexts).remove(&ctx);
+        if let Some(Some(mut cc)) = gone {
+            debug_assert_eq!(cc.device, dev);
+            cc.gate.abandon(cc.meter.as_dyn(), clock().now_ns());
+        }
+    }
+
+    /// Before `cuCtxDestroy` destroys `ctx`: its queued work is charged (waited for at
+    /// most [`EXIT_WAIT_NS`]) while its events still exist, and the context is forgotten,
+    /// so that no later call reaches its events, and a new context given the same
+    /// address starts afresh.
+    pub fn before_context_destroy(&self, ctx: CUcontext) {
+        if self.limits.is_none() || ctx.is_null() {
+            return;
+        }
+        lock(&self.primaries).retain(|_, c| *c != ctx as usize);
+        let gone = lock(&self.contexts).remove(&(ctx as usize));
+        if let Some(Some(mut cc)) = gone {
+            relaxed(|| cc.gate.settle(cc.meter.as_dyn(), clock(), EXIT_WAIT_NS));
         }
     }
 
@@ -618,8 +676,36 @@ fn relaxed<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// How long an exiting process waits for its queued work, to charge it.
-const EXIT_WAIT_NS: u64 = 2_000_000_000;
+/// How long an exiting process waits for its queued work, to charge it (all its
+/// contexts together); what is still queued then is charged its usual time. A process
+/// of a compute slice ends within this (plus its own teardown) of its program's end.
+const EXIT_WAIT_NS: u64 = 1_500_000_000;
+
+static EXIT_HANDLER: AtomicU32 = AtomicU32::new(0);
+
+/// Registers [`settle_at_exit`] once per process (a forked child inherits both the
+/// handler and the flag), when the first context gets a gate. Exit handlers run in the
+/// reverse order of registration, so this one runs before those of the libraries that
+/// were initialised before the process's first launch, the CUDA runtime's teardown among
+/// them: the contexts it settles still exist. The slice's own handler (registered when
+/// the slice was built, earlier) runs after it.
+fn register_exit_handler() {
+    if EXIT_HANDLER.swap(1, Relaxed) == 0 {
+        // SAFETY: registers a plain extern "C" function with no arguments; atexit only
+        // stores the pointer.
+        unsafe {
+            libc::atexit(settle_at_exit);
+        }
+    }
+}
+
+/// At exit: charges what the process's contexts still have queued, and gives their
+/// turns back (see [`Compute::leave`]). Never builds a slice.
+extern "C" fn settle_at_exit() {
+    if let Some(s) = crate::state::existing() {
+        s.compute.leave();
+    }
+}
 
 /// How often a launch waiting for this process's queued work to drain checks again.
 const WAIT_POLL_NS: u64 = 50_000;
@@ -836,8 +922,29 @@ pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
     call_driver!(id::cuEventSynchronize, EventFn, event)
 }
 
+type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
+
+/// `cuCtxDestroy_v2`: the context's queued work is charged while the context exists.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
+    if let Access::Slice(s) = access() {
+        s.compute.before_context_destroy(ctx);
+    }
+    call_driver!(id::cuCtxDestroy_v2, CtxDestroyFn, ctx)
+}
+
+/// `cuCtxDestroy` (the name before CUDA 4, same arguments).
+#[unsafe(no_mangle)]
+pub extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
+    if let Access::Slice(s) = access() {
+        s.compute.before_context_destroy(ctx);
+    }
+    call_driver!(id::cuCtxDestroy, CtxDestroyFn, ctx)
+}
+
 /// Whether a table entry is a hook handed out only to compute-limited slices: the
-/// launches, and the synchronisations that close open groups.
+/// launches, the synchronisations that close open groups, and the destructions of
+/// streams and contexts that close them out.
 pub fn is_launch_hook(entry: usize) -> bool {
     [
         id::cuLaunchKernel,
@@ -852,6 +959,8 @@ pub fn is_launch_hook(entry: usize) -> bool {
         id::cuEventSynchronize,
         id::cuStreamDestroy,
         id::cuStreamDestroy_v2,
+        id::cuCtxDestroy,
+        id::cuCtxDestroy_v2,
     ]
     .contains(&entry)
 }

@@ -873,7 +873,11 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUde
         return r;
     }
     with_slice!(|s| match charge_primary_context(s, dev) {
-        Ok(true) => r,
+        Ok(true) => {
+            // SAFETY: the driver succeeded, so `ctx` is non-null and holds the context.
+            s.compute.note_primary(dev, unsafe { *ctx });
+            r
+        }
         Ok(false) => {
             call_driver!(id::cuDevicePrimaryCtxRelease_v2, ReleaseFn, dev);
             CUDA_ERROR_OUT_OF_MEMORY
@@ -907,6 +911,12 @@ fn after_primary_release(r: CUresult, dev: CUdevice) -> CUresult {
         && let Ok(Some(device)) = s.device_entry(dev)
     {
         s.primary_context_gone(device);
+    }
+    if state == CUDA_SUCCESS
+        && active == 0
+        && let Some(s) = crate::state::existing()
+    {
+        s.compute.primary_gone(dev);
     }
     r
 }

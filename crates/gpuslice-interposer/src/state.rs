@@ -160,6 +160,19 @@ fn slice() -> Result<&'static Slice, &'static str> {
     unsafe { &*p }.as_ref().map_err(String::as_str)
 }
 
+/// The slice of this process if it was built already (and built without error); never
+/// builds one. For exit handlers, which must not start a slice in a process that never
+/// used the GPU.
+pub fn existing() -> Option<&'static Slice> {
+    let p = SLICE.load(Acquire);
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: published by `slice`; only replaced (never freed) in a forked child.
+    let slice = unsafe { &*p }.as_ref().ok()?;
+    (slice.pid == std::process::id()).then_some(slice)
+}
+
 /// In a forked child: forget the parent's slice state (its ledger entry, books and
 /// locks belong to the parent). The child builds its own on first use.
 extern "C" fn after_fork_in_child() {

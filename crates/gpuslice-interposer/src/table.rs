@@ -142,7 +142,6 @@ driver_functions! {
     cuGraphChildGraphNodeGetGraph => "cuGraphChildGraphNodeGetGraph", Cuda, NONE;
     cuDeviceGetGraphMemAttribute => "cuDeviceGetGraphMemAttribute", Cuda, NONE;
     cuDevicePrimaryCtxGetState => "cuDevicePrimaryCtxGetState", Cuda, NONE;
-    cuCtxDestroy_v2 => "cuCtxDestroy_v2", Cuda, NONE;
     // ---- Compute slices (compute.rs): launch hooks, handed out only when the slice
     // has a compute limit, and the event functions the meter calls.
     cuLaunchKernel => "cuLaunchKernel", Cuda, c::cuLaunchKernel as *mut c_void;
@@ -162,6 +161,8 @@ driver_functions! {
     cuStreamCreate => "cuStreamCreate", Cuda, NONE;
     cuStreamDestroy => "cuStreamDestroy", Cuda, c::cuStreamDestroy as *mut c_void;
     cuStreamDestroy_v2 => "cuStreamDestroy_v2", Cuda, c::cuStreamDestroy_v2 as *mut c_void;
+    cuCtxDestroy_v2 => "cuCtxDestroy_v2", Cuda, c::cuCtxDestroy_v2 as *mut c_void;
+    cuCtxDestroy => "cuCtxDestroy", Cuda, c::cuCtxDestroy as *mut c_void;
     cuThreadExchangeStreamCaptureMode => "cuThreadExchangeStreamCaptureMode", Cuda, NONE;
     nvmlInit_v2 => "nvmlInit_v2", Nvml, NONE;
     nvmlDeviceGetHandleByUUID => "nvmlDeviceGetHandleByUUID", Nvml, NONE;

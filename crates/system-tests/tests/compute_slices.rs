@@ -448,3 +448,59 @@ fn a_graph_captured_in_global_mode_survives_gated_launches_beside_it() {
         );
     }
 }
+
+#[test]
+fn exit_after_the_runtime_released_the_primary_context_touches_none_of_its_events() {
+    // The CUDA runtime tears the primary context down from an exit handler. The events
+    // and streams the slice's meter made in that context go with it: an exit handler of
+    // the interposer that used them afterwards would call the driver with freed handles
+    // (the fake driver aborts on that; a real one may crash or never return). The
+    // teardown is registered before the first launch, as the runtime's is, or after it,
+    // as a library initialised later would; the process has work queued either way.
+    let bench = timed_bench();
+    for (name, release_first) in [("runtime-order", true), ("library-order", false)] {
+        let l = ledger(&bench, name);
+        let mut steps = vec!["init", "ctx"];
+        if release_first {
+            steps.push("release-at-exit:0");
+        }
+        steps.push("loop:kernel:50");
+        if !release_first {
+            steps.push("release-at-exit:0");
+        }
+        steps.push("loop:once:0");
+        let r = run(&mut bench.probe(
+            &[("GPUSLICE_COMPUTE", "30"), ("GPUSLICE_LEDGER", &l)],
+            &steps,
+        ));
+        assert!(
+            r.lines.iter().any(|l| l == "release-at-exit rc=0"),
+            "{name}: {}",
+            r.text()
+        );
+        assert!(!r.stderr.contains("destroyed"), "{name}: {}", r.text());
+    }
+}
+
+#[test]
+fn a_destroyed_context_is_settled_before_it_goes_and_forgotten_after() {
+    // A context of the process's own (cuCtxCreate) is destroyed while it has work
+    // queued: the work is charged while its events exist, and nothing of the context
+    // is touched again, at exit or when a new context is made.
+    let bench = timed_bench();
+    let l = ledger(&bench, "own-ctx");
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_COMPUTE", "30"), ("GPUSLICE_LEDGER", &l)],
+        &[
+            "init",
+            "ownctx",
+            "loop:kernel:50",
+            "loop:once:0",
+            "ownctxdestroy",
+            "ownctx",
+            "loop:kernel:50",
+            "loop:once:0",
+        ],
+    ));
+    assert!(!r.stderr.contains("destroyed"), "{}", r.text());
+}

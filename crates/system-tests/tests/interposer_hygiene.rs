@@ -14,6 +14,8 @@ const EXPORTED: &[&str] = &[
     "cuCtxCreate_v2",
     "cuCtxCreate_v3",
     "cuCtxCreate_v4",
+    "cuCtxDestroy",
+    "cuCtxDestroy_v2",
     "cuCtxSynchronize",
     "cuDeviceGraphMemTrim",
     "cuDevicePrimaryCtxRelease",
