@@ -9,7 +9,11 @@
 //! where it is not needed, limits keyed by UUID are first matched against the devices
 //! CUDA shows (`gpuslice run --gpus` and CDI slices name exactly those); NVML is asked
 //! only for index limits and for UUIDs CUDA does not show. When NVML cannot be used
-//! then, the slice refuses too: nothing can tell that the GPU exists.
+//! then, the slice refuses too: nothing can tell that the GPU exists. A check that
+//! passed is remembered, so a forked child (same configuration, same machine) does not
+//! ask the driver again.
+
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use gpuslice_config::{DeviceSelector, SliceConfig};
 
@@ -20,8 +24,11 @@ use crate::table::id;
 type CountFn = unsafe extern "C" fn(*mut std::ffi::c_int) -> crate::ffi::CUresult;
 
 /// The UUIDs of the devices CUDA shows this process, or `None` before `cuInit` (or
-/// without a driver).
+/// when the process has not loaded the driver: it is never loaded just for this).
 fn cuda_devices() -> Option<Vec<(Option<u32>, String)>> {
+    if !crate::real::cuda_loaded() {
+        return None;
+    }
     let mut count: std::ffi::c_int = 0;
     if call_driver!(id::cuDeviceGetCount, CountFn, &mut count) != CUDA_SUCCESS {
         return None;
@@ -45,9 +52,23 @@ fn describe(devices: &[(Option<u32>, String)]) -> String {
     format!("the GPUs here are {}", list.join(", "))
 }
 
+/// Set once a check passed in this process (or the parent it was forked from).
+static PASSED: AtomicBool = AtomicBool::new(false);
+
 /// Checks that every per-device limit of `config` names a GPU that is here; the error
 /// names the variable and the selector.
 pub fn check(config: &SliceConfig) -> Result<(), String> {
+    if PASSED.load(Relaxed) {
+        return Ok(());
+    }
+    let result = look(config);
+    if result.is_ok() {
+        PASSED.store(true, Relaxed);
+    }
+    result
+}
+
+fn look(config: &SliceConfig) -> Result<(), String> {
     let limits = &config.memory;
     if limits.per_device.is_empty() {
         return Ok(());
