@@ -8,8 +8,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use gpuslice_config::{
-    DEFAULT_LEDGER_DIR, DeviceSelector, ENV_LEDGER, ENV_LEDGER_DIR, ENV_LOG, ENV_MEMORY,
-    ENV_SLICE_NAME, LogLevel, MemoryLimits, parse_size,
+    ComputeShares, DEFAULT_LEDGER_DIR, DeviceSelector, ENV_LEDGER, ENV_LEDGER_DIR, ENV_LOG,
+    ENV_MEMORY, ENV_SLICE_NAME, LogLevel, MemoryLimits, SharesError, parse_size,
 };
 use gpuslice_ledger::LedgerSpec;
 
@@ -247,11 +247,13 @@ pub fn prepend_preload(lib: &str, existing: Option<&str>) -> String {
     parts.join(":")
 }
 
-/// Parses `--compute` and `--burst` (whole percentages; the burst at least the limit).
+/// Parses `--compute` and `--burst` (whole percentages; the burst at least the limit),
+/// with the interposer's own definition of what they mean ([`ComputeShares::new`]):
+/// `--compute 100` is the whole GPU, no compute limit.
 pub fn parse_compute(
     hard: Option<&str>,
     burst: Option<&str>,
-) -> Result<Option<(u32, Option<u32>)>, PlanError> {
+) -> Result<Option<ComputeShares>, PlanError> {
     let percent = |flag: &'static str, value: &str| {
         gpuslice_config::compute::parse_percent(flag, value, false).map_err(|e| {
             PlanError::BadCompute {
@@ -269,16 +271,14 @@ pub fn parse_compute(
     };
     let hard = percent("--compute", hard)?;
     let burst = burst.map(|b| percent("--burst", b)).transpose()?;
-    if let Some(b) = burst
-        && b < hard
-    {
-        return Err(PlanError::BadCompute {
-            flag: "--burst",
-            value: b.to_string(),
-            reason: format!("it is below --compute {hard}"),
-        });
-    }
-    Ok(Some((hard, burst.filter(|&b| b != hard))))
+    ComputeShares::new(hard, burst).map_err(|e| PlanError::BadCompute {
+        flag: "--burst",
+        value: burst.map(|b| b.to_string()).unwrap_or_default(),
+        reason: match e {
+            SharesError::BurstBelowHard { hard, .. } => format!("it is below --compute {hard}"),
+            other => other.to_string(),
+        },
+    })
 }
 
 /// Everything a run needs, decided.
@@ -286,8 +286,8 @@ pub fn parse_compute(
 pub struct RunPlan {
     /// The memory limit on each limited GPU, if any.
     pub limit: Option<u64>,
-    /// The compute limits in percent (hard, burst), if any.
-    pub compute: Option<(u32, Option<u32>)>,
+    /// The compute limits, if any.
+    pub compute: Option<ComputeShares>,
     /// The GPUs given with `--gpus`, as canonical UUIDs in the given order; `None` limits
     /// every GPU the program uses.
     pub gpus: Option<Vec<String>>,
@@ -336,7 +336,7 @@ impl RunPlan {
     }
 
     /// Sets the compute limits.
-    pub fn with_compute(mut self, compute: Option<(u32, Option<u32>)>) -> Self {
+    pub fn with_compute(mut self, compute: Option<ComputeShares>) -> Self {
         self.compute = compute;
         self
     }
@@ -371,13 +371,13 @@ impl RunPlan {
                 name: self.name.clone(),
                 default_limit: self.limit.or(self.compute.map(|_| u64::MAX)),
                 devices: Vec::new(),
-                compute: self.compute,
+                compute: self.compute.map(ComputeShares::to_pair),
             },
             Some(uuids) => LedgerSpec {
                 name: self.name.clone(),
                 default_limit: None,
                 devices: uuids.iter().map(|u| (u.clone(), limit)).collect(),
-                compute: self.compute,
+                compute: self.compute.map(ComputeShares::to_pair),
             },
         }
     }
@@ -397,14 +397,11 @@ impl RunPlan {
         if self.limit.is_some() {
             env.push((ENV_MEMORY.to_string(), self.limits().to_env_value()));
         }
-        if let Some((hard, burst)) = self.compute {
-            let limits = gpuslice_config::ComputeLimits {
-                hard_percent: Some(hard),
-                burst_percent: burst,
-                ..Default::default()
-            };
-            env.extend(limits.to_env());
-        }
+        let compute = gpuslice_config::ComputeLimits {
+            shares: self.compute,
+            ..Default::default()
+        };
+        env.extend(compute.to_env());
         if let Some(log) = &self.log {
             env.push((ENV_LOG.to_string(), log.0.clone()));
         }
@@ -568,6 +565,49 @@ mod tests {
                 assert_eq!(cfg.memory.limit_for(None, uuid), Some(*limit));
             }
         }
+    }
+
+    #[test]
+    fn compute_flags_mean_what_the_interposer_reads() {
+        // Both edges, with and without a burst, with and without --gpus: the limits
+        // written into the ledger are the limits the interposer reads from the child's
+        // environment (it refuses a ledger whose compute limits differ).
+        for (hard, burst) in [
+            ("1", None),
+            ("1", Some("1")),
+            ("1", Some("100")),
+            ("30", Some("30")),
+            ("99", Some("100")),
+            ("100", None),
+            ("100", Some("100")),
+        ] {
+            for gpus in [None, Some(vec![U0])] {
+                let p = plan(gpus.clone()).with_compute(parse_compute(Some(hard), burst).unwrap());
+                let env = p.child_env(None);
+                let cfg = SliceConfig::from_vars(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .expect("the interposer accepts the environment");
+                assert_eq!(
+                    cfg.compute.shares.map(|s| s.to_pair()),
+                    p.ledger_spec().compute,
+                    "--compute {hard} --burst {burst:?} --gpus {gpus:?}"
+                );
+            }
+        }
+        assert_eq!(parse_compute(Some("100"), None).unwrap(), None);
+        assert_eq!(
+            parse_compute(Some("1"), Some("100")).unwrap(),
+            Some(ComputeShares {
+                hard: 1,
+                burst: Some(100)
+            })
+        );
+        let err = parse_compute(Some("50"), Some("20"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--burst") && err.contains("below --compute 50"),
+            "{err}"
+        );
     }
 
     #[test]

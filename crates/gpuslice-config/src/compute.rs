@@ -58,13 +58,79 @@ pub enum ComputeMethod {
     Nvml,
 }
 
+/// A slice's compute limit as every part of gpuslice means it: the interposer (from the
+/// variables), `gpuslice run` (from `--compute`/`--burst`) and `gpuslice cdi` (from a
+/// slice's `compute=`/`burst=`) all build it with [`ComputeShares::new`], so the limits
+/// one writes into a ledger are the limits the others expect to find there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ComputeShares {
+    /// Hard limit in percent of each GPU (1 to 99): never more, whatever else runs.
+    pub hard: u32,
+    /// Soft limit in percent (above `hard`, at most 100), used while no other slice
+    /// wants the GPU.
+    pub burst: Option<u32>,
+}
+
+/// Why a hard limit and a burst make no compute limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SharesError {
+    /// A share outside 1 to 100 percent.
+    #[error("{0}% is not a share of a GPU (1 to 100 percent)")]
+    OutOfRange(u32),
+    /// A burst below the hard limit.
+    #[error("the burst {burst}% is below the hard limit {hard}%")]
+    BurstBelowHard {
+        /// The hard limit.
+        hard: u32,
+        /// The burst.
+        burst: u32,
+    },
+}
+
+impl ComputeShares {
+    /// The one definition of what a hard limit and a burst (whole percentages, 1 to
+    /// 100) mean. A hard limit of 100 is the whole GPU: no compute limit at all (`None`;
+    /// the slice takes no part in the GPU's turns), with or without a burst (which can
+    /// then only be 100). A burst equal to the hard limit is no burst. A burst below the
+    /// hard limit is an error.
+    pub fn new(hard: u32, burst: Option<u32>) -> Result<Option<Self>, SharesError> {
+        for p in std::iter::once(hard).chain(burst) {
+            if !(1..=100).contains(&p) {
+                return Err(SharesError::OutOfRange(p));
+            }
+        }
+        if let Some(b) = burst
+            && b < hard
+        {
+            return Err(SharesError::BurstBelowHard { hard, burst: b });
+        }
+        Ok((hard < 100).then_some(Self {
+            hard,
+            burst: burst.filter(|&b| b != hard),
+        }))
+    }
+
+    /// As the ledger stores it: (hard, burst).
+    pub fn to_pair(self) -> (u32, Option<u32>) {
+        (self.hard, self.burst)
+    }
+}
+
+impl std::fmt::Display for ComputeShares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.hard)?;
+        if let Some(b) = self.burst {
+            write!(f, " (burst {b}%)")?;
+        }
+        Ok(())
+    }
+}
+
 /// The compute limits of a slice, in percent of one GPU's time, the same on every GPU.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ComputeLimits {
-    /// Hard limit: never more, whatever else runs. `None` means no compute limit.
-    pub hard_percent: Option<u32>,
-    /// Soft limit: how much the slice may use while no other slice wants the GPU.
-    pub burst_percent: Option<u32>,
+    /// The limit; `None` means no compute limit.
+    pub shares: Option<ComputeShares>,
     /// The measurement.
     pub method: ComputeMethod,
     /// Tuning: the band in milliseconds (`None`: the default).
@@ -81,7 +147,7 @@ pub struct ComputeLimits {
 impl ComputeLimits {
     /// Whether time on the GPU is limited at all.
     pub fn is_limited(&self) -> bool {
-        self.hard_percent.is_some_and(|p| p < 100)
+        self.shares.is_some()
     }
 
     /// Parses the compute variables among `(name, value)` pairs. gpuslice's own names win
@@ -134,8 +200,9 @@ impl ComputeLimits {
             ("", None)
         };
 
-        if let Some(b) = burst {
-            let Some(h) = hard else {
+        let shares = match (hard, burst) {
+            (None, None) => None,
+            (None, Some(b)) => {
                 return Err(ConfigError::BadCompute {
                     var: burst_var.into(),
                     value: b.to_string(),
@@ -143,22 +210,25 @@ impl ComputeLimits {
                         "a soft limit needs a hard limit ({ENV_COMPUTE}, {ENV_VGPU_CORE} or {ENV_HAMI_SM})"
                     ),
                 });
-            };
-            if b < h {
-                return Err(ConfigError::BadCompute {
-                    var: burst_var.into(),
-                    value: b.to_string(),
-                    reason: format!("it is below the hard limit {h} set by {hard_var}"),
-                });
             }
-        }
+            (Some(h), b) => ComputeShares::new(h, b).map_err(|e| ConfigError::BadCompute {
+                var: burst_var.into(),
+                value: b.map(|b| b.to_string()).unwrap_or_default(),
+                reason: match e {
+                    SharesError::BurstBelowHard { hard, .. } => {
+                        format!("it is below the hard limit {hard} set by {hard_var}")
+                    }
+                    other => other.to_string(),
+                },
+            })?,
+        };
 
         let mut source = Vec::new();
-        if hard.is_some() {
+        if shares.is_some() {
             source.push(hard_var);
-        }
-        if burst.is_some() {
-            source.push(burst_var);
+            if shares.is_some_and(|s| s.burst.is_some()) {
+                source.push(burst_var);
+            }
         }
         let millis = |var: &str, min: u32| -> Result<Option<u32>, ConfigError> {
             let Some(value) = get(var) else {
@@ -178,8 +248,7 @@ impl ComputeLimits {
         let alone_resume_ms = millis(ENV_COMPUTE_ALONE_RESUME_MS, 0)?;
 
         Ok(Self {
-            hard_percent: hard,
-            burst_percent: burst.filter(|&b| Some(b) != hard),
+            shares,
             method,
             band_ms,
             queue_ms,
@@ -191,11 +260,11 @@ impl ComputeLimits {
     /// Renders as `GPUSLICE_COMPUTE`/`GPUSLICE_COMPUTE_BURST` pairs.
     pub fn to_env(&self) -> Vec<(String, String)> {
         let mut env = Vec::new();
-        if let Some(h) = self.hard_percent {
-            env.push((ENV_COMPUTE.to_string(), h.to_string()));
-        }
-        if let Some(b) = self.burst_percent {
-            env.push((ENV_COMPUTE_BURST.to_string(), b.to_string()));
+        if let Some(s) = self.shares {
+            env.push((ENV_COMPUTE.to_string(), s.hard.to_string()));
+            if let Some(b) = s.burst {
+                env.push((ENV_COMPUTE_BURST.to_string(), b.to_string()));
+            }
         }
         env
     }
@@ -246,7 +315,13 @@ mod tests {
     #[test]
     fn own_names() {
         let c = limits(&[(ENV_COMPUTE, "30"), (ENV_COMPUTE_BURST, "80%")]).unwrap();
-        assert_eq!((c.hard_percent, c.burst_percent), (Some(30), Some(80)));
+        assert_eq!(
+            c.shares,
+            Some(ComputeShares {
+                hard: 30,
+                burst: Some(80)
+            })
+        );
         assert!(c.is_limited());
         assert_eq!(c.source, "GPUSLICE_COMPUTE, GPUSLICE_COMPUTE_BURST");
         assert_eq!(
@@ -256,26 +331,108 @@ mod tests {
                 ("GPUSLICE_COMPUTE_BURST".to_string(), "80".to_string())
             ]
         );
-        // 100 is the whole GPU: valid, and no limit.
-        assert!(!limits(&[(ENV_COMPUTE, "100")]).unwrap().is_limited());
         // A burst equal to the hard limit is no burst.
         let c = limits(&[(ENV_COMPUTE, "30"), (ENV_COMPUTE_BURST, "30")]).unwrap();
-        assert_eq!(c.burst_percent, None);
+        assert_eq!(
+            c.shares,
+            Some(ComputeShares {
+                hard: 30,
+                burst: None
+            })
+        );
+    }
+
+    #[test]
+    fn the_edges_one_and_a_hundred_percent() {
+        // 100 is the whole GPU: no compute limit, with or without a burst (of 100).
+        for vars in [
+            &[(ENV_COMPUTE, "100")][..],
+            &[(ENV_COMPUTE, "100%"), (ENV_COMPUTE_BURST, "100")][..],
+            &[(ENV_VGPU_CORE, "100"), (ENV_VGPU_CORE_SOFT, "100")][..],
+            &[(ENV_HAMI_SM, "100")][..],
+        ] {
+            let c = limits(vars).unwrap();
+            assert_eq!(c.shares, None, "{vars:?}");
+            assert!(!c.is_limited() && c.to_env().is_empty(), "{vars:?}");
+        }
+        // 1 is a limit, and may burst to the whole GPU.
+        let c = limits(&[(ENV_COMPUTE, "1")]).unwrap();
+        assert_eq!(
+            c.shares,
+            Some(ComputeShares {
+                hard: 1,
+                burst: None
+            })
+        );
+        let c = limits(&[(ENV_COMPUTE, "1"), (ENV_COMPUTE_BURST, "100")]).unwrap();
+        assert_eq!(
+            c.shares,
+            Some(ComputeShares {
+                hard: 1,
+                burst: Some(100)
+            })
+        );
+        assert_eq!(c.to_env()[1].1, "100");
+        // 99 with a burst of 100 is still a limit.
+        let c = limits(&[(ENV_COMPUTE, "99"), (ENV_COMPUTE_BURST, "100")]).unwrap();
+        assert_eq!(
+            c.shares,
+            Some(ComputeShares {
+                hard: 99,
+                burst: Some(100)
+            })
+        );
+    }
+
+    #[test]
+    fn shares_are_defined_once() {
+        assert_eq!(ComputeShares::new(100, None), Ok(None));
+        assert_eq!(ComputeShares::new(100, Some(100)), Ok(None));
+        assert_eq!(
+            ComputeShares::new(30, Some(30)),
+            Ok(Some(ComputeShares {
+                hard: 30,
+                burst: None
+            }))
+        );
+        assert_eq!(
+            ComputeShares::new(50, Some(20)),
+            Err(SharesError::BurstBelowHard {
+                hard: 50,
+                burst: 20
+            })
+        );
+        assert_eq!(ComputeShares::new(0, None), Err(SharesError::OutOfRange(0)));
+        assert_eq!(
+            ComputeShares::new(30, Some(101)),
+            Err(SharesError::OutOfRange(101))
+        );
+        let s = ComputeShares::new(30, Some(80)).unwrap().unwrap();
+        assert_eq!(
+            (s.to_pair(), s.to_string()),
+            ((30, Some(80)), "30% (burst 80%)".into())
+        );
     }
 
     #[test]
     fn compatible_names_and_precedence() {
         let c = limits(&[(ENV_VGPU_CORE, "50"), (ENV_VGPU_CORE_SOFT, "90")]).unwrap();
-        assert_eq!((c.hard_percent, c.burst_percent), (Some(50), Some(90)));
+        assert_eq!(
+            c.shares,
+            Some(ComputeShares {
+                hard: 50,
+                burst: Some(90)
+            })
+        );
         let c = limits(&[(ENV_HAMI_SM, "25")]).unwrap();
-        assert_eq!(c.hard_percent, Some(25));
+        assert_eq!(c.shares.unwrap().hard, 25);
         assert_eq!(c.source, "CUDA_DEVICE_SM_LIMIT");
         // Zero is "no limit" in the compatible names.
         assert!(!limits(&[(ENV_HAMI_SM, "0")]).unwrap().is_limited());
         assert!(!limits(&[(ENV_VGPU_CORE, "0")]).unwrap().is_limited());
         // gpuslice's own name wins.
         let c = limits(&[(ENV_HAMI_SM, "25"), (ENV_COMPUTE, "40")]).unwrap();
-        assert_eq!(c.hard_percent, Some(40));
+        assert_eq!(c.shares.unwrap().hard, 40);
     }
 
     #[test]

@@ -11,7 +11,7 @@ pub mod size;
 
 use std::fmt;
 
-pub use compute::{ComputeLimits, ComputeMethod};
+pub use compute::{ComputeLimits, ComputeMethod, ComputeShares, SharesError};
 pub use size::{SizeError, format_size, human_size, parse_size};
 
 /// gpuslice's own variable: the memory limit, for every device (`8GiB`) or per device
@@ -33,6 +33,10 @@ pub const ENV_VGPU_UUIDS: &str = "GPU_DEVICES_UUID";
 pub const ENV_VGPU_LOG: &str = "LOGGER_LEVEL";
 /// HAMi-core: memory limit for every device, or per index with a `_<i>` suffix.
 pub const ENV_HAMI_MEM: &str = "CUDA_DEVICE_MEMORY_LIMIT";
+
+/// gpuslice's own variable: overrides the host agent's probe for rewriting the driver's
+/// process-list ioctls of `nvidia-smi` (`off`, `host-pids`, `translated-broken-memory`).
+pub const ENV_SMI_IOCTL: &str = "GPUSLICE_SMI_IOCTL";
 
 /// gpuslice's own variable: folder of the host-wide per-GPU turn files (compute slices
 /// on one GPU take turns through them, so it must be shared by every slice of a host).
@@ -139,6 +143,38 @@ pub enum ConfigError {
         /// The problem with the variable.
         source: Box<ConfigError>,
     },
+    /// An entry of `GPU_DEVICES_UUID` that is not a GPU UUID.
+    #[error(
+        "{var}: entry {position} ({entry:?}) is not a GPU UUID (GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, entries separated by commas)"
+    )]
+    BadUuid {
+        /// The variable.
+        var: String,
+        /// The entry's position in the list, from 0 (the index `CUDA_MEM_LIMIT_<i>` uses).
+        position: usize,
+        /// The entry.
+        entry: String,
+    },
+    /// A path that must be absolute but is not.
+    #[error(
+        "{var}={value:?} is a relative path: processes started in different folders would find different files, and so not share one slice; give an absolute path"
+    )]
+    RelativePath {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+    },
+    /// A value that is not one of the words the variable takes.
+    #[error("{var}={value:?} is not one of {expected}")]
+    NotAChoice {
+        /// The variable.
+        var: String,
+        /// Its value.
+        value: String,
+        /// The words it takes.
+        expected: &'static str,
+    },
     /// A compute share that is not a whole percentage in range.
     #[error("{var}={value:?} is not a valid compute share: {reason}")]
     BadCompute {
@@ -174,7 +210,9 @@ impl DeviceSelector {
         let lower = text.to_ascii_lowercase();
         if lower.starts_with("gpu-") || lower.starts_with("mig-") {
             let rest = &text[4..];
-            if !rest.is_empty() && rest.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            if rest.chars().any(|c| c.is_ascii_hexdigit())
+                && rest.chars().all(|c| c.is_ascii_hexdigit() || c == '-')
+            {
                 return Some(Self::Uuid(canonical_uuid(text)));
             }
         }
@@ -199,19 +237,62 @@ impl fmt::Display for DeviceSelector {
     }
 }
 
-/// Canonical spelling of a UUID: `GPU-` prefix upper case, hex digits lower case.
+/// Canonical spelling of a UUID: `GPU-` prefix upper case, hex digits lower case. Any
+/// text is taken (character by character, so never split inside a character); only
+/// ASCII letters change case.
 pub fn canonical_uuid(text: &str) -> String {
-    let text = text.trim();
-    if text.len() >= 4 {
-        let (prefix, rest) = text.split_at(4);
-        format!(
-            "{}{}",
-            prefix.to_ascii_uppercase(),
-            rest.to_ascii_lowercase()
-        )
-    } else {
-        text.to_ascii_uppercase()
-    }
+    text.trim()
+        .chars()
+        .enumerate()
+        .map(|(i, c)| {
+            if i < 4 {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect()
+}
+
+/// Whether `text` is a whole GPU (or MIG) UUID: `GPU-` and 32 hex digits grouped
+/// 8-4-4-4-12, in any case.
+pub fn is_full_uuid(text: &str) -> bool {
+    let Some(rest) = text
+        .get(..4)
+        .filter(|p| p.eq_ignore_ascii_case("gpu-") || p.eq_ignore_ascii_case("mig-"))
+        .and_then(|_| text.get(4..))
+    else {
+        return false;
+    };
+    let groups: Vec<&str> = rest.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Parses `GPU_DEVICES_UUID`: whole GPU UUIDs separated by commas (blanks around an
+/// entry are allowed). Position `i` is the device `CUDA_MEM_LIMIT_<i>` limits, so an
+/// empty or malformed entry is an error rather than skipped: skipping it would move the
+/// limits of the entries after it onto other GPUs.
+pub fn parse_uuid_list(var: &str, value: &str) -> Result<Vec<String>, ConfigError> {
+    value
+        .split(',')
+        .map(str::trim)
+        .enumerate()
+        .map(|(position, entry)| {
+            if is_full_uuid(entry) {
+                Ok(canonical_uuid(entry))
+            } else {
+                Err(ConfigError::BadUuid {
+                    var: var.to_string(),
+                    position,
+                    entry: entry.to_string(),
+                })
+            }
+        })
+        .collect()
 }
 
 /// Memory limits of a slice.
@@ -236,6 +317,20 @@ impl MemoryLimits {
             .find(|(sel, _)| sel.matches(index, uuid))
             .map(|(_, limit)| *limit)
             .or(self.all_devices)
+    }
+
+    /// The per-device selectors that pick none of `devices` (the NVML index, if known,
+    /// and the UUID of each GPU present). A limit for a GPU that is not there limits
+    /// nothing, so the caller refuses it rather than let the real GPUs run unlimited.
+    pub fn selectors_matching_none<'a>(
+        &'a self,
+        devices: &[(Option<u32>, String)],
+    ) -> Vec<&'a DeviceSelector> {
+        self.per_device
+            .iter()
+            .map(|(sel, _)| sel)
+            .filter(|sel| !devices.iter().any(|(i, u)| sel.matches(*i, u)))
+            .collect()
     }
 
     /// Whether any limit is keyed by index (needs NVML to resolve).
@@ -337,6 +432,34 @@ impl LogLevel {
     }
 }
 
+/// `GPUSLICE_SMI_IOCTL`: how the interposer rewrites the driver's process-list ioctls,
+/// instead of what the host agent's probe of the driver says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmiIoctl {
+    /// `off`: never rewrite.
+    Off,
+    /// `host-pids`: as for a driver that lists host PIDs in containers.
+    HostPids,
+    /// `translated-broken-memory`: as for a driver that translates PIDs but loses
+    /// per-process memory.
+    TranslatedBrokenMemory,
+}
+
+impl SmiIoctl {
+    /// The words `GPUSLICE_SMI_IOCTL` takes.
+    pub const CHOICES: &str = "off, host-pids, translated-broken-memory";
+
+    /// Parses one of [`SmiIoctl::CHOICES`] (surrounding blanks allowed).
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text.trim() {
+            "off" => Self::Off,
+            "host-pids" => Self::HostPids,
+            "translated-broken-memory" => Self::TranslatedBrokenMemory,
+            _ => return None,
+        })
+    }
+}
+
 /// Everything a process learns from its environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceConfig {
@@ -358,12 +481,50 @@ pub struct SliceConfig {
     pub gpu_dir: String,
     /// The pinned configuration file the configuration came from, if any.
     pub pinned_file: Option<String>,
+    /// `GPUSLICE_SMI_IOCTL`, if set.
+    pub smi_ioctl: Option<SmiIoctl>,
 }
 
 impl SliceConfig {
     /// Whether this process belongs to a slice at all.
     pub fn is_sliced(&self) -> bool {
         !self.memory.is_empty() || self.ledger_path.is_some() || self.compute.is_limited()
+    }
+
+    /// The file name of the ledger of a slice configured without `GPUSLICE_LEDGER`
+    /// (`env-<digest>.ledger` in the ledger folder). The digest covers everything that
+    /// defines the slice: its name, the memory limit of every device and the default
+    /// one, and the compute limits. Processes share the ledger exactly when they
+    /// describe the same slice; another slice, even with some limit in common, gets a
+    /// file of its own instead of being refused (or, worse, joined).
+    pub fn derived_ledger_file_name(&self) -> String {
+        use std::hash::Hasher;
+        let mut devices: Vec<String> = self
+            .memory
+            .per_device
+            .iter()
+            .map(|(sel, limit)| match sel {
+                DeviceSelector::Index(i) => format!("index {i}={limit}"),
+                DeviceSelector::Uuid(u) => format!("uuid {u}={limit}"),
+            })
+            .collect();
+        devices.sort();
+        let shares = self.compute.shares;
+        let text = format!(
+            "gpuslice slice v1\nmemory={}\ndevices={}\ncompute={}\nburst={}\nname={}",
+            self.memory
+                .all_devices
+                .map_or("none".to_string(), |l| l.to_string()),
+            devices.join(","),
+            shares.map_or("none".to_string(), |s| s.hard.to_string()),
+            shares
+                .and_then(|s| s.burst)
+                .map_or("none".to_string(), |b| b.to_string()),
+            self.slice_name.as_deref().unwrap_or(""),
+        );
+        let mut hasher = fnv::FnvHasher::default();
+        hasher.write(text.as_bytes());
+        format!("env-{:016x}.ledger", hasher.finish())
     }
 
     /// Reads the configuration from [`PINNED_CONFIG`] if it exists, else from the
@@ -396,9 +557,14 @@ impl SliceConfig {
         };
         let path = pinned.display().to_string();
         let mut vars = parse_pinned(&text, &path)?;
+        // The log level and the ioctl override are the process's own business: they
+        // come from the environment unless the file sets them.
         let is_log = |k: &str| k == ENV_LOG || k == ENV_VGPU_LOG;
         if !vars.iter().any(|(k, _)| is_log(k)) {
             vars.extend(env.iter().filter(|(k, _)| is_log(k)).cloned());
+        }
+        if !vars.iter().any(|(k, _)| k == ENV_SMI_IOCTL) {
+            vars.extend(env.iter().filter(|(k, _)| k == ENV_SMI_IOCTL).cloned());
         }
         let mut config = Self::from_vars(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .map_err(|source| ConfigError::InPinnedFile {
@@ -431,6 +597,7 @@ impl SliceConfig {
         let mut hami_limits: Vec<(String, String)> = Vec::new();
         let mut compute_vars: Vec<(String, String)> = Vec::new();
         let mut gpu_dir = None;
+        let mut smi_ioctl = None;
 
         for (key, value) in vars {
             if compute::is_compute_var(key) {
@@ -438,14 +605,24 @@ impl SliceConfig {
                 continue;
             }
             match key {
-                ENV_GPU_DIR => gpu_dir = non_empty(value),
+                ENV_GPU_DIR => gpu_dir = absolute(ENV_GPU_DIR, value)?,
                 ENV_MEMORY => own_memory = Some(value.to_string()),
-                ENV_LEDGER => ledger_path = non_empty(value),
+                ENV_LEDGER => ledger_path = absolute(ENV_LEDGER, value)?,
                 ENV_LEDGER_DIR => ledger_dir = non_empty(value),
+                ENV_SMI_IOCTL => {
+                    smi_ioctl = match non_empty(value) {
+                        None => None,
+                        Some(v) => Some(SmiIoctl::parse(&v).ok_or(ConfigError::NotAChoice {
+                            var: ENV_SMI_IOCTL.into(),
+                            value: value.to_string(),
+                            expected: SmiIoctl::CHOICES,
+                        })?),
+                    }
+                }
                 ENV_SLICE_NAME => slice_name = non_empty(value),
                 ENV_LOG => log_own = Some(value.to_string()),
                 ENV_VGPU_LOG => log_vgpu = Some(value.to_string()),
-                ENV_VGPU_UUIDS => vgpu_uuids = non_empty(value),
+                ENV_VGPU_UUIDS => vgpu_uuids = Some(value.to_string()),
                 ENV_HAMI_MEM => hami_all = Some(value.to_string()),
                 _ => {
                     if key.starts_with(ENV_VGPU_MEM_PREFIX) {
@@ -477,28 +654,13 @@ impl SliceConfig {
             (None, None) => LogLevel::Warn,
         };
 
-        let uuid_list: Option<Vec<String>> = vgpu_uuids.map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(canonical_uuid)
-                .collect()
-        });
-        // Index-keyed compat limits refer to GPU_DEVICES_UUID positions when it is set.
-        let resolve_index = |var: &str, index: u32| -> Result<DeviceSelector, ConfigError> {
-            match &uuid_list {
-                Some(list) => list
-                    .get(index as usize)
-                    .map(|u| DeviceSelector::Uuid(u.clone()))
-                    .ok_or(ConfigError::IndexOutOfRange {
-                        var: var.to_string(),
-                        index,
-                        uuids_var: ENV_VGPU_UUIDS.into(),
-                        count: list.len(),
-                    }),
-                None => Ok(DeviceSelector::Index(index)),
-            }
-        };
+        // A ledger folder matters only without an explicit ledger (`gpuslice run` sets
+        // the ledger, and passes the folder variable on as it found it).
+        if ledger_path.is_none()
+            && let Some(dir) = &ledger_dir
+        {
+            absolute(ENV_LEDGER_DIR, dir)?;
+        }
 
         let mut memory = MemoryLimits::default();
         let mut sources: Vec<(DeviceSelector, String)> = Vec::new();
@@ -515,6 +677,26 @@ impl SliceConfig {
             let mut indexed: Vec<(String, String)> = vgpu_limits;
             indexed.extend(hami_limits);
             indexed.sort();
+            // Index-keyed compat limits refer to GPU_DEVICES_UUID positions when it is
+            // set (even empty); it is read only when such a limit needs it.
+            let uuid_list = match &vgpu_uuids {
+                Some(list) if !indexed.is_empty() => Some(parse_uuid_list(ENV_VGPU_UUIDS, list)?),
+                _ => None,
+            };
+            let resolve_index = |var: &str, index: u32| -> Result<DeviceSelector, ConfigError> {
+                match &uuid_list {
+                    Some(list) => list
+                        .get(index as usize)
+                        .map(|u| DeviceSelector::Uuid(u.clone()))
+                        .ok_or(ConfigError::IndexOutOfRange {
+                            var: var.to_string(),
+                            index,
+                            uuids_var: ENV_VGPU_UUIDS.into(),
+                            count: list.len(),
+                        }),
+                    None => Ok(DeviceSelector::Index(index)),
+                }
+            };
             for (var, value) in indexed {
                 let suffix = var.rsplit('_').next().unwrap_or("");
                 let index: u32 = suffix.parse().map_err(|_| ConfigError::BadDevice {
@@ -541,6 +723,7 @@ impl SliceConfig {
             compute,
             gpu_dir: gpu_dir.unwrap_or_else(|| DEFAULT_GPU_DIR.to_string()),
             pinned_file: None,
+            smi_ioctl,
         })
     }
 }
@@ -580,6 +763,18 @@ fn parse_pinned(text: &str, path: &str) -> Result<Vec<(String, String)>, ConfigE
 fn non_empty(value: &str) -> Option<String> {
     let v = value.trim();
     (!v.is_empty()).then(|| v.to_string())
+}
+
+/// A path variable's value (`None` when empty), which must be absolute: a relative one
+/// would name a different file in every working folder.
+fn absolute(var: &str, value: &str) -> Result<Option<String>, ConfigError> {
+    match non_empty(value) {
+        Some(path) if !path.starts_with('/') => Err(ConfigError::RelativePath {
+            var: var.to_string(),
+            value: value.to_string(),
+        }),
+        other => Ok(other),
+    }
 }
 
 /// Parses a limit: a size that must be greater than zero.
@@ -692,25 +887,241 @@ mod tests {
         }
     }
 
+    const UA: &str = "GPU-aaaaaaaa-1111-4000-8000-000000000000";
+    const UB: &str = "GPU-BBBBBBBB-2222-4000-8000-000000000000";
+
+    #[test]
+    fn selectors_that_match_no_device_are_found() {
+        let c = cfg(&[(
+            ENV_MEMORY,
+            "4GiB,0=1GiB,99=2GiB,GPU-aaaaaaaa=3GiB,GPU-dead=5GiB",
+        )])
+        .unwrap();
+        let here = [(Some(0), UA.to_string()), (Some(1), UB.to_string())];
+        assert_eq!(
+            c.memory.selectors_matching_none(&here),
+            [
+                &DeviceSelector::Index(99),
+                &DeviceSelector::Uuid("GPU-dead".into())
+            ]
+        );
+        // Without indices (devices as CUDA shows them) an index matches nothing.
+        let cuda = [(None, UA.to_string())];
+        assert_eq!(c.memory.selectors_matching_none(&cuda).len(), 3);
+        assert!(
+            cfg(&[(ENV_MEMORY, "4GiB")])
+                .unwrap()
+                .memory
+                .selectors_matching_none(&[])
+                .is_empty()
+        );
+    }
+
     #[test]
     fn vgpu_controller_names() {
+        let list = format!("{UA}, {UB}");
         let c = cfg(&[
             ("CUDA_MEM_LIMIT_0", "1000m"),
             ("CUDA_MEM_LIMIT_1", "2000m"),
-            (ENV_VGPU_UUIDS, "GPU-aaaa,GPU-BBBB"),
+            (ENV_VGPU_UUIDS, &list),
             (ENV_VGPU_LOG, "5"),
         ])
         .unwrap();
-        assert_eq!(c.memory.limit_for(None, "GPU-aaaa"), Some(1000 * MIB));
-        assert_eq!(c.memory.limit_for(None, "GPU-bbbb"), Some(2000 * MIB));
+        assert_eq!(c.memory.limit_for(None, UA), Some(1000 * MIB));
+        assert_eq!(
+            c.memory.limit_for(None, &UB.to_ascii_lowercase()),
+            Some(2000 * MIB)
+        );
         assert_eq!(c.memory.limit_for(Some(0), "GPU-cccc"), None);
         assert_eq!(c.log_level, LogLevel::Trace);
     }
 
     #[test]
     fn vgpu_index_beyond_uuid_list_fails() {
-        let err = cfg(&[("CUDA_MEM_LIMIT_2", "1g"), (ENV_VGPU_UUIDS, "GPU-aaaa")]).unwrap_err();
+        let err = cfg(&[("CUDA_MEM_LIMIT_2", "1g"), (ENV_VGPU_UUIDS, UA)]).unwrap_err();
         assert!(err.to_string().contains("CUDA_MEM_LIMIT_2"));
+    }
+
+    #[test]
+    fn a_malformed_uuid_list_fails_naming_the_variable() {
+        for list in [
+            "NaN",
+            "0",
+            "GPU-zzz",
+            "GPU-aaaa",
+            "",
+            " ",
+            ",",
+            "１００",
+            "GPU-aaaaaaaa-1111-4000-8000-00000000000",
+            "GPU-aaaaaaaa-1111-4000-8000-0000000000000",
+            "GPU-aaaaaaaa-1111-4000-8000-00000000000g",
+            "GPU-aaaaaaaa11114000800000000000000",
+            &format!("{UA},,{UB}"),
+            &format!("{UA},"),
+            &format!("{UA};{UB}"),
+            &format!("{UA} {UB}"),
+            &format!("ＧPU-{}", &UA[4..]),
+            &format!("GPU-{}é", &UA[4..]),
+        ] {
+            let err = cfg(&[("CUDA_MEM_LIMIT_0", "1GiB"), (ENV_VGPU_UUIDS, list)])
+                .expect_err(list)
+                .to_string();
+            assert!(err.starts_with(ENV_VGPU_UUIDS), "{list:?}: {err}");
+        }
+        // The list is read only when a limit needs it.
+        let c = cfg(&[(ENV_MEMORY, "1GiB"), (ENV_VGPU_UUIDS, "NaN")]).unwrap();
+        assert_eq!(c.memory.all_devices, Some(GIB));
+        assert!(!cfg(&[(ENV_VGPU_UUIDS, "NaN")]).unwrap().is_sliced());
+        // MIG UUIDs and any case are UUIDs.
+        let mig = format!("MIG-{}", &UA[4..]);
+        let c = cfg(&[("CUDA_MEM_LIMIT_0", "1GiB"), (ENV_VGPU_UUIDS, &mig)]).unwrap();
+        assert_eq!(c.memory.limit_for(None, &mig), Some(GIB));
+    }
+
+    /// A value of `GPU_DEVICES_UUID` built from pieces that look like UUIDs, broken
+    /// ones, separators, blanks, and non-ASCII text.
+    fn generated_uuid_list(rng: &mut fastrand::Rng) -> String {
+        const PIECES: &[&str] = &[
+            "GPU-",
+            "gpu-",
+            "MIG-",
+            "GPU",
+            "-",
+            ",",
+            ", ",
+            ",,",
+            " ",
+            "\t",
+            ";",
+            "=",
+            "0",
+            "1",
+            "NaN",
+            "aaaaaaaa",
+            "1111",
+            "4000",
+            "8000",
+            "000000000000",
+            "zz",
+            "é",
+            "１００",
+            "Ｇ",
+            "\u{0}",
+            "\u{200b}",
+            "🙂",
+            "ǅ",
+            "ß",
+            "İ",
+            "\n",
+        ];
+        let mut text = String::new();
+        match rng.u8(0..4) {
+            // A well-formed list, perhaps damaged by one piece below.
+            0 => {
+                let n = rng.usize(1..4);
+                let uuids: Vec<String> = (0..n)
+                    .map(|_| {
+                        let hex = |len: usize, rng: &mut fastrand::Rng| -> String {
+                            (0..len)
+                                .map(|_| char::from_digit(rng.u32(0..16), 16).unwrap())
+                                .collect()
+                        };
+                        format!(
+                            "GPU-{}-{}-{}-{}-{}",
+                            hex(8, rng),
+                            hex(4, rng),
+                            hex(4, rng),
+                            hex(4, rng),
+                            hex(12, rng)
+                        )
+                    })
+                    .collect();
+                text = uuids.join(",");
+                if rng.bool() {
+                    let at = rng.usize(0..=text.len());
+                    text.insert_str(at, PIECES[rng.usize(..PIECES.len())]);
+                }
+            }
+            // Pieces glued together.
+            1 | 2 => {
+                for _ in 0..rng.usize(0..8) {
+                    text.push_str(PIECES[rng.usize(..PIECES.len())]);
+                }
+            }
+            // Arbitrary characters, ASCII and not.
+            _ => {
+                for _ in 0..rng.usize(0..48) {
+                    text.push(if rng.bool() {
+                        rng.char(' '..='~')
+                    } else {
+                        rng.char(..)
+                    });
+                }
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn generated_uuid_lists_parse_or_fail_naming_the_variable() {
+        let mut rng = fastrand::Rng::with_seed(0x6770_7573_6c69_6365);
+        let (mut parsed, mut refused) = (0, 0);
+        for _ in 0..5000 {
+            let list = generated_uuid_list(&mut rng);
+            let vars = [
+                ("CUDA_MEM_LIMIT_0", "1GiB"),
+                (ENV_VGPU_UUIDS, list.as_str()),
+            ];
+            match cfg(&vars) {
+                Ok(c) => {
+                    // Only a list of whole UUIDs parses, and the limit lands on the
+                    // first of them.
+                    let entries: Vec<&str> = list.split(',').map(str::trim).collect();
+                    assert!(entries.iter().all(|e| is_full_uuid(e)), "{list:?}");
+                    assert_eq!(
+                        c.memory.per_device,
+                        [(DeviceSelector::Uuid(canonical_uuid(entries[0])), GIB)],
+                        "{list:?}"
+                    );
+                    parsed += 1;
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.starts_with(ENV_VGPU_UUIDS), "{list:?}: {msg}");
+                    refused += 1;
+                }
+            }
+            // The other readers of UUIDs take any text without panicking either.
+            let _ = canonical_uuid(&list);
+            let _ = DeviceSelector::parse(&list);
+            let memory = format!("{list}=1GiB");
+            if let Err(e) = cfg(&[(ENV_MEMORY, &memory)]) {
+                assert!(e.to_string().contains(ENV_MEMORY), "{memory:?}: {e}");
+            }
+        }
+        // Both outcomes were exercised.
+        assert!(
+            parsed > 200 && refused > 2000,
+            "{parsed} parsed, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn uuids_are_canonical_whatever_the_text() {
+        assert_eq!(canonical_uuid(" gpu-ABCD "), "GPU-abcd");
+        assert_eq!(canonical_uuid("gp"), "GP");
+        // Non-ASCII text is never split inside a character.
+        assert_eq!(canonical_uuid("１００"), "１００");
+        assert_eq!(canonical_uuid("aé-bÉX"), "Aé-BÉx");
+        assert!(is_full_uuid(UA) && is_full_uuid(&UA.to_ascii_lowercase()));
+        assert!(!is_full_uuid("GPU-") && !is_full_uuid("éééé") && !is_full_uuid(""));
+        // A selector needs at least one hex digit after the prefix.
+        assert_eq!(DeviceSelector::parse("GPU---"), None);
+        assert_eq!(
+            DeviceSelector::parse("gpu-AB"),
+            Some(DeviceSelector::Uuid("GPU-ab".into()))
+        );
     }
 
     #[test]
@@ -756,6 +1167,125 @@ mod tests {
         assert!(c.is_sliced());
     }
 
+    #[test]
+    fn relative_paths_are_refused_naming_the_variable() {
+        for (var, value) in [
+            (ENV_LEDGER, "x.ledger"),
+            (ENV_LEDGER, "./x.ledger"),
+            (ENV_LEDGER, " ledgers/x "),
+            (ENV_LEDGER_DIR, "ledgers"),
+            (ENV_GPU_DIR, "gpus"),
+        ] {
+            let err = cfg(&[(ENV_MEMORY, "1GiB"), (var, value)])
+                .expect_err(value)
+                .to_string();
+            assert!(
+                err.starts_with(var) && err.contains("relative path"),
+                "{var}={value:?}: {err}"
+            );
+        }
+        // The ledger folder does not matter when the ledger is given (`gpuslice run`
+        // passes the folder variable on as it found it).
+        let c = cfg(&[
+            (ENV_LEDGER, "/dev/shm/gs/x.ledger"),
+            (ENV_LEDGER_DIR, "ledgers"),
+        ])
+        .unwrap();
+        assert_eq!(c.ledger_path.as_deref(), Some("/dev/shm/gs/x.ledger"));
+        // Absolute paths, and empty values (unset), are taken.
+        let c = cfg(&[
+            (ENV_LEDGER_DIR, "/tmp/l"),
+            (ENV_GPU_DIR, " "),
+            (ENV_LEDGER, ""),
+        ])
+        .unwrap();
+        assert_eq!(
+            (c.ledger_dir.as_str(), c.gpu_dir.as_str()),
+            ("/tmp/l", DEFAULT_GPU_DIR)
+        );
+        assert_eq!(c.ledger_path, None);
+    }
+
+    #[test]
+    fn the_smi_ioctl_override_takes_three_words() {
+        for (value, want) in [
+            ("off", Some(SmiIoctl::Off)),
+            (" host-pids ", Some(SmiIoctl::HostPids)),
+            (
+                "translated-broken-memory",
+                Some(SmiIoctl::TranslatedBrokenMemory),
+            ),
+            ("", None),
+        ] {
+            assert_eq!(cfg(&[(ENV_SMI_IOCTL, value)]).unwrap().smi_ioctl, want);
+        }
+        assert_eq!(cfg(&[]).unwrap().smi_ioctl, None);
+        for value in ["anything", "OFF", "on", "host_pids", "0"] {
+            let err = cfg(&[(ENV_SMI_IOCTL, value)]).expect_err(value).to_string();
+            assert!(
+                err.starts_with(ENV_SMI_IOCTL) && err.contains("host-pids"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_limit_is_in_the_derived_ledger_name() {
+        let name = |vars: &[(&str, &str)]| cfg(vars).unwrap().derived_ledger_file_name();
+        let slices: &[&[(&str, &str)]] = &[
+            &[(compute::ENV_COMPUTE, "10")],
+            &[(compute::ENV_COMPUTE, "20")],
+            &[
+                (compute::ENV_COMPUTE, "10"),
+                (compute::ENV_COMPUTE_BURST, "50"),
+            ],
+            &[
+                (compute::ENV_COMPUTE, "10"),
+                (compute::ENV_COMPUTE_BURST, "60"),
+            ],
+            &[(ENV_MEMORY, "4GiB")],
+            &[(ENV_MEMORY, "8GiB")],
+            &[(ENV_MEMORY, "4GiB"), (compute::ENV_COMPUTE, "10")],
+            &[(ENV_MEMORY, "0=4GiB")],
+            &[(ENV_MEMORY, "1=4GiB")],
+            &[(ENV_MEMORY, "0=8GiB")],
+            &[(ENV_MEMORY, "GPU-aaaa=4GiB")],
+            &[(ENV_MEMORY, "4GiB,0=8GiB")],
+            &[(ENV_MEMORY, "4GiB"), (ENV_SLICE_NAME, "a")],
+            &[(ENV_MEMORY, "4GiB"), (ENV_SLICE_NAME, "b")],
+            &[(ENV_LEDGER_DIR, "/tmp/x")],
+        ];
+        let names: Vec<String> = slices.iter().map(|v| name(v)).collect();
+        for (i, a) in names.iter().enumerate() {
+            assert!(a.starts_with("env-") && a.ends_with(".ledger"), "{a}");
+            for (j, b) in names.iter().enumerate().skip(i + 1) {
+                assert_ne!(a, b, "{:?} and {:?}", slices[i], slices[j]);
+            }
+        }
+        // The same slice, however it is spelled, has one name.
+        assert_eq!(
+            name(&[(ENV_MEMORY, "0=4GiB,1=8GiB")]),
+            name(&[(ENV_MEMORY, "1=8g, 0=4096MiB")])
+        );
+        assert_eq!(name(&[(ENV_MEMORY, "4GiB")]), name(&[(ENV_HAMI_MEM, "4g")]));
+        assert_eq!(
+            name(&[
+                (compute::ENV_COMPUTE, "30"),
+                (compute::ENV_COMPUTE_BURST, "30")
+            ]),
+            name(&[(compute::ENV_COMPUTE, "30%")])
+        );
+        // Settings of the process rather than of the slice do not change it.
+        assert_eq!(
+            name(&[(ENV_MEMORY, "4GiB")]),
+            name(&[
+                (ENV_MEMORY, "4GiB"),
+                (ENV_LOG, "debug"),
+                (ENV_SMI_IOCTL, "off")
+            ])
+        );
+    }
+
     /// A scratch file path of this test process.
     fn scratch(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("gpuslice-config-{}", std::process::id()));
@@ -794,14 +1324,24 @@ mod tests {
         ] {
             let c = SliceConfig::from_env_or_pinned(&env, &path).unwrap();
             assert_eq!(c.memory.all_devices, Some(4 << 30), "{env:?}");
-            assert_eq!(c.compute.hard_percent, Some(30));
+            assert_eq!(c.compute.shares.map(|s| s.hard), Some(30));
             assert_eq!(c.ledger_path, None);
             assert_eq!(c.slice_name.as_deref(), Some("s1"));
             assert_eq!(c.pinned_file.as_deref(), Some(path.to_str().unwrap()));
         }
-        // The log level may still come from the environment.
-        let c = SliceConfig::from_env_or_pinned(&owned(&[(ENV_LOG, "debug")]), &path).unwrap();
+        // The log level and the ioctl override may still come from the environment.
+        let c = SliceConfig::from_env_or_pinned(
+            &owned(&[(ENV_LOG, "debug"), (ENV_SMI_IOCTL, "off")]),
+            &path,
+        )
+        .unwrap();
         assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.smi_ioctl, Some(SmiIoctl::Off));
+        // ... and are checked like the file's own variables.
+        let err = SliceConfig::from_env_or_pinned(&owned(&[(ENV_SMI_IOCTL, "maybe")]), &path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(ENV_SMI_IOCTL), "{err}");
     }
 
     #[test]
@@ -811,6 +1351,22 @@ mod tests {
             ("GPUSLICE_MEMORY=4GiB\nlower=1\n", "line 2: a variable name"),
             ("GPUSLICE_MEMORY=4GiB\nGPUSLICE_MEMORY=8GiB\n", "set twice"),
             ("GPUSLICE_MEMORY=four\n", "GPUSLICE_MEMORY=\"four\""),
+            (
+                "CUDA_MEM_LIMIT_0=1GiB\nGPU_DEVICES_UUID=NaN\n",
+                "GPU_DEVICES_UUID: entry 0 (\"NaN\")",
+            ),
+            (
+                "GPUSLICE_MEMORY=1GiB\nGPUSLICE_LEDGER=slice.ledger\n",
+                "GPUSLICE_LEDGER=\"slice.ledger\" is a relative path",
+            ),
+            (
+                "GPUSLICE_MEMORY=1GiB\nGPUSLICE_SMI_IOCTL=yes\n",
+                "GPUSLICE_SMI_IOCTL=\"yes\"",
+            ),
+            (
+                "GPUSLICE_COMPUTE=50\nGPUSLICE_COMPUTE_BURST=20\n",
+                "GPUSLICE_COMPUTE_BURST",
+            ),
             ("# nothing\n", "names no slice"),
         ];
         for (i, (text, want)) in cases.iter().enumerate() {

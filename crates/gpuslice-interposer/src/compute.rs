@@ -348,16 +348,7 @@ pub struct Compute {
 impl Compute {
     /// The compute state for a slice configured by `config`, whose ledger is `ledger`.
     pub fn new(config: &SliceConfig, ledger: &std::path::Path) -> Self {
-        let limits = config
-            .compute
-            .is_limited()
-            .then(|| {
-                config
-                    .compute
-                    .hard_percent
-                    .map(|h| (h, config.compute.burst_percent))
-            })
-            .flatten();
+        let limits = config.compute.shares.map(|s| s.to_pair());
         Compute {
             limits,
             method: config.compute.method,

@@ -15,6 +15,7 @@ mod log;
 mod nvml;
 mod nvml_abi;
 mod nvml_view;
+mod presence;
 mod real;
 mod smi_ioctl;
 mod state;

@@ -50,6 +50,59 @@ pub fn index_of(uuid: &str) -> Option<u32> {
     (r == NVML_SUCCESS).then_some(index)
 }
 
+type CountFn = unsafe extern "C" fn(*mut c_uint) -> NvmlReturn;
+type ByIndexFn = unsafe extern "C" fn(c_uint, *mut NvmlDevice) -> NvmlReturn;
+type UuidFn = unsafe extern "C" fn(NvmlDevice, *mut std::ffi::c_char, c_uint) -> NvmlReturn;
+
+/// Every GPU NVML lists (the host's, or the container's; not cut down by
+/// `CUDA_VISIBLE_DEVICES`): its index and UUID. `None` when NVML cannot say. Call
+/// [`init`] first.
+pub fn all_devices() -> Option<Vec<(u32, String)>> {
+    let (count_fn, by_index, uuid_fn) = (
+        real(id::nvmlDeviceGetCount_v2),
+        real(id::nvmlDeviceGetHandleByIndex_v2),
+        real(id::nvmlView_GetUUID),
+    );
+    if count_fn.is_null() || by_index.is_null() || uuid_fn.is_null() {
+        return None;
+    }
+    // SAFETY: these are NVML's nvmlDeviceGetCount_v2, nvmlDeviceGetHandleByIndex_v2 and
+    // nvmlDeviceGetUUID, whose C signatures these types are.
+    let (count_fn, by_index, uuid_fn) = unsafe {
+        (
+            std::mem::transmute::<*mut c_void, CountFn>(count_fn),
+            std::mem::transmute::<*mut c_void, ByIndexFn>(by_index),
+            std::mem::transmute::<*mut c_void, UuidFn>(uuid_fn),
+        )
+    };
+    let mut count: c_uint = 0;
+    // SAFETY: a valid out pointer.
+    if unsafe { count_fn(&mut count) } != NVML_SUCCESS {
+        return None;
+    }
+    (0..count)
+        .map(|index| {
+            let mut dev: NvmlDevice = null_mut();
+            // SAFETY: an index below the count NVML gave, and a valid out pointer.
+            if unsafe { by_index(index, &mut dev) } != NVML_SUCCESS {
+                return None;
+            }
+            let mut buf = [0 as std::ffi::c_char; 96];
+            // SAFETY: a handle NVML just gave, and a buffer of the length passed.
+            let r = unsafe { uuid_fn(dev, buf.as_mut_ptr(), buf.len() as c_uint) };
+            if r != NVML_SUCCESS {
+                return None;
+            }
+            let bytes: Vec<u8> = buf
+                .iter()
+                .take_while(|&&c| c != 0)
+                .map(|&c| c as u8)
+                .collect();
+            Some((index, String::from_utf8_lossy(&bytes).into_owned()))
+        })
+        .collect()
+}
+
 /// Device memory that NVML attributes to process `pid` on the device with `uuid`.
 /// `None` when NVML cannot say (no NVML, PID not listed, value not available).
 pub fn process_memory(uuid: &str, pid: u32) -> Option<u64> {

@@ -68,6 +68,22 @@ pub fn cuda_handle() -> *mut c_void {
     open_library(&CUDA_HANDLE, c"libcuda.so.1")
 }
 
+/// Whether the real CUDA driver is already loaded in this process (never loads it: a
+/// process that only uses NVML, like `nvidia-smi`, keeps it out).
+pub fn cuda_loaded() -> bool {
+    if !CUDA_HANDLE.load(Acquire).is_null() {
+        return true;
+    }
+    // SAFETY: dlopen with a valid name and RTLD_NOLOAD only looks for a loaded library.
+    let h = unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
+    if h.is_null() {
+        return false;
+    }
+    // SAFETY: `h` came from the dlopen above, which took a reference we give back.
+    unsafe { libc::dlclose(h) };
+    true
+}
+
 /// Handle of the real NVML.
 pub fn nvml_handle() -> *mut c_void {
     open_library(&NVML_HANDLE, c"libnvidia-ml.so.1")

@@ -27,6 +27,7 @@ use std::ffi::{c_int, c_ulong, c_void};
 use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
 
 use gpuslice_agent_protocol::{DriverMode, View};
+use gpuslice_config::SmiIoctl;
 
 /// `_IOWR('F', NV_ESC_RM_CONTROL, NVOS54_PARAMETERS)`: type `F`, number 0x2a, 32 bytes.
 pub const NV_RM_CONTROL_REQUEST: c_ulong = 0xc020_462a;
@@ -95,13 +96,15 @@ pub fn rewrite_for(mode: DriverMode) -> Rewrite {
     }
 }
 
-/// Reads `GPUSLICE_SMI_IOCTL`: `None` for automatic (or unset).
+/// `GPUSLICE_SMI_IOCTL` as the process's configuration read it: `None` for automatic
+/// (unset). A value it does not know makes the whole configuration fail closed (named
+/// on stderr); the rewriting is then left off.
 fn forced() -> Option<Rewrite> {
-    match std::env::var("GPUSLICE_SMI_IOCTL").ok()?.trim() {
-        "off" => Some(Rewrite::Off),
-        "host-pids" => Some(Rewrite::HostPids),
-        "translated-broken-memory" => Some(Rewrite::InfoOnly),
-        _ => None,
+    match crate::state::configured_smi_ioctl() {
+        Ok(None) => None,
+        Ok(Some(SmiIoctl::Off)) | Err(_) => Some(Rewrite::Off),
+        Ok(Some(SmiIoctl::HostPids)) => Some(Rewrite::HostPids),
+        Ok(Some(SmiIoctl::TranslatedBrokenMemory)) => Some(Rewrite::InfoOnly),
     }
 }
 

@@ -81,6 +81,15 @@ pub fn launch_hooks_wanted() -> bool {
     }
 }
 
+/// `GPUSLICE_SMI_IOCTL` as this process's configuration has it; the configuration's
+/// error when it is broken.
+pub fn configured_smi_ioctl() -> Result<Option<gpuslice_config::SmiIoctl>, &'static str> {
+    config()
+        .as_ref()
+        .map(|c| c.smi_ioctl)
+        .map_err(String::as_str)
+}
+
 /// What a hook should do.
 pub enum Access {
     /// No slice: call the driver and do nothing else.
@@ -318,21 +327,19 @@ impl Slice {
             Ok(c) => c.clone(),
             Err(e) => return Err(e.clone()),
         };
+        crate::presence::check(&config)?;
         let path = match &config.ledger_path {
             Some(p) => std::path::PathBuf::from(p),
-            None => std::path::Path::new(&config.ledger_dir)
-                .join(format!("env-{}.ledger", config_digest(&config))),
+            None => {
+                std::path::Path::new(&config.ledger_dir).join(config.derived_ledger_file_name())
+            }
         };
         let name = config.slice_name.clone().unwrap_or_else(|| {
             path.file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "default".into())
         });
-        let compute_limits = config
-            .compute
-            .hard_percent
-            .filter(|_| config.compute.is_limited())
-            .map(|h| (h, config.compute.burst_percent));
+        let compute_limits = config.compute.shares.map(|s| s.to_pair());
         let spec = LedgerSpec {
             name: name.clone(),
             // A compute budget lives in a device entry: with no memory limit the
@@ -779,19 +786,6 @@ pub fn set_tracked(
 /// so this only matters in theory).
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A short stable digest of the limits, naming the ledger of processes configured only
-/// by environment variables: processes with the same limits (in one container, that
-/// shares `/dev/shm`) share one slice.
-fn config_digest(config: &SliceConfig) -> String {
-    let text = config.memory.to_env_value();
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in text.bytes() {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
-    }
-    format!("{h:016x}")
 }
 
 type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;

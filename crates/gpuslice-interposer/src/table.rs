@@ -126,6 +126,7 @@ driver_functions! {
     cuDeviceGraphMemTrim => "cuDeviceGraphMemTrim", Cuda, h::cuDeviceGraphMemTrim as *mut c_void;
     // Called, not hooked.
     cuCtxGetDevice => "cuCtxGetDevice", Cuda, NONE;
+    cuDeviceGetCount => "cuDeviceGetCount", Cuda, NONE;
     cuDeviceGetUuid_v2 => "cuDeviceGetUuid_v2", Cuda, NONE;
     cuDeviceGetUuid => "cuDeviceGetUuid", Cuda, NONE;
     cuDeviceGetMemPool => "cuDeviceGetMemPool", Cuda, NONE;
@@ -167,6 +168,8 @@ driver_functions! {
     nvmlInit_v2 => "nvmlInit_v2", Nvml, NONE;
     nvmlDeviceGetHandleByUUID => "nvmlDeviceGetHandleByUUID", Nvml, NONE;
     nvmlDeviceGetIndex => "nvmlDeviceGetIndex", Nvml, NONE;
+    nvmlDeviceGetCount_v2 => "nvmlDeviceGetCount_v2", Nvml, NONE;
+    nvmlDeviceGetHandleByIndex_v2 => "nvmlDeviceGetHandleByIndex_v2", Nvml, NONE;
     nvmlDeviceGetComputeRunningProcesses_v3 => "nvmlDeviceGetComputeRunningProcesses_v3", Nvml, NONE;
     nvmlDeviceGetComputeRunningProcesses_v2 => "nvmlDeviceGetComputeRunningProcesses_v2", Nvml, NONE;
     // ---- NVML view (nvml_view.rs): what NVML shows inside a slice. Entries above that

@@ -174,10 +174,69 @@ impl Bench {
     }
 }
 
-/// Runs a command and returns its parsed output, panicking with everything it printed
-/// if it did not exit with 0.
+/// How long [`run`] lets one command take before it is killed and the test fails: far
+/// more than any command of these tests needs, even on a loaded machine, so that only a
+/// hang reaches it.
+pub const RUN_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Runs a command to its end like [`Command::output`], but kills it and panics (with
+/// what it printed so far) if it has not ended after `limit`: a hang fails the test
+/// instead of stopping the suite.
+pub fn output_within(cmd: &mut Command, limit: std::time::Duration) -> Output {
+    use std::io::Read;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not end within {limit:?}; it printed:\n{}\n{}",
+                String::from_utf8_lossy(&stdout.join().unwrap_or_default()),
+                String::from_utf8_lossy(&stderr.join().unwrap_or_default())
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    }
+}
+
+/// Runs a command (for at most [`RUN_LIMIT`]) and returns its parsed output, panicking
+/// with everything it printed if it did not exit with 0.
 pub fn run(cmd: &mut Command) -> Report {
-    let out = cmd.output().expect("spawn");
+    let out = output_within(cmd, RUN_LIMIT);
     let report = Report::from(&out);
     assert!(
         out.status.success(),

@@ -3,7 +3,7 @@
 //! preloaded. The interposer's gate runs on the same virtual clock, so the share of the
 //! GPU a slice gets is exact and repeatable: no test here depends on the machine's speed.
 
-use system_tests::{Bench, run};
+use system_tests::{Bench, RUN_LIMIT, Report, output_within, run};
 
 const CUDA_ERROR_NOT_PERMITTED: u64 = 800;
 
@@ -447,6 +447,135 @@ fn a_graph_captured_in_global_mode_survives_gated_launches_beside_it() {
             r.text()
         );
     }
+}
+
+/// `gpuslice run ARGS -- cuda-probe init ctx loop:kernel:300`, bounded in time; the
+/// probe's report and the run's exit code.
+fn gpuslice_run(bench: &Bench, args: &[&str]) -> (Report, Option<i32>) {
+    let mut cmd = bench.plain(&bench.build.join("gpuslice"));
+    cmd.env("GPUSLICE_LIB", bench.interposer())
+        .arg("run")
+        .args(args)
+        .arg("--")
+        .arg(bench.build.join("cuda-probe"))
+        .args(["init", "ctx", "loop:kernel:300"]);
+    let out = output_within(&mut cmd, RUN_LIMIT);
+    (Report::from(&out), out.status.code())
+}
+
+#[test]
+fn gpuslice_run_takes_both_edges_of_a_compute_limit() {
+    let mut bench = timed_bench();
+    bench.set("FAKE_GPU_COUNT", "2");
+    // (flags, the share the loop gets alone on the GPU, in per mille)
+    for (args, share) in [
+        (&["--compute", "100"][..], 1000u64),
+        (&["--compute", "100", "--burst", "100"][..], 1000),
+        (&["--compute", "100", "--gpus", "1"][..], 1000),
+        (&["--compute", "100", "--memory", "4GiB"][..], 1000),
+        (
+            &["--compute", "100", "--memory", "4GiB", "--gpus", "0"][..],
+            1000,
+        ),
+        (&["--compute", "1"][..], 10),
+        (&["--compute", "1", "--burst", "1"][..], 10),
+        (&["--compute", "1", "--burst", "100"][..], 1000),
+        (&["--compute", "1", "--gpus", "1"][..], 10),
+        (
+            &["--compute", "99", "--burst", "100", "--gpus", "0"][..],
+            1000,
+        ),
+    ] {
+        let (r, code) = gpuslice_run(&bench, args);
+        assert_eq!(code, Some(0), "{args:?}: {}", r.text());
+        assert_eq!(r.rc("init"), 0, "{args:?}: {}", r.text());
+        assert_eq!(r.rc("loop:kernel:300"), 0, "{args:?}: {}", r.text());
+        let got = r.num("loop:kernel:300", "share_permille");
+        assert!(
+            got.abs_diff(share) <= 15,
+            "{args:?}: {got}‰ of the GPU, expected {share}‰"
+        );
+    }
+}
+
+#[test]
+fn the_environment_takes_both_edges_of_a_compute_limit() {
+    let bench = timed_bench();
+    for (i, (vars, share)) in [
+        (&[("GPUSLICE_COMPUTE", "100")][..], 1000u64),
+        (
+            &[
+                ("GPUSLICE_COMPUTE", "100"),
+                ("GPUSLICE_COMPUTE_BURST", "100"),
+            ][..],
+            1000,
+        ),
+        (&[("CUDA_CORE_LIMIT", "100")][..], 1000),
+        (&[("GPUSLICE_COMPUTE", "1")][..], 10),
+        (
+            &[("GPUSLICE_COMPUTE", "1"), ("GPUSLICE_COMPUTE_BURST", "100")][..],
+            1000,
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        // Through a named ledger and through the one named after the limits, twice
+        // each: the second process joins what the first created. (Each fake process
+        // has a virtual clock of its own, so only the first runs the loop: a second
+        // one would start in the debt of the first's GPU time.)
+        let named = ledger(&bench, &format!("edges-{i}"));
+        for explicit in [true, false] {
+            let mut env = vars.to_vec();
+            if explicit {
+                env.push(("GPUSLICE_LEDGER", &named));
+            } else {
+                env.push(("GPUSLICE_MEMORY", "8GiB"));
+            }
+            let r = run(&mut bench.probe(&env, &["init", "ctx", "loop:kernel:300"]));
+            assert_eq!(r.rc("init"), 0, "{env:?}: {}", r.text());
+            let got = r.num("loop:kernel:300", "share_permille");
+            assert!(
+                got.abs_diff(share) <= 15,
+                "{env:?}: {got}‰, expected {share}‰"
+            );
+            let r = run(&mut bench.probe(&env, &["init", "ctx"]));
+            assert_eq!(r.rc("ctx"), 0, "{env:?}, second process: {}", r.text());
+        }
+    }
+}
+
+#[test]
+fn compute_slices_configured_by_the_environment_get_ledgers_of_their_own() {
+    let bench = timed_bench();
+    let dir = bench.dir.path().join("ledgers");
+    // Different shares (or bursts) are different slices: none is refused, and none
+    // joins another's budget.
+    for (vars, share) in [
+        (&[("GPUSLICE_COMPUTE", "10")][..], 100u64),
+        (&[("GPUSLICE_COMPUTE", "20")][..], 200),
+        (
+            &[("GPUSLICE_COMPUTE", "10"), ("GPUSLICE_COMPUTE_BURST", "50")][..],
+            500,
+        ),
+    ] {
+        let r = run(&mut bench.probe(vars, &["init", "ctx", "loop:kernel:300"]));
+        assert_eq!(r.rc("init"), 0, "{vars:?}: {}", r.text());
+        let got = r.num("loop:kernel:300", "share_permille");
+        assert!(got.abs_diff(share) <= 15, "{vars:?}: {got}‰");
+    }
+    // The same slice under another name joins the ledger of GPUSLICE_COMPUTE=20 (only
+    // to start: a fake process's virtual clock would start in the first one's debt).
+    let r = run(&mut bench.probe(&[("CUDA_DEVICE_SM_LIMIT", "20")], &["init", "ctx"]));
+    assert_eq!(r.rc("ctx"), 0, "{}", r.text());
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("env-") && n.ends_with(".ledger"))
+        .collect();
+    names.sort();
+    // GPUSLICE_COMPUTE=20 and CUDA_DEVICE_SM_LIMIT=20 are one slice.
+    assert_eq!(names.len(), 3, "{names:?}");
 }
 
 #[test]

@@ -768,3 +768,193 @@ fn a_forked_child_charges_its_own_entry() {
         r.text()
     );
 }
+
+/// Runs the probe with `vars` and checks that the slice fails closed: CUDA
+/// initialisation and an allocation are refused, and one line on stderr names `var`.
+fn assert_fails_closed_naming(bench: &Bench, vars: &[(&str, &str)], var: &str) -> String {
+    let r = run(&mut bench.probe(vars, &["init", "ctx", "alloc:1M"]));
+    assert_eq!(
+        r.rc("init"),
+        CUDA_ERROR_NOT_PERMITTED,
+        "{vars:?}: {}",
+        r.text()
+    );
+    assert_eq!(
+        r.rc("alloc:1M"),
+        CUDA_ERROR_NOT_PERMITTED,
+        "{vars:?}: {}",
+        r.text()
+    );
+    assert!(
+        r.stderr.contains(var),
+        "{vars:?}: stderr should name {var}: {}",
+        r.stderr
+    );
+    assert_eq!(
+        r.stderr.matches("gpuslice:").count(),
+        1,
+        "{vars:?}: {}",
+        r.stderr
+    );
+    r.stderr
+}
+
+#[test]
+fn a_malformed_gpu_devices_uuid_fails_closed_and_never_aborts() {
+    let bench = Bench::new();
+    let good = fake_uuid(0);
+    let doubled = format!("{good},,{good}");
+    // `run` asserts the probe exits 0: a panic in the interposer would abort it.
+    for list in ["NaN", "0", "GPU-zzz", "１００", "ＧPU-0", "", " ", &doubled] {
+        assert_fails_closed_naming(
+            &bench,
+            &[("CUDA_MEM_LIMIT_0", "1GiB"), ("GPU_DEVICES_UUID", list)],
+            "GPU_DEVICES_UUID",
+        );
+    }
+    // Any case and blanks around the entries are fine.
+    let spaced = format!(" {} ", good.to_ascii_uppercase().replace("GPU", "gpu"));
+    let r = run(&mut bench.probe(
+        &[("CUDA_MEM_LIMIT_0", "1GiB"), ("GPU_DEVICES_UUID", &spaced)],
+        &["init", "ctx", "totalmem"],
+    ));
+    assert_eq!(r.num("totalmem", "total"), GIB, "{}", r.text());
+}
+
+#[test]
+fn a_limit_for_a_gpu_that_is_not_here_fails_closed() {
+    let mut bench = Bench::new();
+    bench.set("FAKE_GPU_COUNT", "2");
+    let (u0, u1) = (fake_uuid(0), fake_uuid(1));
+    let absent = "GPU-deadbeef-0000-4000-8000-000000000000";
+    let vgpu_absent = [("CUDA_MEM_LIMIT_0", "1GiB"), ("GPU_DEVICES_UUID", absent)];
+    let absent_limit = format!("{absent}=4GiB");
+    for (vars, var) in [
+        (&[("GPUSLICE_MEMORY", "99=4GiB")][..], "GPUSLICE_MEMORY"),
+        // Just past the last index.
+        (&[("GPUSLICE_MEMORY", "2=4GiB")][..], "GPUSLICE_MEMORY"),
+        // With a limit for every other device too.
+        (&[("GPUSLICE_MEMORY", "8GiB,7=4GiB")][..], "GPUSLICE_MEMORY"),
+        (
+            &[("CUDA_DEVICE_MEMORY_LIMIT_5", "1g")][..],
+            "CUDA_DEVICE_MEMORY_LIMIT_5",
+        ),
+        // A UUID, or a UUID prefix, that no GPU has.
+        (
+            &[("GPUSLICE_MEMORY", "GPU-deadbeef=4GiB")][..],
+            "GPUSLICE_MEMORY",
+        ),
+        (
+            &[("GPUSLICE_MEMORY", absent_limit.as_str())][..],
+            "GPUSLICE_MEMORY",
+        ),
+        (&vgpu_absent[..], "CUDA_MEM_LIMIT_0"),
+    ] {
+        let stderr = assert_fails_closed_naming(&bench, vars, var);
+        assert!(
+            stderr.contains(&u0) && stderr.contains(&u1),
+            "lists the GPUs: {stderr}"
+        );
+    }
+    // A GPU that is here but hidden by CUDA_VISIBLE_DEVICES is no mistake, by index or
+    // by UUID (then NVML tells it is here).
+    for limit in ["1=1GiB", &format!("{u1}=1GiB")] {
+        let r = run(&mut bench.probe(
+            &[("GPUSLICE_MEMORY", limit), ("CUDA_VISIBLE_DEVICES", "0")],
+            &["init", "ctx", "totalmem"],
+        ));
+        assert_eq!(r.rc("init"), 0, "{limit}: {}", r.text());
+        assert_eq!(
+            r.num("totalmem", "total"),
+            80 * GIB,
+            "{limit}: {}",
+            r.text()
+        );
+    }
+    // A prefix of a GPU that is here limits it.
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_MEMORY", &format!("{}=1GiB", &u1[..u1.len() - 2]))],
+        &["init", "ctx:1", "totalmem:1"],
+    ));
+    assert_eq!(r.num("totalmem:1", "total"), GIB, "{}", r.text());
+}
+
+#[test]
+fn without_nvml_a_uuid_that_cuda_does_not_show_fails_closed() {
+    let mut bench = Bench::new();
+    bench.set("FAKE_GPU_COUNT", "2");
+    std::fs::remove_file(bench.dir.path().join("lib/libnvidia-ml.so.1")).unwrap();
+    let (u0, u1) = (fake_uuid(0), fake_uuid(1));
+    // A UUID CUDA shows needs no NVML.
+    let r = run(&mut bench.probe(
+        &[("GPUSLICE_MEMORY", &format!("{u0}=1GiB"))],
+        &["init", "ctx", "totalmem"],
+    ));
+    assert_eq!(r.num("totalmem", "total"), GIB, "{}", r.text());
+    // One that CUDA_VISIBLE_DEVICES hides cannot be told from one that is not here.
+    let stderr = assert_fails_closed_naming(
+        &bench,
+        &[
+            ("GPUSLICE_MEMORY", &format!("{u1}=1GiB")),
+            ("CUDA_VISIBLE_DEVICES", "0"),
+        ],
+        "GPUSLICE_MEMORY",
+    );
+    assert!(stderr.contains("NVML"), "{stderr}");
+}
+
+#[test]
+fn an_unknown_smi_ioctl_value_fails_closed() {
+    let bench = Bench::new();
+    for value in ["anything", "on", "OFF", "host_pids"] {
+        for slice in [&[("GPUSLICE_MEMORY", "1GiB")][..], &[][..]] {
+            let mut vars = slice.to_vec();
+            vars.push(("GPUSLICE_SMI_IOCTL", value));
+            assert_fails_closed_naming(&bench, &vars, "GPUSLICE_SMI_IOCTL");
+        }
+    }
+    for value in ["off", "host-pids", "translated-broken-memory"] {
+        let r = run(&mut bench.probe(
+            &[("GPUSLICE_MEMORY", "1GiB"), ("GPUSLICE_SMI_IOCTL", value)],
+            &["init", "ctx", "alloc:1M"],
+        ));
+        assert_eq!(r.rc("alloc:1M"), 0, "{value}: {}", r.text());
+    }
+}
+
+#[test]
+fn a_relative_ledger_path_fails_closed() {
+    let bench = Bench::new();
+    let cwd = tempfile::tempdir().unwrap();
+    for (var, value) in [
+        ("GPUSLICE_LEDGER", "slice.ledger"),
+        ("GPUSLICE_LEDGER", "./ledgers/slice.ledger"),
+        ("GPUSLICE_LEDGER_DIR", "ledgers"),
+    ] {
+        let mut cmd = bench.probe(
+            &[("GPUSLICE_MEMORY", "1GiB"), (var, value)],
+            &["init", "ctx", "alloc:1M"],
+        );
+        cmd.current_dir(cwd.path());
+        let r = run(&mut cmd);
+        assert_eq!(
+            r.rc("init"),
+            CUDA_ERROR_NOT_PERMITTED,
+            "{var}: {}",
+            r.text()
+        );
+        assert_eq!(
+            r.rc("alloc:1M"),
+            CUDA_ERROR_NOT_PERMITTED,
+            "{var}: {}",
+            r.text()
+        );
+        assert!(
+            r.stderr.contains(var) && r.stderr.contains("relative"),
+            "{var}: {}",
+            r.stderr
+        );
+    }
+    // Nothing was created in the working folder.
+    assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
+}

@@ -126,3 +126,61 @@ fn a_broken_pinned_file_fails_closed_and_names_the_file() {
         );
     }
 }
+
+#[test]
+fn the_pinned_file_goes_through_the_same_checks_as_the_environment() {
+    require_mount_namespaces!("the_pinned_file_goes_through_the_same_checks_as_the_environment");
+    let bench = Bench::new();
+    let ledger = bench.ledger("checked").display().to_string();
+    for (pinned, var) in [
+        (
+            "CUDA_MEM_LIMIT_0=1GiB\nGPU_DEVICES_UUID=NaN\n",
+            "GPU_DEVICES_UUID",
+        ),
+        (
+            "CUDA_MEM_LIMIT_0=1GiB\nGPU_DEVICES_UUID=１００\n",
+            "GPU_DEVICES_UUID",
+        ),
+        (
+            "GPUSLICE_MEMORY=1GiB\nGPUSLICE_LEDGER=slice.ledger\n",
+            "GPUSLICE_LEDGER",
+        ),
+        (
+            "GPUSLICE_MEMORY=1GiB\nGPUSLICE_SMI_IOCTL=yes\n",
+            "GPUSLICE_SMI_IOCTL",
+        ),
+        ("GPUSLICE_MEMORY=99=1GiB\n", "GPUSLICE_MEMORY"),
+        (
+            "GPUSLICE_COMPUTE=50\nGPUSLICE_COMPUTE_BURST=20\n",
+            "GPUSLICE_COMPUTE_BURST",
+        ),
+    ] {
+        let r = with_pinned(
+            &bench,
+            pinned,
+            &[("GPUSLICE_MEMORY", "1GiB"), ("GPUSLICE_LEDGER", &ledger)],
+            &["init", "ctx", "alloc:1M"],
+        );
+        assert_eq!(
+            r.rc("init"),
+            CUDA_ERROR_NOT_PERMITTED,
+            "{pinned:?}: {}",
+            r.text()
+        );
+        assert_eq!(
+            r.rc("alloc:1M"),
+            CUDA_ERROR_NOT_PERMITTED,
+            "{pinned:?}: {}",
+            r.text()
+        );
+        assert!(
+            r.stderr.contains(var),
+            "{pinned:?}: stderr should name {var}: {}",
+            r.stderr
+        );
+    }
+    // A slice of the whole GPU's time (as `gpuslice cdi generate` may write it) works.
+    let pinned = format!("GPUSLICE_MEMORY=1GiB\nGPUSLICE_COMPUTE=100\nGPUSLICE_LEDGER={ledger}\n");
+    let r = with_pinned(&bench, &pinned, &[], &["init", "ctx", "alloc:1M"]);
+    assert_eq!(r.rc("alloc:1M"), 0, "{}", r.text());
+}

@@ -82,11 +82,11 @@ pub fn slice_env(slice: &Slice) -> Vec<String> {
         format!("{ENV_SLICE_NAME}={}", slice.name),
         format!("{ENV_MEMORY}={}", memory_env(slice)),
     ];
-    if let Some(p) = slice.compute {
-        env.push(format!("{ENV_COMPUTE}={p}"));
-    }
-    if let Some(p) = slice.burst {
-        env.push(format!("{ENV_COMPUTE_BURST}={p}"));
+    if let Some(c) = slice.compute {
+        env.push(format!("{ENV_COMPUTE}={}", c.hard));
+        if let Some(b) = c.burst {
+            env.push(format!("{ENV_COMPUTE_BURST}={b}"));
+        }
     }
     env.extend([
         format!("{ENV_LEDGER}={CONTAINER_LEDGER}"),
@@ -200,11 +200,8 @@ pub fn describe(slice: &Slice) -> String {
         slice.name,
         format_size(slice.memory)
     );
-    if let Some(p) = slice.compute {
-        text.push_str(&format!(", compute {p}%"));
-        if let Some(b) = slice.burst {
-            text.push_str(&format!(" (burst {b}%)"));
-        }
+    if let Some(c) = slice.compute {
+        text.push_str(&format!(", compute {c}"));
     }
     text
 }
@@ -258,8 +255,10 @@ mod tests {
             name: "both".into(),
             gpus: vec![gpu(1, U1), gpu(0, U0)],
             memory: 16 * GIB,
-            compute: Some(30),
-            burst: Some(60),
+            compute: Some(gpuslice_config::ComputeShares {
+                hard: 30,
+                burst: Some(60),
+            }),
         }
     }
 
@@ -345,7 +344,6 @@ mod tests {
 
         let mut plain = both();
         plain.compute = None;
-        plain.burst = None;
         assert!(!slice_env(&plain).iter().any(|e| e.contains("COMPUTE")));
     }
 

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use gpuslice_config::{DeviceSelector, parse_size};
+use gpuslice_config::{ComputeShares, DeviceSelector, SharesError, parse_size};
 use serde::Deserialize;
 
 use super::CdiError;
@@ -33,10 +33,8 @@ pub struct SliceRequest {
     pub gpus: GpuChoice,
     /// Memory limit on each of its GPUs, in bytes.
     pub memory: u64,
-    /// Compute limit in percent of each GPU.
-    pub compute: Option<u32>,
-    /// Burst (soft) compute limit in percent.
-    pub burst: Option<u32>,
+    /// Compute limits (`None`: none, as for compute=100).
+    pub compute: Option<ComputeShares>,
     /// Where it came from, for messages (`--slice "a=0:8GiB"`, `FILE: slice 2`).
     pub origin: String,
 }
@@ -50,10 +48,8 @@ pub struct Slice {
     pub gpus: Vec<HostGpu>,
     /// Memory limit on each GPU, in bytes.
     pub memory: u64,
-    /// Compute limit in percent.
-    pub compute: Option<u32>,
-    /// Burst compute limit in percent.
-    pub burst: Option<u32>,
+    /// Compute limits (`None`: none).
+    pub compute: Option<ComputeShares>,
 }
 
 fn bad(origin: &str, reason: impl Into<String>) -> CdiError {
@@ -133,17 +129,28 @@ fn parse_percent(origin: &str, key: &str, text: &str) -> Result<u32, CdiError> {
     }
 }
 
-fn check_compute(origin: &str, compute: Option<u32>, burst: Option<u32>) -> Result<(), CdiError> {
+/// The compute limits of `compute=` and `burst=`, as the interposer defines them
+/// ([`ComputeShares::new`]: compute=100 is no compute limit).
+fn shares(
+    origin: &str,
+    compute: Option<u32>,
+    burst: Option<u32>,
+) -> Result<Option<ComputeShares>, CdiError> {
     match (compute, burst) {
+        (None, None) => Ok(None),
         (None, Some(_)) => Err(bad(
             origin,
             "burst needs compute (e.g. compute=30:burst=60)",
         )),
-        (Some(c), Some(b)) if b < c => Err(bad(
-            origin,
-            format!("burst={b} is below compute={c}; the burst limit is at least the hard limit"),
-        )),
-        _ => Ok(()),
+        (Some(c), b) => ComputeShares::new(c, b).map_err(|e| match e {
+            SharesError::BurstBelowHard { hard, burst } => bad(
+                origin,
+                format!(
+                    "burst={burst} is below compute={hard}; the burst limit is at least the hard limit"
+                ),
+            ),
+            other => bad(origin, other.to_string()),
+        }),
     }
 }
 
@@ -186,13 +193,12 @@ pub fn parse_slice_arg(text: &str) -> Result<SliceRequest, CdiError> {
         }
         *slot = Some(parse_percent(&origin, key.trim(), value)?);
     }
-    check_compute(&origin, compute, burst)?;
+    let compute = shares(&origin, compute, burst)?;
     Ok(SliceRequest {
         name,
         gpus,
         memory,
         compute,
-        burst,
         origin,
     })
 }
@@ -267,13 +273,12 @@ pub fn parse_slices_file(path: &Path, text: &str) -> Result<Vec<SliceRequest>, C
                 .burst
                 .map(|p| parse_percent(&origin, "burst", &p.to_string()))
                 .transpose()?;
-            check_compute(&origin, compute, burst)?;
+            let compute = shares(&origin, compute, burst)?;
             Ok(SliceRequest {
                 name,
                 gpus,
                 memory,
                 compute,
-                burst,
                 origin,
             })
         })
@@ -352,7 +357,6 @@ pub fn resolve(requests: &[SliceRequest], host: &[HostGpu]) -> Result<Vec<Slice>
                 gpus,
                 memory: r.memory,
                 compute: r.compute,
-                burst: r.burst,
             })
         })
         .collect()
@@ -365,6 +369,10 @@ mod tests {
     const GIB: u64 = 1 << 30;
     const A: &str = "GPU-aaaa1111-0000-4000-8000-000000000000";
     const B: &str = "GPU-aaaa2222-0000-4000-8000-000000000000";
+
+    fn shares(hard: u32, burst: Option<u32>) -> ComputeShares {
+        ComputeShares { hard, burst }
+    }
 
     fn host() -> Vec<HostGpu> {
         [A, B]
@@ -389,16 +397,26 @@ mod tests {
         assert_eq!(s.name, "gpu0-8g");
         assert_eq!(s.memory, 8 * GIB);
         assert_eq!(s.gpus, vec![host()[0].clone()]);
-        assert_eq!((s.compute, s.burst), (None, None));
+        assert_eq!(s.compute, None);
 
         let s = one("gpu0-4g-30=GPU-aaaa1:4GiB:compute=30").unwrap();
         assert_eq!(s.gpus[0].uuid, A);
-        assert_eq!(s.compute, Some(30));
+        assert_eq!(s.compute, Some(shares(30, None)));
 
         let s = one("both=1,0:16g:compute=25%:burst=50").unwrap();
         assert_eq!(s.gpus, vec![host()[1].clone(), host()[0].clone()]);
         assert_eq!(s.memory, 16 * GIB);
-        assert_eq!((s.compute, s.burst), (Some(25), Some(50)));
+        assert_eq!(s.compute, Some(shares(25, Some(50))));
+
+        // compute=100 is the whole GPU, no compute limit (as the interposer reads it);
+        // a burst equal to the limit is no burst.
+        for text in ["a=0:1GiB:compute=100", "a=0:1GiB:compute=100:burst=100"] {
+            assert_eq!(one(text).unwrap().compute, None, "{text}");
+        }
+        let s = one("a=0:1GiB:compute=30:burst=30").unwrap();
+        assert_eq!(s.compute, Some(shares(30, None)));
+        let s = one("a=0:1GiB:compute=1:burst=100").unwrap();
+        assert_eq!(s.compute, Some(shares(1, Some(100))));
 
         let s = one("every=all:1GiB").unwrap();
         assert_eq!(s.gpus, host());
@@ -479,8 +497,8 @@ mod tests {
         let slices = resolve(&requests, &host()).unwrap();
         assert_eq!(slices[0].gpus, vec![host()[1].clone(), host()[0].clone()]);
         assert_eq!(
-            (slices[0].memory, slices[0].compute, slices[0].burst),
-            (2 * GIB, Some(40), Some(80))
+            (slices[0].memory, slices[0].compute),
+            (2 * GIB, Some(shares(40, Some(80))))
         );
         assert_eq!(slices[1].gpus, host());
 

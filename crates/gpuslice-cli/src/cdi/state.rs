@@ -22,6 +22,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use gpuslice_config::ComputeShares;
 use gpuslice_ledger::{Ledger, LedgerSpec};
 
 use super::edits::{pinned_config_text, preload_text};
@@ -58,7 +59,7 @@ pub fn ledger_spec(slice: &Slice) -> LedgerSpec {
             .iter()
             .map(|g| (g.uuid.clone(), slice.memory))
             .collect(),
-        compute: slice.compute.map(|hard| (hard, slice.burst)),
+        compute: slice.compute.map(ComputeShares::to_pair),
     }
 }
 
@@ -227,7 +228,6 @@ mod tests {
             }],
             memory,
             compute: None,
-            burst: None,
         }
     }
 
@@ -310,8 +310,10 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("ledger");
         let mut s = slice(GIB);
-        s.compute = Some(30);
-        s.burst = Some(60);
+        s.compute = Some(ComputeShares {
+            hard: 30,
+            burst: Some(60),
+        });
         let outcome = ensure_ledger("s1", &path, &ledger_spec(&s)).unwrap();
         assert_eq!(outcome, LedgerOutcome::Created);
         assert_eq!(
@@ -322,7 +324,10 @@ mod tests {
             ensure_ledger("s1", &path, &ledger_spec(&s)).unwrap(),
             LedgerOutcome::Kept
         );
-        s.burst = None;
+        s.compute = Some(ComputeShares {
+            hard: 30,
+            burst: None,
+        });
         assert_eq!(
             ensure_ledger("s1", &path, &ledger_spec(&s)).unwrap(),
             LedgerOutcome::Replaced
