@@ -168,7 +168,7 @@ impl fmt::Display for Distrust {
             Self::NotAFolder => f.write_str("is not a folder: choose another ledger folder"),
             Self::ForeignOwner { owner, me } => write!(
                 f,
-                "belongs to user {owner}, neither to this user ({me}) nor to root, so it is not used (another user could see and disturb the slice's processes through it): remove it (as its owner or root), or choose another ledger path"
+                "belongs to user {owner}, neither to this user ({me}) nor to root, so it is not used (through it, another user could see and disturb the slice's processes): remove it (as its owner or root), or choose another ledger path"
             ),
             Self::WritableFile { mode } => write!(
                 f,
@@ -180,7 +180,7 @@ impl fmt::Display for Distrust {
             ),
             Self::MissingFolder => write!(
                 f,
-                "does not exist; gpuslice creates no folder but the per-user default ({SHM_DIR}/{USER_DIR_PREFIX}<uid>): create it (`mkdir -m 700 FOLDER`), or choose an existing folder"
+                "does not exist, and gpuslice creates no ledger folder but the per-user default ({SHM_DIR}/{USER_DIR_PREFIX}<uid>): create it with mode 0700 (`mkdir -m 700`), or choose an existing folder"
             ),
         }
     }
