@@ -58,7 +58,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
-    /// Folder for the slice's ledger [default: $GPUSLICE_LEDGER_DIR or /dev/shm/gpuslice].
+    /// Folder for the slice's ledger, which must exist [default: $GPUSLICE_LEDGER_DIR, else
+    /// /dev/shm/gpuslice-<uid>, created with mode 0700].
     #[arg(long, value_name = "DIR")]
     pub ledger_dir: Option<PathBuf>,
 
@@ -89,7 +90,8 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// Folder that holds the ledgers [default: $GPUSLICE_LEDGER_DIR or /dev/shm/gpuslice].
+    /// Folder that holds the ledgers [default: $GPUSLICE_LEDGER_DIR, else
+    /// /dev/shm/gpuslice-<uid>; for root, every user's].
     #[arg(long, value_name = "DIR")]
     pub ledger_dir: Option<PathBuf>,
 

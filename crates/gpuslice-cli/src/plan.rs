@@ -8,10 +8,10 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use gpuslice_config::{
-    ComputeShares, DEFAULT_LEDGER_DIR, DeviceSelector, ENV_LEDGER, ENV_LEDGER_DIR, ENV_LOG,
-    ENV_MEMORY, ENV_SLICE_NAME, LogLevel, MemoryLimits, SharesError, parse_size,
+    ComputeShares, DeviceSelector, ENV_LEDGER, ENV_LEDGER_DIR, ENV_LOG, ENV_MEMORY, ENV_SLICE_NAME,
+    LogLevel, MemoryLimits, SharesError, parse_size,
 };
-use gpuslice_ledger::LedgerSpec;
+use gpuslice_ledger::{LedgerSpec, default_ledger_dir};
 
 /// The variable that names the interposer library when `--lib` is not given.
 pub const ENV_LIB: &str = "GPUSLICE_LIB";
@@ -137,18 +137,16 @@ pub fn parse_log(text: &str) -> Result<LogName, PlanError> {
         .ok_or_else(|| PlanError::BadLog(text.into()))
 }
 
-/// The ledger folder: `--ledger-dir`, else `GPUSLICE_LEDGER_DIR`, else the default.
-/// Returns the folder and what it came from (for messages).
+/// The ledger folder: `--ledger-dir`, else `GPUSLICE_LEDGER_DIR`, else the caller's
+/// per-user default (`/dev/shm/gpuslice-<uid>`, created 0700 when the ledger is; any
+/// other folder must exist). Returns the folder and what it came from (for messages).
 pub fn ledger_dir(flag: Option<&Path>, env: Option<&OsStr>) -> (PathBuf, String) {
     if let Some(dir) = flag {
         return (dir.to_path_buf(), "--ledger-dir".into());
     }
     match env {
         Some(v) if !v.is_empty() => (PathBuf::from(v), ENV_LEDGER_DIR.into()),
-        _ => (
-            PathBuf::from(DEFAULT_LEDGER_DIR),
-            "the default ledger folder".into(),
-        ),
+        _ => (default_ledger_dir(), "the default ledger folder".into()),
     }
 }
 
@@ -489,9 +487,9 @@ mod tests {
         assert_eq!(ledger_dir(None, Some(env)).0, Path::new("/env"));
         assert_eq!(
             ledger_dir(None, Some(OsStr::new(""))).0,
-            Path::new(DEFAULT_LEDGER_DIR)
+            default_ledger_dir()
         );
-        assert_eq!(ledger_dir(None, None).0, Path::new(DEFAULT_LEDGER_DIR));
+        assert_eq!(ledger_dir(None, None).0, default_ledger_dir());
     }
 
     #[test]

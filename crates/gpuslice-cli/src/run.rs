@@ -199,7 +199,10 @@ mod tests {
         assert_eq!(p.name, "run-4242");
         assert_eq!(p.limit, Some(2 << 30));
         assert_eq!(p.gpus, None);
-        assert_eq!(p.ledger, PathBuf::from("/dev/shm/gpuslice/run-4242.ledger"));
+        assert_eq!(
+            p.ledger,
+            gpuslice_ledger::default_ledger_dir().join("run-4242.ledger")
+        );
         assert_eq!(
             p.lib,
             dir.path().join("libgpuslice.so").canonicalize().unwrap()

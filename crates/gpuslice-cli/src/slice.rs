@@ -8,13 +8,17 @@
 //! that lives in another PID namespace, where this process cannot tell). A new ledger is
 //! built under a private name, locked, and only then linked into place, so no other
 //! `gpuslice run` can ever see it unlocked.
+//!
+//! Every file is opened with the ledger crate's checks (no link is followed, and the
+//! file and its folder must be the caller's or root's): a file planted by another user
+//! at the slice's name is refused, never joined, locked or removed.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use gpuslice_ledger::{Ledger, LedgerError, LedgerSpec, Liveness};
+use gpuslice_ledger::{Ledger, LedgerError, LedgerSpec, Liveness, Owners};
 use nix::fcntl::{Flock, FlockArg};
 
 /// How often a claim is retried when another run changes the file under us.
@@ -104,9 +108,9 @@ fn lock(file: File) -> Result<Option<Flock<File>>, std::io::Error> {
     }
 }
 
-/// Whether `file` is still the one at `path`.
+/// Whether `file` is still the one at `path` (a link at `path` never is).
 fn is_at(file: &File, path: &Path) -> bool {
-    match (file.metadata(), fs::metadata(path)) {
+    match (file.metadata(), fs::symlink_metadata(path)) {
         (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
         _ => false,
     }
@@ -135,14 +139,14 @@ impl SliceClaim {
     /// refused.
     pub fn claim(path: &Path, spec: &LedgerSpec) -> Result<Self, SliceError> {
         for _ in 0..ATTEMPTS {
-            match OpenOptions::new().read(true).open(path) {
+            match Ledger::open_file(path, Owners::Mine) {
                 Ok(file) => Self::remove_stale(file, path, &spec.name)?,
-                Err(e) if e.kind() == ErrorKind::NotFound => {
+                Err(LedgerError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
                     if let Some(claim) = Self::create(path, spec)? {
                         return Ok(claim);
                     }
                 }
-                Err(e) => return Err(io(path, "opening")(e)),
+                Err(e) => return Err(e.into()),
             }
         }
         Err(SliceError::Contended {
@@ -189,10 +193,7 @@ impl SliceClaim {
         let _ = fs::remove_file(&private);
         let result = (|| {
             drop(Ledger::create_or_open(&private, spec)?);
-            let file = OpenOptions::new()
-                .read(true)
-                .open(&private)
-                .map_err(io(&private, "opening"))?;
+            let file = Ledger::open_file(&private, Owners::Mine)?;
             let lock = lock(file)
                 .map_err(io(&private, "locking"))?
                 .ok_or_else(|| SliceError::Contended {
@@ -279,6 +280,16 @@ mod tests {
     fn claim_creates_and_finish_removes() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sub/a.ledger");
+        // A folder that is not the default one is never created.
+        let err = SliceClaim::claim(&path, &spec("a"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sub") && err.contains("does not exist"),
+            "{err}"
+        );
+        assert!(!dir.path().join("sub").exists());
+        fs::create_dir(dir.path().join("sub")).unwrap();
         let claim = SliceClaim::claim(&path, &spec("a")).unwrap();
         assert_eq!(claim.name(), "a");
         let ledger = Ledger::open(claim.path()).unwrap();
@@ -289,6 +300,29 @@ mod tests {
         assert_eq!(entries(&dir.path().join("sub")), ["a.ledger"]);
         assert_eq!(claim.finish().unwrap(), Finish::Removed);
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_link_at_the_slices_name_is_refused_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere.ledger");
+        drop(Ledger::create_or_open(&elsewhere, &spec("x")).unwrap());
+        let path = dir.path().join("a.ledger");
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        let err = SliceClaim::claim(&path, &spec("a"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("a.ledger") && err.contains("symbolic link"),
+            "{err}"
+        );
+        assert!(
+            fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert!(elsewhere.exists());
     }
 
     #[test]

@@ -2,11 +2,18 @@
 //! unless asked not to) into a report, and renders it as aligned tables or as one JSON
 //! document. A file that cannot be read as a ledger becomes a row with its error; the
 //! other slices are still listed.
+//!
+//! The folder is `--ledger-dir`, else `GPUSLICE_LEDGER_DIR`, else the caller's own
+//! per-user folder (`/dev/shm/gpuslice-<uid>`); for root, every user's. A folder's
+//! ledgers are read trusting its owner's files (besides root's and the caller's), with
+//! the checks of `gpuslice_ledger::folder` otherwise.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use gpuslice_config::{ENV_LEDGER_DIR, human_size};
-use gpuslice_ledger::{Ledger, Liveness};
+use gpuslice_ledger::folder::{SHM_DIR, USER_DIR_PREFIX, effective_uid, user_ledger_dirs};
+use gpuslice_ledger::{Ledger, Liveness, Owners};
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
@@ -125,8 +132,13 @@ pub struct ProcessDevice {
     pub context_bytes: u64,
 }
 
-/// Reads one ledger file.
+/// Reads one ledger file, trusting this user's and root's files.
 pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
+    slice_status_as(path, Owners::Mine, sweep)
+}
+
+/// Reads one ledger file, trusting the files of `owners`.
+pub fn slice_status_as(path: &Path, owners: Owners, sweep: bool) -> SliceStatus {
     let mut status = SliceStatus {
         name: path
             .file_stem()
@@ -141,7 +153,7 @@ pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
         processes: Vec::new(),
         error: None,
     };
-    let ledger = match Ledger::open(path) {
+    let ledger = match Ledger::open_as(path, owners) {
         Ok(l) => l,
         Err(e) => {
             status.error = Some(e.to_string());
@@ -197,9 +209,19 @@ pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
     status
 }
 
-/// Reads every `*.ledger` file of `dir`, sorted by file name. A folder that does not
-/// exist has no slices.
+/// Reads every `*.ledger` file of `dir`, sorted by file name, trusting the files of the
+/// folder's owner. A folder that does not exist has no slices.
 pub fn collect(dir: &Path, sweep: bool) -> Result<StatusReport, StatusError> {
+    let owners = match std::fs::symlink_metadata(dir) {
+        Ok(meta) => Owners::AlsoUser(meta.uid()),
+        Err(_) => Owners::Mine,
+    };
+    collect_as(dir, owners, sweep)
+}
+
+/// Reads every `*.ledger` file of `dir`, sorted by file name, trusting the files of
+/// `owners`. A folder that does not exist has no slices.
+pub fn collect_as(dir: &Path, owners: Owners, sweep: bool) -> Result<StatusReport, StatusError> {
     let read_dir_error = |source| StatusError::ReadDir {
         path: dir.to_path_buf(),
         source,
@@ -224,8 +246,31 @@ pub fn collect(dir: &Path, sweep: bool) -> Result<StatusReport, StatusError> {
     }
     paths.sort();
     Ok(StatusReport {
-        slices: paths.iter().map(|p| slice_status(p, sweep)).collect(),
+        slices: paths
+            .iter()
+            .map(|p| slice_status_as(p, owners, sweep))
+            .collect(),
     })
+}
+
+/// The ledgers of every user's folder in `base` (`/dev/shm`): what root sees by default.
+/// Each folder's files are trusted as those of the user it is named after.
+pub fn collect_every_user(base: &Path, sweep: bool) -> Result<StatusReport, StatusError> {
+    let dirs = match user_ledger_dirs(base) {
+        Ok(dirs) => dirs,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(source) => {
+            return Err(StatusError::ReadDir {
+                path: base.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut slices = Vec::new();
+    for (uid, dir) in dirs {
+        slices.extend(collect_as(&dir, Owners::AlsoUser(uid), sweep)?.slices);
+    }
+    Ok(StatusReport { slices })
 }
 
 /// The report as one JSON document.
@@ -235,9 +280,19 @@ pub fn render_json(report: &StatusReport) -> Result<String, StatusError> {
 
 /// Runs `gpuslice status`: returns the text to print.
 pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
-    let env = std::env::var_os(ENV_LEDGER_DIR);
-    let (dir, _) = crate::plan::ledger_dir(args.ledger_dir.as_deref(), env.as_deref());
-    let report = collect(&dir, !args.no_sweep)?;
+    let env = std::env::var_os(ENV_LEDGER_DIR).filter(|v| !v.is_empty());
+    let sweep = !args.no_sweep;
+    let (report, dir) = match args.ledger_dir.clone().or(env.map(PathBuf::from)) {
+        Some(dir) => (collect(&dir, sweep)?, dir),
+        None if effective_uid() == 0 => (
+            collect_every_user(Path::new(SHM_DIR), sweep)?,
+            Path::new(SHM_DIR).join(format!("{USER_DIR_PREFIX}*")),
+        ),
+        None => {
+            let dir = gpuslice_ledger::default_ledger_dir();
+            (collect_as(&dir, Owners::Mine, sweep)?, dir)
+        }
+    };
     if args.json {
         let mut text = render_json(&report)?;
         text.push('\n');
@@ -513,6 +568,35 @@ mod tests {
             assert!(process_line.contains(cell), "{process_line}");
         }
         assert!(text.contains("no processes"), "{text}");
+    }
+
+    #[test]
+    fn every_users_folder_is_read_trusting_that_user() {
+        let base = tempfile::tempdir().unwrap();
+        let me = effective_uid();
+        // As root, a user's own folder and ledger; otherwise this user's.
+        let uid = if me == 0 { 4242 } else { me };
+        let dir = base.path().join(format!("gpuslice-{uid}"));
+        std::fs::create_dir(&dir).unwrap();
+        let (ledger, slot) = make_ledger(&dir, "theirs");
+        std::fs::create_dir(base.path().join("gpuslice-gpus")).unwrap();
+        if me == 0 {
+            for p in [dir.join("theirs.ledger"), dir.clone()] {
+                std::os::unix::fs::chown(&p, Some(uid), Some(uid)).unwrap();
+            }
+        }
+        let report = collect_every_user(base.path(), false).unwrap();
+        assert_eq!(report.slices.len(), 1, "{report:?}");
+        assert_eq!(report.slices[0].error, None, "{report:?}");
+        assert_eq!(report.slices[0].name, "theirs");
+        // A folder named after another user than its owner: its ledgers are refused.
+        if me == 0 {
+            std::fs::rename(&dir, base.path().join("gpuslice-4343")).unwrap();
+            let report = collect_every_user(base.path(), false).unwrap();
+            let error = report.slices[0].error.clone().unwrap_or_default();
+            assert!(error.contains("belongs to user 4242"), "{error}");
+        }
+        ledger.unregister(slot);
     }
 
     #[test]

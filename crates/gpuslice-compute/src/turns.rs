@@ -7,6 +7,15 @@
 //! and the time its lease ends, so a holder that dies or stops holds the GPU for at most
 //! one lease. Each process also stamps when it last wanted the turn and when it last
 //! ran work, which tells a slice with a soft limit whether any other slice wants the GPU.
+//!
+//! The folder is shared by every user and container of the host by design (mode 1777,
+//! files 0666), so any local user can write these files. Such a writer can delay other
+//! slices' turns for as long as it keeps rewriting the lease word (one write is honoured
+//! for at most a second, as for any process of a compute slice), and by truncating a
+//! file it makes the processes that map it die of a bus error. It can never raise a
+//! memory or compute limit: those live in each slice's own ledger. A link or anything
+//! but a regular file at a turn file's name, or a link at the folder's, is refused
+//! rather than followed.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -82,6 +91,14 @@ pub enum TurnError {
         /// What is wrong.
         reason: String,
     },
+    /// Something that must not be used stands at the file's name or its folder's.
+    #[error("GPU turn file {path} is refused: {reason}")]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// All slots are taken.
     #[error(
         "GPU turn file {path} has no free slot (at most {SLOTS} compute-limited processes per GPU)"
@@ -147,38 +164,79 @@ impl GpuTurns {
             what,
             source,
         };
-        if !dir.exists() {
-            fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
-            // Shared by every user and container of the host, like /tmp.
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
-        }
-        if !path.exists() {
-            let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-            let made = (|| {
-                let mut file = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o666)
-                    .open(&tmp)
-                    .map_err(|e| io("creating a temporary file", e))?;
-                let _ = file.set_permissions(fs::Permissions::from_mode(0o666));
-                file.write_all(&initial_image())
-                    .map_err(|e| io("writing", e))?;
-                drop(file);
-                match fs::hard_link(&tmp, &path) {
-                    Ok(()) => Ok(()),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                    Err(e) => Err(io("publishing", e)),
+        let refused = |reason: &str| TurnError::Refused {
+            path: path.clone(),
+            reason: reason.to_string(),
+        };
+        match fs::symlink_metadata(dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(refused(
+                    "its folder is a symbolic link, which gpuslice does not follow (another user could point it elsewhere); give GPUSLICE_GPU_DIR the real path",
+                ));
+            }
+            Ok(m) if !m.is_dir() => return Err(refused("its folder is not a folder")),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // Only the last component, shared by every user and container of the
+                // host like /tmp (sticky: nobody can remove another's files).
+                match fs::create_dir(dir) {
+                    Ok(()) => {
+                        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(io("creating its folder", e)),
                 }
-            })();
-            let _ = fs::remove_file(&tmp);
-            made?;
+            }
+            Err(e) => return Err(io("looking at its folder", e)),
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(|e| io("opening", e))?;
+        let open = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(&path)
+        };
+        let file = match open() {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+                let made = (|| {
+                    // create_new (O_EXCL) never follows a link at the name.
+                    let mut file = OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o666)
+                        .open(&tmp)
+                        .map_err(|e| io("creating a temporary file", e))?;
+                    let _ = file.set_permissions(fs::Permissions::from_mode(0o666));
+                    file.write_all(&initial_image())
+                        .map_err(|e| io("writing", e))?;
+                    drop(file);
+                    match fs::hard_link(&tmp, &path) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                        Err(e) => Err(io("publishing", e)),
+                    }
+                })();
+                let _ = fs::remove_file(&tmp);
+                made?;
+                open().map_err(|e| io("opening", e))?
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(refused(
+                    "it is a symbolic link, which gpuslice does not follow (another user could point it at a file of theirs); remove it",
+                ));
+            }
+            Err(e) => return Err(io("opening", e)),
+        };
+        if !file
+            .metadata()
+            .map_err(|e| io("reading its type", e))?
+            .file_type()
+            .is_file()
+        {
+            return Err(refused("it is not a regular file; remove it"));
+        }
         // SAFETY: a shared mapping of a file that is only ever accessed through atomics;
         // its size is checked below before any field is read.
         let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| io("mapping", e))?;
@@ -659,5 +717,43 @@ mod tests {
         // A minute later they are all stale.
         let late = GpuTurns::open(dir.path(), "GPU-test", 1, 999, STALE_NS + 1).unwrap();
         assert_eq!(late.slot, 0);
+    }
+
+    #[test]
+    fn links_and_other_files_at_a_turn_file_name_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"someone else's file").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("GPU-link.turns")).unwrap();
+        let err = GpuTurns::open(dir.path(), "GPU-link", 1, 1, 0)
+            .err()
+            .unwrap();
+        assert!(matches!(err, TurnError::Refused { .. }), "{err}");
+        assert!(err.to_string().contains("GPU-link.turns"), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"someone else's file");
+        // A dangling link: nothing is created where it points.
+        std::os::unix::fs::symlink(dir.path().join("made"), dir.path().join("GPU-d.turns"))
+            .unwrap();
+        assert!(GpuTurns::open(dir.path(), "GPU-d", 1, 1, 0).is_err());
+        assert!(!dir.path().join("made").exists());
+        std::fs::create_dir(dir.path().join("GPU-dir.turns")).unwrap();
+        assert!(GpuTurns::open(dir.path(), "GPU-dir", 1, 1, 0).is_err());
+    }
+
+    #[test]
+    fn a_turn_folder_is_made_shared_and_only_at_its_last_component() {
+        let base = tempfile::tempdir().unwrap();
+        let gpus = base.path().join("gpus");
+        GpuTurns::open(&gpus, "GPU-test", 1, 1, 0).unwrap();
+        let mode = std::fs::metadata(&gpus).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777);
+        let deep = base.path().join("missing/gpus");
+        assert!(GpuTurns::open(&deep, "GPU-test", 1, 1, 0).is_err());
+        assert!(!base.path().join("missing").exists());
+        std::os::unix::fs::symlink(&gpus, base.path().join("link")).unwrap();
+        let err = GpuTurns::open(&base.path().join("link"), "GPU-test", 1, 1, 0)
+            .err()
+            .unwrap();
+        assert!(matches!(err, TurnError::Refused { .. }), "{err}");
     }
 }

@@ -49,10 +49,9 @@ pub const ENV_GPU_DIR: &str = "GPUSLICE_GPU_DIR";
 /// slice by removing or changing its variables.
 pub const PINNED_CONFIG: &str = "/run/gpuslice/slice.env";
 
-/// Default folder for ledgers.
-pub const DEFAULT_LEDGER_DIR: &str = "/dev/shm/gpuslice";
-/// Default folder for the per-GPU turn files.
-pub const DEFAULT_GPU_DIR: &str = "/dev/shm/gpuslice/gpus";
+/// Default folder for the per-GPU turn files, shared by the compute slices of every user
+/// (the default ledger folders are per user: see `gpuslice_ledger::default_ledger_dir`).
+pub const DEFAULT_GPU_DIR: &str = "/dev/shm/gpuslice-gpus";
 
 /// A configuration problem. Every message names the variable it came from.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -467,8 +466,9 @@ pub struct SliceConfig {
     pub memory: MemoryLimits,
     /// Explicit ledger path.
     pub ledger_path: Option<String>,
-    /// Folder for ledgers.
-    pub ledger_dir: String,
+    /// Folder for ledgers, if `GPUSLICE_LEDGER_DIR` names one (else the user's default
+    /// folder, `gpuslice_ledger::default_ledger_dir`).
+    pub ledger_dir: Option<String>,
     /// The slice's name, if given.
     pub slice_name: Option<String>,
     /// Log level.
@@ -716,7 +716,7 @@ impl SliceConfig {
         Ok(Self {
             memory,
             ledger_path,
-            ledger_dir: ledger_dir.unwrap_or_else(|| DEFAULT_LEDGER_DIR.to_string()),
+            ledger_dir,
             slice_name,
             log_level,
             memory_source: used_vars.join(", "),
@@ -843,7 +843,8 @@ mod tests {
         let c = cfg(&[("PATH", "/bin")]).unwrap();
         assert!(!c.is_sliced());
         assert_eq!(c.log_level, LogLevel::Warn);
-        assert_eq!(c.ledger_dir, DEFAULT_LEDGER_DIR);
+        assert_eq!(c.ledger_dir, None);
+        assert_eq!(c.gpu_dir, DEFAULT_GPU_DIR);
     }
 
     #[test]
@@ -1200,8 +1201,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(
-            (c.ledger_dir.as_str(), c.gpu_dir.as_str()),
-            ("/tmp/l", DEFAULT_GPU_DIR)
+            (c.ledger_dir.as_deref(), c.gpu_dir.as_str()),
+            (Some("/tmp/l"), DEFAULT_GPU_DIR)
         );
         assert_eq!(c.ledger_path, None);
     }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Or
 use std::time::Instant;
 
 use gpuslice_config::{SliceConfig, human_size};
-use gpuslice_ledger::{Ledger, LedgerSpec};
+use gpuslice_ledger::{Ledger, LedgerSpec, Owners};
 
 use crate::ffi::*;
 use crate::log::log_at;
@@ -330,9 +330,21 @@ impl Slice {
         crate::presence::check(&config)?;
         let path = match &config.ledger_path {
             Some(p) => std::path::PathBuf::from(p),
-            None => {
-                std::path::Path::new(&config.ledger_dir).join(config.derived_ledger_file_name())
-            }
+            None => config
+                .ledger_dir
+                .as_ref()
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(gpuslice_ledger::default_ledger_dir)
+                .join(config.derived_ledger_file_name()),
+        };
+        // A ledger named by the read-only pinned configuration was mounted by the
+        // container runtime, and its owner may show as an unmapped uid (user
+        // namespaces); any other must be this user's or root's, in a folder that no
+        // other user can swap it in.
+        let owners = if config.pinned_file.is_some() {
+            Owners::Anyone
+        } else {
+            Owners::Mine
         };
         let name = config.slice_name.clone().unwrap_or_else(|| {
             path.file_stem()
@@ -351,7 +363,7 @@ impl Slice {
             devices: Vec::new(),
             compute: compute_limits,
         };
-        let ledger = Ledger::create_or_open(&path, &spec).map_err(|e| e.to_string())?;
+        let ledger = Ledger::create_or_open_as(&path, &spec, owners).map_err(|e| e.to_string())?;
         ledger
             .agree_compute_limits(compute_limits)
             .map_err(|e| e.to_string())?;

@@ -14,17 +14,21 @@
 //!   start time, so a reused PID is not mistaken for the owner) is zeroed by whoever
 //!   notices first. Charges can therefore never leak for good.
 //! - **Corrupt or foreign files are refused** with an error that names the file.
+//! - **Only trusted files are opened** (see [`folder`]): each user's ledgers live in a
+//!   folder of their own, and a ledger or folder that another user could have planted
+//!   or could replace is refused.
 
+pub mod folder;
 mod layout;
 mod proc_info;
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 
+pub use folder::{Distrust, Owners, Place, default_ledger_dir, user_ledger_dir};
 use layout::{DeviceEntry, Header, ProcessEntry};
 pub use layout::{FORMAT_VERSION, MAX_DEVICES, MAX_PROCESSES};
 pub use proc_info::{ProcessIdentity, current_identity, process_is_alive};
@@ -41,6 +45,16 @@ pub enum LedgerError {
         what: &'static str,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The file or its folder is not one this process may trust (see [`folder`]).
+    #[error("{place} {path} {problem}")]
+    Untrusted {
+        /// The file or folder.
+        path: PathBuf,
+        /// Which of the two.
+        place: Place,
+        /// What is wrong with it, and how to fix it.
+        problem: Distrust,
     },
     /// The file is not a gpuslice ledger.
     #[error(
@@ -231,27 +245,25 @@ fn owner_pid(owner: u64) -> u32 {
 
 impl Ledger {
     /// Opens the ledger at `path`, creating it from `spec` if it does not exist yet.
-    /// Creation is atomic: the file appears complete or not at all.
+    /// Creation is atomic: the file appears complete or not at all, with mode 0600.
+    /// The ledger and its folder must be this user's or root's ([`Owners::Mine`]); the
+    /// folder is created (0700) only when it is this user's default folder.
     pub fn create_or_open(path: &Path, spec: &LedgerSpec) -> Result<Self, LedgerError> {
-        match Self::open(path) {
-            Ok(ledger) => return Ok(ledger),
+        Self::create_or_open_as(path, spec, Owners::Mine)
+    }
+
+    /// [`Ledger::create_or_open`], accepting the files and folders of `owners`.
+    pub fn create_or_open_as(
+        path: &Path,
+        spec: &LedgerSpec,
+        owners: Owners,
+    ) -> Result<Self, LedgerError> {
+        let (folder, name) = folder::Folder::of(path, owners, true)?;
+        match folder.open_ledger(&name, path) {
+            Ok(file) => return Self::from_file(file, path),
             Err(LedgerError::Io { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
-        }
-        let io = |what, source| LedgerError::Io {
-            path: path.to_path_buf(),
-            what,
-            source,
-        };
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-            && !dir.exists()
-        {
-            fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
-            // Several users may run slices on one host: a sticky, world-writable folder
-            // like /tmp. Failure is harmless (someone else created it).
-            let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o1777));
         }
         if spec.devices.len() > MAX_DEVICES {
             return Err(LedgerError::Full {
@@ -260,41 +272,49 @@ impl Ledger {
                 max: MAX_DEVICES,
             });
         }
-        let image = layout::initial_image(spec);
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        let result = (|| {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o660)
-                .open(&tmp)
-                .map_err(|e| io("creating a temporary file", e))?;
-            file.write_all(&image).map_err(|e| io("writing", e))?;
-            drop(file);
-            match fs::hard_link(&tmp, path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-                Err(e) => Err(io("publishing", e)),
-            }
-        })();
-        let _ = fs::remove_file(&tmp);
-        result?;
-        Self::open(path)
-    }
-
-    /// Opens an existing ledger and checks that it is one, of this version, undamaged.
-    pub fn open(path: &Path) -> Result<Self, LedgerError> {
         let io = |what, source| LedgerError::Io {
             path: path.to_path_buf(),
             what,
             source,
         };
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|e| io("opening", e))?;
+        let image = layout::initial_image(spec);
+        let tmp = folder::temporary_name(&name);
+        let _ = folder.remove(&tmp); // Left by an earlier process with our PID.
+        let result = (|| {
+            let mut file = folder
+                .create_new(&tmp)
+                .map_err(|e| io("creating a temporary file", e.into()))?;
+            file.write_all(&image).map_err(|e| io("writing", e))?;
+            drop(file);
+            match folder.link(&tmp, &name) {
+                Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+                Err(e) => Err(io("publishing", e.into())),
+            }
+        })();
+        let _ = folder.remove(&tmp);
+        result?;
+        let file = folder.open_ledger(&name, path)?;
         Self::from_file(file, path)
+    }
+
+    /// Opens an existing ledger and checks that it is one, of this version, undamaged,
+    /// and that it and its folder are this user's or root's ([`Owners::Mine`]).
+    pub fn open(path: &Path) -> Result<Self, LedgerError> {
+        Self::open_as(path, Owners::Mine)
+    }
+
+    /// [`Ledger::open`], accepting the files and folders of `owners`.
+    pub fn open_as(path: &Path, owners: Owners) -> Result<Self, LedgerError> {
+        let file = Self::open_file(path, owners)?;
+        Self::from_file(file, path)
+    }
+
+    /// Opens the file of the ledger at `path` for reading and writing after the checks
+    /// of [`Ledger::open_as`] on it and its folder, without reading it (for a caller
+    /// that locks it). A missing file or folder is an I/O error of kind `NotFound`.
+    pub fn open_file(path: &Path, owners: Owners) -> Result<File, LedgerError> {
+        let (folder, name) = folder::Folder::of(path, owners, false)?;
+        folder.open_ledger(&name, path)
     }
 
     fn from_file(file: File, path: &Path) -> Result<Self, LedgerError> {
@@ -798,3 +818,5 @@ fn backoff(attempt: u32, salt: usize) {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod trust_tests;

@@ -2,6 +2,7 @@
 //! processes, and the sweeping of dead processes.
 
 use super::*;
+use std::fs::{self, OpenOptions};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 
@@ -39,7 +40,7 @@ impl Ledger {
 #[test]
 fn create_then_open_sees_the_same_slice() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("sub/a.ledger");
+    let path = dir.path().join("a.ledger");
     let ledger = Ledger::create_or_open(&path, &spec(4 * GIB)).unwrap();
     assert_eq!(ledger.name(), "test");
     let again = Ledger::open(&path).unwrap();

@@ -61,6 +61,8 @@ impl Bench {
         let dir = tempfile::tempdir().expect("tempdir");
         let libs = dir.path().join("lib");
         std::fs::create_dir_all(&libs).unwrap();
+        // The ledger folder: gpuslice creates no folder but the per-user default one.
+        std::fs::create_dir(dir.path().join("ledgers")).unwrap();
         std::os::unix::fs::symlink(build.join("libcuda.so"), libs.join("libcuda.so.1")).unwrap();
         std::os::unix::fs::symlink(
             build.join("libnvidia_ml.so"),
