@@ -262,6 +262,48 @@ impl Driver {
         )
     }
 
+    /// Creates a context on device 0 with the driver function `symbol` (a `cuCtxCreate`
+    /// variant), found with `dlsym` on the driver's handle.
+    pub fn ctx_create(&self, symbol: &str) -> c_int {
+        let name = CString::new(symbol).expect("symbol");
+        let p = self.symbol(&name);
+        if p.is_null() {
+            return 500;
+        }
+        let mut ctx: *mut c_void = null_mut();
+        match symbol {
+            "cuCtxCreate" | "cuCtxCreate_v2" => {
+                type F = unsafe extern "C" fn(*mut *mut c_void, c_uint, c_int) -> c_int;
+                // SAFETY: the driver's cuCtxCreate/_v2 has this signature.
+                let f = unsafe { std::mem::transmute::<*mut c_void, F>(p) };
+                // SAFETY: a valid out pointer, flags 0, device 0.
+                unsafe { f(&mut ctx, 0, 0) }
+            }
+            "cuCtxCreate_v3" => {
+                type F = unsafe extern "C" fn(
+                    *mut *mut c_void,
+                    *mut c_void,
+                    c_int,
+                    c_uint,
+                    c_int,
+                ) -> c_int;
+                // SAFETY: the driver's cuCtxCreate_v3 has this signature.
+                let f = unsafe { std::mem::transmute::<*mut c_void, F>(p) };
+                // SAFETY: a valid out pointer and no affinity parameters.
+                unsafe { f(&mut ctx, null_mut(), 0, 0, 0) }
+            }
+            "cuCtxCreate_v4" => {
+                type F =
+                    unsafe extern "C" fn(*mut *mut c_void, *mut c_void, c_uint, c_int) -> c_int;
+                // SAFETY: the driver's cuCtxCreate_v4 has this signature.
+                let f = unsafe { std::mem::transmute::<*mut c_void, F>(p) };
+                // SAFETY: a valid out pointer and no creation parameters.
+                unsafe { f(&mut ctx, null_mut(), 0, 0) }
+            }
+            other => panic!("ctxcreate: {other} is not a cuCtxCreate variant"),
+        }
+    }
+
     /// Releases (or, with `reset`, resets) the primary context of device `ordinal`.
     pub fn primary_release(&self, ordinal: c_int, reset: bool) -> c_int {
         let mut dev = 0;
@@ -293,7 +335,7 @@ impl Driver {
     }
 
     /// `cuCtxCreate` on device `ordinal`: a context of the process's own, made current.
-    pub fn ctx_create(&self, ordinal: c_int) -> (c_int, *mut c_void) {
+    pub fn own_ctx_create(&self, ordinal: c_int) -> (c_int, *mut c_void) {
         let mut ctx = null_mut();
         let rc = cu!(
             self,

@@ -3,7 +3,9 @@
 //! gets every other entry point through it (as the CUDA runtime does), then runs the
 //! steps given as arguments and prints one line per step: `STEP rc=CODE key=value...`.
 //!
-//! Steps: `init`, `ctx[:ORDINAL]` (retain the primary context and make it current), `ctxrelease[:ORDINAL]`, `ctxreset[:ORDINAL]`, `alloc:SIZE`, `fill:CHUNK` (allocate until refused),
+//! Steps: `init`, `ctx[:ORDINAL]` (retain the primary context and make it current), `ctxrelease[:ORDINAL]`, `ctxreset[:ORDINAL]`,
+//! `ctxcreate:SYMBOL` (`cuCtxCreate`, `cuCtxCreate_v2`, `_v3` or `_v4` on device 0, looked up with `dlsym` on the
+//! driver's handle; the new context becomes current), `alloc:SIZE`, `fill:CHUNK` (allocate until refused),
 //! `churn:CHUNK:N` (allocate and free N times), `freeall`, `meminfo`, `totalmem`, `pitch:WIDTHxHEIGHT`, `managed:SIZE`,
 //! `async:SIZE`, `asyncfill:CHUNK`, `pool:SIZE` (user pool), `trim`, `sync`,
 //! `vmm:SIZE`, `vmmfill:CHUNK`, `array:WxH`, `array3d:WxHxD`, `mipmap:WxH:LEVELS`,
@@ -131,7 +133,7 @@ impl Probe {
             "ctx" => format!("rc={}", cu.primary_ctx(arg.parse().unwrap_or(0))),
             "ctxrelease" => format!("rc={}", cu.primary_release(arg.parse().unwrap_or(0), false)),
             "ownctx" => {
-                let (rc, ctx) = cu.ctx_create(arg.parse().unwrap_or(0));
+                let (rc, ctx) = cu.own_ctx_create(arg.parse().unwrap_or(0));
                 self.own_contexts.push(ctx);
                 format!("rc={rc}")
             }
@@ -140,6 +142,7 @@ impl Probe {
                 None => "rc=-1".into(),
             },
             "ctxreset" => format!("rc={}", cu.primary_release(arg.parse().unwrap_or(0), true)),
+            "ctxcreate" => format!("rc={}", cu.ctx_create(arg)),
             "alloc" => {
                 let (rc, p) = cu.mem_alloc(parse_size(arg));
                 if rc == 0 {

@@ -10,6 +10,7 @@
 //! * [`host`]: the host's view from NVML;
 //! * [`scope`]: which processes are the caller's container, and its view;
 //! * [`server`]: the socket, peer authentication and threads;
+//! * [`clients`]: how many connections are served at once and for how long;
 //! * [`procfs`]: what is read from the host's `/proc`;
 //! * [`membership`]: which slice a host process belongs to;
 //! * [`enforce`]: holds each slice to its memory limit from the host, killing what a
@@ -20,6 +21,7 @@
 //! The agent never reads anything a container can write (not the slice ledgers, not a
 //! container's `/proc`).
 
+pub mod clients;
 pub mod enforce;
 pub mod host;
 pub mod membership;

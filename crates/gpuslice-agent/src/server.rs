@@ -9,7 +9,14 @@
 //! is compared before and after instead.
 //!
 //! The socket's folder is mode 0755 and the socket 0666: any local process may ask, and
-//! each learns only about its own container.
+//! each learns only about its own container. The mode must stay 0666: the interposer in
+//! every process of every slice asks, and those processes run as any uid (root, an image's
+//! own user, or uids that a user namespace maps to unprivileged host uids), which no owner
+//! or group could cover. File permissions would not be the access control anyway: what a
+//! caller is told is decided by its kernel-given identity. The price is that any local
+//! process can connect, so connections are bounded ([`crate::clients`]): each has one
+//! deadline for its whole exchange, and when all places are taken the oldest one still
+//! waiting on its peer makes room.
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -17,21 +24,18 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 
 use gpuslice_agent_protocol::{DriverMode, Request, Response, SampleNumbering, read_message};
 use nix::sys::socket::{getsockopt, sockopt};
 
 use crate::AgentError;
+use crate::clients::{ClientTable, DeadlineStream, Place, Refused};
 use crate::host::{CachedHost, HostSource};
 use crate::procfs::Procfs;
 use crate::scope::Scope;
 
-/// Most clients served at once; more are answered "busy".
-pub const MAX_CLIENTS: usize = 64;
-/// How long a client may take to send its request, and to read the answer.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+pub use crate::clients::{CLIENT_DEADLINE, MAX_CLIENTS};
 
 static VERBOSE: AtomicBool = AtomicBool::new(false);
 
@@ -58,7 +62,7 @@ pub struct Agent {
     procfs: Procfs,
     mode: DriverMode,
     own_samples: SampleNumbering,
-    active: AtomicUsize,
+    clients: ClientTable,
 }
 
 /// A connected client as the kernel identifies it.
@@ -90,7 +94,7 @@ impl Agent {
             procfs,
             mode,
             own_samples,
-            active: AtomicUsize::new(0),
+            clients: ClientTable::default(),
         }
     }
 
@@ -138,33 +142,44 @@ impl Agent {
         Ok(Peer { pid, pidfd })
     }
 
-    /// Serves one connection.
-    fn handle(&self, mut stream: UnixStream) {
-        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-        let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    /// Serves one connection, within its deadline: reading the request and writing the
+    /// answer together may take [`CLIENT_DEADLINE`] from its acceptance (not counting
+    /// the time the agent takes to compute the answer).
+    fn handle(&self, stream: UnixStream, place: &Place) {
+        let mut io = DeadlineStream::new(&stream, place.deadline());
         let response = match Self::peer(&stream) {
             Err(e) => Response::Error(e),
             Ok(peer) => {
                 let started = self.procfs.start_time(peer.pid);
-                match read_message(&mut stream) {
+                match read_message(&mut io) {
                     Err(e) => {
                         debug(format_args!("host PID {}: bad request: {e}", peer.pid));
                         return;
                     }
-                    Ok(text) => match Request::decode(&text) {
-                        Err(e) => Response::Error(e.to_string()),
-                        Ok(Request::View) => self
-                            .answer_for(peer.pid, || still_the_same(&self.procfs, &peer, started)),
-                    },
+                    Ok(text) => {
+                        place.computing();
+                        let computing = std::time::Instant::now();
+                        let response = match Request::decode(&text) {
+                            Err(e) => Response::Error(e.to_string()),
+                            Ok(Request::View) => self.answer_for(peer.pid, || {
+                                still_the_same(&self.procfs, &peer, started)
+                            }),
+                        };
+                        // The agent's own time is not the client's.
+                        io.extend(computing.elapsed());
+                        place.waiting();
+                        response
+                    }
                 }
             }
         };
-        if let Err(e) = stream.write_all(response.encode().as_bytes()) {
+        if let Err(e) = io.write_all(response.encode().as_bytes()) {
             debug(format_args!("writing an answer failed: {e}"));
         }
     }
 
-    /// Accepts clients until the listener fails, one thread per client.
+    /// Accepts clients until the listener fails, one thread per client, with at most
+    /// [`MAX_CLIENTS`] connections open (see [`crate::clients`]).
     pub fn serve(self: Arc<Self>, listener: UnixListener) -> Result<(), AgentError> {
         loop {
             let (stream, _) = match listener.accept() {
@@ -178,26 +193,32 @@ impl Agent {
                     });
                 }
             };
-            if self.active.fetch_add(1, Relaxed) >= MAX_CLIENTS {
-                self.active.fetch_sub(1, Relaxed);
-                let mut stream = stream;
-                let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-                let _ = stream.write_all(
-                    Response::Error("the agent is busy; try again".into())
-                        .encode()
-                        .as_bytes(),
-                );
-                continue;
-            }
+            let place = match self.clients.admit(&stream) {
+                Ok(place) => place,
+                Err(refused) => {
+                    let why = match refused {
+                        Refused::Busy => "the agent is busy; try again",
+                        Refused::NoDescriptor => "the agent is out of file descriptors",
+                    };
+                    // One try without blocking: the accept loop never waits on a client.
+                    let mut stream = stream;
+                    if stream.set_nonblocking(true).is_ok() {
+                        let _ = stream.write(Response::Error(why.into()).encode().as_bytes());
+                    }
+                    continue;
+                }
+            };
+            let id = place.id();
             let agent = Arc::clone(&self);
             let spawned = std::thread::Builder::new()
                 .name("gpuslice-agent-client".into())
                 .spawn(move || {
-                    agent.handle(stream);
-                    agent.active.fetch_sub(1, Relaxed);
+                    agent.handle(stream, &place);
+                    agent.clients.leave(place.id());
                 });
             if let Err(e) = spawned {
-                self.active.fetch_sub(1, Relaxed);
+                // The closure was dropped with the stream; give its place back.
+                self.clients.leave(id);
                 log(format_args!("cannot start a client thread: {e}"));
             }
         }
@@ -275,6 +296,7 @@ mod tests {
     use super::*;
     use crate::host::{HostGpu, HostProcess};
     use gpuslice_agent_protocol::{ProcessKind, query};
+    use std::time::Duration;
 
     struct Fixed(Vec<HostGpu>);
     impl HostSource for Fixed {
@@ -351,5 +373,126 @@ mod tests {
         assert!(text.contains("error"), "{text}");
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// An agent on a fresh socket, serving in a thread.
+    fn serving_agent(dir: &Path) -> PathBuf {
+        let path = dir.join("agent.sock");
+        let listener = bind(&path).unwrap();
+        let agent = Arc::new(Agent::new(
+            Box::new(Fixed(vec![HostGpu {
+                uuid: "GPU-x".into(),
+                ..HostGpu::default()
+            }])),
+            Procfs::default(),
+            DriverMode::Translated,
+            SampleNumbering::Translated,
+        ));
+        std::thread::spawn(move || agent.serve(listener));
+        path
+    }
+
+    #[test]
+    fn a_connection_that_drips_is_closed_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serving_agent(dir.path());
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let start = std::time::Instant::now();
+        let limit = Duration::from_secs(12);
+        // One byte every 200 ms, never a whole request, until the agent hangs up.
+        let closed = loop {
+            if start.elapsed() > limit {
+                break false;
+            }
+            let mut buf = [0u8; 64];
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => break true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => break true,
+            }
+            if s.write_all(b"x").is_err() {
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            closed && start.elapsed() < CLIENT_DEADLINE * 5,
+            "a client sending a byte every 200 ms was still connected after {:?}",
+            start.elapsed()
+        );
+    }
+
+    /// A slow-drip client until `stop` (or `until`): it connects, sends one byte a second
+    /// and never a whole request, and connects again as soon as the agent hangs up (after
+    /// 100 ms if the connection lasted less than a second).
+    fn drip(path: &Path, stop: &AtomicBool, until: std::time::Instant) {
+        while !stop.load(Relaxed) && std::time::Instant::now() < until {
+            let Ok(mut s) = UnixStream::connect(path) else {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            };
+            let opened = std::time::Instant::now();
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut buf = [0u8; 256];
+            while !stop.load(Relaxed) && std::time::Instant::now() < until {
+                match std::io::Read::read(&mut s, &mut buf) {
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        if s.write_all(b"x").is_err() {
+                            break;
+                        }
+                    }
+                    // Closed, or answered ("busy"): the agent is done with it.
+                    _ => break,
+                }
+            }
+            if opened.elapsed() < Duration::from_secs(1) {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+
+    #[test]
+    fn slow_drip_clients_do_not_shut_out_a_real_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = serving_agent(dir.path());
+        let stop = Arc::new(AtomicBool::new(false));
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let flood: Vec<_> = (0..MAX_CLIENTS)
+            .map(|_| {
+                let (path, stop) = (path.clone(), Arc::clone(&stop));
+                std::thread::spawn(move || drip(&path, &stop, until))
+            })
+            .collect();
+        // Let the flood take every place.
+        std::thread::sleep(Duration::from_millis(1500));
+        let mut answers = Vec::new();
+        for _ in 0..3 {
+            // A few tries each, as a client that is refused once may try again.
+            let answer = (0..3)
+                .map(|_| {
+                    let r = query(&path, Request::View, Duration::from_secs(3));
+                    if !matches!(r, Ok(Response::View(_))) {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    r
+                })
+                .find(|r| matches!(r, Ok(Response::View(_))));
+            answers.push(answer.is_some());
+        }
+        stop.store(true, Relaxed);
+        for t in flood {
+            t.join().unwrap();
+        }
+        assert_eq!(
+            answers,
+            vec![true; 3],
+            "real requests were refused while slow clients held the agent"
+        );
     }
 }

@@ -11,8 +11,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use crate::ffi::*;
 use crate::log::log_at;
 use crate::state::{
-    Access, Charge, Holding, Key, Slice, access, call_driver, graph_mem_attribute, lock,
-    pool_attribute, set_tracked,
+    Access, Charge, Holding, Key, PrimaryClaim, Slice, access, call_driver, graph_mem_attribute,
+    lock, pool_attribute, set_tracked,
 };
 use crate::table::id;
 
@@ -809,8 +809,13 @@ pub extern "C" fn cuMipmappedArrayDestroy(array: CUmipmappedArray) -> CUresult {
 }
 
 // ---------------------------------------------------------------------------------
-// Contexts: their memory shows in nvidia-smi but in no allocation call. It is measured
-// right after creation; a context that does not fit in the slice is given back.
+// Contexts: their memory shows in nvidia-smi but in no allocation call. A new context is
+// charged what a context takes in this slice *before* the driver creates it, so that
+// contexts created at once in many processes never take the GPU past the slice, and
+// refused with CUDA_ERROR_OUT_OF_MEMORY without being created when that does not fit.
+// Once it exists, the charge is corrected by measuring when the slice is nearly full
+// (or has not measured a context yet); a context measured larger than fits is
+// destroyed and refused.
 
 type RetainFn = unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
 type ReleaseFn = unsafe extern "C" fn(CUdevice) -> CUresult;
@@ -820,73 +825,109 @@ type CtxCreate3Fn =
 type CtxCreate4Fn = unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CUdevice) -> CUresult;
 type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
 
-/// Charges a new context's memory; false when it does not fit.
-fn charge_new_context(s: &Slice, dev: CUdevice) -> Result<bool, CUresult> {
-    match s.device_entry(dev)? {
-        Some(device) => {
-            let fits = s.charge_context(device);
-            if !fits {
-                crate::log::refusal(format_args!(
-                    "slice '{}' on {}: a new CUDA context does not fit: the slice's limit is {} and {} is in use",
-                    s.name,
-                    s.ledger.uuid(device),
-                    gpuslice_config::human_size(s.ledger.limit(device)),
-                    gpuslice_config::human_size(s.used(device)),
-                ));
-            }
-            Ok(fits)
-        }
-        None => Ok(true),
-    }
+/// Logs the refusal of a new context on a device entry.
+fn refuse_context(s: &Slice, device: usize, refusal: Option<gpuslice_ledger::Refusal>) {
+    let (limit, used) = match refusal {
+        Some(r) => (r.limit, r.used),
+        None => (s.ledger.limit(device), s.used(device)),
+    };
+    crate::log::refusal(format_args!(
+        "slice '{}' on {}: a new CUDA context (about {}) does not fit: the slice's limit is {} and {} is in use",
+        s.name,
+        s.ledger.uuid(device),
+        gpuslice_config::human_size(s.context_estimate(device)),
+        gpuslice_config::human_size(limit),
+        gpuslice_config::human_size(used),
+    ));
 }
 
-/// Charges `dev`'s primary context if this retain activated it; false when it does not
-/// fit.
-fn charge_primary_context(s: &Slice, dev: CUdevice) -> Result<bool, CUresult> {
-    let Some(device) = s.device_entry(dev)? else {
-        return Ok(true);
-    };
-    if !s.claim_primary_context(device) {
-        return Ok(true);
-    }
-    let before = s.context_bytes(device);
-    let verdict = charge_new_context(s, dev);
-    match verdict {
-        Ok(true) => {
-            s.note_primary_charge(device, s.context_bytes(device).saturating_sub(before));
+/// Runs `create`, which makes the driver create a context on `dev`, charged first;
+/// `destroy` undoes a created context that turns out not to fit. Returns the code for
+/// the caller.
+fn create_context_charged(
+    s: &Slice,
+    device: usize,
+    create: impl FnOnce() -> CUresult,
+    destroy: impl FnOnce(),
+) -> CUresult {
+    let charge = match s.reserve_context(device) {
+        Ok(charge) => charge,
+        Err(refusal) => {
+            refuse_context(s, device, Some(refusal));
+            return CUDA_ERROR_OUT_OF_MEMORY;
         }
-        _ => s.unclaim_primary_context(device),
+    };
+    let r = create();
+    if r != CUDA_SUCCESS {
+        s.cancel_context(charge);
+        return r;
     }
-    verdict
+    if s.context_created(&charge) {
+        return CUDA_SUCCESS;
+    }
+    destroy();
+    s.context_gone(device, charge.bytes);
+    refuse_context(s, device, None);
+    CUDA_ERROR_OUT_OF_MEMORY
 }
 
 /// `cuDevicePrimaryCtxRetain`. The primary context is reference-counted: the driver
 /// creates it on the first retain, and libraries retain it again and again (the CUDA
-/// runtime, cuBLAS, ...). It is charged once, when this process activates it.
+/// runtime, cuBLAS, ...). It is charged once, before the retain that activates it in
+/// this process; other threads retaining it meanwhile wait for that charge.
 ///
 /// # Safety
 /// Driver contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult {
-    let r = call_driver!(id::cuDevicePrimaryCtxRetain, RetainFn, ctx, dev);
-    if r != CUDA_SUCCESS {
-        return r;
+    let retain = || call_driver!(id::cuDevicePrimaryCtxRetain, RetainFn, ctx, dev);
+    if ctx.is_null() {
+        return retain();
     }
-    with_slice!(|s| match charge_primary_context(s, dev) {
-        Ok(true) => {
-            // SAFETY: the driver succeeded, so `ctx` is non-null and holds the context.
-            s.compute.note_primary(dev, unsafe { *ctx });
-            r
+    let r = with_slice!(|s| retain_primary_charged(s, dev, retain), else retain());
+    if r == CUDA_SUCCESS
+        && let Some(s) = crate::state::existing()
+    {
+        // SAFETY: `ctx` is not null (checked above), and the driver wrote the primary
+        // context there since the retain succeeded.
+        s.compute.note_primary(dev, unsafe { *ctx });
+    }
+    r
+}
+
+fn retain_primary_charged(s: &Slice, dev: CUdevice, retain: impl FnOnce() -> CUresult) -> CUresult {
+    let device = match s.device_entry(dev) {
+        Ok(Some(d)) => d,
+        Ok(None) => return retain(),
+        Err(e) => return e,
+    };
+    let mut spins = 0u32;
+    loop {
+        match s.claim_primary_context(device) {
+            PrimaryClaim::Mine => break,
+            PrimaryClaim::Charged => return retain(),
+            PrimaryClaim::Pending => {
+                // Another thread is charging and creating it (a driver call that can take
+                // a while): wait for it rather than create it uncharged.
+                spins += 1;
+                if spins < 64 {
+                    std::thread::yield_now();
+                } else {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
         }
-        Ok(false) => {
-            call_driver!(id::cuDevicePrimaryCtxRelease_v2, ReleaseFn, dev);
-            CUDA_ERROR_OUT_OF_MEMORY
-        }
-        Err(e) => {
-            call_driver!(id::cuDevicePrimaryCtxRelease_v2, ReleaseFn, dev);
-            e
-        }
-    }, else r)
+    }
+    let before = s.context_bytes(device);
+    let r = create_context_charged(s, device, retain, || {
+        call_driver!(id::cuDevicePrimaryCtxRelease_v2, ReleaseFn, dev);
+    });
+    if r == CUDA_SUCCESS {
+        s.note_primary_charge(device, s.context_bytes(device).saturating_sub(before));
+    } else {
+        s.unclaim_primary_context(device);
+    }
+    r
 }
 
 type GetStateFn = unsafe extern "C" fn(CUdevice, *mut c_uint, *mut c_int) -> CUresult;
@@ -957,62 +998,94 @@ pub extern "C" fn cuDevicePrimaryCtxReset(dev: CUdevice) -> CUresult {
     )
 }
 
-fn after_ctx_create(r: CUresult, ctx: *mut CUcontext, dev: CUdevice) -> CUresult {
-    if r != CUDA_SUCCESS || ctx.is_null() {
-        return r;
+/// A `cuCtxCreate` variant: `create` calls the driver's function, which writes the new
+/// context to `*ctx` on success.
+///
+/// # Safety
+/// `ctx` is null or valid for reads once `create` has succeeded (the driver wrote it).
+unsafe fn ctx_create_charged(
+    ctx: *mut CUcontext,
+    dev: CUdevice,
+    create: impl FnOnce() -> CUresult,
+) -> CUresult {
+    if ctx.is_null() {
+        return create();
     }
-    let verdict = with_slice!(|s| match charge_new_context(s, dev) {
-        Ok(true) => CUDA_SUCCESS,
-        Ok(false) => CUDA_ERROR_OUT_OF_MEMORY,
-        Err(e) => e,
-    }, else CUDA_SUCCESS);
-    if verdict != CUDA_SUCCESS {
-        // SAFETY: the driver wrote the new context there.
+    let destroy = || {
+        // SAFETY: called only after `create` succeeded, so the driver wrote the new
+        // context to `*ctx`, which the caller guarantees is readable.
         let created = unsafe { *ctx };
         call_driver!(id::cuCtxDestroy_v2, CtxDestroyFn, created);
-    }
-    verdict
+    };
+    with_slice!(|s| match s.device_entry(dev) {
+        Ok(Some(device)) => create_context_charged(s, device, create, destroy),
+        Ok(None) => create(),
+        Err(e) => e,
+    }, else create())
+}
+
+/// `cuCtxCreate`: the symbol of the first ABI, still exported by the driver and handed
+/// out by `cuGetProcAddress` for versions before 3.2.
+///
+/// # Safety
+/// Driver contract: `ctx` is null or writable.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxCreate(
+    ctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    let create = || call_driver!(id::cuCtxCreate, CtxCreate2Fn, ctx, flags, dev);
+    // SAFETY: the driver writes `*ctx` on success; the caller made it writable.
+    unsafe { ctx_create_charged(ctx, dev, create) }
 }
 
 /// `cuCtxCreate_v2`.
+///
+/// # Safety
+/// Driver contract: `ctx` is null or writable.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuCtxCreate_v2(ctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
-    after_ctx_create(
-        call_driver!(id::cuCtxCreate_v2, CtxCreate2Fn, ctx, flags, dev),
-        ctx,
-        dev,
-    )
+pub unsafe extern "C" fn cuCtxCreate_v2(
+    ctx: *mut CUcontext,
+    flags: c_uint,
+    dev: CUdevice,
+) -> CUresult {
+    let create = || call_driver!(id::cuCtxCreate_v2, CtxCreate2Fn, ctx, flags, dev);
+    // SAFETY: the driver writes `*ctx` on success; the caller made it writable.
+    unsafe { ctx_create_charged(ctx, dev, create) }
 }
 
 /// `cuCtxCreate_v3`.
+///
+/// # Safety
+/// Driver contract: `ctx` is null or writable.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuCtxCreate_v3(
+pub unsafe extern "C" fn cuCtxCreate_v3(
     ctx: *mut CUcontext,
     params: *mut c_void,
     n: c_int,
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    after_ctx_create(
-        call_driver!(id::cuCtxCreate_v3, CtxCreate3Fn, ctx, params, n, flags, dev),
-        ctx,
-        dev,
-    )
+    let create = || call_driver!(id::cuCtxCreate_v3, CtxCreate3Fn, ctx, params, n, flags, dev);
+    // SAFETY: the driver writes `*ctx` on success; the caller made it writable.
+    unsafe { ctx_create_charged(ctx, dev, create) }
 }
 
 /// `cuCtxCreate_v4`.
+///
+/// # Safety
+/// Driver contract: `ctx` is null or writable.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuCtxCreate_v4(
+pub unsafe extern "C" fn cuCtxCreate_v4(
     ctx: *mut CUcontext,
     params: *mut c_void,
     flags: c_uint,
     dev: CUdevice,
 ) -> CUresult {
-    after_ctx_create(
-        call_driver!(id::cuCtxCreate_v4, CtxCreate4Fn, ctx, params, flags, dev),
-        ctx,
-        dev,
-    )
+    let create = || call_driver!(id::cuCtxCreate_v4, CtxCreate4Fn, ctx, params, flags, dev);
+    // SAFETY: the driver writes `*ctx` on success; the caller made it writable.
+    unsafe { ctx_create_charged(ctx, dev, create) }
 }
 
 // ---------------------------------------------------------------------------------

@@ -275,6 +275,28 @@ pub struct GraphBook {
 /// `Slice::primary` while the charge of a claimed primary context is under way.
 const PRIMARY_CLAIMED: u64 = 1;
 
+/// A context's charge, taken before the driver creates the context: given back with
+/// [`Slice::cancel_context`] if the driver fails, made context memory with
+/// [`Slice::context_created`] if it succeeds.
+#[must_use]
+pub struct ContextCharge {
+    /// Ledger device entry.
+    pub device: usize,
+    /// Bytes charged.
+    pub bytes: u64,
+}
+
+/// Who charges the primary context at a retain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PrimaryClaim {
+    /// This retain: it charges the context before the driver activates it.
+    Mine,
+    /// Another thread of this process is charging it now.
+    Pending,
+    /// It is charged already: the retain only adds a reference.
+    Charged,
+}
+
 /// What a new context is charged before anyone in the slice has measured one (a CUDA 12
 /// or 13 context with its first modules takes about 500 MiB on Hopper).
 const DEFAULT_CONTEXT_ESTIMATE: u64 = 512 << 20;
@@ -313,6 +335,9 @@ pub struct Slice {
     /// (managed memory).
     invisible: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
     overhead_lock: Mutex<()>,
+    /// Per ledger device entry: bytes charged for contexts the driver is creating now
+    /// (charged before the driver call, not yet context memory NVML could show).
+    pending_contexts: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
     /// Per ledger device entry: bytes charged for this process's primary context while
     /// it is active (0: not charged).
     primary: [AtomicU64; gpuslice_ledger::MAX_DEVICES],
@@ -395,6 +420,7 @@ impl Slice {
             overhead: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             invisible: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             overhead_lock: Mutex::new(()),
+            pending_contexts: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             primary: [const { AtomicU64::new(0) }; gpuslice_ledger::MAX_DEVICES],
             last_overhead_check_ms: AtomicU64::new(0),
             started: Instant::now(),
@@ -602,11 +628,13 @@ impl Slice {
                 let _guard = lock(&self.overhead_lock);
                 let current = self.overhead[device].load(Relaxed);
                 // What NVML should show for the allocations the books hold: everything
-                // charged except context memory and memory NVML never shows.
+                // charged except context memory, memory NVML never shows, and contexts
+                // being created.
                 let accounted = self
                     .charged(device)
                     .saturating_sub(current)
-                    .saturating_sub(self.invisible[device].load(Relaxed));
+                    .saturating_sub(self.invisible[device].load(Relaxed))
+                    .saturating_sub(self.pending_contexts[device].load(Relaxed));
                 let wanted = measured.saturating_sub(accounted);
                 if wanted > current {
                     let grow = wanted - current;
@@ -636,40 +664,109 @@ impl Slice {
         false
     }
 
-    /// Charges a newly created context: by the size a context was last measured to take
-    /// in this slice (or a default), or, when that does not fit, by measuring this one.
-    /// False when it does not fit.
-    pub fn charge_context(&self, device: usize) -> bool {
-        let estimate = self
-            .ledger
+    /// What a new context is charged before it exists: what a context was last measured
+    /// to take in this slice, or a default.
+    pub fn context_estimate(&self, device: usize) -> u64 {
+        self.ledger
             .context_estimate(device)
-            .unwrap_or(DEFAULT_CONTEXT_ESTIMATE);
-        if self
-            .try_charge_making_room(device, estimate, Holding::Nothing)
-            .is_ok()
-        {
-            let _guard = lock(&self.overhead_lock);
-            let total = self.overhead[device].fetch_add(estimate, Relaxed) + estimate;
-            self.ledger.set_context_bytes(self.entry, device, total);
-            return true;
-        }
-        self.refresh_overhead(device, true)
+            .unwrap_or(DEFAULT_CONTEXT_ESTIMATE)
     }
 
-    /// Before charging a retained primary context: true if this retain activated it
-    /// (it must be charged), false if it is already charged.
-    pub fn claim_primary_context(&self, device: usize) -> bool {
-        self.primary[device]
-            .compare_exchange(0, PRIMARY_CLAIMED, AcqRel, Acquire)
-            .is_ok()
+    /// Charges a context that the driver is about to create, by
+    /// [`Slice::context_estimate`]. When it does not fit, makes room, re-measures this
+    /// process's context memory (contexts destroyed since are given back) and tries once
+    /// more; the refusal is returned for the caller to report.
+    pub fn reserve_context(
+        &self,
+        device: usize,
+    ) -> Result<ContextCharge, gpuslice_ledger::Refusal> {
+        let bytes = self.context_estimate(device);
+        let mut last = None;
+        for attempt in 0..3 {
+            match attempt {
+                0 => {}
+                1 => self.make_room(Holding::Nothing),
+                _ => {
+                    if !self.refresh_overhead(device, false) {
+                        break;
+                    }
+                }
+            }
+            // Charged and marked pending under the lock, so that a measurement in another
+            // thread never takes the charge for memory the books do not explain.
+            let _guard = lock(&self.overhead_lock);
+            match self.ledger.try_charge(self.entry, device, bytes) {
+                Ok(()) => {
+                    self.pending_contexts[device].fetch_add(bytes, Relaxed);
+                    return Ok(ContextCharge { device, bytes });
+                }
+                Err(refusal) => last = Some(refusal),
+            }
+        }
+        Err(last.unwrap_or(gpuslice_ledger::Refusal {
+            used: self.used(device),
+            limit: self.ledger.limit(device),
+            requested: bytes,
+        }))
+    }
+
+    /// The driver did not create the context: its charge is given back.
+    pub fn cancel_context(&self, charge: ContextCharge) {
+        let _guard = lock(&self.overhead_lock);
+        self.pending_contexts[charge.device].fetch_sub(charge.bytes, Relaxed);
+        self.ledger.release(self.entry, charge.device, charge.bytes);
+    }
+
+    /// The driver created the context: its charge becomes context memory, and is set to
+    /// what the process is measured to use when the slice has not measured a context yet
+    /// or is nearly full. False when the measured memory does not fit: the caller
+    /// destroys the context and gives its charge back with [`Slice::context_gone`].
+    pub fn context_created(&self, charge: &ContextCharge) -> bool {
+        let device = charge.device;
+        {
+            let _guard = lock(&self.overhead_lock);
+            self.pending_contexts[device].fetch_sub(charge.bytes, Relaxed);
+            let total = self.overhead[device].fetch_add(charge.bytes, Relaxed) + charge.bytes;
+            self.ledger.set_context_bytes(self.entry, device, total);
+        }
+        let room = self.ledger.limit(device).saturating_sub(self.used(device));
+        if self.ledger.context_estimate(device).is_none() || room < TIGHT_ROOM {
+            return self.refresh_overhead(device, true);
+        }
+        true
+    }
+
+    /// A context charged with `bytes` was destroyed: the charge is given back (at most
+    /// what context memory is still charged).
+    pub fn context_gone(&self, device: usize, bytes: u64) {
+        let _guard = lock(&self.overhead_lock);
+        let current = self.overhead[device].load(Relaxed);
+        let give = bytes.min(current);
+        if give > 0 {
+            self.ledger.release(self.entry, device, give);
+            self.overhead[device].store(current - give, Relaxed);
+            self.ledger
+                .set_context_bytes(self.entry, device, current - give);
+        }
+    }
+
+    /// Before a retain of the primary context: whether this retain must charge it.
+    pub fn claim_primary_context(&self, device: usize) -> PrimaryClaim {
+        match self.primary[device].compare_exchange(0, PRIMARY_CLAIMED, AcqRel, Acquire) {
+            Ok(_) => PrimaryClaim::Mine,
+            Err(PRIMARY_CLAIMED) => PrimaryClaim::Pending,
+            Err(_) => PrimaryClaim::Charged,
+        }
     }
 
     /// After a successful claim: what the charge came to (the growth of this process's
-    /// context bytes), kept to be given back when the context goes.
+    /// context bytes), kept to be given back when the context goes. Never left at
+    /// [`PRIMARY_CLAIMED`] (threads waiting for the charge would wait for ever), even when
+    /// a measurement made the growth nothing.
     pub fn note_primary_charge(&self, device: usize, bytes: u64) {
         let _ = self.primary[device].compare_exchange(
             PRIMARY_CLAIMED,
-            bytes.max(PRIMARY_CLAIMED),
+            bytes.max(PRIMARY_CLAIMED + 1),
             AcqRel,
             Acquire,
         );
@@ -689,17 +786,8 @@ impl Slice {
     /// charge is given back (at most what context memory is still charged).
     pub fn primary_context_gone(&self, device: usize) {
         let bytes = self.primary[device].swap(0, AcqRel);
-        if bytes == 0 {
-            return;
-        }
-        let _guard = lock(&self.overhead_lock);
-        let current = self.overhead[device].load(Relaxed);
-        let give = bytes.min(current);
-        if give > 0 {
-            self.ledger.release(self.entry, device, give);
-            self.overhead[device].store(current - give, Relaxed);
-            self.ledger
-                .set_context_bytes(self.entry, device, current - give);
+        if bytes != 0 {
+            self.context_gone(device, bytes);
         }
     }
 

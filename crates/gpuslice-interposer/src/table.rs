@@ -104,12 +104,13 @@ driver_functions! {
     cuArrayDestroy => "cuArrayDestroy", Cuda, h::cuArrayDestroy as *mut c_void;
     cuMipmappedArrayCreate => "cuMipmappedArrayCreate", Cuda, h::cuMipmappedArrayCreate as *mut c_void;
     cuMipmappedArrayDestroy => "cuMipmappedArrayDestroy", Cuda, h::cuMipmappedArrayDestroy as *mut c_void;
-    // Contexts (their memory is charged once they exist).
+    // Contexts (their memory is charged before the driver creates them).
     cuDevicePrimaryCtxRetain => "cuDevicePrimaryCtxRetain", Cuda, h::cuDevicePrimaryCtxRetain as *mut c_void;
     cuDevicePrimaryCtxRelease_v2 => "cuDevicePrimaryCtxRelease_v2", Cuda, h::cuDevicePrimaryCtxRelease_v2 as *mut c_void;
     cuDevicePrimaryCtxRelease => "cuDevicePrimaryCtxRelease", Cuda, h::cuDevicePrimaryCtxRelease as *mut c_void;
     cuDevicePrimaryCtxReset_v2 => "cuDevicePrimaryCtxReset_v2", Cuda, h::cuDevicePrimaryCtxReset_v2 as *mut c_void;
     cuDevicePrimaryCtxReset => "cuDevicePrimaryCtxReset", Cuda, h::cuDevicePrimaryCtxReset as *mut c_void;
+    cuCtxCreate => "cuCtxCreate", Cuda, h::cuCtxCreate as *mut c_void;
     cuCtxCreate_v2 => "cuCtxCreate_v2", Cuda, h::cuCtxCreate_v2 as *mut c_void;
     cuCtxCreate_v3 => "cuCtxCreate_v3", Cuda, h::cuCtxCreate_v3 as *mut c_void;
     cuCtxCreate_v4 => "cuCtxCreate_v4", Cuda, h::cuCtxCreate_v4 as *mut c_void;

@@ -11,6 +11,7 @@ const EXPORTED: &[&str] = &[
     "cuArray3DCreate_v2",
     "cuArrayCreate_v2",
     "cuArrayDestroy",
+    "cuCtxCreate",
     "cuCtxCreate_v2",
     "cuCtxCreate_v3",
     "cuCtxCreate_v4",

@@ -414,6 +414,141 @@ fn a_context_that_does_not_fit_is_refused() {
     assert!(bench.peak(0) <= 300 * MIB);
 }
 
+/// Every way a program creates a context: retaining the primary context, and each
+/// `cuCtxCreate` symbol (the unversioned one is the first ABI's, still exported).
+const CONTEXT_STEPS: [&str; 5] = [
+    "ctx",
+    "ctxcreate:cuCtxCreate",
+    "ctxcreate:cuCtxCreate_v2",
+    "ctxcreate:cuCtxCreate_v3",
+    "ctxcreate:cuCtxCreate_v4",
+];
+
+/// Starts a process of `slice` that creates a context, allocates `bytes`, and stays until
+/// `done` exists; returns once it is ready.
+fn holder(
+    bench: &Bench,
+    slice: &[(String, String)],
+    bytes: &str,
+    done: &std::path::Path,
+) -> std::process::Child {
+    let ready = bench.dir.path().join("holder.ready");
+    let child = bench
+        .probe(
+            &env(slice),
+            &[
+                "init",
+                "ctx",
+                &format!("alloc:{bytes}"),
+                &format!("ready:{}", ready.display()),
+                &format!("wait:{}", done.display()),
+            ],
+        )
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    system_tests::wait_for(&ready, "the holding process");
+    child
+}
+
+#[test]
+fn every_way_of_creating_a_context_is_charged_before_the_context_exists() {
+    for step in CONTEXT_STEPS {
+        // Charged, and measured (the slice has not measured a context yet).
+        let bench = Bench::new();
+        let slice = bench.slice_env("ctx", "2GiB");
+        let r = run(&mut bench.probe(&env(&slice), &["init", step, "meminfo"]));
+        assert_eq!(r.rc(step), 0, "{}", r.text());
+        assert_eq!(
+            r.num("meminfo", "total") - r.num("meminfo", "free"),
+            CONTEXT,
+            "{step}: the context is charged at its measured size\n{}",
+            r.text()
+        );
+
+        // Refused without being created when it does not fit: the GPU never holds more
+        // than the slice.
+        let done = bench.dir.path().join("done");
+        let slice = bench.slice_env("full", "1GiB");
+        let mut hold = holder(&bench, &slice, "700M", &done);
+        let r = run(&mut bench.probe(&env(&slice), &["init", step]));
+        std::fs::write(&done, b"").unwrap();
+        hold.wait().unwrap();
+        assert_eq!(r.rc(step), CUDA_ERROR_OUT_OF_MEMORY, "{step}\n{}", r.text());
+        assert!(
+            bench.peak(0) <= GIB,
+            "{step}: the GPU held {} MiB for a 1 GiB slice",
+            bench.peak(0) / MIB
+        );
+    }
+}
+
+#[test]
+fn contexts_created_at_once_on_a_nearly_full_slice_never_pass_the_limit() {
+    // A 2 GiB slice with 1324 MiB in use: room for two 300 MiB contexts. Eight processes
+    // then create one each at the same moment, by every creation path.
+    let bench = Bench::new();
+    let slice = bench.slice_env("crowded", "2GiB");
+    let done = bench.dir.path().join("done");
+    let go = bench.dir.path().join("go");
+    let mut hold = holder(&bench, &slice, "1024M", &done);
+    let ready = |i: usize| bench.dir.path().join(format!("ready{i}"));
+    let created = |i: usize| bench.dir.path().join(format!("created{i}"));
+    let children: Vec<_> = (0..8)
+        .map(|i| {
+            bench
+                .probe(
+                    &env(&slice),
+                    &[
+                        "init",
+                        &format!("ready:{}", ready(i).display()),
+                        &format!("wait:{}", go.display()),
+                        CONTEXT_STEPS[i % CONTEXT_STEPS.len()],
+                        &format!("ready:{}", created(i).display()),
+                        &format!("wait:{}", done.display()),
+                    ],
+                )
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for i in 0..8 {
+        system_tests::wait_for(&ready(i), "a process to start");
+    }
+    std::fs::write(&go, b"").unwrap();
+    for i in 0..8 {
+        system_tests::wait_for(&created(i), "a process to create its context");
+    }
+    let ledger = gpuslice_ledger::Ledger::open(&bench.ledger("crowded")).unwrap();
+    let ledger_used = ledger.devices()[0].used;
+    let in_use = fake_gpu::in_use(bench.state(), 0);
+    std::fs::write(&done, b"").unwrap();
+    hold.wait().unwrap();
+    let mut made = 0;
+    for (i, child) in children.into_iter().enumerate() {
+        let r = system_tests::Report::from(&child.wait_with_output().unwrap());
+        let step = CONTEXT_STEPS[i % CONTEXT_STEPS.len()];
+        match r.rc(step) {
+            0 => made += 1,
+            CUDA_ERROR_OUT_OF_MEMORY => {}
+            rc => panic!("{step} returned {rc}\n{}", r.text()),
+        }
+    }
+    assert!(
+        bench.peak(0) <= 2 * GIB,
+        "the GPU held {} MiB for a 2 GiB slice",
+        bench.peak(0) / MIB
+    );
+    assert!(ledger_used <= 2 * GIB, "ledger {ledger_used}");
+    assert!(in_use <= 2 * GIB, "device {in_use}");
+    assert!(
+        (1..=2).contains(&made),
+        "{made} contexts were created where two fit"
+    );
+}
+
 #[test]
 fn a_primary_context_is_charged_once_however_often_it_is_retained() {
     // Libraries retain the primary context again and again (the runtime, cuBLAS, ...):

@@ -174,17 +174,20 @@ pub enum CdiError {
         /// Why.
         source: LedgerError,
     },
-    /// A slice's limits changed while processes still use its ledger.
+    /// A slice's limits changed while processes still use its ledger. Nothing was
+    /// changed.
     #[error(
-        "slice {slice}: its ledger {path} has other limits and still lists processes (PID {processes}, as their containers number them); stop the containers using {KIND}={slice}, or give the slice another name"
+        "slice {slice}: its ledger {path} has other limits and still lists processes (PID {processes}, as their containers number them), so nothing was changed; stop the containers using {KIND}={slice}, or give the slice another name. Entries of processes that are gone (a container killed with SIGKILL leaves them) are freed by the host agent, `gpuslice agent --state-dir {state_dir}`, within about 2 s: start it (or wait for it) and run cdi generate again"
     )]
     LedgerInUse {
         /// The slice.
         slice: String,
         /// The ledger.
         path: PathBuf,
-        /// The PIDs listed.
+        /// The PIDs listed, each with what is known of it.
         processes: String,
+        /// `--state-dir`, whose ledgers the agent sweeps.
+        state_dir: PathBuf,
     },
     /// `cdi list` found no spec.
     #[error(

@@ -19,16 +19,23 @@
 //! * the agent's folder, 0755, if missing (the agent owns it once it runs).
 //!
 //! A slice whose ledger exists with the same limits keeps it, and with it the usage of
-//! the processes running in it. A ledger with other limits is replaced only when no
-//! process entry is left in it after sweeping the dead; otherwise generation stops, since
-//! replacing it would let old and new processes each use a full slice.
+//! the processes running in it. A ledger with other limits is replaced only when every
+//! process it lists is known to be dead; otherwise generation stops, since replacing it
+//! would let old and new processes each use a full slice.
+//!
+//! A generation that stops changes nothing: [`prepare`] first decides what to do with
+//! every slice's ledger (reading them only), and writes nothing until every slice has
+//! passed. Each file is then replaced whole (a temporary file renamed over it), the
+//! ledger of a slice before its pinned configuration. The check is repeated just before
+//! a ledger is replaced, so a process that joined it in between still stops the
+//! generation (leaving the slices already written complete and consistent).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use gpuslice_config::ComputeShares;
-use gpuslice_ledger::{Ledger, LedgerSpec};
+use gpuslice_ledger::{Ledger, LedgerSpec, Liveness};
 
 use super::edits::{pinned_config_text, preload_text};
 use super::slices::Slice;
@@ -94,55 +101,80 @@ fn same_limits(ledger: &Ledger, spec: &LedgerSpec) -> bool {
         && have == want
 }
 
-/// What happened to a slice's ledger.
+/// What happens (or happened) to a slice's ledger.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedgerOutcome {
-    /// There was none; it was created.
+    /// There was none; it is created.
     Created,
-    /// It existed with the same limits and was kept.
+    /// It exists with the same limits and is kept.
     Kept,
-    /// It existed with other limits and no processes, and was replaced.
+    /// It exists with other limits and no live processes, and is replaced.
     Replaced,
 }
 
-/// Makes sure `path` is a ledger for `spec` (see the module documentation).
+/// Decides what generation must do with the ledger at `path` for `spec`, without
+/// changing anything: an error when it exists with other limits and still lists
+/// processes that are not known to be dead (those of another PID namespace cannot be
+/// judged from here: the host agent frees them once they are gone).
+pub fn check_ledger(
+    slice: &str,
+    path: &Path,
+    spec: &LedgerSpec,
+    state_dir: &Path,
+) -> Result<LedgerOutcome, CdiError> {
+    if !path.exists() {
+        return Ok(LedgerOutcome::Created);
+    }
+    let existing = Ledger::open(path).map_err(|source| CdiError::Ledger {
+        slice: slice.to_string(),
+        source,
+    })?;
+    if same_limits(&existing, spec) {
+        return Ok(LedgerOutcome::Kept);
+    }
+    let listed: Vec<String> = existing
+        .processes()
+        .iter()
+        .filter_map(|p| match p.liveness {
+            Liveness::Dead => None,
+            Liveness::Alive => Some(format!("{} (running)", p.pid)),
+            Liveness::Unknown => Some(format!(
+                "{} (in another PID namespace: running, or exited without freeing its entry)",
+                p.pid
+            )),
+        })
+        .collect();
+    if listed.is_empty() {
+        return Ok(LedgerOutcome::Replaced);
+    }
+    Err(CdiError::LedgerInUse {
+        slice: slice.to_string(),
+        path: path.to_path_buf(),
+        processes: listed.join(", "),
+        state_dir: state_dir.to_path_buf(),
+    })
+}
+
+/// Makes sure `path` is a ledger for `spec` (see the module documentation), checking it
+/// again first.
 pub fn ensure_ledger(
     slice: &str,
     path: &Path,
     spec: &LedgerSpec,
+    state_dir: &Path,
 ) -> Result<LedgerOutcome, CdiError> {
-    let ledger_error = |source| CdiError::Ledger {
-        slice: slice.to_string(),
-        source,
-    };
-    let outcome = if path.exists() {
-        let existing = Ledger::open(path).map_err(ledger_error)?;
-        if same_limits(&existing, spec) {
-            return Ok(LedgerOutcome::Kept);
-        }
-        existing.sweep_dead();
-        let processes = existing.processes();
-        if !processes.is_empty() {
-            return Err(CdiError::LedgerInUse {
-                slice: slice.to_string(),
-                path: path.to_path_buf(),
-                processes: processes
-                    .iter()
-                    .map(|p| p.pid.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        drop(existing);
-        LedgerOutcome::Replaced
-    } else {
-        LedgerOutcome::Created
-    };
+    let outcome = check_ledger(slice, path, spec, state_dir)?;
+    if outcome == LedgerOutcome::Kept {
+        return Ok(outcome);
+    }
     // Build the new ledger under a private name and move it into place in one step.
     let tmp: PathBuf = path.with_file_name(format!(".{LEDGER_FILE}.{}.new", std::process::id()));
     let _ = fs::remove_file(&tmp);
     let built = Ledger::create_or_open(&tmp, spec)
-        .map_err(ledger_error)
+        .map_err(|source| CdiError::Ledger {
+            slice: slice.to_string(),
+            source,
+        })
         .and_then(|ledger| {
             drop(ledger);
             set_mode(&tmp, ledger_mode())?;
@@ -191,7 +223,17 @@ impl StateLayout {
 }
 
 /// Creates everything the spec mounts; returns one line per slice ledger for the report.
+/// Every slice is checked before anything is written: when one is refused, nothing on
+/// the host has changed.
 pub fn prepare(layout: &StateLayout, slices: &[Slice]) -> Result<Vec<String>, CdiError> {
+    for slice in slices {
+        check_ledger(
+            &slice.name,
+            &layout.ledger(&slice.name),
+            &ledger_spec(slice),
+            &layout.state_dir,
+        )?;
+    }
     ensure_dir(&layout.state_dir, 0o755)?;
     write_atomic(&layout.preload(), &preload_text(), 0o644)?;
     ensure_dir(&layout.gpus_dir(), 0o1777)?;
@@ -205,15 +247,18 @@ pub fn prepare(layout: &StateLayout, slices: &[Slice]) -> Result<Vec<String>, Cd
     ensure_dir(&layout.configs_dir(), 0o755)?;
     let mut report = Vec::new();
     for slice in slices {
+        let dir = layout.slices_dir().join(&slice.name);
+        ensure_dir(&dir, 0o755)?;
+        let path = layout.ledger(&slice.name);
+        let outcome = ensure_ledger(&slice.name, &path, &ledger_spec(slice), &layout.state_dir)?;
+        // The ledger first: a process that starts in between reads the old pinned
+        // configuration, which the new ledger refuses (fail closed) only until the next
+        // line has run.
         write_atomic(
             &layout.pinned_config(&slice.name),
             &pinned_config_text(slice),
             0o644,
         )?;
-        let dir = layout.slices_dir().join(&slice.name);
-        ensure_dir(&dir, 0o755)?;
-        let path = layout.ledger(&slice.name);
-        let outcome = ensure_ledger(&slice.name, &path, &ledger_spec(slice))?;
         let verb = match outcome {
             LedgerOutcome::Created => "created",
             LedgerOutcome::Kept => "kept",
@@ -304,12 +349,17 @@ mod tests {
         assert!(report[0].contains("kept"), "{report:?}");
         assert_eq!(Ledger::open(&ledger_path).unwrap().used(0), GIB);
 
-        // Other limits while a process is registered: refused, naming the slice.
+        // Other limits while a process is registered: refused, naming the slice, its
+        // process and the command that frees dead entries, and nothing changes.
+        let pinned_before = fs::read(&pinned).unwrap();
         let err = prepare(&layout, &[slice(4 * GIB)]).unwrap_err().to_string();
         assert!(
-            err.contains("s1") && err.contains(&std::process::id().to_string()),
+            err.contains("s1")
+                && err.contains(&format!("{} (running)", std::process::id()))
+                && err.contains("gpuslice agent --state-dir"),
             "{err}"
         );
+        assert_eq!(fs::read(&pinned).unwrap(), pinned_before);
         assert_eq!(
             Ledger::open(&ledger_path).unwrap().devices()[0].limit,
             8 * GIB
@@ -351,14 +401,14 @@ mod tests {
             hard: 30,
             burst: Some(60),
         });
-        let outcome = ensure_ledger("s1", &path, &ledger_spec(&s)).unwrap();
+        let outcome = ensure_ledger("s1", &path, &ledger_spec(&s), root.path()).unwrap();
         assert_eq!(outcome, LedgerOutcome::Created);
         assert_eq!(
             Ledger::open(&path).unwrap().compute_limits(),
             Some((30, Some(60)))
         );
         assert_eq!(
-            ensure_ledger("s1", &path, &ledger_spec(&s)).unwrap(),
+            ensure_ledger("s1", &path, &ledger_spec(&s), root.path()).unwrap(),
             LedgerOutcome::Kept
         );
         s.compute = Some(ComputeShares {
@@ -366,7 +416,7 @@ mod tests {
             burst: None,
         });
         assert_eq!(
-            ensure_ledger("s1", &path, &ledger_spec(&s)).unwrap(),
+            ensure_ledger("s1", &path, &ledger_spec(&s), root.path()).unwrap(),
             LedgerOutcome::Replaced
         );
         assert_eq!(
@@ -380,7 +430,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("ledger");
         fs::write(&path, "not a ledger at all, but long enough").unwrap();
-        let err = ensure_ledger("s1", &path, &ledger_spec(&slice(GIB)))
+        let err = ensure_ledger("s1", &path, &ledger_spec(&slice(GIB)), root.path())
             .unwrap_err()
             .to_string();
         assert!(err.contains("s1") && err.contains("ledger"), "{err}");
