@@ -17,7 +17,12 @@
 //!   is any state word that is none of the states the protocol writes: every loop over
 //!   a shared word ends in bounded time, whatever the file holds (a process that can
 //!   write the file can break its own slice, never hang it).
+//! - **Host-side tools survive a truncated file.** A host-side tool that called
+//!   [`guard::install`] has every ledger it maps guarded: a file cut short under the
+//!   mapping reads as empty instead of killing the tool with `SIGBUS`, and
+//!   [`Ledger::intact`] says so (see [`guard`]).
 
+pub mod guard;
 mod layout;
 mod proc_info;
 
@@ -98,6 +103,25 @@ pub enum LedgerError {
         ledger: String,
         /// The process's limits.
         config: String,
+    },
+    /// The file was cut short while this process had it mapped (only seen by processes
+    /// that installed the [`guard`]).
+    #[error(
+        "ledger {path} was truncated while this process read it (a process that can write the file cut it short); what was read from it is void"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The process guards as many ledger mappings as it can (see [`guard`]).
+    #[error(
+        "ledger {path}: this process already guards {max} ledger mappings against truncation, the most it can"
+    )]
+    Unguarded {
+        /// The file.
+        path: PathBuf,
+        /// The capacity.
+        max: usize,
     },
     /// No room for another device or process.
     #[error("ledger {path} has no free {what} entry (at most {max})")]
@@ -204,6 +228,9 @@ fn describe_compute(limits: Option<(u32, Option<u32>)>) -> String {
 
 /// An open ledger.
 pub struct Ledger {
+    /// The mapping's place in the truncation guard, when the process installed it.
+    /// Declared before `map` so that it is unregistered before the mapping goes.
+    guard: Option<guard::Registration>,
     map: memmap2::MmapMut,
     path: PathBuf,
     /// This process's own cap per device entry: the limit it agreed to in
@@ -346,16 +373,35 @@ impl Ledger {
         }
         // SAFETY: the file is a regular file we opened read-write; all access to the
         // mapping goes through atomics, which tolerate concurrent writers in other
-        // processes. A truncation by someone else would be caught by the length check
-        // below only at open time; ledgers are never truncated by gpuslice.
+        // processes. A file cut short later makes reads past its end raise SIGBUS: in a
+        // process with the guard installed the pages are replaced by zeros (registered
+        // just below, before the first read); elsewhere the process dies, which only a
+        // process that can write the file can cause (see `guard`).
         let map =
             unsafe { memmap2::MmapOptions::new().map_mut(&file) }.map_err(|e| LedgerError::Io {
                 path: path.to_path_buf(),
                 what: "mapping",
                 source: e,
             })?;
-        layout::validate(&map, path)?;
+        let guard = match guard::register(map.as_ptr(), map.len()) {
+            guard::Registered::Unguarded => None,
+            guard::Registered::Guarded(registration) => Some(registration),
+            guard::Registered::Full => {
+                return Err(LedgerError::Unguarded {
+                    path: path.to_path_buf(),
+                    max: guard::CAPACITY,
+                });
+            }
+        };
+        let valid = layout::validate(&map, path);
+        if guard.as_ref().is_some_and(|g| g.truncated()) {
+            return Err(LedgerError::Truncated {
+                path: path.to_path_buf(),
+            });
+        }
+        valid?;
         Ok(Self {
+            guard,
             map,
             path: path.to_path_buf(),
             caps: [const { AtomicU64::new(u64::MAX) }; MAX_DEVICES],
@@ -365,6 +411,19 @@ impl Ledger {
     /// The file this ledger lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether everything read from this ledger so far came from the file: `Err` once
+    /// the file was cut short under the mapping (the mapping reads as zeros from then
+    /// on). Only a process that installed the [`guard`] survives that to ask; it checks
+    /// after reading, and discards what it read on `Err`.
+    pub fn intact(&self) -> Result<(), LedgerError> {
+        if self.guard.as_ref().is_some_and(|g| g.truncated()) {
+            return Err(LedgerError::Truncated {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn header(&self) -> &Header {
@@ -838,6 +897,8 @@ fn backoff(attempt: u32, salt: usize) {
     }
 }
 
+#[cfg(test)]
+mod guard_tests;
 #[cfg(test)]
 mod mutation_tests;
 #[cfg(test)]
