@@ -100,11 +100,16 @@ pub fn ensure_ledger(
     };
     let outcome = if path.exists() {
         let existing = Ledger::open(path).map_err(ledger_error)?;
-        if same_limits(&existing, spec) {
+        let same = same_limits(&existing, spec);
+        // A ledger cut short while read (by a process of the slice) is void: refuse
+        // rather than judge it.
+        existing.intact().map_err(ledger_error)?;
+        if same {
             return Ok(LedgerOutcome::Kept);
         }
         existing.sweep_dead();
         let processes = existing.processes();
+        existing.intact().map_err(ledger_error)?;
         if !processes.is_empty() {
             return Err(CdiError::LedgerInUse {
                 slice: slice.to_string(),
