@@ -18,8 +18,9 @@
 //! * [`sweep`]: frees the ledger entries of slice processes that are gone, in any PID
 //!   namespace.
 //!
-//! The agent never reads anything a container can write (not the slice ledgers, not a
-//! container's `/proc`).
+//! The agent takes nothing a container can write as the truth (not a container's
+//! `/proc`): the one such file it opens is a slice's ledger, only to free the entries of
+//! processes that are gone, under the ledger's truncation guard (see [`sweep`]).
 
 pub mod clients;
 pub mod enforce;

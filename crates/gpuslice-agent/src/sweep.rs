@@ -16,7 +16,11 @@
 //! It sweeps only from the host's PID namespace (elsewhere it would not see every
 //! process). The ledgers are files the containers can write; what the agent does with
 //! them is only ever to free entries of a slice's own ledger, which a process of the
-//! slice could do itself.
+//! slice could do itself. Nothing read from a ledger is trusted: a container can cut
+//! its ledger short under the agent's mapping (the process installs the ledger's
+//! truncation guard, `gpuslice_ledger::guard`, so that this voids the read instead of
+//! killing the agent with SIGBUS; the sweep of that ledger is then skipped and reported),
+//! sums of its numbers saturate, and damaged files are reported by name.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -136,12 +140,20 @@ pub fn sweep_ledgers(
             continue;
         }
         let swept = ledger.sweep_identities(|pid, ns, start| dead.contains(&(pid, ns, start)));
+        if let Err(e) = ledger.intact() {
+            // Cut short while the agent read it: whatever was read or swept is void.
+            let line = format!("slice '{name}': sweep skipped: {e}");
+            if errors_seen.insert(line.clone()) {
+                lines.push(line);
+            }
+            continue;
+        }
         if swept > 0 {
             let freed: u64 = candidates
                 .iter()
                 .filter(|p| dead.contains(&(p.pid, p.pid_ns, p.start_time)))
-                .map(|p| p.charges.iter().sum::<u64>())
-                .sum();
+                .flat_map(|p| p.charges.iter().copied())
+                .fold(0, u64::saturating_add);
             let who: Vec<String> = candidates
                 .iter()
                 .filter(|p| dead.contains(&(p.pid, p.pid_ns, p.start_time)))

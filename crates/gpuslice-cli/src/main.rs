@@ -17,6 +17,13 @@ fn report(error: anyhow::Error) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Every subcommand maps ledgers that the slices' processes can write (and cut
+    // short): guard them before the first is mapped. Programs that `gpuslice run`
+    // starts do not inherit the handler (exec resets it).
+    if let Err(e) = gpuslice_ledger::guard::install() {
+        report(e.into());
+        return exit(125);
+    }
     match cli.command {
         Command::Run(args) => match gpuslice_cli::run::run(args) {
             Ok(outcome) => {

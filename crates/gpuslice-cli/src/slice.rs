@@ -167,6 +167,10 @@ impl SliceClaim {
         }
         let ledger = Ledger::open(path).map_err(|source| SliceError::Unreadable { source })?;
         let pids = live_pids(&ledger);
+        // Cut short while read (a process of the slice did it): the list is void.
+        ledger
+            .intact()
+            .map_err(|source| SliceError::Unreadable { source })?;
         if !pids.is_empty() {
             return Err(SliceError::LiveProcesses {
                 name: name.into(),
@@ -233,6 +237,9 @@ impl SliceClaim {
         let ledger = Ledger::open(&self.path)?;
         ledger.sweep_dead();
         let pids = live_pids(&ledger);
+        // Cut short while read (a process of the slice did it): the list is void, and
+        // the file is left where it is.
+        ledger.intact()?;
         drop(ledger);
         if !pids.is_empty() {
             return Ok(Finish::StillRunning(pids));

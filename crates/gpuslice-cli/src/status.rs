@@ -1,7 +1,9 @@
 //! `gpuslice status`: reads every ledger in the ledger folder (sweeping dead processes
 //! unless asked not to) into a report, and renders it as aligned tables or as one JSON
 //! document. A file that cannot be read as a ledger becomes a row with its error; the
-//! other slices are still listed.
+//! other slices are still listed. A ledger is a file its slice's processes can write,
+//! and cut short while it is read: under the ledger's truncation guard (installed by
+//! the `gpuslice` binary) that voids the read, and the slice's row shows the error.
 //!
 //! The folder is `--ledger-dir`, else `GPUSLICE_LEDGER_DIR`, else the caller's own
 //! per-user folder (`/dev/shm/gpuslice-<uid>`); for root, every user's. A folder's
@@ -139,7 +141,7 @@ pub fn slice_status(path: &Path, sweep: bool) -> SliceStatus {
 
 /// Reads one ledger file, trusting the files of `owners`.
 pub fn slice_status_as(path: &Path, owners: Owners, sweep: bool) -> SliceStatus {
-    let mut status = SliceStatus {
+    let status = SliceStatus {
         name: path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -156,10 +158,25 @@ pub fn slice_status_as(path: &Path, owners: Owners, sweep: bool) -> SliceStatus 
     let ledger = match Ledger::open_as(path, owners) {
         Ok(l) => l,
         Err(e) => {
-            status.error = Some(e.to_string());
-            return status;
+            return SliceStatus {
+                error: Some(e.to_string()),
+                ..status
+            };
         }
     };
+    let read = read_ledger(&ledger, sweep, status.clone());
+    match ledger.intact() {
+        Ok(()) => read,
+        // Cut short while it was read: what was read is void.
+        Err(e) => SliceStatus {
+            error: Some(e.to_string()),
+            ..status
+        },
+    }
+}
+
+/// What an open ledger holds, on top of `status` (name and path).
+fn read_ledger(ledger: &Ledger, sweep: bool, mut status: SliceStatus) -> SliceStatus {
     if sweep {
         ledger.sweep_dead();
     }

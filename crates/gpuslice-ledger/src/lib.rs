@@ -13,12 +13,20 @@
 //! - **Dead processes are swept.** An entry whose process is gone (checked by PID and
 //!   start time, so a reused PID is not mistaken for the owner) is zeroed by whoever
 //!   notices first. Charges can therefore never leak for good.
-//! - **Corrupt or foreign files are refused** with an error that names the file.
+//! - **Corrupt or foreign files are refused** with an error that names the file, and so
+//!   is any state word that is none of the states the protocol writes: every loop over
+//!   a shared word ends in bounded time, whatever the file holds (a process that can
+//!   write the file can break its own slice, never hang it).
 //! - **Only trusted files are opened** (see [`folder`]): each user's ledgers live in a
 //!   folder of their own, and a ledger or folder that another user could have planted
 //!   or could replace is refused.
+//! - **Host-side tools survive a truncated file.** A host-side tool that called
+//!   [`guard::install`] has every ledger it maps guarded: a file cut short under the
+//!   mapping reads as empty instead of killing the tool with `SIGBUS`, and
+//!   [`Ledger::intact`] says so (see [`guard`]).
 
 pub mod folder;
+pub mod guard;
 mod layout;
 mod proc_info;
 
@@ -109,6 +117,25 @@ pub enum LedgerError {
         ledger: String,
         /// The process's limits.
         config: String,
+    },
+    /// The file was cut short while this process had it mapped (only seen by processes
+    /// that installed the [`guard`]).
+    #[error(
+        "ledger {path} was truncated while this process read it (a process that can write the file cut it short); what was read from it is void"
+    )]
+    Truncated {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The process guards as many ledger mappings as it can (see [`guard`]).
+    #[error(
+        "ledger {path}: this process already guards {max} ledger mappings against truncation, the most it can"
+    )]
+    Unguarded {
+        /// The file.
+        path: PathBuf,
+        /// The capacity.
+        max: usize,
     },
     /// No room for another device or process.
     #[error("ledger {path} has no free {what} entry (at most {max})")]
@@ -215,6 +242,9 @@ fn describe_compute(limits: Option<(u32, Option<u32>)>) -> String {
 
 /// An open ledger.
 pub struct Ledger {
+    /// The mapping's place in the truncation guard, when the process installed it.
+    /// Declared before `map` so that it is unregistered before the mapping goes.
+    guard: Option<guard::Registration>,
     map: memmap2::MmapMut,
     path: PathBuf,
     /// This process's own cap per device entry: the limit it agreed to in
@@ -239,8 +269,38 @@ const DEVICE_FREE: u64 = 0;
 const DEVICE_CLAIMING: u64 = 1 << 62;
 const DEVICE_READY: u64 = 2 << 62;
 
+/// How long [`Ledger::device_slot`] waits for another process to finish writing a
+/// device entry (a few stores) before it calls the entry broken.
+pub const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn owner_pid(owner: u64) -> u32 {
     (owner & 0xffff_ffff) as u32
+}
+
+/// The states of a device entry's state word that the protocol writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeviceState {
+    /// No device yet.
+    Free,
+    /// Being written by this PID.
+    Claiming(u32),
+    /// Complete.
+    Ready,
+}
+
+impl DeviceState {
+    /// The state a word holds, `None` when it is none of them (a damaged file).
+    fn of(word: u64) -> Option<Self> {
+        match word {
+            DEVICE_FREE => Some(Self::Free),
+            DEVICE_READY => Some(Self::Ready),
+            _ if word & OWNER_STATE_MASK == DEVICE_CLAIMING => {
+                let pid = word & !OWNER_STATE_MASK;
+                (pid != 0 && pid <= u64::from(u32::MAX)).then_some(Self::Claiming(pid as u32))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Ledger {
@@ -333,16 +393,35 @@ impl Ledger {
         }
         // SAFETY: the file is a regular file we opened read-write; all access to the
         // mapping goes through atomics, which tolerate concurrent writers in other
-        // processes. A truncation by someone else would be caught by the length check
-        // below only at open time; ledgers are never truncated by gpuslice.
+        // processes. A file cut short later makes reads past its end raise SIGBUS: in a
+        // process with the guard installed the pages are replaced by zeros (registered
+        // just below, before the first read); elsewhere the process dies, which only a
+        // process that can write the file can cause (see `guard`).
         let map =
             unsafe { memmap2::MmapOptions::new().map_mut(&file) }.map_err(|e| LedgerError::Io {
                 path: path.to_path_buf(),
                 what: "mapping",
                 source: e,
             })?;
-        layout::validate(&map, path)?;
+        let guard = match guard::register(map.as_ptr(), map.len()) {
+            guard::Registered::Unguarded => None,
+            guard::Registered::Guarded(registration) => Some(registration),
+            guard::Registered::Full => {
+                return Err(LedgerError::Unguarded {
+                    path: path.to_path_buf(),
+                    max: guard::CAPACITY,
+                });
+            }
+        };
+        let valid = layout::validate(&map, path);
+        if guard.as_ref().is_some_and(|g| g.truncated()) {
+            return Err(LedgerError::Truncated {
+                path: path.to_path_buf(),
+            });
+        }
+        valid?;
         Ok(Self {
+            guard,
             map,
             path: path.to_path_buf(),
             caps: [const { AtomicU64::new(u64::MAX) }; MAX_DEVICES],
@@ -352,6 +431,19 @@ impl Ledger {
     /// The file this ledger lives in.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether everything read from this ledger so far came from the file: `Err` once
+    /// the file was cut short under the mapping (the mapping reads as zeros from then
+    /// on). Only a process that installed the [`guard`] survives that to ask; it checks
+    /// after reading, and discards what it read on `Err`.
+    pub fn intact(&self) -> Result<(), LedgerError> {
+        if self.guard.as_ref().is_some_and(|g| g.truncated()) {
+            return Err(LedgerError::Truncated {
+                path: self.path.clone(),
+            });
+        }
+        Ok(())
     }
 
     fn header(&self) -> &Header {
@@ -393,70 +485,79 @@ impl Ledger {
     ///
     /// `config_limit` is the limit this process was configured with, if any; it must
     /// agree with the ledger. Returns `None` when the slice does not limit this device.
+    /// Returns in bounded time whatever the file holds: a state word that is none of the
+    /// protocol's, or an entry that stays half-written for [`CLAIM_WAIT`], is an error
+    /// naming the file.
     pub fn device_slot(
         &self,
         uuid: &str,
         config_limit: Option<u64>,
     ) -> Result<Option<usize>, LedgerError> {
         let me = std::process::id();
+        let deadline = std::time::Instant::now() + CLAIM_WAIT;
+        let corrupt = |reason: String| LedgerError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        };
         let mut slot = 0;
-        let mut waited = 0u32;
         while slot < MAX_DEVICES {
             let entry = self.device(slot);
-            let state = entry.state.load(Acquire);
-            if state == DEVICE_READY {
-                if layout::read_uuid(entry) == uuid {
-                    let limit = entry.limit.load(Relaxed);
-                    if let Some(config_limit) = config_limit
-                        && config_limit != limit
-                    {
-                        return Err(LedgerError::LimitMismatch {
-                            path: self.path.clone(),
-                            uuid: uuid.to_string(),
-                            ledger_limit: limit,
-                            config_limit,
-                        });
-                    }
-                    self.cap(slot, limit);
-                    return Ok(Some(slot));
+            let word = entry.state.load(Acquire);
+            let claimed = match DeviceState::of(word) {
+                None => {
+                    return Err(corrupt(format!(
+                        "device entry {slot} has the state word {word:#018x}, which is none of free, being claimed and ready"
+                    )));
                 }
-                slot += 1;
-                continue;
-            }
-            if state & OWNER_STATE_MASK == DEVICE_CLAIMING {
-                // Someone is writing this entry. Wait for them, or take over if they died.
-                let claimer = owner_pid(state);
-                if !proc_info::pid_exists(claimer)
-                    && entry
-                        .state
-                        .compare_exchange(state, DEVICE_CLAIMING | me as u64, SeqCst, SeqCst)
-                        .is_ok()
-                {
-                    // We own the claim now; fall through to fill it.
-                } else {
-                    waited += 1;
-                    if waited > 100_000 {
-                        return Err(LedgerError::Corrupt {
-                            path: self.path.clone(),
-                            reason: format!("device entry {slot} stays half-written"),
-                        });
+                Some(DeviceState::Ready) => {
+                    if layout::read_uuid(entry) == uuid {
+                        let limit = entry.limit.load(Relaxed);
+                        if let Some(config_limit) = config_limit
+                            && config_limit != limit
+                        {
+                            return Err(LedgerError::LimitMismatch {
+                                path: self.path.clone(),
+                                uuid: uuid.to_string(),
+                                ledger_limit: limit,
+                                config_limit,
+                            });
+                        }
+                        self.cap(slot, limit);
+                        return Ok(Some(slot));
                     }
-                    std::thread::yield_now();
+                    slot += 1;
                     continue;
                 }
-            } else {
+                // Someone is writing this entry. Wait for them, or take over if they died.
+                Some(DeviceState::Claiming(claimer)) => {
+                    !proc_info::pid_exists(claimer)
+                        && entry
+                            .state
+                            .compare_exchange(word, DEVICE_CLAIMING | me as u64, SeqCst, SeqCst)
+                            .is_ok()
+                }
                 // A free entry: every earlier entry is READY with another UUID, so this
                 // device has no entry yet. Claim it if the slice limits the device.
-                if config_limit.or(self.default_limit()).is_none() {
-                    return Ok(None);
+                Some(DeviceState::Free) => {
+                    if config_limit.or(self.default_limit()).is_none() {
+                        return Ok(None);
+                    }
+                    entry
+                        .state
+                        .compare_exchange(DEVICE_FREE, DEVICE_CLAIMING | me as u64, SeqCst, SeqCst)
+                        .is_ok()
                 }
-                if entry
-                    .state
-                    .compare_exchange(DEVICE_FREE, DEVICE_CLAIMING | me as u64, SeqCst, SeqCst)
-                    .is_err()
-                {
-                    continue;
+            };
+            if !claimed {
+                // Another process holds the claim, or took the entry first: look again.
+                if std::time::Instant::now() >= deadline {
+                    return Err(corrupt(format!(
+                        "device entry {slot} stays half-written (state word {word:#018x}) for more than {} s",
+                        CLAIM_WAIT.as_secs()
+                    )));
                 }
+                std::thread::yield_now();
+                continue;
             }
             // We hold the claim on `slot`.
             let Some(limit) = config_limit.or(self.default_limit()) else {
@@ -816,6 +917,12 @@ fn backoff(attempt: u32, salt: usize) {
     }
 }
 
+#[cfg(test)]
+mod guard_tests;
+#[cfg(test)]
+mod mutation_tests;
+#[cfg(test)]
+mod test_support;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -19,7 +19,7 @@ fn spec(limit: u64) -> LedgerSpec {
     }
 }
 
-fn dead_pid() -> u32 {
+pub(crate) fn dead_pid() -> u32 {
     let mut child = std::process::Command::new("true")
         .spawn()
         .expect("spawn true");
@@ -30,7 +30,7 @@ fn dead_pid() -> u32 {
 
 impl Ledger {
     /// Test helper: pretend that entry `slot` belongs to `pid`.
-    fn forge_owner(&self, slot: usize, pid: u32) {
+    pub(crate) fn forge_owner(&self, slot: usize, pid: u32) {
         self.process(slot)
             .owner
             .store(OWNER_ACTIVE | pid as u64, SeqCst);

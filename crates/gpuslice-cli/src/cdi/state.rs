@@ -125,15 +125,21 @@ pub fn check_ledger(
     if !path.exists() {
         return Ok(LedgerOutcome::Created);
     }
-    let existing = Ledger::open(path).map_err(|source| CdiError::Ledger {
+    let ledger_error = |source| CdiError::Ledger {
         slice: slice.to_string(),
         source,
-    })?;
-    if same_limits(&existing, spec) {
+    };
+    let existing = Ledger::open(path).map_err(ledger_error)?;
+    let same = same_limits(&existing, spec);
+    // A ledger cut short while read (by a process of the slice) is void: refuse rather
+    // than judge it.
+    existing.intact().map_err(ledger_error)?;
+    if same {
         return Ok(LedgerOutcome::Kept);
     }
-    let listed: Vec<String> = existing
-        .processes()
+    let processes = existing.processes();
+    existing.intact().map_err(ledger_error)?;
+    let listed: Vec<String> = processes
         .iter()
         .filter_map(|p| match p.liveness {
             Liveness::Dead => None,
