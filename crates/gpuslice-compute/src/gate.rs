@@ -438,6 +438,13 @@ impl<'a> Gate<'a> {
         }
     }
 
+    /// Whether the GPU's turn file was cut short under this process (by another
+    /// process that can write it): the gate then takes turns with no one, and the slice
+    /// is held to its share by its own budget alone.
+    pub fn turns_truncated(&self) -> bool {
+        self.turns.as_ref().is_some_and(GpuTurns::truncated)
+    }
+
     /// How many launches went through a full check rather than `fast_go`.
     pub fn full_checks(&self) -> u64 {
         self.full_checks

@@ -125,6 +125,10 @@ pub enum Hold {
 
 /// This process's place in a GPU's turn file.
 pub struct GpuTurns {
+    /// The mapping's registration with the mapping guard, when the process installed it
+    /// (declared before `map`, so that it is dropped, and the mapping unregistered, before
+    /// the mapping is unmapped).
+    guard: Option<gpuslice_mapguard::Registration>,
     map: memmap2::MmapMut,
     path: PathBuf,
     slot: usize,
@@ -241,7 +245,15 @@ impl GpuTurns {
         // its size is checked below before any field is read.
         let map = unsafe { memmap2::MmapMut::map_mut(&file) }.map_err(|e| io("mapping", e))?;
         validate(&map, &path)?;
+        // Any compute slice of the host can write the file: if the process guards its
+        // shared mappings, one cut short reads as zeros (no one holds the GPU) instead of
+        // killing the process with SIGBUS.
+        let guard = match gpuslice_mapguard::register(map.as_ptr(), map.len()) {
+            gpuslice_mapguard::Registered::Guarded(registration) => Some(registration),
+            gpuslice_mapguard::Registered::Unguarded | gpuslice_mapguard::Registered::Full => None,
+        };
         let mut turns = GpuTurns {
+            guard,
             map,
             path,
             slot: 0,
@@ -250,6 +262,12 @@ impl GpuTurns {
         };
         turns.slot = turns.claim_slot(now_ns)?;
         Ok(turns)
+    }
+
+    /// Whether another process cut the file short under this process's (guarded)
+    /// mapping: the turns then read as zeros, and this process takes turns with no one.
+    pub fn truncated(&self) -> bool {
+        self.guard.as_ref().is_some_and(|g| g.truncated())
     }
 
     fn header(&self) -> &Header {

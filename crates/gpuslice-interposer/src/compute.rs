@@ -373,6 +373,15 @@ impl Compute {
         let slot = s.device_entry(dev).ok().flatten()?;
         let uuid = s.ledger.uuid(slot);
         let now = clock().now_ns();
+        // The turn file is shared with every compute slice of the host, any of which can
+        // cut it short: guard the mapping, so that this process survives that (and takes
+        // turns with no one) instead of dying of SIGBUS. Only the turn files are
+        // registered; the slice's own ledger never is.
+        if let Err(e) = gpuslice_mapguard::install() {
+            warn_once(format_args!(
+                "{e}; a process that cuts the GPU's turn file short could end this one"
+            ));
+        }
         let turns = match GpuTurns::open(&self.gpu_dir, &uuid, self.slice_tag, process_key(), now) {
             Ok(t) => Some(t),
             Err(e) => {
@@ -601,6 +610,12 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
             relaxed(|| {
                 let unblocked = cc.gate.unblocked();
                 let step = cc.gate.step(now, cc.meter.as_dyn());
+                if cc.gate.turns_truncated() {
+                    warn_once(format_args!(
+                        "{}: the GPU's turn file was cut short by another process; this slice stays within its share but no longer takes turns with the others",
+                        cc.name
+                    ));
+                }
                 if cc.gate.unblocked() > unblocked {
                     warn_once(format_args!(
                         "{}: this process's queued GPU work stopped completing while a launch waited for it; the launch goes, in case that work waits for it",

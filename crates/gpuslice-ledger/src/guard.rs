@@ -1,232 +1,44 @@
-//! The truncation guard: what keeps a host-side tool alive when a process that can write
-//! a ledger cuts the file short while the tool has it mapped.
+//! The ledgers' side of the mapping guard (`gpuslice-mapguard`): a host-side tool calls
+//! [`install`] once, explicitly, and every ledger it maps from then on is registered, so
+//! that a ledger cut short under the tool reads as empty instead of killing it with
+//! `SIGBUS`, and [`crate::Ledger::intact`] reports it.
 //!
-//! A ledger is a shared mapping of a file that every process of its slice can write,
-//! containers included. Reading a page of a mapping past the end of its file raises
-//! `SIGBUS`, whose default action ends the process. For the slice's own processes that
-//! is the slice breaking itself (docs/design.md, "What a slice member can do"). The host
-//! agent, `gpuslice status` and `gpuslice run` must survive it: they map every slice's
-//! ledger, so one slice could otherwise take them down for all.
-//!
-//! A host-side tool calls [`install`] once, explicitly (the interposer never does: it
-//! lives in user programs, whose signals are theirs). From then on every ledger the
-//! process maps is registered here, and the `SIGBUS` handler, for a fault raised by the
-//! kernel (`BUS_ADRERR`) at an address inside a registered mapping, maps private zero
-//! pages over the whole mapping (`MAP_FIXED`), marks it truncated and returns: the
-//! faulting instruction runs again on the zero pages, the ledger reads as empty from
-//! then on, and [`crate::Ledger::intact`] reports the truncation so that the caller
-//! discards what it read. Any other `SIGBUS` (another mapping, or one sent by a process)
-//! gets the disposition the process had before [`install`]: its handler is called, or
-//! the default action ends the process as it would have.
+//! The interposer never calls [`install`]: in a slice's own processes a ledger read as
+//! zeros would lift the slice's limits, so a slice member that truncates its ledger kills
+//! its own slice's processes instead (docs/design.md, "What a slice member can do"). The
+//! interposer installs the mapping guard's handler in compute-limited processes for the
+//! per-GPU turn files only, which leaves ledgers unregistered here.
 //!
 //! The alternative, reading ledgers with `pread` into a private copy, was not taken: the
 //! agent and `gpuslice status` must also free dead entries, which takes a
 //! compare-and-swap on the shared owner word, so they need the mapping anyway, and a copy
 //! would be a second shape of the ledger.
-//!
-//! The handler does only async-signal-safe work: atomic loads and stores of the registry
-//! (a fixed array, never a lock), `mmap`, `sigaction` and `raise`.
 
-use std::num::NonZeroUsize;
-use std::sync::Mutex;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Acquire, Ordering::Release};
+use std::sync::atomic::{AtomicBool, Ordering::Acquire, Ordering::Release};
 
-use nix::errno::Errno;
-use nix::sys::mman::{MapFlags, ProtFlags};
-use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, Signal};
+pub use gpuslice_mapguard::{CAPACITY, GuardError, Registered, Registration};
 
-/// How many ledger mappings one process can have guarded at once.
-pub const CAPACITY: usize = 64;
+static LEDGERS_GUARDED: AtomicBool = AtomicBool::new(false);
 
-/// Why the guard could not be installed.
-#[derive(Debug, thiserror::Error)]
-pub enum GuardError {
-    /// `sigaction` refused the handler.
-    #[error("cannot install the SIGBUS handler that guards ledger mappings: {0}")]
-    Install(#[source] Errno),
-    /// The page size could not be read.
-    #[error("cannot read the page size for the ledger guard: {0}")]
-    PageSize(#[source] Errno),
-}
-
-/// One registered mapping: `start == 0` when the entry is free.
-struct Region {
-    start: AtomicUsize,
-    /// Bytes, rounded up to whole pages.
-    len: AtomicUsize,
-    truncated: AtomicBool,
-}
-
-static REGIONS: [Region; CAPACITY] = [const {
-    Region {
-        start: AtomicUsize::new(0),
-        len: AtomicUsize::new(0),
-        truncated: AtomicBool::new(false),
-    }
-}; CAPACITY];
-
-static INSTALLED: AtomicBool = AtomicBool::new(false);
-static INSTALLING: Mutex<()> = Mutex::new(());
-static PAGE: AtomicUsize = AtomicUsize::new(0);
-/// The `SIGBUS` disposition before [`install`].
-static PREVIOUS: OnceLock<SigHandler> = OnceLock::new();
-
-/// Installs the `SIGBUS` handler that guards the ledger mappings of this process, for
-/// host-side tools only. Idempotent; ledgers mapped before the first call are not
-/// guarded.
+/// Installs the `SIGBUS` handler and guards every ledger this process maps from now on
+/// (ledgers mapped before the first call are not guarded). For host-side tools only.
+/// Idempotent.
 pub fn install() -> Result<(), GuardError> {
-    let _once = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-    if INSTALLED.load(Acquire) {
-        return Ok(());
-    }
-    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
-        .map_err(GuardError::PageSize)?
-        .and_then(|p| usize::try_from(p).ok())
-        .filter(|&p| p.is_power_of_two())
-        .ok_or(GuardError::PageSize(Errno::EINVAL))?;
-    PAGE.store(page, Release);
-    let action = SigAction::new(
-        SigHandler::SigAction(on_sigbus),
-        SaFlags::SA_ONSTACK | SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: `on_sigbus` is async-signal-safe (see the module documentation) and stays
-    // valid for the life of the process.
-    let previous =
-        unsafe { signal::sigaction(Signal::SIGBUS, &action) }.map_err(GuardError::Install)?;
-    // A SIGBUS that arrives between the two lines is handled as if the previous
-    // disposition were the default, which is what it is in a tool that just started.
-    let _ = PREVIOUS.set(previous.handler());
-    INSTALLED.store(true, Release);
+    gpuslice_mapguard::install()?;
+    LEDGERS_GUARDED.store(true, Release);
     Ok(())
 }
 
 /// Whether [`install`] has run in this process.
 pub fn installed() -> bool {
-    INSTALLED.load(Acquire)
+    LEDGERS_GUARDED.load(Acquire)
 }
 
-/// A registered mapping; dropping it unregisters the mapping, which must happen before
-/// the mapping is unmapped.
-#[derive(Debug)]
-pub(crate) struct Registration {
-    index: usize,
-}
-
-/// The outcome of [`register`].
-pub(crate) enum Registered {
-    /// The guard is not installed: the mapping is not watched.
-    Unguarded,
-    /// The mapping is watched.
-    Guarded(Registration),
-    /// The guard is installed, but [`CAPACITY`] mappings are watched already.
-    Full,
-}
-
-/// Registers the mapping at `start`, `len` bytes long (page aligned, as `mmap` returns).
+/// Registers a ledger mapping when this process guards its ledgers.
 pub(crate) fn register(start: *const u8, len: usize) -> Registered {
-    if !installed() || start.is_null() || len == 0 {
-        return Registered::Unguarded;
-    }
-    let page = PAGE.load(Acquire);
-    let len = len.div_ceil(page).saturating_mul(page);
-    for (index, region) in REGIONS.iter().enumerate() {
-        if region
-            .start
-            .compare_exchange(0, start as usize, Acquire, Acquire)
-            .is_ok()
-        {
-            region.truncated.store(false, Release);
-            region.len.store(len, Release);
-            return Registered::Guarded(Registration { index });
-        }
-    }
-    Registered::Full
-}
-
-impl Registration {
-    /// Whether the handler has replaced the mapping with zero pages.
-    pub(crate) fn truncated(&self) -> bool {
-        REGIONS[self.index].truncated.load(Acquire)
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let region = &REGIONS[self.index];
-        region.len.store(0, Release);
-        region.truncated.store(false, Release);
-        region.start.store(0, Release);
-    }
-}
-
-/// Replaces the registered mapping that holds `addr` with zero pages. Returns whether
-/// `addr` was in one (and the replacement worked).
-fn cover(addr: usize) -> bool {
-    for region in &REGIONS {
-        let start = region.start.load(Acquire);
-        let len = region.len.load(Acquire);
-        if start == 0 || addr < start || addr - start >= len {
-            continue;
-        }
-        let (Some(at), Some(length)) = (NonZeroUsize::new(start), NonZeroUsize::new(len)) else {
-            return false;
-        };
-        // SAFETY: [start, start + len) is a ledger mapping of this process that is still
-        // mapped (it is unregistered before it is unmapped, and a fault inside it means
-        // someone is reading it). Ledgers are only accessed as atomics valid for any bit
-        // pattern, so replacing the pages with private zero pages of the same size is, to
-        // every reader, the same as a writer zeroing the file; nothing else lives there.
-        let mapped = unsafe {
-            nix::sys::mman::mmap_anonymous(
-                Some(at),
-                length,
-                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED,
-            )
-        };
-        if mapped.is_err() {
-            return false;
-        }
-        region.truncated.store(true, Release);
-        return true;
-    }
-    false
-}
-
-extern "C" fn on_sigbus(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
-    let errno = Errno::last_raw();
-    // SAFETY: the kernel passes a valid `siginfo_t` to a handler installed with
-    // SA_SIGINFO (which `SigHandler::SigAction` sets); `si_addr` is meaningful for the
-    // kernel's own fault codes, and only read as a number here.
-    let (code, addr) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
-    if !(code == libc::BUS_ADRERR && cover(addr)) {
-        pass_on(sig, info, context, code);
-    }
-    Errno::set_raw(errno);
-}
-
-/// Gives a `SIGBUS` that is not a truncated ledger's to the disposition the process had
-/// before [`install`].
-fn pass_on(sig: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void, code: i32) {
-    // `si_code` <= 0: sent by a process (kill, tgkill, sigqueue), not raised by a fault.
-    let sent = code <= 0;
-    match PREVIOUS.get().copied().unwrap_or(SigHandler::SigDfl) {
-        SigHandler::SigAction(previous) => previous(sig, info, context),
-        SigHandler::Handler(previous) => previous(sig),
-        SigHandler::SigIgn if sent => {}
-        // The default action, or "ignore", which the kernel does not honour for a fault
-        // either: put the default back and let the signal take its course. A fault runs
-        // again when the handler returns and ends the process; a sent signal is raised
-        // again, and is delivered as soon as the handler returns.
-        SigHandler::SigDfl | SigHandler::SigIgn => {
-            let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
-            // SAFETY: restores the default disposition, which needs no handler.
-            let _ = unsafe { signal::sigaction(Signal::SIGBUS, &default) };
-            if sent {
-                let _ = signal::raise(Signal::SIGBUS);
-            }
-        }
+    if installed() {
+        gpuslice_mapguard::register(start, len)
+    } else {
+        Registered::Unguarded
     }
 }

@@ -633,3 +633,68 @@ fn a_destroyed_context_is_settled_before_it_goes_and_forgotten_after() {
     ));
     assert!(!r.stderr.contains("destroyed"), "{}", r.text());
 }
+
+#[test]
+fn a_turn_file_cut_short_by_another_process_ends_no_slice() {
+    // Every compute slice of the host maps the GPU's turn file, and any of them (or any
+    // local user, for the host's shared folder) can write it. Cut short under the
+    // mapping, it used to kill every compute-limited process on that GPU with SIGBUS;
+    // the mapping is now guarded, and the slices go on within their own budgets.
+    let bench = timed_bench();
+    let gpu_dir = bench.dir.path().join("gpus");
+    let slices: Vec<String> = ["t1", "t2"].iter().map(|n| ledger(&bench, n)).collect();
+    let spawn = |l: &str| {
+        bench
+            .probe(
+                &[("GPUSLICE_COMPUTE", "40"), ("GPUSLICE_LEDGER", l)],
+                &["init", "ctx", "loop:kernel:30000"],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn")
+    };
+    let children: Vec<_> = slices.iter().map(|l| spawn(l)).collect();
+    // Wait for the turn file, then cut it short and put it back, over and over, while
+    // the slices run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let turn_file = loop {
+        let found = std::fs::read_dir(&gpu_dir).ok().and_then(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .find(|p| p.extension().is_some_and(|e| e == "turns"))
+        });
+        if let Some(p) = found {
+            break p;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no turn file in {gpu_dir:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    };
+    let image = std::fs::read(&turn_file).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&turn_file)
+        .unwrap();
+    let mut cuts = 0;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(800) {
+        file.set_len(0).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        file.set_len(image.len() as u64).unwrap();
+        cuts += 1;
+    }
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        let report = system_tests::Report::from(&out);
+        assert!(
+            out.status.success(),
+            "a slice ended with {} after {cuts} cuts of its GPU's turn file:\n{}",
+            out.status,
+            report.text()
+        );
+        assert_eq!(report.rc("loop:kernel:30000"), 0, "{}", report.text());
+    }
+}
