@@ -222,7 +222,11 @@ def run_round(args, rnd, rng, results):
         if s.hung:
             results["records"].append(record)
             continue
-        if s.fate in ("term", "kill") and s.signalled and (end is None or end["end"] > s.signalled):
+        # gpuslice run exits with 128 + the signal that ended the program. For a pair of
+        # short-lived processes, the first one's end line says nothing of the second.
+        ended_by_signal = s.proc.returncode in (128 + signal.SIGTERM, 128 + signal.SIGKILL)
+        if s.fate in ("term", "kill") and s.signalled and (
+                ended_by_signal or end is None or end["end"] > s.signalled):
             record["exit_after_signal_s"] = s.exit_at - s.signalled
             results["kill_exit"].append(record["exit_after_signal_s"])
         elif end is not None:

@@ -718,8 +718,7 @@ impl Slice {
     }
 
     /// The driver created the context: its charge becomes context memory, and is set to
-    /// what the process is measured to use when the slice has not measured a context yet
-    /// or is nearly full. False when the measured memory does not fit: the caller
+    /// what the process is measured to use when the slice is nearly full. False when the measured memory does not fit: the caller
     /// destroys the context and gives its charge back with [`Slice::context_gone`].
     pub fn context_created(&self, charge: &ContextCharge) -> bool {
         let device = charge.device;
@@ -729,8 +728,14 @@ impl Slice {
             let total = self.overhead[device].fetch_add(charge.bytes, Relaxed) + charge.bytes;
             self.ledger.set_context_bytes(self.entry, device, total);
         }
+        // Measured now only when the slice is nearly full. A slice that has not learned
+        // what a context takes learns it at the first `cuMemGetInfo` (or when it is
+        // nearly full), after the program's first modules are loaded: measured right at
+        // creation, a PyTorch context is about 90 MiB smaller than it soon becomes, and
+        // every later context of the slice would be charged that much too little (on the
+        // H200, two processes of a 4 GiB slice reached 4164 MiB).
         let room = self.ledger.limit(device).saturating_sub(self.used(device));
-        if self.ledger.context_estimate(device).is_none() || room < TIGHT_ROOM {
+        if room < TIGHT_ROOM {
             return self.refresh_overhead(device, true);
         }
         true

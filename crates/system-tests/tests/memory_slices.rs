@@ -1093,3 +1093,36 @@ fn a_relative_ledger_path_fails_closed() {
     // Nothing was created in the working folder.
     assert_eq!(std::fs::read_dir(cwd.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn a_slice_learns_what_a_context_takes_after_its_first_modules_are_loaded() {
+    // A context grows as the program's first modules load (PyTorch's by about 90 MiB on
+    // the H200). Measured right at its creation, the slice learned too small a context,
+    // stopped measuring, and charged every later context of the slice that much too
+    // little: two processes of a 4 GiB slice reached 4164 MiB on the GPU. The first
+    // `cuMemGetInfo` measures it, modules included.
+    let mut bench = Bench::new();
+    bench
+        .set("FAKE_CUDA_CONTEXT_BYTES", "300MiB")
+        .set("FAKE_CUDA_MODULE_BYTES", "100MiB")
+        .set("FAKE_CUDA_KERNEL_US", "10");
+    let env = bench.slice_env("learn", "4GiB");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = run(&mut bench.probe(&env, &["init", "ctx", "loop:kernel:1", "meminfo"]));
+    let free = r.num("meminfo", "free");
+    assert_eq!(
+        free,
+        4 * GIB - 400 * MIB,
+        "free {} MiB: the context's modules are not counted",
+        free / MIB
+    );
+    // A later process of the slice (the first one is gone) is charged its context as
+    // learned, modules included, before it loads any.
+    let r = run(&mut bench.probe(&env, &["init", "ctx", "meminfo"]));
+    assert_eq!(
+        r.num("meminfo", "free"),
+        4 * GIB - 400 * MIB,
+        "{}",
+        r.text()
+    );
+}
