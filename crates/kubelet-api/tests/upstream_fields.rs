@@ -117,7 +117,8 @@ fn field_type(message: &DescriptorProto, field: &prost_types::FieldDescriptorPro
 }
 
 fn compiled() -> BTreeSet<String> {
-    let files = FileDescriptorSet::decode(kubelet_api::FILE_DESCRIPTOR_SET).expect("descriptor set");
+    let files =
+        FileDescriptorSet::decode(kubelet_api::FILE_DESCRIPTOR_SET).expect("descriptor set");
     let mut lines = BTreeSet::new();
     for file in &files.file {
         let package = file.package();
@@ -181,7 +182,10 @@ fn generated_modules_are_where_the_docs_say() {
         }),
     };
     let bytes = request.encode_to_vec();
-    assert_eq!(v1beta1::RegisterRequest::decode(bytes.as_slice()).unwrap(), request);
+    assert_eq!(
+        v1beta1::RegisterRequest::decode(bytes.as_slice()).unwrap(),
+        request
+    );
     let _ = reg::PluginInfo::default();
     let device = dra::v1::Device {
         share_id: Some("share".into()),
