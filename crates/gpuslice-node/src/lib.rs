@@ -1,0 +1,70 @@
+//! gpuslice on a Kubernetes node (`gpuslice node`): the node config ([`config`]), the
+//! slices a node advertises ([`inventory`]), the kubelet device plugins that serve them
+//! ([`deviceplugin`], over [`transport`]), the seam to the code that makes slices on the
+//! host ([`provider`]), and the dry run ([`dry_run`]).
+//!
+//! This is the only crate of gpuslice with async code (tokio, tonic); the interposer
+//! never links it. The CLI calls [`run`] and [`dry_run::dry_run`] and stays thin.
+
+pub mod config;
+pub mod deviceplugin;
+pub mod dry_run;
+pub mod inventory;
+pub mod provider;
+pub mod transport;
+
+use std::future::Future;
+use std::sync::Arc;
+
+pub use config::{ConfigError, NodeConfig};
+pub use deviceplugin::{NodeOptions, PluginError};
+pub use inventory::{GpuInventory, InventoryError};
+pub use provider::SliceProvider;
+
+/// Why `gpuslice node` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// The node config is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The node's slices could not be made (no GPU, oversubscribed, ...).
+    #[error(transparent)]
+    Inventory(#[from] InventoryError),
+    /// The device plugins could not be served.
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+}
+
+/// Runs the device plugins of this node until `shutdown` completes: picks the node's
+/// settings from `config`, cuts the GPUs `gpus` lists into slices (refusing, before
+/// serving anything, a config that would oversubscribe a GPU), then serves and registers
+/// one device plugin per resource, through kubelet restarts, giving containers their
+/// slices through `provider`.
+pub async fn run(
+    config: &NodeConfig,
+    options: NodeOptions,
+    gpus: Arc<dyn GpuInventory>,
+    provider: Arc<dyn SliceProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let settings = config.for_node(&options.node_name)?;
+    let source = gpus.clone();
+    let listed = tokio::task::spawn_blocking(move || source.gpus())
+        .await
+        .map_err(|e| InventoryError::List(inventory::GpuListError(e.to_string())))?
+        .map_err(InventoryError::from)?;
+    let inventory = Arc::new(inventory::Inventory::build(&settings, listed)?);
+    tracing::info!(
+        "node {}: {} GPU(s), resources {}",
+        options.node_name,
+        inventory.gpus().len(),
+        inventory
+            .resources()
+            .iter()
+            .map(|r| format!("{} ({})", r.name, r.slices.len()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    deviceplugin::serve(inventory, gpus, provider, &options, shutdown).await?;
+    Ok(())
+}
