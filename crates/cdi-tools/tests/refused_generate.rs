@@ -12,25 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The workspace's build folder (`target/debug`).
-fn build_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    for needed in [
-        "gpuslice",
-        "libgpuslice.so",
-        "libnvidia_ml.so",
-        "libcuda.so",
-        "cuda-probe",
-    ] {
-        assert!(
-            dir.join(needed).exists(),
-            "{} is missing: run `cargo build --workspace` before the tests",
-            dir.join(needed).display()
-        );
-    }
-    dir
-}
+use system_tests::build_dir;
 
 /// A child process killed (and reaped) when the test ends, however it ends.
 struct Reaped(Child);
