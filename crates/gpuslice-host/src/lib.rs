@@ -14,11 +14,14 @@
 //! * [`library`]: finding the interposer, `libgpuslice.so`.
 //! * [`cdi`]: the slice catalogue (`--slice`, `--slices-file`), CDI spec writing, and the
 //!   state folder's files the specs mount.
+//! * [`provision`]: making one slice ready for the node plugin (ledger, pinned
+//!   configuration, a CDI spec of its own) and what a container given it gets.
 
 pub mod cdi;
 pub mod gpus;
 pub mod layout;
 pub mod library;
+pub mod provision;
 pub mod slice;
 
 pub use layout::HostLayout;

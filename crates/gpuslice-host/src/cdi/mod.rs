@@ -226,7 +226,10 @@ pub struct Generated {
     pub warnings: Vec<String>,
 }
 
-fn absolute_utf8(flag: &'static str, path: &Path) -> Result<(PathBuf, String), CdiError> {
+pub(crate) fn absolute_utf8(
+    flag: &'static str,
+    path: &Path,
+) -> Result<(PathBuf, String), CdiError> {
     let absolute = std::path::absolute(path).map_err(|source| CdiError::Io {
         path: path.to_path_buf(),
         what: "making the path absolute",
@@ -286,7 +289,7 @@ fn requests(args: &GenerateOptions) -> Result<Vec<SliceRequest>, CdiError> {
 }
 
 /// Finds the device nodes of the GPUs in `gpus` and the shared ones under `dev_root`.
-fn find_nodes(
+pub(crate) fn find_nodes(
     dev_root: &Path,
     gpus: &[&HostGpu],
     warnings: &mut Vec<String>,
@@ -331,6 +334,37 @@ fn find_nodes(
     Ok(nodes)
 }
 
+/// The driver files to mount under `mode`, found below `driver_root`; what is missing
+/// becomes a warning (`auto`) or an error (`on`).
+pub(crate) fn driver_files(
+    driver_mode: DriverLibs,
+    driver_root: &Path,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<host::DriverFile>, CdiError> {
+    Ok(match driver_mode {
+        DriverLibs::Off => Vec::new(),
+        mode => {
+            let ldconfig = if driver_root == Path::new("/") {
+                host::run_ldconfig()
+            } else {
+                None
+            };
+            let found = host::find_driver_files(driver_root, ldconfig.as_deref());
+            if !found.missing.is_empty() {
+                let missing = found.missing.join(" and ");
+                let looked = found.looked.join(", ");
+                if mode == DriverLibs::On {
+                    return Err(CdiError::DriverLibsMissing { missing, looked });
+                }
+                warnings.push(format!(
+                    "--driver-libs auto: {missing} not found (looked in {looked}); containers must get the driver libraries elsewhere (the NVIDIA container toolkit, or the image)"
+                ));
+            }
+            found.files
+        }
+    })
+}
+
 /// `gpuslice cdi generate`: plans everything, then (unless `--dry-run`) creates the
 /// host-side files and writes the spec. `gpus` lists the host's GPUs.
 pub fn generate(
@@ -355,28 +389,7 @@ pub fn generate(
     let used: Vec<&HostGpu> = slices.iter().flat_map(|s| s.gpus.iter()).collect();
     let nodes = find_nodes(&dev_root, &used, &mut warnings)?;
 
-    let driver_files = match driver_mode {
-        DriverLibs::Off => Vec::new(),
-        mode => {
-            let ldconfig = if driver_root == Path::new("/") {
-                host::run_ldconfig()
-            } else {
-                None
-            };
-            let found = host::find_driver_files(&driver_root, ldconfig.as_deref());
-            if !found.missing.is_empty() {
-                let missing = found.missing.join(" and ");
-                let looked = found.looked.join(", ");
-                if mode == DriverLibs::On {
-                    return Err(CdiError::DriverLibsMissing { missing, looked });
-                }
-                warnings.push(format!(
-                    "--driver-libs auto: {missing} not found (looked in {looked}); containers must get the driver libraries elsewhere (the NVIDIA container toolkit, or the image)"
-                ));
-            }
-            found.files
-        }
-    };
+    let driver_files = driver_files(driver_mode, &driver_root, &mut warnings)?;
 
     let layout = HostLayout {
         state_dir,
