@@ -23,8 +23,9 @@ use gpuslice_config::{MemoryLimits, SliceConfig};
 
 use crate::procfs::{Mount, Procfs, cgroup_within};
 
-/// The folder of the pinned configurations below the state folder.
-pub const CONFIG_DIR: &str = "config";
+/// The folder of the pinned configurations below the state folder (the host file
+/// layout, `gpuslice_host::layout`).
+pub use gpuslice_host::layout::CONFIG_DIR;
 
 /// One slice as the host's state folder defines it.
 #[derive(Debug, Clone)]

@@ -30,10 +30,9 @@ use gpuslice_ledger::Ledger;
 
 use crate::procfs::Procfs;
 
-/// The folder of the slices' ledgers below the state folder, and each ledger's name.
-pub const SLICES_DIR: &str = "slices";
-/// See [`SLICES_DIR`].
-pub const LEDGER_FILE: &str = "ledger";
+/// The folder of the slices' ledgers below the state folder, and each ledger's name
+/// (the host file layout, `gpuslice_host::layout`).
+pub use gpuslice_host::layout::{LEDGER_FILE, SLICES_DIR};
 
 /// Every process of the host, as ledger entries name them: PID in its own namespace and
 /// namespace inode.

@@ -28,7 +28,7 @@ pub struct AgentArgs {
 
     /// The state folder of `gpuslice cdi generate`: the slices whose memory the agent
     /// holds from the host (`config/<name>.env`).
-    #[arg(long, value_name = "DIR", default_value = crate::cdi::DEFAULT_STATE_DIR)]
+    #[arg(long, value_name = "DIR", default_value = gpuslice_host::layout::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 
     /// What to do when a slice's processes hold more GPU memory than its limit plus the

@@ -2,12 +2,13 @@
 //! `gpuslice run` runs a program in a new GPU memory slice (the interposer preloaded, a
 //! ledger held for the slice, signals forwarded, the exit code passed through),
 //! `gpuslice status` shows the slices of this host, and `gpuslice cdi` offers slices to
-//! containers as CDI devices.
+//! containers as CDI devices. The node-level work (slices, the host file layout, GPU
+//! resolution, CDI specs) is the `gpuslice-host` crate's; this crate parses flags and
+//! prints.
 
 pub mod agent;
 pub mod cdi;
 pub mod cli;
-pub mod gpus;
 pub mod plan;
 pub mod run;
 pub mod slice;

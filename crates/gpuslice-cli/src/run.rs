@@ -8,10 +8,10 @@ use std::process::Command;
 use gpuslice_config::ENV_LEDGER_DIR;
 
 use crate::cli::RunArgs;
-use crate::gpus::{self, GpuDevice, GpuError};
 use crate::plan::{self, ENV_LIB, PlanError, RunPlan};
 use crate::slice::{Finish, SliceClaim, SliceError};
 use crate::supervise::{self, SignalGuard, SuperviseError};
+use gpuslice_host::gpus::{self, GpuDevice, GpuError};
 
 /// Why a run failed before the program's exit code was known.
 #[derive(Debug, thiserror::Error)]
@@ -93,7 +93,8 @@ pub fn plan(
     };
     let log = args.log.as_deref().map(plan::parse_log).transpose()?;
     let gpu_list = args.gpus.as_deref().map(gpus::parse_gpu_list).transpose()?;
-    let lib = plan::find_library(args.lib.as_deref(), env.lib.as_deref(), env.exe.as_deref())?;
+    let lib = plan::find_library(args.lib.as_deref(), env.lib.as_deref(), env.exe.as_deref())
+        .map_err(PlanError::from)?;
     let dir = plan::ledger_dir(args.ledger_dir.as_deref(), env.ledger_dir.as_deref());
     let gpus = match &gpu_list {
         Some(list) => Some(gpus::resolve(list, &devices()?)?),

@@ -1,7 +1,8 @@
 //! gpuslice on a Kubernetes node (`gpuslice node`): the node config ([`config`]), the
 //! slices a node advertises ([`inventory`]), the kubelet device plugins that serve them
 //! ([`deviceplugin`], over [`transport`]), the seam to the code that makes slices on the
-//! host ([`provider`]), and the dry run ([`dry_run`]).
+//! host ([`provider`]; the real one, over `gpuslice-host`, is [`host_provider`]), and the
+//! dry run ([`dry_run`]).
 //!
 //! This is the only crate of gpuslice with async code (tokio, tonic); the interposer
 //! never links it. The CLI calls [`run`] and [`dry_run::dry_run`] and stays thin.
@@ -9,6 +10,7 @@
 pub mod config;
 pub mod deviceplugin;
 pub mod dry_run;
+pub mod host_provider;
 pub mod inventory;
 pub mod provider;
 pub mod transport;

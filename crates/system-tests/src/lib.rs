@@ -334,3 +334,62 @@ pub fn pid_file(path: &Path) -> (u32, u32) {
     };
     (field("ns="), field("host="))
 }
+
+/// The repository's root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The first OCI runtime (runc, crun) that runs a trivial container here, or why none
+/// does (not root, no python3 to write bundles, no runtime that works).
+pub fn oci_runtime(bench: &Bench) -> Result<String, String> {
+    if is_root() {
+        for candidate in ["runc", "crun"] {
+            let bundle = bench.dir.path().join(format!("probe-{candidate}"));
+            let made = Command::new("python3")
+                .arg(repo().join("tests/gpu/container_bundle.py"))
+                .args(["--bundle"])
+                .arg(&bundle)
+                .args([
+                    "--name",
+                    "probe",
+                    "--env",
+                    "PATH=/usr/bin:/bin",
+                    "--",
+                    "true",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if !made {
+                return Err("python3 cannot write a bundle".into());
+            }
+            let ran = Command::new(candidate)
+                .arg("--root")
+                .arg(bench.dir.path().join("runtime-state"))
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("gs-probe-{}", std::process::id()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ran {
+                return Ok(candidate.to_string());
+            }
+        }
+        Err("neither runc nor crun runs a container here".into())
+    } else {
+        Err("needs root".into())
+    }
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}

@@ -9,66 +9,10 @@
 //! Needs root, python3 and `runc` or `crun`; without them the test prints why it was
 //! skipped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
-use system_tests::{Bench, GIB, Report, run};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The first runtime that runs a trivial container here, or why none does.
-fn runtime(bench: &Bench) -> Result<String, String> {
-    if is_root() {
-        for candidate in ["runc", "crun"] {
-            let bundle = bench.dir.path().join(format!("probe-{candidate}"));
-            let made = Command::new("python3")
-                .arg(repo().join("tests/gpu/container_bundle.py"))
-                .args(["--bundle"])
-                .arg(&bundle)
-                .args([
-                    "--name",
-                    "probe",
-                    "--env",
-                    "PATH=/usr/bin:/bin",
-                    "--",
-                    "true",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !made {
-                return Err("python3 cannot write a bundle".into());
-            }
-            let ran = Command::new(candidate)
-                .arg("--root")
-                .arg(bench.dir.path().join("runtime-state"))
-                .args(["run", "--bundle"])
-                .arg(&bundle)
-                .arg(format!("gs-probe-{}", std::process::id()))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if ran {
-                return Ok(candidate.to_string());
-            }
-        }
-        Err("neither runc nor crun runs a container here".into())
-    } else {
-        Err("needs root".into())
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
+use system_tests::{Bench, GIB, Report, oci_runtime as runtime, repo, run};
 
 #[test]
 fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {

@@ -6,8 +6,12 @@ use std::os::unix::fs::{MetadataExt, symlink};
 
 use clap::Parser;
 
+use std::path::{Path, PathBuf};
+
 use super::*;
 use crate::cli::{Cli, Command};
+use host::HostGpu;
+use spec::Spec;
 
 const GIB: u64 = 1 << 30;
 const U0: &str = "GPU-aaaa1111-0000-4000-8000-000000000000";
@@ -220,10 +224,7 @@ fn generate_writes_the_spec_and_the_host_files() {
     assert_eq!(generated.report.len(), 6, "{:?}", generated.report);
 
     // `cdi list` prints what was written.
-    let listed = list(&ListArgs {
-        output_dir: Some(host.path("cdi")),
-    })
-    .unwrap();
+    let listed = list(Some(&host.path("cdi"))).unwrap();
     assert_eq!(
         listed,
         "gpuslice.io/slice=gpu0-8g\ngpuslice.io/slice=gpu1-4g-30\ngpuslice.io/slice=both\n"
@@ -422,11 +423,7 @@ fn the_library_is_found_like_gpuslice_run_finds_it() {
 #[test]
 fn list_without_a_spec_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
-    let err = list(&ListArgs {
-        output_dir: Some(dir.path().to_path_buf()),
-    })
-    .unwrap_err()
-    .to_string();
+    let err = list(Some(dir.path())).unwrap_err().to_string();
     assert!(
         err.contains(&*dir.path().join(SPEC_FILE).display().to_string())
             && err.contains("cdi generate"),

@@ -1,7 +1,7 @@
 //! The slices a host offers: parsing `--slice NAME=GPUS:MEMORY[:compute=P[:burst=P]]` and
 //! `--slices-file`, checking names (a slice name is a CDI device name and a folder name),
 //! and resolving each slice's GPUs to this host's devices with the same matching as
-//! `gpuslice run --gpus` ([`crate::gpus::resolve`]).
+//! `gpuslice run --gpus` ([`crate::gpus::resolve`]), giving [`Slice`]s.
 
 use std::path::Path;
 
@@ -9,11 +9,8 @@ use gpuslice_config::{ComputeShares, DeviceSelector, SharesError, parse_size};
 use serde::Deserialize;
 
 use super::CdiError;
-use super::host::HostGpu;
-use crate::gpus::{self, GpuDevice, GpuError, GpuList};
-
-/// The longest slice name.
-pub const MAX_NAME_LEN: usize = 63;
+use crate::gpus::{self, GpuDevice, GpuError, GpuList, HostGpu};
+pub use crate::slice::{MAX_NAME_LEN, Slice, is_valid_name};
 
 /// Which GPUs a slice covers, as asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,38 +36,11 @@ pub struct SliceRequest {
     pub origin: String,
 }
 
-/// A slice with its GPUs found on this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Slice {
-    /// The slice's name.
-    pub name: String,
-    /// Its GPUs (UUIDs canonical), in the order given.
-    pub gpus: Vec<HostGpu>,
-    /// Memory limit on each GPU, in bytes.
-    pub memory: u64,
-    /// Compute limits (`None`: none).
-    pub compute: Option<ComputeShares>,
-}
-
 fn bad(origin: &str, reason: impl Into<String>) -> CdiError {
     CdiError::BadSlice {
         origin: origin.to_string(),
         reason: reason.into(),
     }
-}
-
-/// Whether `name` can name a slice: 1 to 63 characters of `A-Z a-z 0-9 . _ -`, starting
-/// and ending with a letter or digit. That is a valid CDI device name (which also allows
-/// ':'), a file name, and a `gpuslice run --name`.
-pub fn is_valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= MAX_NAME_LEN
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 fn check_name(origin: &str, name: &str) -> Result<String, CdiError> {

@@ -34,13 +34,13 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use gpuslice_config::ComputeShares;
 use gpuslice_ledger::{Ledger, LedgerSpec, Liveness};
 
-use super::edits::{pinned_config_text, preload_text};
-use super::slices::Slice;
+use super::CdiError;
+use super::edits::preload_text;
 use super::spec::write_atomic;
-use super::{CdiError, LEDGER_FILE};
+use crate::layout::{HostLayout, LEDGER_FILE};
+use crate::slice::Slice;
 
 /// Mode of `<state-dir>/slices`: only root (the host) goes below it.
 pub const SLICES_DIR_MODE: u32 = 0o700;
@@ -70,20 +70,6 @@ fn ensure_dir(dir: &Path, mode: u32) -> Result<(), CdiError> {
     }
     fs::create_dir_all(dir).map_err(io(dir, "creating the folder"))?;
     set_mode(dir, mode)
-}
-
-/// The ledger a slice needs: its name and the limit on each of its GPUs.
-pub fn ledger_spec(slice: &Slice) -> LedgerSpec {
-    LedgerSpec {
-        name: slice.name.clone(),
-        default_limit: None,
-        devices: slice
-            .gpus
-            .iter()
-            .map(|g| (g.uuid.clone(), slice.memory))
-            .collect(),
-        compute: slice.compute.map(ComputeShares::to_pair),
-    }
 }
 
 fn same_limits(ledger: &Ledger, spec: &LedgerSpec) -> bool {
@@ -192,51 +178,15 @@ pub fn ensure_ledger(
     built.map(|()| outcome)
 }
 
-/// The host folders and files of a generation.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StateLayout {
-    /// `--state-dir`.
-    pub state_dir: PathBuf,
-    /// `--agent-dir`.
-    pub agent_dir: PathBuf,
-}
-
-impl StateLayout {
-    /// `<state-dir>/ld.so.preload`.
-    pub fn preload(&self) -> PathBuf {
-        self.state_dir.join("ld.so.preload")
-    }
-    /// `<state-dir>/slices`.
-    pub fn slices_dir(&self) -> PathBuf {
-        self.state_dir.join("slices")
-    }
-    /// `<state-dir>/config`.
-    pub fn configs_dir(&self) -> PathBuf {
-        self.state_dir.join("config")
-    }
-    /// `<state-dir>/config/<name>.env`.
-    pub fn pinned_config(&self, slice: &str) -> PathBuf {
-        self.configs_dir().join(format!("{slice}.env"))
-    }
-    /// `<state-dir>/gpus`.
-    pub fn gpus_dir(&self) -> PathBuf {
-        self.state_dir.join("gpus")
-    }
-    /// `<state-dir>/slices/<name>/ledger`.
-    pub fn ledger(&self, slice: &str) -> PathBuf {
-        self.slices_dir().join(slice).join(LEDGER_FILE)
-    }
-}
-
 /// Creates everything the spec mounts; returns one line per slice ledger for the report.
 /// Every slice is checked before anything is written: when one is refused, nothing on
 /// the host has changed.
-pub fn prepare(layout: &StateLayout, slices: &[Slice]) -> Result<Vec<String>, CdiError> {
+pub fn prepare(layout: &HostLayout, slices: &[Slice]) -> Result<Vec<String>, CdiError> {
     for slice in slices {
         check_ledger(
             &slice.name,
             &layout.ledger(&slice.name),
-            &ledger_spec(slice),
+            &slice.ledger_spec(),
             &layout.state_dir,
         )?;
     }
@@ -253,16 +203,16 @@ pub fn prepare(layout: &StateLayout, slices: &[Slice]) -> Result<Vec<String>, Cd
     ensure_dir(&layout.configs_dir(), 0o755)?;
     let mut report = Vec::new();
     for slice in slices {
-        let dir = layout.slices_dir().join(&slice.name);
+        let dir = layout.slice_dir(&slice.name);
         ensure_dir(&dir, 0o755)?;
         let path = layout.ledger(&slice.name);
-        let outcome = ensure_ledger(&slice.name, &path, &ledger_spec(slice), &layout.state_dir)?;
+        let outcome = ensure_ledger(&slice.name, &path, &slice.ledger_spec(), &layout.state_dir)?;
         // The ledger first: a process that starts in between reads the old pinned
         // configuration, which the new ledger refuses (fail closed) only until the next
         // line has run.
         write_atomic(
             &layout.pinned_config(&slice.name),
-            &pinned_config_text(slice),
+            &slice.pinned_config_text(),
             0o644,
         )?;
         let verb = match outcome {
@@ -282,7 +232,8 @@ pub fn prepare(layout: &StateLayout, slices: &[Slice]) -> Result<Vec<String>, Cd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cdi::host::HostGpu;
+    use crate::gpus::HostGpu;
+    use gpuslice_config::ComputeShares;
     use std::os::unix::fs::MetadataExt;
 
     const GIB: u64 = 1 << 30;
@@ -308,7 +259,7 @@ mod tests {
     #[test]
     fn prepare_creates_every_mounted_path_with_its_mode() {
         let root = tempfile::tempdir().unwrap();
-        let layout = StateLayout {
+        let layout = HostLayout {
             state_dir: root.path().join("state"),
             agent_dir: root.path().join("run/agent"),
         };
@@ -385,7 +336,7 @@ mod tests {
     #[test]
     fn the_slices_folder_of_an_earlier_version_is_closed_to_host_users() {
         let root = tempfile::tempdir().unwrap();
-        let layout = StateLayout {
+        let layout = HostLayout {
             state_dir: root.path().join("state"),
             agent_dir: root.path().join("run/agent"),
         };
@@ -407,14 +358,14 @@ mod tests {
             hard: 30,
             burst: Some(60),
         });
-        let outcome = ensure_ledger("s1", &path, &ledger_spec(&s), root.path()).unwrap();
+        let outcome = ensure_ledger("s1", &path, &s.ledger_spec(), root.path()).unwrap();
         assert_eq!(outcome, LedgerOutcome::Created);
         assert_eq!(
             Ledger::open(&path).unwrap().compute_limits(),
             Some((30, Some(60)))
         );
         assert_eq!(
-            ensure_ledger("s1", &path, &ledger_spec(&s), root.path()).unwrap(),
+            ensure_ledger("s1", &path, &s.ledger_spec(), root.path()).unwrap(),
             LedgerOutcome::Kept
         );
         s.compute = Some(ComputeShares {
@@ -422,7 +373,7 @@ mod tests {
             burst: None,
         });
         assert_eq!(
-            ensure_ledger("s1", &path, &ledger_spec(&s), root.path()).unwrap(),
+            ensure_ledger("s1", &path, &s.ledger_spec(), root.path()).unwrap(),
             LedgerOutcome::Replaced
         );
         assert_eq!(
@@ -436,7 +387,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("ledger");
         fs::write(&path, "not a ledger at all, but long enough").unwrap();
-        let err = ensure_ledger("s1", &path, &ledger_spec(&slice(GIB)), root.path())
+        let err = ensure_ledger("s1", &path, &slice(GIB).ledger_spec(), root.path())
             .unwrap_err()
             .to_string();
         assert!(err.contains("s1") && err.contains("ledger"), "{err}");

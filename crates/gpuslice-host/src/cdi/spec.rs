@@ -158,6 +158,11 @@ impl Spec {
 /// Writes `text` to `path` atomically with mode `mode`: the file is either the old one or
 /// completely the new one, never half written.
 pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), CdiError> {
+    write_bytes_atomic(path, text.as_bytes(), mode)
+}
+
+/// [`write_atomic`] for any bytes.
+pub fn write_bytes_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CdiError> {
     let io = |what, source| CdiError::Io {
         path: path.to_path_buf(),
         what,
@@ -184,8 +189,7 @@ pub fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), CdiError> 
         // The umask may have taken bits away from `mode`; set it exactly.
         file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| io("setting the mode", e))?;
-        file.write_all(text.as_bytes())
-            .map_err(|e| io("writing", e))?;
+        file.write_all(bytes).map_err(|e| io("writing", e))?;
         file.sync_all().map_err(|e| io("syncing", e))?;
         drop(file);
         fs::rename(&tmp, path).map_err(|e| io("renaming the temporary file over it", e))

@@ -1,4 +1,4 @@
-//! `--gpus`: parsing the list, and resolving each entry (an NVML index as `nvidia-smi`
+//! The host's GPUs ([`HostGpu`]) and `--gpus`: parsing the list, and resolving each entry (an NVML index as `nvidia-smi`
 //! numbers devices, a UUID, or a unique UUID prefix) to a full GPU UUID. The matching is
 //! a pure function over a list of devices; asking NVML for that list is a thin function
 //! of its own, so the matching is tested without a GPU.
@@ -48,6 +48,17 @@ pub enum GpuError {
     /// NVML could not be used.
     #[error("--gpus needs NVML ({NVML_LIBRARY}) to find the GPUs, and it failed: {0}")]
     Nvml(#[from] nvml_wrapper::error::NvmlError),
+}
+
+/// A GPU of this host, as slices and CDI specs name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostGpu {
+    /// Index as NVML and `nvidia-smi` number devices.
+    pub index: u32,
+    /// UUID, canonical (`GPU-` then lower-case hex).
+    pub uuid: String,
+    /// Minor number of its device node: the GPU is `/dev/nvidia<minor>`.
+    pub minor: u32,
 }
 
 /// A parsed `--gpus` list, in the order given.

@@ -1,18 +1,14 @@
 //! What injecting a slice device does to a container: the pure function from the slices
 //! and the host's facts to the CDI spec. docs/cdi.md explains each edit.
 
-use gpuslice_config::{
-    DeviceSelector, ENV_LEDGER, ENV_MEMORY, ENV_SLICE_NAME, MemoryLimits, format_size,
-};
-
+use super::CDI_VERSION;
 use super::host::DriverFile;
-use super::slices::Slice;
 use super::spec::{ContainerEdits, Device, DeviceNode, Mount, Spec};
-use super::{
-    CDI_VERSION, CONTAINER_AGENT_DIR, CONTAINER_AGENT_SOCKET, CONTAINER_GPU_DIR, CONTAINER_LEDGER,
-    CONTAINER_LIB, CONTAINER_PRELOAD, CONTAINER_SLICE_DIR, ENV_AGENT_SOCKET, ENV_COMPUTE,
-    ENV_COMPUTE_BURST, ENV_GPU_DIR, KIND,
+use crate::layout::{
+    CONTAINER_AGENT_DIR, CONTAINER_GPU_DIR, CONTAINER_LIB, CONTAINER_PINNED_CONFIG,
+    CONTAINER_PRELOAD, CONTAINER_SLICE_DIR,
 };
+use crate::slice::{KIND, Slice};
 
 /// Host paths the spec mounts (absolute, UTF-8).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,57 +58,6 @@ fn bind(host: &str, container: &str, read_only: bool) -> Mount {
     }
 }
 
-/// The `GPUSLICE_MEMORY` value of a slice: the limit keyed by each GPU's UUID, because
-/// the container numbers its GPUs from 0 whatever their host index.
-pub fn memory_env(slice: &Slice) -> String {
-    MemoryLimits {
-        all_devices: None,
-        per_device: slice
-            .gpus
-            .iter()
-            .map(|g| (DeviceSelector::Uuid(g.uuid.clone()), slice.memory))
-            .collect(),
-    }
-    .to_env_value()
-}
-
-/// The environment of a slice's containers.
-pub fn slice_env(slice: &Slice) -> Vec<String> {
-    let mut env = vec![
-        format!("{ENV_SLICE_NAME}={}", slice.name),
-        format!("{ENV_MEMORY}={}", memory_env(slice)),
-    ];
-    if let Some(c) = slice.compute {
-        env.push(format!("{ENV_COMPUTE}={}", c.hard));
-        if let Some(b) = c.burst {
-            env.push(format!("{ENV_COMPUTE_BURST}={b}"));
-        }
-    }
-    env.extend([
-        format!("{ENV_LEDGER}={CONTAINER_LEDGER}"),
-        format!("{ENV_GPU_DIR}={CONTAINER_GPU_DIR}"),
-        format!("{ENV_AGENT_SOCKET}={CONTAINER_AGENT_SOCKET}"),
-    ]);
-    env
-}
-
-/// The pinned configuration file of a slice (`<state-dir>/config/<name>.env`, mounted
-/// read-only at [`gpuslice_config::PINNED_CONFIG`]): the same variables as its
-/// environment, which the interposer then ignores, so that a process cannot drop or
-/// change its limits.
-pub fn pinned_config_text(slice: &Slice) -> String {
-    let mut text = format!(
-        "# gpuslice slice {}: written by `gpuslice cdi generate`, mounted read-only at {}\n",
-        slice.name,
-        gpuslice_config::PINNED_CONFIG
-    );
-    for line in slice_env(slice) {
-        text.push_str(&line);
-        text.push('\n');
-    }
-    text
-}
-
 /// The container edits of one slice device. Every device carries all it needs, so a
 /// runtime that applies only device edits still gets a working slice.
 pub fn slice_edits(
@@ -146,7 +91,7 @@ pub fn slice_edits(
         bind(&paths.agent_dir, CONTAINER_AGENT_DIR, true),
         bind(
             &format!("{}/{}.env", paths.configs_dir, slice.name),
-            gpuslice_config::PINNED_CONFIG,
+            CONTAINER_PINNED_CONFIG,
             true,
         ),
     ];
@@ -157,7 +102,7 @@ pub fn slice_edits(
     );
 
     ContainerEdits {
-        env: slice_env(slice),
+        env: slice.env(),
         device_nodes,
         mounts,
         hooks: Vec::new(),
@@ -187,29 +132,11 @@ pub fn build_spec(
     }
 }
 
-/// One line per slice for the report: name, GPUs and limits.
-pub fn describe(slice: &Slice) -> String {
-    let gpus = slice
-        .gpus
-        .iter()
-        .map(|g| format!("{} ({})", g.index, g.uuid))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut text = format!(
-        "{KIND}={}: {} on GPU {gpus}",
-        slice.name,
-        format_size(slice.memory)
-    );
-    if let Some(c) = slice.compute {
-        text.push_str(&format!(", compute {c}"));
-    }
-    text
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cdi::host::HostGpu;
+    use crate::gpus::HostGpu;
+    use crate::layout::CONTAINER_LEDGER;
     use gpuslice_config::SliceConfig;
     use std::path::PathBuf;
 
@@ -327,7 +254,7 @@ mod tests {
 
     #[test]
     fn the_environment_is_keyed_by_uuid_and_sets_nothing_of_nvidias() {
-        let env = slice_env(&both());
+        let env = both().env();
         assert_eq!(
             env,
             [
@@ -344,12 +271,12 @@ mod tests {
 
         let mut plain = both();
         plain.compute = None;
-        assert!(!slice_env(&plain).iter().any(|e| e.contains("COMPUTE")));
+        assert!(!plain.env().iter().any(|e| e.contains("COMPUTE")));
     }
 
     #[test]
     fn the_interposer_reads_the_environment_as_meant() {
-        let env = slice_env(&both());
+        let env = both().env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|e| e.split_once('=').unwrap()).collect();
         let cfg = SliceConfig::from_vars(pairs).expect("the interposer accepts it");
         assert_eq!(cfg.slice_name.as_deref(), Some("both"));
@@ -368,11 +295,11 @@ mod tests {
     #[test]
     fn the_pinned_configuration_is_the_environment_and_the_interposer_reads_it() {
         let path = std::env::temp_dir().join(format!("gpuslice-pinned-{}.env", std::process::id()));
-        std::fs::write(&path, pinned_config_text(&both())).unwrap();
+        std::fs::write(&path, both().pinned_config_text()).unwrap();
         // Even with the variables gone from the environment.
         let cfg = SliceConfig::from_env_or_pinned(&[], &path).expect("the interposer accepts it");
         std::fs::remove_file(&path).unwrap();
-        let env = slice_env(&both());
+        let env = both().env();
         let pairs: Vec<(&str, &str)> = env.iter().map(|e| e.split_once('=').unwrap()).collect();
         let mut from_env = SliceConfig::from_vars(pairs).unwrap();
         from_env.pinned_file = Some(path.display().to_string());
@@ -391,7 +318,7 @@ mod tests {
             ["gpuslice.io/slice=both", "gpuslice.io/slice=gpu0-8g"]
         );
         assert_eq!(
-            describe(&other),
+            other.describe(),
             format!("gpuslice.io/slice=gpu0-8g: 16GiB on GPU 0 ({U0}), compute 30% (burst 60%)")
         );
     }

@@ -14,18 +14,8 @@ use std::process::{Command, Stdio};
 
 use super::CdiError;
 use super::spec::DeviceNode;
+pub use crate::gpus::HostGpu;
 use crate::gpus::NVML_LIBRARY;
-
-/// A GPU of this host.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostGpu {
-    /// Index as NVML and `nvidia-smi` number devices.
-    pub index: u32,
-    /// UUID, canonical (`GPU-` then lower-case hex).
-    pub uuid: String,
-    /// Minor number of its device node: the GPU is `/dev/nvidia<minor>`.
-    pub minor: u32,
-}
 
 /// Lists this host's GPUs through NVML (`libnvidia-ml.so.1`).
 pub fn nvml_gpus() -> Result<Vec<HostGpu>, CdiError> {
