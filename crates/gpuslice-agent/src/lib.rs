@@ -109,9 +109,20 @@ pub fn probe_and_log(skip: bool) -> (DriverMode, SampleNumbering) {
 
 /// Runs the agent until its socket fails: probe, load NVML, bind, serve.
 pub fn run(options: &Options) -> Result<(), AgentError> {
-    server::set_verbose(options.verbose);
     // The probe forks: it must run before NVML is loaded and before any thread starts.
     let (mode, own_samples) = probe_and_log(options.skip_probe);
+    run_probed(options, mode, own_samples)
+}
+
+/// Runs the agent with the driver behaviour already probed ([`probe_and_log`], which a
+/// process that starts threads of its own must call first): load NVML, bind, serve,
+/// until the socket fails.
+pub fn run_probed(
+    options: &Options,
+    mode: DriverMode,
+    own_samples: SampleNumbering,
+) -> Result<(), AgentError> {
+    server::set_verbose(options.verbose);
     let procfs = procfs::Procfs::default();
     let host = Arc::new(host::CachedHost::new(Box::new(host::NvmlHost::init(
         procfs.clone(),

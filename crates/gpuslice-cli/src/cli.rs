@@ -29,6 +29,9 @@ pub enum Command {
     /// utilization and sessions, in their own PIDs (for the interposer's NVML view), and
     /// hold the CDI slices to their memory limits from the host.
     Agent(crate::agent::AgentArgs),
+    /// On a Kubernetes node: the device plugins (one resource per slice profile) and the
+    /// agent's duties for every slice; `--dry-run` prints what the node would advertise.
+    Node(crate::node::NodeArgs),
 }
 
 /// Flags of `gpuslice run`.

@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod cdi;
 pub mod cli;
+pub mod node;
 pub mod plan;
 pub mod run;
 pub mod slice;

@@ -60,6 +60,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Node(args) => match gpuslice_cli::node::run(&args) {
+            Ok(text) => {
+                let _ = std::io::stdout().lock().write_all(text.as_bytes());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(e.into());
+                ExitCode::FAILURE
+            }
+        },
         Command::Cdi(args) => {
             let printed = gpuslice_cli::cdi::run(&args.command)
                 .map_err(anyhow::Error::from)

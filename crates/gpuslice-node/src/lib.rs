@@ -7,11 +7,13 @@
 //! This is the only crate of gpuslice with async code (tokio, tonic); the interposer
 //! never links it. The CLI calls [`run`] and [`dry_run::dry_run`] and stays thin.
 
+pub mod command;
 pub mod config;
 pub mod deviceplugin;
 pub mod dry_run;
 pub mod host_provider;
 pub mod inventory;
+pub mod nvml;
 pub mod provider;
 pub mod transport;
 
