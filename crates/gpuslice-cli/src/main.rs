@@ -11,6 +11,20 @@ fn exit(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(125))
 }
 
+/// Prints what a subcommand returned, or reports its error.
+fn print_text(result: anyhow::Result<String>) -> ExitCode {
+    match result {
+        Ok(text) => {
+            let _ = std::io::stdout().lock().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn report(error: anyhow::Error) {
     eprintln!("gpuslice: {error}");
 }
@@ -50,26 +64,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Agent(args) => match gpuslice_cli::agent::run(&args) {
-            Ok(text) => {
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                report(e.into());
-                ExitCode::FAILURE
-            }
-        },
-        Command::Node(args) => match gpuslice_cli::node::run(&args) {
-            Ok(text) => {
-                let _ = std::io::stdout().lock().write_all(text.as_bytes());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                report(e.into());
-                ExitCode::FAILURE
-            }
-        },
+        Command::Agent(args) => print_text(gpuslice_cli::agent::run(&args).map_err(Into::into)),
+        Command::Node(args) => print_text(gpuslice_cli::node::run(&args).map_err(Into::into)),
         Command::Cdi(args) => {
             let printed = gpuslice_cli::cdi::run(&args.command)
                 .map_err(anyhow::Error::from)

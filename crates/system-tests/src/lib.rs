@@ -393,3 +393,52 @@ pub fn is_root() -> bool {
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
+
+/// Applies CDI device `device` (from the specs in `spec_dir`) to the OCI bundle `bundle`
+/// with `gpuslice-cdi-inject`, as a CDI-aware runtime would, rewriting its
+/// `config.json`; panics with the tool's message if it refuses.
+pub fn inject_cdi_device(bench: &Bench, spec_dir: &Path, device: &str, bundle: &Path) {
+    use std::io::Write;
+    let config = std::fs::read(bundle.join("config.json")).expect("the bundle's config.json");
+    let mut inject = Command::new(bench.build.join("gpuslice-cdi-inject"))
+        .arg("--spec-dir")
+        .arg(spec_dir)
+        .args(["--device", device])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start gpuslice-cdi-inject");
+    inject
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(&config)
+        .expect("write the config");
+    let injected = inject.wait_with_output().expect("gpuslice-cdi-inject");
+    assert!(
+        injected.status.success(),
+        "{}",
+        String::from_utf8_lossy(&injected.stderr)
+    );
+    std::fs::write(bundle.join("config.json"), &injected.stdout).expect("write config.json");
+}
+
+/// Runs the OCI bundle `bundle` as container `id` with `runtime` (state under
+/// `state_root`), for at most `limit`.
+pub fn run_container(
+    runtime: &str,
+    state_root: &Path,
+    bundle: &Path,
+    id: &str,
+    limit: std::time::Duration,
+) -> Output {
+    let mut run = Command::new(runtime);
+    run.arg("--root")
+        .arg(state_root)
+        .args(["run", "--bundle"])
+        .arg(bundle)
+        .arg(id)
+        .stdin(Stdio::null());
+    output_within(&mut run, limit)
+}

@@ -9,7 +9,7 @@
 //! skipped.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,10 @@ use gpuslice_host::provision::{ProvisionOptions, Provisioner, slice_name};
 use gpuslice_node::NodeConfig;
 use gpuslice_node::host_provider::HostProvider;
 use gpuslice_node::inventory::{GpuHealth, GpuInfo, StaticGpus};
-use system_tests::{Bench, GIB, Report, fake_uuid, oci_runtime, output_within, repo};
+use system_tests::{
+    Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, output_within, repo,
+    run_container,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -192,32 +195,14 @@ fn a_slice_allocated_through_the_kubelet_holds_in_a_real_container() {
         String::from_utf8_lossy(&made.stderr)
     );
 
-    let config = std::fs::read(bundle.join("config.json")).unwrap();
-    let mut inject = Command::new(bench.build.join("gpuslice-cdi-inject"))
-        .args(["--spec-dir", &s(&host.join("cdi")), "--device", &names[0]])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    inject.stdin.take().unwrap().write_all(&config).unwrap();
-    let injected = inject.wait_with_output().unwrap();
-    assert!(
-        injected.status.success(),
-        "{}",
-        String::from_utf8_lossy(&injected.stderr)
+    inject_cdi_device(&bench, &host.join("cdi"), &names[0], &bundle);
+    let out = run_container(
+        &runtime,
+        &host.join("runtime-state"),
+        &bundle,
+        &format!("gs-k1-{}", std::process::id()),
+        Duration::from_secs(120),
     );
-    std::fs::write(bundle.join("config.json"), &injected.stdout).unwrap();
-
-    let mut run = Command::new(&runtime);
-    run.arg("--root")
-        .arg(host.join("runtime-state"))
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg(format!("gs-k1-{}", std::process::id()))
-        .stdin(Stdio::null());
-    let out = output_within(&mut run, Duration::from_secs(120));
     let r = Report::from(&out);
     assert!(out.status.success(), "{runtime} run failed: {}", r.text());
     assert_eq!(r.rc("init"), 0, "{}", r.text());

@@ -10,9 +10,11 @@
 //! skipped.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use system_tests::{Bench, GIB, Report, oci_runtime as runtime, repo, run};
+use system_tests::{
+    Bench, GIB, Report, inject_cdi_device, oci_runtime as runtime, repo, run, run_container,
+};
 
 #[test]
 fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
@@ -91,38 +93,14 @@ fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
         String::from_utf8_lossy(&made.stderr)
     );
 
-    let config = std::fs::read(bundle.join("config.json")).unwrap();
-    let mut inject = Command::new(bench.build.join("gpuslice-cdi-inject"))
-        .args([
-            "--spec-dir",
-            &s(&host.join("cdi")),
-            "--device",
-            "gpuslice.io/slice=c1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    inject.stdin.take().unwrap().write_all(&config).unwrap();
-    let injected = inject.wait_with_output().unwrap();
-    assert!(
-        injected.status.success(),
-        "{}",
-        String::from_utf8_lossy(&injected.stderr)
+    inject_cdi_device(&bench, &host.join("cdi"), "gpuslice.io/slice=c1", &bundle);
+    let out = run_container(
+        &runtime,
+        &host.join("runtime-state"),
+        &bundle,
+        &format!("gs-c1-{}", std::process::id()),
+        std::time::Duration::from_secs(120),
     );
-    std::fs::write(bundle.join("config.json"), &injected.stdout).unwrap();
-
-    let out = Command::new(&runtime)
-        .arg("--root")
-        .arg(host.join("runtime-state"))
-        .args(["run", "--bundle"])
-        .arg(&bundle)
-        .arg(format!("gs-c1-{}", std::process::id()))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
     let r = Report::from(&out);
     assert!(out.status.success(), "{runtime} run failed: {}", r.text());
     assert_eq!(r.rc("init"), 0, "{}", r.text());
