@@ -12,7 +12,12 @@
 //! * lets the test call `GetPreferredAllocation`, `Allocate` and `PreStartContainer`;
 //! * restarts: stops, wipes the folder as the kubelet does at start, and serves a new
 //!   `kubelet.sock`, after which plugins must register again.
+//!
+//! For DRA, [`dra`] plays the kubelet's plugin watcher and DRA client, and [`apiserver`]
+//! a Kubernetes API server holding Nodes, ResourceClaims and ResourceSlices.
 
+pub mod apiserver;
+pub mod dra;
 pub mod raw;
 
 use std::path::{Path, PathBuf};

@@ -1,8 +1,9 @@
 //! gpuslice on a Kubernetes node (`gpuslice node`): the node config ([`config`]), the
 //! slices a node advertises ([`inventory`]), the kubelet device plugins that serve them
 //! ([`deviceplugin`], over [`transport`]), the seam to the code that makes slices on the
-//! host ([`provider`]; the real one, over `gpuslice-host`, is [`host_provider`]), and the
-//! dry run ([`dry_run`]).
+//! host ([`provider`]; the real one, over `gpuslice-host`, is [`host_provider`]), the dry
+//! run ([`dry_run`]), and the DRA driver with consumable capacity ([`dra`], entry point
+//! [`dra::run_dra`]).
 //!
 //! This is the only crate of gpuslice with async code (tokio, tonic); the interposer
 //! never links it. The CLI calls [`run`] and [`dry_run::dry_run`] and stays thin.
@@ -10,6 +11,7 @@
 pub mod command;
 pub mod config;
 pub mod deviceplugin;
+pub mod dra;
 pub mod dry_run;
 pub mod host_provider;
 pub mod inventory;

@@ -1,0 +1,238 @@
+//! `gpuslice node` as a DRA driver (`gpuslice.io`) with consumable capacity: any fraction
+//! of a GPU, placed by the stock scheduler.
+//!
+//! * [`publish`]: the node's ResourceSlice, each GPU one shareable device with `memory`
+//!   and `compute` capacities, kept in the API server.
+//! * [`claims`]: from a ResourceClaim's allocation to the slices to make.
+//! * [`plugin`]: the kubelet plugin (`NodePrepareResources`, `NodeUnprepareResources`)
+//!   and its registration with the kubelet's plugin watcher.
+//! * [`provider`]: the seam to the code that makes slices on the host.
+//! * [`state`]: what was prepared, on disk, across restarts.
+//! * [`quantity`]: Kubernetes quantities.
+//!
+//! [`run_dra`] runs it all.
+
+pub mod claims;
+pub mod plugin;
+pub mod provider;
+pub mod publish;
+pub mod quantity;
+pub mod state;
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kubelet_api::dra::{v1, v1beta1};
+use kubelet_api::pluginregistration::v1 as reg;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DEFAULT_RESERVE;
+use crate::inventory::{GpuInfo, GpuInventory, GpuListError};
+use crate::transport;
+pub use plugin::{ClaimRef, Preparer};
+pub use provider::{ClaimSliceProvider, TestClaimSlices};
+pub use publish::Publisher;
+pub use state::StateDir;
+
+/// The DRA driver's name (and the domain of its attributes and capacities).
+pub const DRIVER_NAME: &str = "gpuslice.io";
+/// The kubelet's folder of plugin sockets.
+pub const KUBELET_PLUGINS_PATH: &str = "/var/lib/kubelet/plugins";
+/// Where the plugin keeps what it prepared.
+pub const STATE_PATH: &str = "/var/lib/gpuslice/dra";
+
+/// Where and how the DRA driver runs.
+#[derive(Debug, Clone)]
+pub struct DraOptions {
+    /// This node's name (the pool's name and the slice's `nodeName`).
+    pub node_name: String,
+    /// The kubelet's plugin watcher folder (`plugins_registry`).
+    pub registry_dir: PathBuf,
+    /// The kubelet's plugins folder; the service is on `<it>/gpuslice.io/dra.sock`.
+    pub plugins_dir: PathBuf,
+    /// The folder of prepared claims.
+    pub state_dir: PathBuf,
+    /// Memory of each GPU kept out of every claim.
+    pub reserve: u64,
+    /// The NVIDIA driver's version, published as `driverVersion`.
+    pub driver_version: Option<String>,
+    /// How often the GPUs are listed and the ResourceSlice checked (and republished when
+    /// the kubelet wiped it).
+    pub resync: Duration,
+    /// How long one API server call may take.
+    pub api_timeout: Duration,
+}
+
+impl DraOptions {
+    /// The defaults for `node_name`: the kubelet's standard folders, state in
+    /// [`STATE_PATH`], the default reserve, a check every 10 seconds.
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            node_name: node_name.into(),
+            registry_dir: PathBuf::from(reg::PLUGINS_REGISTRY_PATH),
+            plugins_dir: PathBuf::from(KUBELET_PLUGINS_PATH),
+            state_dir: PathBuf::from(STATE_PATH),
+            reserve: DEFAULT_RESERVE,
+            driver_version: None,
+            resync: Duration::from_secs(10),
+            api_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// The registration socket: `<registry>/gpuslice.io-reg.sock`.
+    pub fn registration_socket(&self) -> PathBuf {
+        self.registry_dir.join(format!("{DRIVER_NAME}-reg.sock"))
+    }
+
+    /// The DRA service's socket: `<plugins>/gpuslice.io/dra.sock`.
+    pub fn endpoint(&self) -> PathBuf {
+        self.plugins_dir.join(DRIVER_NAME).join("dra.sock")
+    }
+}
+
+/// Why the DRA driver could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum DraError {
+    /// A socket could not be served.
+    #[error("cannot serve the DRA plugin on {path}: {source}")]
+    Bind {
+        /// The socket.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The state folder is unusable.
+    #[error(transparent)]
+    State(#[from] state::StateError),
+    /// The GPUs could not be listed at start.
+    #[error(transparent)]
+    Gpus(#[from] GpuListError),
+}
+
+async fn list(gpus: &Arc<dyn GpuInventory>) -> Result<Vec<GpuInfo>, GpuListError> {
+    let source = gpus.clone();
+    tokio::task::spawn_blocking(move || source.gpus())
+        .await
+        .map_err(|e| GpuListError(e.to_string()))?
+}
+
+fn bind(path: &Path) -> Result<tokio::net::UnixListener, DraError> {
+    let err = |source| DraError::Bind {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    transport::bind_unix(path).map_err(err)
+}
+
+/// Runs the DRA driver of this node until `shutdown` completes: publishes the node's
+/// ResourceSlice (and keeps it published), serves `dra.v1.DRAPlugin` and
+/// `dra.v1beta1.DRAPlugin` on [`DraOptions::endpoint`] and `Registration` on
+/// [`DraOptions::registration_socket`], making claims' slices through `provider`.
+pub async fn run_dra(
+    options: DraOptions,
+    gpus: Arc<dyn GpuInventory>,
+    client: kube::Client,
+    provider: Arc<dyn ClaimSliceProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DraError> {
+    let state = StateDir::open(&options.state_dir)?;
+    let listed = list(&gpus).await?;
+    let (gpus_tx, gpus_rx) = watch::channel(listed);
+    let preparer = Arc::new(Preparer::new(
+        client.clone(),
+        &options.node_name,
+        options.reserve,
+        gpus_rx,
+        provider,
+        state,
+        options.api_timeout,
+    ));
+    let stop = CancellationToken::new();
+    let _stop_on_return = stop.clone().drop_guard();
+
+    let endpoint = options.endpoint();
+    let dra = tonic::transport::Server::builder()
+        .add_service(v1::dra_plugin_server::DraPluginServer::new(plugin::DraV1(
+            preparer.clone(),
+        )))
+        .add_service(v1beta1::dra_plugin_server::DraPluginServer::new(
+            plugin::DraV1beta1(preparer),
+        ))
+        .serve_with_incoming_shutdown(
+            transport::incoming(bind(&endpoint)?),
+            stop.clone().cancelled_owned(),
+        );
+    let registration_socket = options.registration_socket();
+    let (status_tx, _) = watch::channel(None);
+    let registration = tonic::transport::Server::builder()
+        .add_service(reg::registration_server::RegistrationServer::new(
+            plugin::RegistrationService {
+                info: reg::PluginInfo {
+                    r#type: reg::DRA_PLUGIN_TYPE.to_string(),
+                    name: DRIVER_NAME.to_string(),
+                    endpoint: endpoint.display().to_string(),
+                    supported_versions: vec![
+                        v1::SERVICE_VERSION.to_string(),
+                        v1beta1::SERVICE_VERSION.to_string(),
+                    ],
+                },
+                status: status_tx,
+            },
+        ))
+        .serve_with_incoming_shutdown(
+            transport::incoming(bind(&registration_socket)?),
+            stop.clone().cancelled_owned(),
+        );
+    let dra = tokio::spawn(dra);
+    let registration = tokio::spawn(registration);
+    tracing::info!(
+        "DRA driver {DRIVER_NAME}: serving {} and {}",
+        endpoint.display(),
+        registration_socket.display()
+    );
+
+    let mut publisher = Publisher::new(
+        client,
+        &options.node_name,
+        options.reserve,
+        options.driver_version.clone(),
+    );
+    let mut tick = tokio::time::interval(options.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = tick.tick() => {
+                match list(&gpus).await {
+                    Ok(now) => { gpus_tx.send_if_modified(|old| {
+                        let changed = *old != now;
+                        *old = now;
+                        changed
+                    }); }
+                    Err(e) => tracing::warn!("{e}; keeping the GPUs listed before"),
+                }
+                let current = gpus_tx.borrow().clone();
+                match tokio::time::timeout(options.api_timeout, publisher.sync(&current)).await {
+                    Ok(Ok(publish::Synced::Unchanged)) => {}
+                    Ok(Ok(done)) => tracing::info!("ResourceSlice {}: {done:?}", publish::slice_name(&options.node_name)),
+                    Ok(Err(e)) => tracing::warn!("{e}; trying again in {:?}", options.resync),
+                    Err(_) => tracing::warn!("the API server did not answer within {:?}; trying again", options.api_timeout),
+                }
+            }
+        }
+    }
+    stop.cancel();
+    for server in [dra, registration] {
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    }
+    let _ = std::fs::remove_file(&registration_socket);
+    let _ = std::fs::remove_file(&endpoint);
+    Ok(())
+}
