@@ -15,9 +15,13 @@
 //!
 //! For DRA, [`dra`] plays the kubelet's plugin watcher and DRA client, and [`apiserver`]
 //! a Kubernetes API server holding Nodes, ResourceClaims and ResourceSlices.
+//!
+//! [`flows`] is the `fake-kubelet` binary's work: the same parts driven from the command
+//! line against a real `gpuslice node`, for the checks on a GPU host (`tests/gpu/`).
 
 pub mod apiserver;
 pub mod dra;
+pub mod flows;
 pub mod raw;
 
 use std::path::{Path, PathBuf};
