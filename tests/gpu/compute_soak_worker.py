@@ -15,16 +15,10 @@ import sys
 import time
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--workload", required=True)
-    ap.add_argument("--seconds", type=float, default=2.0)
-    ap.add_argument("--start-file")
-    a = ap.parse_args()
-    import torch
-
+def make_step(workload, torch):
+    """The workload's step and how many steps run between synchronisations."""
     dev = torch.device("cuda")
-    if a.workload == "matmul":
+    if workload == "matmul":
         x = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
         y = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
 
@@ -32,14 +26,14 @@ def main():
             return x @ y
 
         every = 10
-    elif a.workload == "elementwise":
+    elif workload == "elementwise":
         x = torch.ones(256 << 20, device=dev)
 
         def step():
             x.mul_(1.0000001)
 
         every = 10
-    elif a.workload == "graph":
+    elif workload == "graph":
         x = torch.ones(1 << 20, device=dev)
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
@@ -56,7 +50,7 @@ def main():
             g.replay()
 
         every = 10
-    elif a.workload == "short":
+    elif workload == "short":
         x = torch.ones(1 << 22, device=dev)
 
         def step():
@@ -64,11 +58,13 @@ def main():
 
         every = 50
     else:
-        sys.exit(f"unknown workload {a.workload}")
-    torch.cuda.synchronize()
-    print(json.dumps({"ready": os.getpid()}), flush=True)
-    while a.start_file and not os.path.exists(a.start_file):
-        time.sleep(0.002)
+        sys.exit(f"unknown workload {workload}")
+    return step, every
+
+
+def timed_run(step, every, seconds, torch):
+    """Runs `step` for `seconds` (checked every `every` steps, after a synchronise);
+    returns (steps, start, end) in wall time."""
     t0 = time.time()
     n = 0
     while True:
@@ -76,10 +72,26 @@ def main():
         n += 1
         if n % every == 0:
             torch.cuda.synchronize()
-            if time.time() - t0 >= a.seconds:
+            if time.time() - t0 >= seconds:
                 break
     torch.cuda.synchronize()
-    t1 = time.time()
+    return n, t0, time.time()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", required=True)
+    ap.add_argument("--seconds", type=float, default=2.0)
+    ap.add_argument("--start-file")
+    a = ap.parse_args()
+    import torch
+
+    step, every = make_step(a.workload, torch)
+    torch.cuda.synchronize()
+    print(json.dumps({"ready": os.getpid()}), flush=True)
+    while a.start_file and not os.path.exists(a.start_file):
+        time.sleep(0.002)
+    n, t0, t1 = timed_run(step, every, a.seconds, torch)
     print(json.dumps({"end": t1, "rate": n / (t1 - t0), "iterations": n}), flush=True)
 
 

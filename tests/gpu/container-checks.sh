@@ -56,37 +56,25 @@ START=$SECONDS
 NAMES=(c1 c2)
 declare -A MIB=([c1]=1024 [c2]=2048) LIMIT=([c1]=4096 [c2]=6144) CPID=()
 
+# shellcheck source-path=SCRIPTDIR source=container_lib.sh
+. "$HERE/container_lib.sh"
+
 unset LD_PRELOAD GPUSLICE_MEMORY GPUSLICE_LEDGER GPUSLICE_AGENT_SOCKET CUDA_DEVICE_MEMORY_LIMIT \
       PYTORCH_CUDA_ALLOC_CONF PYTORCH_ALLOC_CONF 2>/dev/null
 
-AGENT_PID="" HOST_PID="" RUNTIME=() RUNTIME_NAME=""
+AGENT_PID="" HOST_PID=""
 R_NAME=(); R_RES=(); R_DET=()
 
 say() { printf '%s\n' "$*"; printf '%s\n' "$*" >> "$LOGDIR/stdout.txt"; }
 record() { R_NAME+=("$1"); R_RES+=("$2"); R_DET+=("$3"); }
-
-stop_pid() {  # PID: TERM, then KILL after 5 s; only processes this script started
-    local pid=$1 i
-    [ -n "$pid" ] || return 0
-    kill -TERM "$pid" 2>/dev/null
-    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-}
 
 cleanup() {
     local n
     touch "$W/host.stop" 2>/dev/null
     for n in "${NAMES[@]}"; do
         touch "$W/$n/work.stop" 2>/dev/null
-        if [ "${#RUNTIME[@]}" -gt 0 ]; then
-            "${RUNTIME[@]}" kill "gschk-$n" KILL > /dev/null 2>&1
-        fi
-        [ -n "${CPID[$n]:-}" ] && stop_pid "${CPID[$n]}"
+        remove_container "gschk-$n" "${CPID[$n]:-}"
         CPID[$n]=""
-        if [ "${#RUNTIME[@]}" -gt 0 ]; then
-            "${RUNTIME[@]}" delete -f "gschk-$n" > /dev/null 2>&1
-        fi
     done
     [ -n "$HOST_PID" ] && stop_pid "$HOST_PID"
     [ -n "$AGENT_PID" ] && stop_pid "$AGENT_PID"
@@ -107,54 +95,17 @@ print_table() {
     [ "$fail" -eq 0 ]
 }
 
-bundle_logs() {
-    [ -n "${OUT:-}" ] || return 0
-    mkdir -p "$OUT" 2>/dev/null || return 0
-    {
-        echo "gpuslice container check logs from $LOGDIR ($(date -u +%FT%TZ))"
-        find "$LOGDIR" -type f ! -name '*.ready' ! -name '*.stop' ! -path '*/rootfs/*' \
-             ! -path '*/state/*' ! -name agent.sock | sort | while IFS= read -r f; do
-            echo
-            echo "=================================================================== ${f#"$LOGDIR"/}"
-            head -c 100000 "$f"
-        done
-    } > "$OUT/container-logs.txt" 2>/dev/null
-}
-
 finish() {
     cleanup
     print_table > "$LOGDIR/summary.txt"
     local rc=$?
-    bundle_logs
+    bundle_logs_to container-logs.txt "gpuslice container check logs"
     cat "$LOGDIR/summary.txt"
     exit "$rc"
 }
 
 trap 'cleanup' EXIT
 trap 'record interrupted FAIL "interrupted"; finish' INT TERM HUP
-
-pick_runtime() {
-    local c
-    if [ -n "${GSCHK_RUNTIME:-}" ]; then
-        RUNTIME=("$GSCHK_RUNTIME")
-    elif [ "$(stat -f -c %T /sys/fs/cgroup 2>/dev/null)" != cgroup2fs ] && [ -x "$BIN_DIR/crun/runc" ]; then
-        RUNTIME=("$BIN_DIR/crun/runc")   # crun refuses hybrid cgroup v1/v2 hosts
-    elif [ -x "$BIN_DIR/crun/crun" ]; then
-        RUNTIME=(env LD_LIBRARY_PATH="$BIN_DIR/crun/lib" "$BIN_DIR/crun/crun")
-    elif command -v crun > /dev/null; then
-        RUNTIME=(crun)
-    elif [ -x "$BIN_DIR/crun/runc" ]; then
-        RUNTIME=("$BIN_DIR/crun/runc")
-    elif command -v runc > /dev/null; then
-        RUNTIME=(runc)
-    else
-        return 1
-    fi
-    c="${RUNTIME[${#RUNTIME[@]}-1]}"
-    RUNTIME_NAME="$("${RUNTIME[@]}" --version 2>&1 | head -n 1) ($c)"
-    # A runtime of its own state folder, so nothing of the host's containers is touched.
-    RUNTIME+=(--root "$W/runtime-state")
-}
 
 rm -rf "$LOGDIR"
 mkdir -p "$W" "$AGENT_DIR" "$W/shared"
@@ -204,20 +155,14 @@ record cdi-generate "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" \
     "rc=$rc; devices: $("$INJECT" --spec-dir "$CDI" --list 2>&1 | tr '\n' ' ')"
 [ $rc -eq 0 ] || finish
 
-# What an image would set: the host's PATH and LD_LIBRARY_PATH (CUDA images list the
-# driver's folder there). Neither LD_PRELOAD nor any GPUSLICE_ variable.
-IMAGE_ENV=(--env "PATH=$PATH" --env HOME=/tmp --env PYTHONUNBUFFERED=1)
-[ -n "${LD_LIBRARY_PATH:-}" ] && IMAGE_ENV+=(--env "LD_LIBRARY_PATH=$LD_LIBRARY_PATH")
+image_env
 for n in "${NAMES[@]}"; do
     mkdir -p "$W/$n"
     b="$W/$n/bundle"
-    "$PY" "$HERE/container_bundle.py" --bundle "$b" --name "$n" --cgroup "/gpuslice-check/$n" \
-        --bind "$REPO:ro" --bind "$W/$n:rw" --bind "$W/shared:rw" --python "$PY" "${IMAGE_ENV[@]}" \
-        -- bash "$HERE/container_inner.sh" "$PY" "$HERE" "$W/$n" "${MIB[$n]}" "${LIMIT[$n]}" "$GO" \
-        > "$W/$n/bundle.log" 2>&1 &&
-    "$INJECT" --spec-dir "$CDI" --device "gpuslice.io/slice=$n" < "$b/config.json" \
-        > "$b/config.cdi.json" 2>> "$W/$n/bundle.log" &&
-    mv "$b/config.cdi.json" "$b/config.json"
+    cdi_bundle "$b" "$n" "$CDI" "gpuslice.io/slice=$n" "$W/$n/bundle.log" \
+        --cgroup "/gpuslice-check/$n" --bind "$REPO:ro" --bind "$W/$n:rw" --bind "$W/shared:rw" \
+        --python "$PY" "${IMAGE_ENV[@]}" \
+        -- bash "$HERE/container_inner.sh" "$PY" "$HERE" "$W/$n" "${MIB[$n]}" "${LIMIT[$n]}" "$GO"
     rc=$?
     record "$n-bundle" "$([ $rc -eq 0 ] && echo PASS || echo FAIL)" \
         "rc=$rc $(tail -n 2 "$W/$n/bundle.log" | tr '\n' ' ')"
@@ -226,9 +171,8 @@ done
 
 # ------------------------------------------------------------------ both containers at once
 for n in "${NAMES[@]}"; do
-    (cd "$W/$n/bundle" && exec "${RUNTIME[@]}" run --bundle . "gschk-$n") \
-        > "$W/$n/runtime.out" 2> "$W/$n/runtime.err" < /dev/null &
-    CPID[$n]=$!
+    start_container "gschk-$n" "$W/$n/bundle" "$W/$n/runtime"
+    CPID[$n]=$STARTED_PID
 done
 for _ in $(seq 1 1500); do
     ready=1
