@@ -122,6 +122,10 @@ pub enum CommandError {
 /// A client of the API server: from `kubeconfig` when given, else the pod's service
 /// account, `$KUBECONFIG` or `~/.kube/config`.
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
+    // TLS to the API server through ring, the one provider built in; rustls cannot pick
+    // it by itself when the build's features leave the choice open. Installing it again
+    // (a second client) is no error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
