@@ -160,7 +160,7 @@ pub async fn start_publishing(
             if let Some(why) = publish::missing_dra(&client).await.map_err(|source| {
                 publish::PublishError::Api {
                     name: publish::slice_name(&options.node_name),
-                    source,
+                    source: Box::new(source),
                 }
             })? {
                 return Err(DraError::Unavailable(why));

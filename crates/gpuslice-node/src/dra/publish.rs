@@ -190,7 +190,7 @@ pub enum PublishError {
         name: String,
         /// The API error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The API server stored the slice without its devices' `allowMultipleAllocations`:
     /// consumable capacity is off (the `DRAConsumableCapacity` feature gate, off by
@@ -210,7 +210,7 @@ impl PublishError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Api { source, .. } => !matches!(
-                source,
+                source.as_ref(),
                 kube::Error::Api(status) if status.code == 404 || status.code == 403
             ),
             Self::ConsumableCapacityOff { .. } => false,
@@ -291,7 +291,7 @@ impl Publisher {
         let name = slice_name(&self.node);
         let err = |source| PublishError::Api {
             name: name.clone(),
-            source,
+            source: Box::new(source),
         };
         let check = |stored: ResourceSlice| {
             if keeps_shared_devices(&stored) {
@@ -354,7 +354,10 @@ impl Publisher {
         match self.slices.delete(&name, &Default::default()).await {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(source) => Err(PublishError::Api { name, source }),
+            Err(source) => Err(PublishError::Api {
+                name,
+                source: Box::new(source),
+            }),
         }
     }
 }
