@@ -3,7 +3,9 @@
 //! (`GET` a Node, `GET` a ResourceClaim, `GET`/`POST`/`PUT`/`DELETE` ResourceSlices),
 //! with Kubernetes' `Status` errors (404 `NotFound`, 409 `AlreadyExists`/`Conflict`).
 //! It keeps each slice's JSON as sent, so tests can check field names, and can wipe a
-//! node's slices as the kubelet does.
+//! node's slices as the kubelet does. It answers discovery of `resource.k8s.io/v1`, and
+//! can play a cluster without DRA, or with DRA but consumable capacity off
+//! ([`Cluster`]).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -17,12 +19,32 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::resource::v1::{ResourceClaim, ResourceSlice};
+use k8s_openapi::api::resource::v1::{
+    AllocationResult, CapacityRequirements, DeviceAllocationResult, DeviceClaim, DeviceRequest,
+    DeviceRequestAllocationResult, ExactDeviceRequest, ResourceClaim, ResourceClaimSpec,
+    ResourceClaimStatus, ResourceSlice,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
+/// What kind of cluster the fake API server plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cluster {
+    /// DRA with consumable capacity (1.36, or 1.34/1.35 with the gate on).
+    #[default]
+    ConsumableCapacity,
+    /// DRA, consumable capacity off: written slices lose their devices'
+    /// `allowMultipleAllocations` and capacities' `requestPolicy`, as a real API server
+    /// drops the fields of a disabled feature gate.
+    NoConsumableCapacity,
+    /// No `resource.k8s.io/v1` at all (before 1.34): its paths answer 404.
+    NoDra,
+}
+
 #[derive(Default)]
 struct Store {
+    cluster: Cluster,
     nodes: BTreeMap<String, Node>,
     claims: BTreeMap<(String, String), ResourceClaim>,
     slices: BTreeMap<String, (ResourceSlice, Value)>,
@@ -73,6 +95,46 @@ fn object<T: serde::Serialize>(code: StatusCode, value: &T) -> Response {
         .into_response()
 }
 
+/// What a disabled `DRAConsumableCapacity` gate takes from a slice on write.
+fn drop_gated_fields(slice: &mut ResourceSlice) {
+    for d in slice.spec.devices.iter_mut().flatten() {
+        d.allow_multiple_allocations = None;
+        for c in d.capacity.iter_mut().flat_map(|c| c.values_mut()) {
+            c.request_policy = None;
+        }
+    }
+}
+
+fn no_dra(s: &Shared) -> Option<Response> {
+    (lock(s).cluster == Cluster::NoDra).then(|| {
+        status(
+            StatusCode::NOT_FOUND,
+            "NotFound",
+            "the server could not find the requested resource".into(),
+        )
+    })
+}
+
+async fn discovery(State(s): State<Shared>) -> Response {
+    if let Some(r) = no_dra(&s) {
+        return r;
+    }
+    let resource = |name: &str, kind: &str, namespaced: bool| {
+        json!({"name": name, "singularName": "", "namespaced": namespaced, "kind": kind,
+               "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]})
+    };
+    let body = json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "resource.k8s.io/v1",
+        "resources": [
+            resource("deviceclasses", "DeviceClass", false),
+            resource("resourceclaims", "ResourceClaim", true),
+            resource("resourceclaimtemplates", "ResourceClaimTemplate", true),
+            resource("resourceslices", "ResourceSlice", false),
+        ],
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
 async fn get_node(State(s): State<Shared>, Path(name): Path<String>) -> Response {
     match lock(&s).nodes.get(&name) {
         Some(n) => object(StatusCode::OK, n),
@@ -88,6 +150,9 @@ async fn get_claim(State(s): State<Shared>, Path((ns, name)): Path<(String, Stri
 }
 
 async fn get_slice(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+    if let Some(r) = no_dra(&s) {
+        return r;
+    }
     match lock(&s).slices.get(&name) {
         Some((slice, _)) => object(StatusCode::OK, slice),
         None => not_found("resourceslices.resource.k8s.io", &name),
@@ -116,6 +181,9 @@ fn parse_slice(body: &Value) -> Result<ResourceSlice, Box<Response>> {
 }
 
 async fn create_slice(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+    if let Some(r) = no_dra(&s) {
+        return r;
+    }
     let mut slice = match parse_slice(&body) {
         Ok(slice) => slice,
         Err(r) => return *r,
@@ -128,6 +196,9 @@ async fn create_slice(State(s): State<Shared>, Json(body): Json<Value>) -> Respo
         );
     };
     let mut store = lock(&s);
+    if store.cluster == Cluster::NoConsumableCapacity {
+        drop_gated_fields(&mut slice);
+    }
     if store.slices.contains_key(&name) {
         return status(
             StatusCode::CONFLICT,
@@ -152,6 +223,9 @@ async fn replace_slice(
         Err(r) => return *r,
     };
     let mut store = lock(&s);
+    if store.cluster == Cluster::NoConsumableCapacity {
+        drop_gated_fields(&mut slice);
+    }
     let Some((old, _)) = store.slices.get(&name) else {
         return not_found("resourceslices.resource.k8s.io", &name);
     };
@@ -178,6 +252,86 @@ async fn delete_slice(State(s): State<Shared>, Path(name): Path<String>) -> Resp
     }
 }
 
+/// One share of a device that the scheduler allocated to a claim, with what it consumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The device (`gpu-0`).
+    pub device: String,
+    /// The consumed `memory` (`8Gi`), if any.
+    pub memory: Option<String>,
+    /// The consumed `compute` (`30`), if any.
+    pub compute: Option<String>,
+}
+
+/// The ResourceClaim `namespace/name` as the scheduler leaves it: one request `gpu` of
+/// device class `gpuslice.io` asking for `memory` (and `compute` when `asks_compute`),
+/// allocated `shares` of devices in `pool` (driver `gpuslice.io`), each with a share ID
+/// of its own.
+pub fn allocated_claim(
+    namespace: &str,
+    name: &str,
+    pool: &str,
+    shares: &[Share],
+    asks_compute: bool,
+) -> ResourceClaim {
+    let mut requests = BTreeMap::from([("memory".to_string(), Quantity("1Gi".into()))]);
+    if asks_compute {
+        requests.insert("compute".into(), Quantity("1".into()));
+    }
+    let mut c = ResourceClaim::default();
+    c.metadata.namespace = Some(namespace.into());
+    c.metadata.name = Some(name.into());
+    c.spec = ResourceClaimSpec {
+        devices: Some(DeviceClaim {
+            requests: Some(vec![DeviceRequest {
+                name: "gpu".into(),
+                exactly: Some(ExactDeviceRequest {
+                    device_class_name: "gpuslice.io".into(),
+                    capacity: Some(CapacityRequirements {
+                        requests: Some(requests),
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+    };
+    let results = shares
+        .iter()
+        .enumerate()
+        .map(|(i, share)| {
+            let mut consumed = BTreeMap::new();
+            if let Some(m) = &share.memory {
+                consumed.insert("memory".to_string(), Quantity(m.clone()));
+            }
+            if let Some(c) = &share.compute {
+                consumed.insert("compute".to_string(), Quantity(c.clone()));
+            }
+            DeviceRequestAllocationResult {
+                driver: "gpuslice.io".into(),
+                pool: pool.into(),
+                device: share.device.clone(),
+                request: "gpu".into(),
+                share_id: Some(format!("{name}-share-{i}")),
+                consumed_capacity: Some(consumed),
+                ..Default::default()
+            }
+        })
+        .collect();
+    c.status = Some(ResourceClaimStatus {
+        allocation: Some(AllocationResult {
+            devices: Some(DeviceAllocationResult {
+                results: Some(results),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    c
+}
+
 /// The fake API server.
 pub struct FakeApiServer {
     addr: SocketAddr,
@@ -197,6 +351,7 @@ impl FakeApiServer {
         let store = Shared::default();
         let app = Router::new()
             .route("/api/v1/nodes/{name}", get(get_node))
+            .route("/apis/resource.k8s.io/v1", get(discovery))
             .route(
                 "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims/{name}",
                 get(get_claim),
@@ -218,9 +373,22 @@ impl FakeApiServer {
         Ok(Self { addr, store, task })
     }
 
+    /// Plays `cluster` from now on.
+    pub fn set_cluster(&self, cluster: Cluster) {
+        lock(&self.store).cluster = cluster;
+    }
+
     /// `http://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A kubeconfig (YAML) for this server, with no credentials.
+    pub fn kubeconfig(&self) -> String {
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: fake\ncurrent-context: fake\n",
+            self.url()
+        )
     }
 
     /// Adds a Node named `name` (with a UID), and returns it.

@@ -1,7 +1,8 @@
 //! `gpuslice node`: gpuslice on a Kubernetes node (the `gpuslice-node` crate does the
-//! work): the device plugins, one resource per slice profile, and the node agent's
-//! duties for every slice, in one process; `--dry-run` prints what the node would
-//! advertise, on a GPU host with no cluster.
+//! work): the device plugins (one resource per slice profile) and the DRA driver, each
+//! on the GPUs the node config's mode gives it, and the node agent's duties for every
+//! slice, in one process; `--dry-run` prints what the node would advertise and publish,
+//! on a GPU host with no cluster.
 
 use std::path::PathBuf;
 
@@ -19,12 +20,14 @@ pub struct NodeArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
 
-    /// Print the resources, device IDs and slices per GPU this node would advertise, and
-    /// exit.
+    /// Print the mode, the resources, device IDs and slices per GPU this node would
+    /// advertise, and the ResourceSlice it would publish, and exit.
     #[arg(long)]
     pub dry_run: bool,
 
-    /// The kubelet's folder (its `device-plugins/` holds `kubelet.sock`).
+    /// The kubelet's folder (its `device-plugins/` holds `kubelet.sock`, its
+    /// `plugins_registry/` the DRA driver's registration, its `plugins/` the driver's
+    /// socket).
     #[arg(long, value_name = "DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: PathBuf,
 
@@ -56,6 +59,11 @@ pub struct NodeArgs {
     /// Do not probe the driver at start-up (the agent then reports its mode as unknown).
     #[arg(long)]
     pub no_probe: bool,
+
+    /// The kubeconfig for the API server (DRA) [default: the pod's service account, else
+    /// $KUBECONFIG, else ~/.kube/config].
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Why `gpuslice node` could not start.
@@ -119,6 +127,7 @@ pub fn run(args: &NodeArgs) -> Result<String, NodeCommandError> {
             lib,
             dry_run: args.dry_run,
             agent,
+            kubeconfig: args.kubeconfig.clone(),
         },
     )?)
 }

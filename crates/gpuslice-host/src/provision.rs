@@ -189,6 +189,45 @@ impl Provisioner {
     }
 }
 
+impl Provisioner {
+    /// Removes the slice `name` ([`Slice::name`]): its CDI spec first (no container can be given it any
+    /// more), then its ledger and pinned configuration ([`state::remove_slice`]: refused
+    /// while a process of it runs; the spec is then written back, so the slice stays
+    /// whole). Removing a slice that does not exist is no error. Returns the PIDs of
+    /// other PID namespaces its ledger still listed.
+    pub fn withdraw(&self, name: &str) -> Result<Vec<u32>, CdiError> {
+        let _one_at_a_time = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
+        let spec_path = self.cdi_dir.join(spec_file(name));
+        let spec = match std::fs::read(&spec_path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(CdiError::Io {
+                    path: spec_path,
+                    what: "reading the slice's CDI spec",
+                    source,
+                });
+            }
+        };
+        if spec.is_some() {
+            std::fs::remove_file(&spec_path).map_err(|source| CdiError::Io {
+                path: spec_path.clone(),
+                what: "removing the slice's CDI spec",
+                source,
+            })?;
+        }
+        match state::remove_slice(&self.layout, name) {
+            Ok(removed) => Ok(removed.unknown),
+            Err(e) => {
+                if let Some(bytes) = spec {
+                    let _ = crate::cdi::spec::write_bytes_atomic(&spec_path, &bytes, 0o644);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,6 +307,36 @@ mod tests {
             Ledger::open(&p.layout().ledger(&b.name)).unwrap().used(0),
             0
         );
+    }
+
+    #[test]
+    fn a_withdrawn_slice_leaves_no_file_and_one_in_use_is_kept_whole() {
+        let (root, p) = host();
+        let a = slice(&format!("{U0}::claim-a"), 8 * GIB);
+        let got = p.provide(&a).unwrap();
+        let ledger = p.layout().ledger(&a.name);
+        // A process of the slice still runs (this one): refused, nothing removed.
+        let l = Ledger::open(&ledger).unwrap();
+        let slot = l.register().unwrap();
+        let err = p.withdraw(&a.name).unwrap_err().to_string();
+        assert!(err.contains("still lists running processes"), "{err}");
+        assert!(err.contains(&a.name), "{err}");
+        assert!(got.spec_path.exists() && ledger.exists());
+        assert!(p.layout().pinned_config(&a.name).exists());
+        l.unregister(slot);
+        drop(l);
+        assert_eq!(p.withdraw(&a.name).unwrap(), Vec::<u32>::new());
+        assert!(!got.spec_path.exists());
+        assert!(!p.layout().slice_dir(&a.name).exists());
+        assert!(!p.layout().pinned_config(&a.name).exists());
+        // Again: nothing to do, no error.
+        p.withdraw(&a.name).unwrap();
+        let left: Vec<_> = std::fs::read_dir(root.path().join("cdi"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! `gpuslice node` as a whole, for the CLI to call: on a Kubernetes node, the device
-//! plugins (one resource per slice profile, slices made by the host crate's provisioner)
-//! and the node agent's duties for every slice (the PID-truth socket `nvidia-smi` asks,
-//! host-side memory enforcement, reclaiming the ledger entries of dead containers), in
-//! one process; or, with `dry_run`, the inventory it would advertise.
+//! plugins (one resource per slice profile) and the DRA driver (any fraction of a GPU),
+//! each on the GPUs the node config's mode gives it ([`crate::modes`]), slices made by
+//! the host crate's provisioner, and the node agent's duties for every slice (the
+//! PID-truth socket `nvidia-smi` asks, host-side memory enforcement, reclaiming the
+//! ledger entries of dead containers), in one process; or, with `dry_run`, what it
+//! would advertise and publish.
+//!
+//! Mode `auto` asks the API server at start: DRA when it serves `resource.k8s.io/v1` and
+//! keeps the published devices' `allowMultipleAllocations` (consumable capacity on),
+//! the device plugins otherwise; no API server configured (no in-cluster account, no
+//! `--kubeconfig`, no `$KUBECONFIG`) also means the device plugins.
 //!
 //! Order matters: the agent's driver probe forks, so it runs first, before NVML is
 //! loaded and before any thread starts; then the agent serves from a thread of its own,
@@ -10,18 +17,22 @@
 //! SIGINT, or until the agent stops (then the node stops too, visibly: a node whose
 //! agent is gone would hand out slices nobody enforces).
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use gpuslice_host::cdi::DriverLibs;
 use gpuslice_host::layout::HostLayout;
 use gpuslice_host::provision::{ProvisionOptions, Provisioner};
 
-use crate::config::NodeConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{GpuSelection, Mode, NodeConfig, NodeSettings};
 use crate::deviceplugin::NodeOptions;
-use crate::host_provider::HostProvider;
-use crate::inventory::GpuInventory;
+use crate::dra::{DraError, DraOptions};
+use crate::host_provider::{HostClaimProvider, HostProvider, HostSlices};
+use crate::inventory::{GpuInfo, GpuInventory};
+use crate::modes::{Decision, OnlyGpus, assign, fixed_decision};
 use crate::nvml::NvmlGpus;
 use crate::{NodeError, dry_run};
 
@@ -46,6 +57,9 @@ pub struct NodeCommand {
     pub dry_run: bool,
     /// The agent's duties; `None` runs the device plugins alone (tests).
     pub agent: Option<gpuslice_agent::Options>,
+    /// The kubeconfig for the API server (DRA); `None`: the pod's service account, else
+    /// `$KUBECONFIG` or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// Why `gpuslice node` stopped.
@@ -71,6 +85,60 @@ pub enum CommandError {
     /// The async runtime could not be started.
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The DRA driver could not run.
+    #[error("node {node}, mode {mode}: {source}")]
+    Dra {
+        /// This node.
+        node: String,
+        /// Its mode.
+        mode: Mode,
+        /// What failed.
+        source: DraError,
+    },
+    /// DRA needs the API server, and no way to reach it is configured.
+    #[error("node {node}, mode {mode}: DRA needs the API server: {detail}")]
+    NoApiServer {
+        /// This node.
+        node: String,
+        /// Its mode.
+        mode: Mode,
+        /// Why no client could be made.
+        detail: String,
+    },
+    /// Mode `auto` found no DRA, and the config gives the device plugins no slices.
+    #[error(
+        "node {node}, mode auto: {why}, so the device plugins would serve this node, and the node config {origin} gives it no profiles (nor split): add profiles, or run a cluster with DRA and consumable capacity"
+    )]
+    NoFallback {
+        /// This node.
+        node: String,
+        /// Why DRA cannot serve.
+        why: String,
+        /// The config.
+        origin: String,
+    },
+}
+
+/// A client of the API server: from `kubeconfig` when given, else the pod's service
+/// account, `$KUBECONFIG` or `~/.kube/config`.
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
+    // TLS to the API server through ring, the one provider built in; rustls cannot pick
+    // it by itself when the build's features leave the choice open. Installing it again
+    // (a second client) is no error.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("the kubeconfig {}: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no in-cluster service account, --kubeconfig or $KUBECONFIG ({e})")
+        })?,
+    };
+    kube::Client::try_from(config).map_err(|e| format!("cannot make an API client: {e}"))
 }
 
 /// Runs `gpuslice node`; returns the text to print (the dry run's inventory, or nothing).
@@ -82,16 +150,24 @@ pub fn run(cmd: &NodeCommand) -> Result<String, CommandError> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let config = NodeConfig::from_file(&cmd.config).map_err(NodeError::from)?;
+    let settings = config.for_node(&cmd.node_name).map_err(NodeError::from)?;
     if cmd.dry_run {
         let gpus = NvmlGpus::init()?;
-        return Ok(dry_run::dry_run(&config, &cmd.node_name, &gpus)?);
+        return Ok(dry_run::dry_run(
+            &config,
+            &cmd.node_name,
+            &gpus,
+            gpus.driver_version().as_deref(),
+        )?);
     }
     // The agent's probe forks: before NVML and before any thread.
     let agent = cmd.agent.as_ref().map(|options| {
         let (mode, samples) = gpuslice_agent::probe_and_log(options.skip_probe);
         (options.clone(), mode, samples)
     });
-    let gpus: Arc<dyn GpuInventory> = Arc::new(NvmlGpus::init()?);
+    let nvml = Arc::new(NvmlGpus::init()?);
+    let driver_version = nvml.driver_version();
+    let gpus: Arc<dyn GpuInventory> = nvml;
     let agent_dir = cmd
         .agent
         .as_ref()
@@ -109,11 +185,8 @@ pub fn run(cmd: &NodeCommand) -> Result<String, CommandError> {
         state_dir: cmd.state_dir.clone(),
         source: Box::new(source),
     })?;
-    let provider = Arc::new(HostProvider::new(
-        provisioner,
-        Box::new(gpuslice_host::cdi::host::nvml_gpus),
-    ));
-    let (agent_stopped, mut agent_stop) = tokio::sync::oneshot::channel::<String>();
+    let host = HostSlices::new(provisioner, Box::new(gpuslice_host::cdi::host::nvml_gpus));
+    let (agent_stopped, agent_stop) = tokio::sync::oneshot::channel::<String>();
     if let Some((options, mode, samples)) = agent {
         std::thread::Builder::new()
             .name("agent".into())
@@ -128,39 +201,212 @@ pub fn run(cmd: &NodeCommand) -> Result<String, CommandError> {
     } else {
         drop(agent_stopped);
     }
-    let mut options = NodeOptions::new(cmd.node_name.clone());
-    options.device_plugin_dir = cmd.kubelet_dir.join("device-plugins");
-    options.health_interval = Duration::from_secs(5);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CommandError::Runtime)?;
     let has_agent = cmd.agent.is_some();
-    let stopped_agent = std::sync::Mutex::new(None::<String>);
+    let stopped_agent = Arc::new(Mutex::new(None::<String>));
+    let stop = CancellationToken::new();
     runtime.block_on(async {
-        let shutdown = async {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(s) => s,
-                    Err(_) => return,
-                };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-                why = &mut agent_stop, if has_agent => {
-                    if let Ok(why) = why {
-                        *stopped_agent.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
-                    }
-                }
-            }
+        tokio::spawn(watch_for_stop(
+            stop.clone(),
+            has_agent.then_some(agent_stop),
+            stopped_agent.clone(),
+        ));
+        let node = Node {
+            cmd,
+            settings: &settings,
+            origin: config.origin(),
+            gpus,
+            host,
+            driver_version,
+            stop: stop.clone(),
         };
-        crate::run(&config, options, gpus, provider, shutdown).await
+        node.serve().await
     })?;
     if let Some(why) = stopped_agent
-        .into_inner()
-        .unwrap_or_else(|e| e.into_inner())
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
     {
         return Err(CommandError::Agent(why));
     }
     Ok(String::new())
+}
+
+/// Cancels `stop` on SIGTERM, SIGINT, or when the agent stops (recording why).
+async fn watch_for_stop(
+    stop: CancellationToken,
+    agent_stop: Option<tokio::sync::oneshot::Receiver<String>>,
+    stopped_agent: Arc<Mutex<Option<String>>>,
+) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    let agent = async {
+        match agent_stop {
+            Some(rx) => rx.await.ok(),
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+        why = agent => {
+            if let Some(why) = why {
+                *stopped_agent.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+            }
+        }
+    }
+    stop.cancel();
+}
+
+/// One node's serving, once set up.
+struct Node<'a> {
+    cmd: &'a NodeCommand,
+    settings: &'a NodeSettings,
+    origin: &'a str,
+    gpus: Arc<dyn GpuInventory>,
+    host: Arc<HostSlices>,
+    driver_version: Option<String>,
+    stop: CancellationToken,
+}
+
+impl Node<'_> {
+    fn dra_options(&self) -> DraOptions {
+        let mut options = DraOptions::new(self.cmd.node_name.clone());
+        options.registry_dir = self.cmd.kubelet_dir.join("plugins_registry");
+        options.plugins_dir = self.cmd.kubelet_dir.join("plugins");
+        options.state_dir = self.cmd.state_dir.join("dra");
+        options.reserve = self.settings.reserve;
+        options.driver_version = self.driver_version.clone();
+        options
+    }
+
+    fn dra_error(&self, source: DraError) -> CommandError {
+        CommandError::Dra {
+            node: self.cmd.node_name.clone(),
+            mode: self.settings.mode,
+            source,
+        }
+    }
+
+    /// Decides the mode, splits the GPUs, and serves each way on its GPUs until stopped.
+    async fn serve(&self) -> Result<(), CommandError> {
+        let node = &self.cmd.node_name;
+        let mode = self.settings.mode;
+        let source = self.gpus.clone();
+        let listed: Vec<GpuInfo> = tokio::task::spawn_blocking(move || source.gpus())
+            .await
+            .map_err(|e| crate::inventory::GpuListError(e.to_string()))??;
+        let client = match mode {
+            Mode::DevicePlugin => None,
+            _ => match kube_client(self.cmd.kubeconfig.as_deref()).await {
+                Ok(client) => Some(client),
+                Err(detail) if mode == Mode::Auto => {
+                    tracing::info!("node {node}, mode auto: {detail}; the device plugins serve it");
+                    None
+                }
+                Err(detail) => {
+                    return Err(CommandError::NoApiServer {
+                        node: node.clone(),
+                        mode,
+                        detail,
+                    });
+                }
+            },
+        };
+        let options = self.dra_options();
+        let (decision, publisher) = match (fixed_decision(mode), client.clone()) {
+            (Some(Decision::DevicePlugin), _) | (None, None) => (Decision::DevicePlugin, None),
+            (Some(decision), None) => {
+                // Unreachable: every mode but device-plugin has a client or failed above.
+                return Err(CommandError::NoApiServer {
+                    node: node.clone(),
+                    mode,
+                    detail: format!("no client for mode {decision:?}"),
+                });
+            }
+            (fixed, Some(client)) => {
+                let decision = fixed.unwrap_or(Decision::Dra);
+                let assigned =
+                    assign(self.settings, decision, listed.clone()).map_err(NodeError::from)?;
+                let dra_gpus: Vec<GpuInfo> = listed
+                    .iter()
+                    .filter(|g| assigned.dra.contains(&g.uuid))
+                    .cloned()
+                    .collect();
+                let started = tokio::select! {
+                    () = self.stop.cancelled() => return Ok(()),
+                    started = crate::dra::start_publishing(&options, &dra_gpus, client) => started,
+                };
+                match started {
+                    Ok(publisher) => (decision, Some(publisher)),
+                    Err(DraError::Unavailable(why)) if fixed.is_none() => {
+                        if self.settings.slicing.is_none() {
+                            return Err(CommandError::NoFallback {
+                                node: node.clone(),
+                                why,
+                                origin: self.origin.to_string(),
+                            });
+                        }
+                        tracing::warn!(
+                            "node {node}, mode auto: {why}; the device plugins serve it"
+                        );
+                        (Decision::DevicePlugin, None)
+                    }
+                    Err(e) => return Err(self.dra_error(e)),
+                }
+            }
+        };
+        let assigned = assign(self.settings, decision, listed).map_err(NodeError::from)?;
+        tracing::info!(
+            "node {node}, mode {mode}: device plugins on {} GPU(s), DRA on {}",
+            assigned.device_plugin.len(),
+            assigned.dra.len()
+        );
+        let device_plugins = async {
+            if assigned.device_plugin.is_empty() {
+                return Ok(());
+            }
+            let mut settings = self.settings.clone();
+            // The inventory sees only these GPUs: all of them are offered.
+            settings.gpus = GpuSelection::All;
+            let mut options = NodeOptions::new(node.clone());
+            options.device_plugin_dir = self.cmd.kubelet_dir.join("device-plugins");
+            options.health_interval = Duration::from_secs(5);
+            let served = crate::run_device_plugins(
+                &settings,
+                options,
+                OnlyGpus::new(self.gpus.clone(), assigned.device_plugin.clone()),
+                Arc::new(HostProvider::new(self.host.clone())),
+                self.stop.clone().cancelled_owned(),
+            )
+            .await
+            .map_err(CommandError::from);
+            self.stop.cancel();
+            served
+        };
+        let dra = async {
+            let (Some(publisher), Some(client)) = (publisher, client) else {
+                return Ok(());
+            };
+            let served = crate::dra::serve(
+                options,
+                OnlyGpus::new(self.gpus.clone(), assigned.dra.clone()),
+                client,
+                publisher,
+                Arc::new(HostClaimProvider::new(self.host.clone())),
+                self.stop.clone().cancelled_owned(),
+            )
+            .await
+            .map_err(|e| self.dra_error(e));
+            self.stop.cancel();
+            served
+        };
+        let (device_plugins, dra) = tokio::join!(device_plugins, dra);
+        device_plugins.and(dra)
+    }
 }

@@ -5,12 +5,14 @@
 //!
 //! ```yaml
 //! default:                   # every node, unless nodes.<name> says otherwise
+//!   mode: auto               # auto (default), device-plugin, dra or both (see [`Mode`])
 //!   profiles:                # or `split: {count: 4}`: each GPU in 4 equal slices
 //!     - {name: 8g-30, memory: 8GiB, compute: 30, count: 2}
 //!     - {name: 4g, memory: 4GiB, count: 1}
 //!   reserve: 1GiB            # memory of each GPU kept out of every slice (default 1GiB)
 //!   policy: pack             # GetPreferredAllocation: pack (default) or spread
 //!   gpus: all                # or a list of indices / UUIDs: [0, "GPU-5d1f..."]
+//!   draGpus: [1]             # mode both only: these through DRA, the others by profiles
 //! nodes:
 //!   gpu-node-7:              # node name, as in spec.nodeName
 //!     split: {count: 2, compute: true}
@@ -69,10 +71,12 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
-    /// Neither the default nor the node's section says how to cut the GPUs.
+    /// The device plugins would serve the node, and neither the default nor the node's
+    /// section says how to cut its GPUs.
     #[error(
-        "the node config {origin} says nothing about node {node:?}: give `default.profiles` \
-         (or `default.split`), or `nodes.{node}.profiles`"
+        "the node config {origin} gives node {node:?} no slices for the device plugin: give \
+         `default.profiles` (or `default.split`), or `nodes.{node}.profiles`, or set its \
+         mode to dra"
     )]
     NoSlicing {
         /// Where the text came from.
@@ -98,6 +102,37 @@ impl fmt::Display for AllocationPolicy {
         f.write_str(match self {
             Self::Pack => "pack",
             Self::Spread => "spread",
+        })
+    }
+}
+
+/// How a node offers its GPUs to Kubernetes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// DRA when the cluster has it with consumable capacity (the API server serves
+    /// `resource.k8s.io/v1` and keeps a device's `allowMultipleAllocations`), the device
+    /// plugin with the profiles otherwise. Decided at start, from definite answers only:
+    /// while the API server cannot be reached, the node waits rather than guess.
+    #[default]
+    Auto,
+    /// Every offered GPU through the device plugins, one resource per profile.
+    DevicePlugin,
+    /// Every offered GPU through DRA; the start fails, visibly, on a cluster without
+    /// DRA or without consumable capacity.
+    Dra,
+    /// The GPUs of `draGpus` through DRA, the other offered GPUs through the profiles:
+    /// no GPU is ever offered both ways.
+    Both,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::DevicePlugin => "device-plugin",
+            Self::Dra => "dra",
+            Self::Both => "both",
         })
     }
 }
@@ -155,14 +190,19 @@ pub enum GpuSelection {
 /// The settings of one node: the default merged with the node's section, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
-    /// How the GPUs are cut.
-    pub slicing: Slicing,
+    /// How the node offers its GPUs.
+    pub mode: Mode,
+    /// How the device plugins cut the GPUs; always there in modes `device-plugin` and
+    /// `both`, and the fallback of mode `auto`.
+    pub slicing: Option<Slicing>,
     /// Memory of each GPU kept out of every slice, in bytes.
     pub reserve: u64,
     /// The `GetPreferredAllocation` policy.
     pub policy: AllocationPolicy,
     /// Which GPUs are offered.
     pub gpus: GpuSelection,
+    /// Mode `both`: the offered GPUs that go through DRA.
+    pub dra_gpus: Vec<DeviceSelector>,
 }
 
 /// A parsed and checked node config.
@@ -176,10 +216,12 @@ pub struct NodeConfig {
 /// One section (the default or a node's), each field optional.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 struct Section {
+    mode: Option<Mode>,
     slicing: Option<Slicing>,
     reserve: Option<u64>,
     policy: Option<AllocationPolicy>,
     gpus: Option<GpuSelection>,
+    dra_gpus: Option<Vec<DeviceSelector>>,
 }
 
 /// The extended resource name of a profile.
@@ -237,6 +279,12 @@ impl NodeConfig {
         for node in config.nodes.keys() {
             config.for_node(node)?;
         }
+        // Nodes with no section of their own take the default alone. Its profiles may be
+        // missing (each node's section has them), but nothing else may be wrong.
+        match config.settings(None, "(a node with no section)") {
+            Ok(_) | Err(ConfigError::NoSlicing { .. }) => {}
+            Err(e) => return Err(e),
+        }
         Ok(config)
     }
 
@@ -252,15 +300,56 @@ impl NodeConfig {
 
     /// The settings of `node`: its section over the default.
     pub fn for_node(&self, node: &str) -> Result<NodeSettings, ConfigError> {
-        let own = self.nodes.get(node);
+        self.settings(self.nodes.get(node), node)
+    }
+
+    /// The settings of a node with section `own` (none: the default alone).
+    fn settings(&self, own: Option<&Section>, node: &str) -> Result<NodeSettings, ConfigError> {
+        let mode = own
+            .and_then(|s| s.mode)
+            .or(self.default.mode)
+            .unwrap_or_default();
         let slicing = own
             .and_then(|s| s.slicing.clone())
-            .or_else(|| self.default.slicing.clone())
-            .ok_or_else(|| ConfigError::NoSlicing {
+            .or_else(|| self.default.slicing.clone());
+        if slicing.is_none() && matches!(mode, Mode::DevicePlugin | Mode::Both) {
+            return Err(ConfigError::NoSlicing {
                 origin: self.origin.clone(),
                 node: node.to_string(),
-            })?;
+            });
+        }
+        let dra_gpus = own
+            .and_then(|s| s.dra_gpus.clone())
+            .or_else(|| self.default.dra_gpus.clone());
+        let (at, whose) = if own.is_some() {
+            (format!("nodes.{node}"), format!("node {node}"))
+        } else {
+            ("default".to_string(), "the default".to_string())
+        };
+        let ctx = Ctx {
+            origin: &self.origin,
+        };
+        let dra_gpus = match (mode, dra_gpus) {
+            (Mode::Both, Some(list)) => list,
+            (Mode::Both, None) => {
+                return Err(ctx.invalid(
+                    &format!("{at}.draGpus"),
+                    format!("mode both needs `draGpus`, the GPUs that go through DRA ({whose})"),
+                ));
+            }
+            (_, Some(_)) => {
+                return Err(ctx.invalid(
+                    &format!("{at}.draGpus"),
+                    format!(
+                        "`draGpus` is for mode both only, and {whose} has mode {mode}: in mode dra \
+                         every offered GPU goes through DRA, in mode device-plugin none does"
+                    ),
+                ));
+            }
+            (_, None) => Vec::new(),
+        };
         let settings = NodeSettings {
+            mode,
             slicing,
             reserve: own
                 .and_then(|s| s.reserve)
@@ -274,6 +363,7 @@ impl NodeConfig {
                 .and_then(|s| s.gpus.clone())
                 .or_else(|| self.default.gpus.clone())
                 .unwrap_or_default(),
+            dra_gpus,
         };
         Ok(settings)
     }
@@ -324,35 +414,58 @@ impl Ctx<'_> {
                         "the list is empty: leave `gpus` out (or write `all`) to offer every GPU",
                     ));
                 }
-                let mut selectors = Vec::new();
-                for (i, item) in list.into_iter().enumerate() {
-                    let text = match item {
-                        RawScalar::Int(n) => n.to_string(),
-                        RawScalar::Text(t) => t,
-                    };
-                    let selector = DeviceSelector::parse(&text).ok_or_else(|| {
-                        self.invalid(
-                            &format!("{at}.gpus[{i}]"),
-                            format!("{text:?} is not a GPU index (0, 1, ...) or UUID (GPU-...)"),
-                        )
-                    })?;
-                    if selectors.contains(&selector) {
-                        return Err(self.invalid(
-                            &format!("{at}.gpus[{i}]"),
-                            format!("{selector} is listed twice"),
-                        ));
-                    }
-                    selectors.push(selector);
-                }
-                Some(GpuSelection::Only(selectors))
+                Some(GpuSelection::Only(
+                    self.selectors(list, &format!("{at}.gpus"))?,
+                ))
             }
         };
+        let dra_gpus = match raw.dra_gpus {
+            None => None,
+            Some(list) if list.is_empty() => {
+                return Err(self.invalid(
+                    &format!("{at}.draGpus"),
+                    "the list is empty: with no GPU through DRA, use mode device-plugin",
+                ));
+            }
+            Some(list) => Some(self.selectors(list, &format!("{at}.draGpus"))?),
+        };
         Ok(Section {
+            mode: raw.mode,
             slicing,
             reserve,
             policy: raw.policy,
             gpus,
+            dra_gpus,
         })
+    }
+
+    /// A list of GPUs by index or UUID, each once.
+    fn selectors(
+        &self,
+        list: Vec<RawScalar>,
+        field: &str,
+    ) -> Result<Vec<DeviceSelector>, ConfigError> {
+        let mut selectors = Vec::new();
+        for (i, item) in list.into_iter().enumerate() {
+            let text = match item {
+                RawScalar::Int(n) => n.to_string(),
+                RawScalar::Text(t) => t,
+            };
+            let selector = DeviceSelector::parse(&text).ok_or_else(|| {
+                self.invalid(
+                    &format!("{field}[{i}]"),
+                    format!("{text:?} is not a GPU index (0, 1, ...) or UUID (GPU-...)"),
+                )
+            })?;
+            if selectors.contains(&selector) {
+                return Err(self.invalid(
+                    &format!("{field}[{i}]"),
+                    format!("{selector} is listed twice"),
+                ));
+            }
+            selectors.push(selector);
+        }
+        Ok(selectors)
     }
 
     fn profiles(&self, raw: Vec<RawProfile>, at: &str) -> Result<Vec<Profile>, ConfigError> {
@@ -510,12 +623,15 @@ struct RawConfig {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 struct RawSection {
+    mode: Option<Mode>,
     profiles: Option<Vec<RawProfile>>,
     split: Option<RawSplit>,
     reserve: Option<RawScalar>,
     policy: Option<AllocationPolicy>,
     gpus: Option<RawGpus>,
+    dra_gpus: Option<Vec<RawScalar>>,
 }
 
 #[derive(Deserialize)]
@@ -582,7 +698,7 @@ mod tests {
         let s = config.for_node("any").unwrap();
         assert_eq!(
             s.slicing,
-            Slicing::Profiles(vec![
+            Some(Slicing::Profiles(vec![
                 Profile {
                     name: "8g-30".into(),
                     memory: 8 * GIB,
@@ -595,8 +711,9 @@ mod tests {
                     compute: None,
                     count: 1
                 },
-            ])
+            ]))
         );
+        assert_eq!(s.mode, Mode::Auto);
         assert_eq!(s.reserve, DEFAULT_RESERVE);
         assert_eq!(s.policy, AllocationPolicy::Pack);
         assert_eq!(s.gpus, GpuSelection::All);
@@ -611,11 +728,11 @@ mod tests {
         let n1 = config.for_node("n1").unwrap();
         assert_eq!(
             n1.slicing,
-            Slicing::Split(Split {
+            Some(Slicing::Split(Split {
                 name: "1of4".into(),
                 count: 4,
                 compute: true
-            })
+            }))
         );
         assert_eq!(n1.reserve, 2 * GIB);
         assert_eq!(n1.policy, AllocationPolicy::Spread);
@@ -628,8 +745,63 @@ mod tests {
         );
         let n2 = config.for_node("n2").unwrap();
         assert_eq!(n2.reserve, 0);
-        assert!(matches!(n2.slicing, Slicing::Profiles(_)));
+        assert!(matches!(n2.slicing, Some(Slicing::Profiles(_))));
         assert_eq!(config.for_node("other").unwrap().reserve, 2 * GIB);
+    }
+
+    #[test]
+    fn modes_pick_what_needs_profiles_and_dra_gpus_belong_to_mode_both() {
+        // dra needs no profiles; device-plugin and both do.
+        let dra = parse("default:\n  mode: dra\n").unwrap();
+        let s = dra.for_node("n").unwrap();
+        assert_eq!((s.mode, s.slicing.is_none()), (Mode::Dra, true));
+        let e = parse("default:\n  mode: device-plugin\n")
+            .unwrap()
+            .for_node("n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no slices for the device plugin"), "{e}");
+        // auto without profiles parses: the profiles are only its fallback.
+        assert!(parse("default: {}\n").unwrap().for_node("n").is_ok());
+        // both needs draGpus, and draGpus needs both.
+        let e = parse("default:\n  mode: both\n  profiles: [{name: a, memory: 8GiB}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("default.draGpus") && e.contains("mode both needs"),
+            "{e}"
+        );
+        let e = err(
+            "default:\n  profiles: [{name: a, memory: 8GiB}]\nnodes:\n  g1:\n    mode: dra\n    draGpus: [0]\n",
+        );
+        assert!(
+            e.contains("nodes.g1.draGpus") && e.contains("mode dra"),
+            "{e}"
+        );
+        let both = parse(
+            "default:\n  mode: both\n  draGpus: [1, GPU-abc]\n  profiles: [{name: a, memory: 8GiB}]\n",
+        )
+        .unwrap()
+        .for_node("n")
+        .unwrap();
+        assert_eq!(
+            both.dra_gpus,
+            [
+                DeviceSelector::Index(1),
+                DeviceSelector::Uuid("GPU-abc".into())
+            ]
+        );
+        // A node's mode over the default's; a misspelt mode names the choices.
+        let config = parse(
+            "default:\n  mode: dra\nnodes:\n  old:\n    mode: device-plugin\n    split: {count: 2}\n",
+        )
+        .unwrap();
+        assert_eq!(config.for_node("old").unwrap().mode, Mode::DevicePlugin);
+        let e = err("default:\n  mode: dpa\n");
+        assert!(e.contains("device-plugin") && e.contains("both"), "{e}");
+        let e =
+            err("default:\n  mode: both\n  draGpus: []\n  profiles: [{name: a, memory: 8GiB}]\n");
+        assert!(e.contains("default.draGpus") && e.contains("empty"), "{e}");
     }
 
     #[test]
@@ -727,7 +899,9 @@ mod tests {
 
     #[test]
     fn a_node_without_slicing_is_an_error_naming_it() {
-        let config = parse("nodes:\n  n1:\n    split: {count: 2}\n").unwrap();
+        let config =
+            parse("default:\n  mode: device-plugin\nnodes:\n  n1:\n    split: {count: 2}\n")
+                .unwrap();
         assert!(config.for_node("n1").is_ok());
         let e = config.for_node("n2").unwrap_err().to_string();
         assert!(e.contains("\"n2\""), "{e}");

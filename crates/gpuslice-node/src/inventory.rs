@@ -257,6 +257,11 @@ pub enum InventoryError {
         /// The reserve.
         reserve: String,
     },
+    /// The device plugins would serve the node, and the config cuts no slices.
+    #[error(
+        "the node config gives no profiles (nor split), so the device plugins have no slice to offer"
+    )]
+    NoSlicing,
     /// The profiles need more memory than a GPU has.
     #[error("{gpu} would be oversubscribed: {detail}")]
     Oversubscribed {
@@ -307,8 +312,9 @@ impl Inventory {
     /// config that would oversubscribe any GPU's memory. (Compute shares were checked with
     /// the config.)
     pub fn build(settings: &NodeSettings, gpus: Vec<GpuInfo>) -> Result<Self, InventoryError> {
-        let offered = select(&settings.gpus, gpus)?;
-        let mut resources: Vec<Resource> = match &settings.slicing {
+        let slicing = settings.slicing.as_ref().ok_or(InventoryError::NoSlicing)?;
+        let offered = offered(&settings.gpus, gpus)?;
+        let mut resources: Vec<Resource> = match slicing {
             Slicing::Profiles(profiles) => profiles
                 .iter()
                 .map(|p| Resource {
@@ -335,7 +341,7 @@ impl Inventory {
                     reserve: format_size(settings.reserve),
                 })?;
             // (resource index, profile, memory, compute, count) for this GPU.
-            let cuts: Vec<(usize, &str, u64, Option<u32>, u32)> = match &settings.slicing {
+            let cuts: Vec<(usize, &str, u64, Option<u32>, u32)> = match slicing {
                 Slicing::Profiles(profiles) => {
                     let needed: u128 = profiles
                         .iter()
@@ -445,8 +451,12 @@ impl Inventory {
     }
 }
 
-/// The offered GPUs among `gpus`, by index.
-fn select(selection: &GpuSelection, gpus: Vec<GpuInfo>) -> Result<Vec<GpuInfo>, InventoryError> {
+/// The GPUs `selection` offers among `gpus`, by index, with canonical UUIDs; an error
+/// names a selector that matches no GPU, or several.
+pub fn offered(
+    selection: &GpuSelection,
+    gpus: Vec<GpuInfo>,
+) -> Result<Vec<GpuInfo>, InventoryError> {
     let mut gpus: Vec<GpuInfo> = gpus
         .into_iter()
         .map(|mut g| {
@@ -511,7 +521,8 @@ fn select(selection: &GpuSelection, gpus: Vec<GpuInfo>) -> Result<Vec<GpuInfo>, 
         .collect())
 }
 
-fn describe_selector(selector: &DeviceSelector) -> String {
+/// How errors name a GPU selector: `GPU 1`, or the UUID.
+pub(crate) fn describe_selector(selector: &DeviceSelector) -> String {
     match selector {
         DeviceSelector::Index(i) => format!("GPU {i}"),
         DeviceSelector::Uuid(u) => u.clone(),

@@ -1,12 +1,13 @@
 //! gpuslice on a Kubernetes node (`gpuslice node`): the node config ([`config`]), the
 //! slices a node advertises ([`inventory`]), the kubelet device plugins that serve them
 //! ([`deviceplugin`], over [`transport`]), the seam to the code that makes slices on the
-//! host ([`provider`]; the real one, over `gpuslice-host`, is [`host_provider`]), the dry
-//! run ([`dry_run`]), and the DRA driver with consumable capacity ([`dra`], entry point
-//! [`dra::run_dra`]).
+//! host ([`provider`]; the real ones, over `gpuslice-host`, are in [`host_provider`]),
+//! the DRA driver with consumable capacity ([`dra`], entry point [`dra::run_dra`]), which
+//! GPU goes which way ([`modes`]), the dry run ([`dry_run`]), and `gpuslice node` as a
+//! whole ([`command`]).
 //!
 //! This is the only crate of gpuslice with async code (tokio, tonic); the interposer
-//! never links it. The CLI calls [`run`] and [`dry_run::dry_run`] and stays thin.
+//! never links it. The CLI calls [`command::run`] and stays thin.
 
 pub mod command;
 pub mod config;
@@ -15,6 +16,7 @@ pub mod dra;
 pub mod dry_run;
 pub mod host_provider;
 pub mod inventory;
+pub mod modes;
 pub mod nvml;
 pub mod provider;
 pub mod transport;
@@ -39,6 +41,9 @@ pub enum NodeError {
     /// The device plugins could not be served.
     #[error(transparent)]
     Plugin(#[from] PluginError),
+    /// The GPUs cannot be split between the device plugins and DRA.
+    #[error(transparent)]
+    Modes(#[from] modes::ModeError),
 }
 
 /// Runs the device plugins of this node until `shutdown` completes: picks the node's
@@ -54,12 +59,23 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), NodeError> {
     let settings = config.for_node(&options.node_name)?;
+    run_device_plugins(&settings, options, gpus, provider, shutdown).await
+}
+
+/// [`run`] for the settings of this node, already picked from the config.
+pub async fn run_device_plugins(
+    settings: &config::NodeSettings,
+    options: NodeOptions,
+    gpus: Arc<dyn GpuInventory>,
+    provider: Arc<dyn SliceProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NodeError> {
     let source = gpus.clone();
     let listed = tokio::task::spawn_blocking(move || source.gpus())
         .await
         .map_err(|e| InventoryError::List(inventory::GpuListError(e.to_string())))?
         .map_err(InventoryError::from)?;
-    let inventory = Arc::new(inventory::Inventory::build(&settings, listed)?);
+    let inventory = Arc::new(inventory::Inventory::build(settings, listed)?);
     tracing::info!(
         "node {}: {} GPU(s), resources {}",
         options.node_name,

@@ -27,6 +27,11 @@ impl NvmlGpus {
             .map_err(|e| GpuListError(format!("cannot load NVML: {e}")))?;
         Ok(Self { nvml })
     }
+
+    /// The NVIDIA driver's version (`580.95.05`), if NVML tells it.
+    pub fn driver_version(&self) -> Option<String> {
+        self.nvml.sys_driver_version().ok()
+    }
 }
 
 impl GpuInventory for NvmlGpus {

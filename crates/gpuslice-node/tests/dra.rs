@@ -3,20 +3,13 @@
 //! wipe, registration with the path `:authority`, prepare and unprepare (twice each,
 //! several claims, bad claims, across a plugin restart), and the state left behind.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake_kubelet::apiserver::FakeApiServer;
+use fake_kubelet::apiserver::{Cluster, FakeApiServer, Share, allocated_claim};
 use fake_kubelet::dra::{DraDriver, claim};
 use gpuslice_node::dra::{DraOptions, TestClaimSlices, run_dra};
 use gpuslice_node::inventory::{GpuHealth, GpuInfo, StaticGpus};
-use k8s_openapi::api::resource::v1::{
-    AllocationResult, CapacityRequirements, DeviceAllocationResult, DeviceClaim, DeviceRequest,
-    DeviceRequestAllocationResult, ExactDeviceRequest, ResourceClaim, ResourceClaimSpec,
-    ResourceClaimStatus,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -112,58 +105,16 @@ impl Env {
     /// A claim allocated `shares` (device, memory, compute) by the scheduler; `asks`
     /// says whether the claim's request named `compute`.
     fn claim(&self, name: &str, pool: &str, shares: &[(&str, &str, &str)], asks: bool) -> String {
-        let mut requests = BTreeMap::from([("memory".to_string(), Quantity("1Gi".into()))]);
-        if asks {
-            requests.insert("compute".into(), Quantity("1".into()));
-        }
-        let mut c = ResourceClaim::default();
-        c.metadata.namespace = Some("team-a".into());
-        c.metadata.name = Some(name.into());
-        c.spec = ResourceClaimSpec {
-            devices: Some(DeviceClaim {
-                requests: Some(vec![DeviceRequest {
-                    name: "gpu".into(),
-                    exactly: Some(ExactDeviceRequest {
-                        device_class_name: "gpuslice.io".into(),
-                        capacity: Some(CapacityRequirements {
-                            requests: Some(requests),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
-        };
-        let results = shares
+        let shares: Vec<Share> = shares
             .iter()
-            .enumerate()
-            .map(
-                |(i, (device, memory, compute))| DeviceRequestAllocationResult {
-                    driver: "gpuslice.io".into(),
-                    pool: pool.into(),
-                    device: (*device).into(),
-                    request: "gpu".into(),
-                    share_id: Some(format!("{name}-share-{i}")),
-                    consumed_capacity: Some(BTreeMap::from([
-                        ("memory".to_string(), Quantity((*memory).into())),
-                        ("compute".to_string(), Quantity((*compute).into())),
-                    ])),
-                    ..Default::default()
-                },
-            )
+            .map(|(device, memory, compute)| Share {
+                device: (*device).into(),
+                memory: Some((*memory).into()),
+                compute: Some((*compute).into()),
+            })
             .collect();
-        c.status = Some(ResourceClaimStatus {
-            allocation: Some(AllocationResult {
-                devices: Some(DeviceAllocationResult {
-                    results: Some(results),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        self.api.put_claim(c)
+        self.api
+            .put_claim(allocated_claim("team-a", name, pool, &shares, asks))
     }
 }
 
@@ -449,6 +400,48 @@ async fn bad_claims_get_errors_naming_them_and_the_others_are_prepared() {
         // Only the good claim has a slice.
         let made: Vec<String> = env.slices.slices().into_iter().map(|s| s.claim_uid).collect();
         assert_eq!(made, [good.as_str()]);
+        running.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_dra_or_without_consumable_capacity_is_told_and_keeps_no_slice() {
+    bounded(async {
+        let env = Env::new().await;
+        let run = || {
+            run_dra(
+                env.options.clone(),
+                env.gpus.clone(),
+                env.client(),
+                Arc::new(env.slices.clone()),
+                std::future::pending(),
+            )
+        };
+        env.api.set_cluster(Cluster::NoDra);
+        let e = run().await.expect_err("no DRA").to_string();
+        assert!(e.contains("does not serve resource.k8s.io/v1"), "{e}");
+        env.api.set_cluster(Cluster::NoConsumableCapacity);
+        let e = run().await.expect_err("no consumable capacity").to_string();
+        assert!(
+            e.contains("dropped allowMultipleAllocations") && e.contains("DRAConsumableCapacity"),
+            "{e}"
+        );
+        // The slice it wrote was taken back: the scheduler must not give whole GPUs.
+        assert!(env.api.slices().is_empty(), "{:?}", env.api.slices());
+        assert!(!env.options.registration_socket().exists());
+        // The same driver on a cluster with consumable capacity publishes and serves.
+        env.api.set_cluster(Cluster::ConsumableCapacity);
+        let running = env.start();
+        let name = format!("{NODE}-gpuslice.io");
+        let slice = env.api.wait_slice(&name, WAIT).await.expect("published");
+        let devices = slice.spec.devices.unwrap_or_default();
+        assert!(
+            devices
+                .iter()
+                .all(|d| d.allow_multiple_allocations == Some(true)),
+            "{devices:?}"
+        );
         running.stop().await;
     })
     .await;

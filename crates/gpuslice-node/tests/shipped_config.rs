@@ -10,13 +10,13 @@ use gpuslice_node::inventory::{GpuHealth, GpuInfo, Inventory};
 #[test]
 fn the_config_map_of_the_manifests_is_a_valid_node_config() {
     let manifest =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/node-config.yaml");
-    let text = std::fs::read_to_string(&manifest).expect("deploy/kubernetes/node-config.yaml");
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/kubernetes/base/node-config.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("deploy/kubernetes/base/node-config.yaml");
     let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
     let config_yaml = doc["data"]["config.yaml"]
         .as_str()
         .expect("the ConfigMap has data.config.yaml");
-    let config = NodeConfig::from_yaml(config_yaml, "deploy/kubernetes/node-config.yaml")
+    let config = NodeConfig::from_yaml(config_yaml, "deploy/kubernetes/base/node-config.yaml")
         .unwrap_or_else(|e| panic!("{e}"));
     let settings = config
         .for_node("any-node")

@@ -19,7 +19,7 @@ use gpuslice_host::cdi::DriverLibs;
 use gpuslice_host::gpus::HostGpu;
 use gpuslice_host::provision::{ProvisionOptions, Provisioner, slice_name};
 use gpuslice_node::NodeConfig;
-use gpuslice_node::host_provider::HostProvider;
+use gpuslice_node::host_provider::{HostProvider, HostSlices};
 use gpuslice_node::inventory::{GpuHealth, GpuInfo, StaticGpus};
 use system_tests::{
     Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, output_within, repo,
@@ -63,7 +63,7 @@ fn allocate_through_the_kubelet(host: &Path, bench: &Bench) -> Vec<String> {
                 driver_libs: DriverLibs::Off,
             })
             .unwrap();
-            let provider = HostProvider::new(
+            let provider = HostProvider::new(HostSlices::new(
                 provisioner,
                 Box::new(|| {
                     Ok(vec![HostGpu {
@@ -72,7 +72,7 @@ fn allocate_through_the_kubelet(host: &Path, bench: &Bench) -> Vec<String> {
                         minor: 0,
                     }])
                 }),
-            );
+            ));
             let mut options = gpuslice_node::NodeOptions::new("node-1");
             options.device_plugin_dir = plugins.clone();
             options.register_retry = Duration::from_millis(100);

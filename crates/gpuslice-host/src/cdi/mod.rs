@@ -161,6 +161,18 @@ pub enum CdiError {
         /// `--state-dir`, whose ledgers the agent sweeps.
         state_dir: PathBuf,
     },
+    /// A slice to be removed still has running processes. Nothing was changed.
+    #[error(
+        "slice {slice}: its ledger {path} still lists running processes (PID {processes}), so it was not removed; stop them first"
+    )]
+    SliceInUse {
+        /// The slice.
+        slice: String,
+        /// The ledger.
+        path: PathBuf,
+        /// The PIDs listed.
+        processes: String,
+    },
     /// `cdi list` found no spec.
     #[error(
         "no gpuslice CDI spec found (looked for {looked}); write one with gpuslice cdi generate"

@@ -229,6 +229,62 @@ pub fn prepare(layout: &HostLayout, slices: &[Slice]) -> Result<Vec<String>, Cdi
     Ok(report)
 }
 
+/// What [`remove_slice`] found of a slice.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Removed {
+    /// Entries of processes in another PID namespace the ledger still listed (gone, or
+    /// running where this process cannot see): removed with it. Their containers are
+    /// gone when the kubelet releases a claim; a process that still runs keeps its
+    /// mapping of the removed ledger, and with it its limit.
+    pub unknown: Vec<u32>,
+}
+
+/// Removes a slice's ledger (with its folder) and pinned configuration, if they exist.
+/// Refused, changing nothing, while the ledger lists a process that is running in this
+/// PID namespace: removing its ledger would let a new slice count the memory it holds
+/// as free.
+pub fn remove_slice(layout: &HostLayout, name: &str) -> Result<Removed, CdiError> {
+    let path = layout.ledger(name);
+    let mut removed = Removed::default();
+    if path.exists() {
+        let ledger_error = |source| CdiError::Ledger {
+            slice: name.to_string(),
+            source,
+        };
+        let ledger = Ledger::open(&path).map_err(ledger_error)?;
+        let processes = ledger.processes();
+        let mut running = Vec::new();
+        for p in processes {
+            match p.liveness {
+                Liveness::Dead => {}
+                Liveness::Alive => running.push(format!("{} (running)", p.pid)),
+                Liveness::Unknown => removed.unknown.push(p.pid),
+            }
+        }
+        if !running.is_empty() {
+            return Err(CdiError::SliceInUse {
+                slice: name.to_string(),
+                path,
+                processes: running.join(", "),
+            });
+        }
+        drop(ledger);
+    }
+    let dir = layout.slice_dir(name);
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&dir, "removing the slice's folder")(e)),
+    }
+    let pinned = layout.pinned_config(name);
+    match fs::remove_file(&pinned) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(&pinned, "removing the pinned configuration")(e)),
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

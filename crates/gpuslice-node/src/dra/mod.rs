@@ -10,7 +10,8 @@
 //! * [`state`]: what was prepared, on disk, across restarts.
 //! * [`quantity`]: Kubernetes quantities.
 //!
-//! [`run_dra`] runs it all.
+//! [`run_dra`] runs it all: [`start_publishing`] first (which also finds out whether the
+//! cluster takes the driver at all), then [`serve`].
 
 pub mod claims;
 pub mod plugin;
@@ -110,6 +111,12 @@ pub enum DraError {
     /// The GPUs could not be listed at start.
     #[error(transparent)]
     Gpus(#[from] GpuListError),
+    /// The cluster cannot take the driver: no DRA, or no consumable capacity.
+    #[error("the cluster cannot take the DRA driver {DRIVER_NAME}: {0}")]
+    Unavailable(String),
+    /// The API server refused the slice for good (no permission, ...).
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
 }
 
 async fn list(gpus: &Arc<dyn GpuInventory>) -> Result<Vec<GpuInfo>, GpuListError> {
@@ -130,14 +137,90 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener, DraError> {
     transport::bind_unix(path).map_err(err)
 }
 
-/// Runs the DRA driver of this node until `shutdown` completes: publishes the node's
-/// ResourceSlice (and keeps it published), serves `dra.v1.DRAPlugin` and
-/// `dra.v1beta1.DRAPlugin` on [`DraOptions::endpoint`] and `Registration` on
-/// [`DraOptions::registration_socket`], making claims' slices through `provider`.
+/// Publishes the node's ResourceSlice of `gpus` for the first time, and so finds out
+/// whether the cluster takes the driver: [`DraError::Unavailable`] when the API server
+/// does not serve `resource.k8s.io/v1`, or stores the slice without
+/// `allowMultipleAllocations` (consumable capacity off; the slice is then deleted again,
+/// so that no claim is allocated a whole GPU). Only definite answers count: while the API
+/// server cannot be reached, or answers with a passing error, it tries again every
+/// [`DraOptions::resync`], logging why, until it succeeds or the caller gives up.
+pub async fn start_publishing(
+    options: &DraOptions,
+    gpus: &[GpuInfo],
+    client: kube::Client,
+) -> Result<Publisher, DraError> {
+    let mut publisher = Publisher::new(
+        client.clone(),
+        &options.node_name,
+        options.reserve,
+        options.driver_version.clone(),
+    );
+    loop {
+        let attempt = async {
+            if let Some(why) = publish::missing_dra(&client).await.map_err(|source| {
+                publish::PublishError::Api {
+                    name: publish::slice_name(&options.node_name),
+                    source: Box::new(source),
+                }
+            })? {
+                return Err(DraError::Unavailable(why));
+            }
+            publisher.sync(gpus).await.map_err(DraError::Publish)
+        };
+        let why = match tokio::time::timeout(options.api_timeout, attempt).await {
+            Ok(Ok(done)) => {
+                tracing::info!(
+                    "ResourceSlice {}: {done:?}",
+                    publish::slice_name(&options.node_name)
+                );
+                return Ok(publisher);
+            }
+            Ok(Err(DraError::Publish(e @ publish::PublishError::ConsumableCapacityOff { .. }))) => {
+                if let Err(gone) = publisher.withdraw().await {
+                    tracing::warn!("{gone}");
+                }
+                return Err(DraError::Unavailable(e.to_string()));
+            }
+            Ok(Err(DraError::Publish(e))) if e.is_transient() => e.to_string(),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => format!(
+                "the API server did not answer within {:?}",
+                options.api_timeout
+            ),
+        };
+        tracing::warn!("{why}; trying again in {:?}", options.resync);
+        tokio::time::sleep(options.resync).await;
+    }
+}
+
+/// Runs the DRA driver of this node until `shutdown` completes: [`start_publishing`],
+/// then [`serve`].
 pub async fn run_dra(
     options: DraOptions,
     gpus: Arc<dyn GpuInventory>,
     client: kube::Client,
+    provider: Arc<dyn ClaimSliceProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DraError> {
+    let listed = list(&gpus).await?;
+    tokio::pin!(shutdown);
+    let publisher = tokio::select! {
+        () = &mut shutdown => return Ok(()),
+        publisher = start_publishing(&options, &listed, client.clone()) => publisher?,
+    };
+    serve(options, gpus, client, publisher, provider, shutdown).await
+}
+
+/// Serves the DRA driver of this node until `shutdown` completes: keeps the node's
+/// ResourceSlice published through `publisher` (after [`start_publishing`]), serves
+/// `dra.v1.DRAPlugin` and `dra.v1beta1.DRAPlugin` on [`DraOptions::endpoint`] and
+/// `Registration` on [`DraOptions::registration_socket`], making claims' slices through
+/// `provider`.
+pub async fn serve(
+    options: DraOptions,
+    gpus: Arc<dyn GpuInventory>,
+    client: kube::Client,
+    mut publisher: Publisher,
     provider: Arc<dyn ClaimSliceProvider>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DraError> {
@@ -197,12 +280,6 @@ pub async fn run_dra(
         registration_socket.display()
     );
 
-    let mut publisher = Publisher::new(
-        client,
-        &options.node_name,
-        options.reserve,
-        options.driver_version.clone(),
-    );
     let mut tick = tokio::time::interval(options.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);

@@ -182,13 +182,67 @@ pub fn resource_slice(
 
 /// Why the slice could not be published.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot publish ResourceSlice {name}: {source}")]
-pub struct PublishError {
-    /// The slice's name.
-    pub name: String,
-    /// The API error.
-    #[source]
-    pub source: kube::Error,
+pub enum PublishError {
+    /// The API server refused or did not answer.
+    #[error("cannot publish ResourceSlice {name}: {source}")]
+    Api {
+        /// The slice's name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The API server stored the slice without its devices' `allowMultipleAllocations`:
+    /// consumable capacity is off (the `DRAConsumableCapacity` feature gate, off by
+    /// default before Kubernetes 1.36), so every claim would take a whole GPU.
+    #[error(
+        "the API server dropped allowMultipleAllocations from ResourceSlice {name}: consumable capacity is off in this cluster (Kubernetes 1.36 has it on by default; on 1.34 and 1.35 turn on the DRAConsumableCapacity feature gate of the API server, scheduler, controller manager and kubelet)"
+    )]
+    ConsumableCapacityOff {
+        /// The slice's name.
+        name: String,
+    },
+}
+
+impl PublishError {
+    /// Whether trying again later can help (the API server was busy or away), as
+    /// opposed to a definite answer about the cluster.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Api { source, .. } => !matches!(
+                source.as_ref(),
+                kube::Error::Api(status) if status.code == 404 || status.code == 403
+            ),
+            Self::ConsumableCapacityOff { .. } => false,
+        }
+    }
+}
+
+/// Whether every device of `slice` kept `allowMultipleAllocations` (the API server drops
+/// the field when consumable capacity is off).
+pub fn keeps_shared_devices(slice: &ResourceSlice) -> bool {
+    slice
+        .spec
+        .devices
+        .iter()
+        .flatten()
+        .all(|d| d.allow_multiple_allocations == Some(true))
+}
+
+/// Why the cluster cannot take this DRA driver, when the API server says so: `None`
+/// when it serves `resource.k8s.io/v1` ResourceSlices; an error when it cannot be asked.
+pub async fn missing_dra(client: &kube::Client) -> Result<Option<String>, kube::Error> {
+    match client.list_api_group_resources("resource.k8s.io/v1").await {
+        Ok(list) if list.resources.iter().any(|r| r.name == "resourceslices") => Ok(None),
+        Ok(_) => Ok(Some(
+            "the API server serves resource.k8s.io/v1 without resourceslices".into(),
+        )),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Some(
+            "the API server does not serve resource.k8s.io/v1 (DRA is GA from Kubernetes 1.34)"
+                .into(),
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// What [`Publisher::sync`] did.
@@ -235,9 +289,16 @@ impl Publisher {
     /// when it differs, leaves it alone otherwise.
     pub async fn sync(&mut self, gpus: &[GpuInfo]) -> Result<Synced, PublishError> {
         let name = slice_name(&self.node);
-        let err = |source| PublishError {
+        let err = |source| PublishError::Api {
             name: name.clone(),
-            source,
+            source: Box::new(source),
+        };
+        let check = |stored: ResourceSlice| {
+            if keeps_shared_devices(&stored) {
+                Ok(())
+            } else {
+                Err(PublishError::ConsumableCapacityOff { name: name.clone() })
+            }
         };
         if self.owner.is_none() {
             // Without the Node (not readable, or a test without one) the slice has no
@@ -257,10 +318,12 @@ impl Publisher {
         };
         match current {
             None => {
-                self.slices
+                let stored = self
+                    .slices
                     .create(&PostParams::default(), &build(1))
                     .await
                     .map_err(err)?;
+                check(stored)?;
                 Ok(Synced::Created)
             }
             Some(existing) => {
@@ -271,12 +334,30 @@ impl Publisher {
                 }
                 let mut next = build(generation + 1);
                 next.metadata.resource_version = existing.metadata.resource_version.clone();
-                self.slices
+                let stored = self
+                    .slices
                     .replace(&name, &PostParams::default(), &next)
                     .await
                     .map_err(err)?;
+                check(stored)?;
                 Ok(Synced::Replaced)
             }
+        }
+    }
+}
+
+impl Publisher {
+    /// Deletes the node's slice (a node that leaves DRA, or finds consumable capacity
+    /// off, must not leave devices the scheduler would allocate).
+    pub async fn withdraw(&mut self) -> Result<(), PublishError> {
+        let name = slice_name(&self.node);
+        match self.slices.delete(&name, &Default::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(PublishError::Api {
+                name,
+                source: Box::new(source),
+            }),
         }
     }
 }
