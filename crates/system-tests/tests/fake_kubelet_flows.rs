@@ -1,24 +1,19 @@
-//! The `fake-kubelet` binary's two flows end to end, as the GPU checks
-//! (`tests/gpu/k8s-*-check.sh`) run them: `fake-kubelet device-plugin` against the real
-//! `gpuslice node` binary on the fake GPU (two profiles, one slice of each allocated, the
-//! CDI device named in the JSON and its spec and ledger on disk, both processes stopping
-//! cleanly at SIGTERM), and `fake-kubelet dra` against the DRA driver of `gpuslice-node`
-//! (the library, with the test slice provider), reaching its fake API server through the
-//! kubeconfig it writes: the claims prepared with the capacities of the flags, and
-//! unprepared at SIGTERM, leaving nothing behind.
+//! The `fake-kubelet` binary's two flows end to end against the real `gpuslice node`
+//! binary on the fake GPU, as the GPU checks (`tests/gpu/k8s-*-check.sh`) run them:
+//! `fake-kubelet device-plugin` (two profiles, one slice of each allocated, the CDI device
+//! named in the JSON and its spec and ledger on disk, both processes stopping cleanly at
+//! SIGTERM), and `fake-kubelet dra` (the node reaches its fake API server through the
+//! kubeconfig it writes; the claims are prepared with the capacities of the flags, their
+//! CDI specs say so, and at SIGTERM they are unprepared, leaving no spec and no state).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gpuslice_host::provision::slice_name;
-use gpuslice_node::dra::provider::TEST_CDI_KIND;
-use gpuslice_node::dra::{DraOptions, TestClaimSlices, run_dra};
-use gpuslice_node::inventory::{GpuHealth, GpuInfo, StaticGpus};
+use gpuslice_host::provision::{slice_name, spec_file};
+use gpuslice_node::host_provider::claim_slice_name;
 use system_tests::{Bench, fake_uuid, wait_for};
 
-const GIB: u64 = 1 << 30;
 /// Far more than any step needs: only a hang reaches it.
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -109,7 +104,7 @@ fn device_plugin_flow_against_gpuslice_node_on_the_fake_gpu() {
     let config = host.join("config.yaml");
     std::fs::write(
         &config,
-        "default:\n  profiles:\n    - {name: 8g-30, memory: 8GiB, compute: 30, count: 1}\n    \
+        "default:\n  mode: device-plugin\n  profiles:\n    - {name: 8g-30, memory: 8GiB, compute: 30, count: 1}\n    \
          - {name: 4g-70, memory: 4GiB, compute: 70, count: 1}\n  gpus: [0]\n",
     )
     .unwrap();
@@ -184,94 +179,87 @@ fn device_plugin_flow_against_gpuslice_node_on_the_fake_gpu() {
     assert!(ok, "gpuslice node: {text}");
 }
 
+/// The env of the one device of the CDI spec of slice `name`.
+fn spec_env(cdi: &Path, name: &str) -> Vec<String> {
+    let spec = read_json(&cdi.join(spec_file(name)));
+    spec["devices"][0]["containerEdits"]["env"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no env in {spec:#}"))
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
+}
+
 #[test]
-fn dra_flow_against_the_dra_driver() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+fn dra_flow_against_gpuslice_node_on_the_fake_gpu() {
+    let bench = Bench::new();
+    let host = bench.dir.path();
     let path = |p: &Path| p.display().to_string();
-    let kubeconfig = d.join("kubeconfig.yaml");
-    let out = d.join("claims.json");
+    let config = host.join("config.yaml");
+    std::fs::write(&config, "default:\n  mode: dra\n  gpus: [0]\n").unwrap();
+    let dev = host.join("root/dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
+        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
+    }
+    let kubelet_dir = host.join("kubelet");
+    let (cdi, state) = (host.join("cdi"), host.join("state"));
+    let kubeconfig = host.join("kubeconfig.yaml");
+    let out = host.join("claims.json");
     let mut kubelet = Reaped::spawn(
-        Command::new(system_tests::build_dir().join("fake-kubelet"))
+        bench
+            .plain(&bench.build.join("fake-kubelet"))
             .arg("dra")
-            .args(["--kubelet-dir", &path(&d.join("kubelet"))])
+            .args(["--kubelet-dir", &path(&kubelet_dir)])
             .args(["--node", "h200", "--kubeconfig-out", &path(&kubeconfig)])
             .args(["--claim", "a=8Gi,30", "--claim", "c=1536Mi,"])
             .args(["--out", &path(&out), "--timeout-secs", "60"]),
     );
     wait_while_running(&kubeconfig, &mut kubelet, "kubeconfig");
-    let doc: serde_yaml_ng::Value =
-        serde_yaml_ng::from_str(&std::fs::read_to_string(&kubeconfig).unwrap()).unwrap();
-    let server = doc["clusters"][0]["cluster"]["server"]
-        .as_str()
-        .expect("a server in the kubeconfig")
-        .to_string();
-
-    let mut options = DraOptions::new("h200");
-    options.registry_dir = d.join("kubelet/plugins_registry");
-    options.plugins_dir = d.join("kubelet/plugins");
-    options.state_dir = d.join("state");
-    options.resync = Duration::from_millis(200);
-    options.api_timeout = Duration::from_secs(5);
-    let slices = TestClaimSlices::new(&d.join("slices")).unwrap();
-    let uuid = fake_uuid(0);
-    let gpus = Arc::new(StaticGpus::new(vec![GpuInfo {
-        uuid: uuid.clone(),
-        index: 0,
-        name: "NVIDIA H200".into(),
-        memory: 141 * GIB,
-        health: GpuHealth::Healthy,
-    }]));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let driver = {
-        let mut config = kube::Config::new(server.parse().expect("the server URL"));
-        config.connect_timeout = Some(Duration::from_secs(5));
-        config.read_timeout = Some(Duration::from_secs(5));
-        let _guard = rt.enter();
-        let client = kube::Client::try_from(config).expect("kube client");
-        rt.spawn(run_dra(
-            options.clone(),
-            gpus,
-            client,
-            Arc::new(slices.clone()),
-            async {
-                let _ = stopped.await;
-            },
-        ))
-    };
-
+    let node = Reaped::spawn(
+        bench
+            .plain(&bench.build.join("gpuslice"))
+            .arg("node")
+            .args(["--config", &path(&config), "--node-name", "h200"])
+            .args(["--kubelet-dir", &path(&kubelet_dir)])
+            .args(["--state-dir", &path(&state), "--cdi-dir", &path(&cdi)])
+            .args(["--driver-root", &path(&host.join("root"))])
+            .args(["--lib", &path(&bench.interposer()), "--no-agent"])
+            .args(["--kubeconfig", &path(&kubeconfig)])
+            .env("HOME", host.join("home"))
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST"),
+    );
     wait_while_running(&out, &mut kubelet, "prepared claims");
+
     let got = read_json(&out);
-    let mut uids = Vec::new();
+    let uuid = fake_uuid(0);
+    let mut names = Vec::new();
     for claim in ["a", "c"] {
         let c = &got[claim];
         assert_eq!(c["error"], serde_json::Value::Null, "{got:#}");
-        let uid = c["uid"].as_str().expect("a uid").to_string();
+        let uid = c["uid"].as_str().expect("a uid");
+        let name = claim_slice_name(uid, &uuid);
         assert_eq!(
             c["cdi_devices"],
-            serde_json::json!([format!("{TEST_CDI_KIND}={uid}-{uuid}")]),
+            serde_json::json!([format!("gpuslice.io/slice={name}")]),
             "{got:#}"
         );
-        uids.push(uid);
+        names.push(name);
     }
     // The slices made: 8 GiB at 30%, and 1.5 GiB with no compute limit (c asked none).
-    let mut made: Vec<(String, u64, Option<u32>)> = slices
-        .slices()
-        .into_iter()
-        .map(|s| (s.claim_uid, s.memory, s.compute))
-        .collect();
-    made.sort();
-    let mut want = vec![
-        (uids[0].clone(), 8 * GIB, Some(30)),
-        (uids[1].clone(), 1536 << 20, None),
-    ];
-    want.sort();
-    assert_eq!(made, want);
+    let a = spec_env(&cdi, &names[0]);
+    assert!(a.contains(&format!("GPUSLICE_MEMORY={uuid}=8GiB")), "{a:?}");
+    assert!(a.contains(&"GPUSLICE_COMPUTE=30".to_string()), "{a:?}");
+    let c = spec_env(&cdi, &names[1]);
+    assert!(
+        c.contains(&format!("GPUSLICE_MEMORY={uuid}=1536MiB")),
+        "{c:?}"
+    );
+    assert!(
+        !c.iter().any(|e| e.starts_with("GPUSLICE_COMPUTE=")),
+        "{c:?}"
+    );
 
     let (ok, text) = kubelet.terminate();
     assert!(ok, "fake-kubelet: {text}");
@@ -279,30 +267,21 @@ fn dra_flow_against_the_dra_driver() {
         text.contains("fake-kubelet: resourceslice h200-gpuslice.io: {"),
         "{text}"
     );
-    let unprepared = read_json(&d.join("claims.json.unprepared"));
+    let unprepared = read_json(&host.join("claims.json.unprepared"));
     assert_eq!(
         unprepared,
         serde_json::json!({"a": null, "c": null}),
         "{text}"
     );
-    assert!(
-        slices.slices().is_empty(),
-        "slices left: {:?}",
-        slices.slices()
-    );
-    let left: Vec<_> = std::fs::read_dir(&options.state_dir)
+    for name in &names {
+        assert!(!cdi.join(spec_file(name)).exists(), "{name}'s spec is left");
+    }
+    let left: Vec<_> = std::fs::read_dir(state.join("dra"))
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "state left behind: {left:?}");
-
-    let _ = stop.send(());
-    rt.block_on(async {
-        tokio::time::timeout(LIMIT, driver)
-            .await
-            .expect("the DRA driver did not stop")
-            .expect("the DRA driver panicked")
-            .expect("the DRA driver failed");
-    });
+    let (ok, text) = node.terminate();
+    assert!(ok, "gpuslice node: {text}");
 }

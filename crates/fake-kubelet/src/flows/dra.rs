@@ -3,30 +3,25 @@
 //! waits for the driver's registration socket in `<kubelet-dir>/plugins_registry`,
 //! registers the driver as the kubelet's plugin watcher does ([`DraDriver::register`]),
 //! waits for the node's ResourceSlice, then plays the scheduler and the kubelet: creates
-//! each claim allocated a share of device `gpu-0` (a fresh `shareID`, `consumedCapacity`
-//! from the flags) and calls `NodePrepareResources` with all of them at once. At SIGTERM
-//! or SIGINT it calls `NodeUnprepareResources` for all of them.
+//! each claim allocated a share of device `gpu-0` (a `shareID` of its own,
+//! `consumedCapacity` from the flags) and calls `NodePrepareResources` with all of them
+//! at once. At SIGTERM or SIGINT it calls `NodeUnprepareResources` for all of them.
 //!
 //! The JSON written: `{"<claim>": {"uid", "cdi_devices": [ids], "error": null | "..."}}`;
 //! after unpreparing, `<out>.unprepared`: `{"<claim>": null | "<error>"}`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use k8s_openapi::api::resource::v1::{
-    AllocationResult, CapacityRequirements, DeviceAllocationResult, DeviceClaim, DeviceRequest,
-    DeviceRequestAllocationResult, ExactDeviceRequest, ResourceClaim, ResourceClaimSpec,
-    ResourceClaimStatus,
-};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::api::resource::v1::ResourceClaim;
 use kubelet_api::dra::v1;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{Deadline, FlowError, io_error, make_dir, with_suffix, write_atomically, write_json};
-use crate::apiserver::FakeApiServer;
+use crate::apiserver::{FakeApiServer, Share, allocated_claim};
 use crate::dra::{DraDriver, claim};
 
 /// The DRA driver's name.
@@ -35,8 +30,6 @@ pub const DRIVER: &str = "gpuslice.io";
 pub const DEVICE: &str = "gpu-0";
 /// The claims' namespace.
 pub const NAMESPACE: &str = "default";
-/// The name of each claim's one request.
-pub const REQUEST: &str = "gpu";
 /// What the scheduler books of `compute` for a claim that did not ask for it (the
 /// capacity's default).
 pub const DEFAULT_COMPUTE: &str = "1";
@@ -133,61 +126,26 @@ impl FromStr for ClaimSpec {
 }
 
 impl ClaimSpec {
-    /// The claim as the scheduler leaves it: one request of device class `gpuslice.io`
-    /// asking for the memory (and compute, if given), allocated a share of [`DEVICE`] in
-    /// `pool` (the node) with `share_id`, consuming what it asked (compute: the default
-    /// when it did not ask).
-    pub fn resource_claim(&self, pool: &str, share_id: &str) -> ResourceClaim {
-        let mut requests = BTreeMap::from([("memory".to_string(), Quantity(self.memory.clone()))]);
-        let mut consumed = requests.clone();
-        if let Some(c) = self.compute {
-            requests.insert("compute".into(), Quantity(c.to_string()));
-        }
-        consumed.insert(
-            "compute".into(),
-            Quantity(
+    /// The claim as the scheduler leaves it ([`allocated_claim`]): one request asking
+    /// for memory (and compute, if given), allocated one share of [`DEVICE`] in `pool`
+    /// (the node), consuming the memory and the compute share, or the capacity's default
+    /// compute when it did not ask for any.
+    pub fn resource_claim(&self, pool: &str) -> ResourceClaim {
+        let share = Share {
+            device: DEVICE.into(),
+            memory: Some(self.memory.clone()),
+            compute: Some(
                 self.compute
                     .map_or(DEFAULT_COMPUTE.to_string(), |c| c.to_string()),
             ),
-        );
-        let mut claim = ResourceClaim::default();
-        claim.metadata.namespace = Some(NAMESPACE.into());
-        claim.metadata.name = Some(self.name.clone());
-        claim.spec = ResourceClaimSpec {
-            devices: Some(DeviceClaim {
-                requests: Some(vec![DeviceRequest {
-                    name: REQUEST.into(),
-                    exactly: Some(ExactDeviceRequest {
-                        device_class_name: DRIVER.into(),
-                        capacity: Some(CapacityRequirements {
-                            requests: Some(requests),
-                        }),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                }]),
-                ..Default::default()
-            }),
         };
-        claim.status = Some(ResourceClaimStatus {
-            allocation: Some(AllocationResult {
-                devices: Some(DeviceAllocationResult {
-                    results: Some(vec![DeviceRequestAllocationResult {
-                        driver: DRIVER.into(),
-                        pool: pool.into(),
-                        device: DEVICE.into(),
-                        request: REQUEST.into(),
-                        share_id: Some(share_id.into()),
-                        consumed_capacity: Some(consumed),
-                        ..Default::default()
-                    }]),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        });
-        claim
+        allocated_claim(
+            NAMESPACE,
+            &self.name,
+            pool,
+            &[share],
+            self.compute.is_some(),
+        )
     }
 }
 
@@ -230,35 +188,6 @@ impl DraFlow {
         }
         Ok(())
     }
-}
-
-/// A kubeconfig (YAML) for a cluster served at `server` over plain HTTP, with no
-/// credentials.
-pub fn kubeconfig(server: &str) -> String {
-    format!(
-        "apiVersion: v1\n\
-         kind: Config\n\
-         clusters:\n\
-         - name: fake\n  cluster:\n    server: {server}\n\
-         users:\n\
-         - name: fake\n  user: {{}}\n\
-         contexts:\n\
-         - name: fake\n  context:\n    cluster: fake\n    user: fake\n    namespace: {NAMESPACE}\n\
-         current-context: fake\n"
-    )
-}
-
-/// The `shareID` of claim number `n` of this process: a UID, fresh per run.
-fn share_id(n: usize) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{:08x}-{:04x}-4000-8000-{:012x}",
-        std::process::id(),
-        nanos & 0xffff,
-        n
-    )
 }
 
 /// `NodeUnprepareResources` for `claims`; writes `<out>.unprepared`.
@@ -304,7 +233,7 @@ pub async fn run(flow: &DraFlow, stop: CancellationToken) -> Result<(), FlowErro
         .await
         .map_err(io_error("starting the fake API server"))?;
     api.add_node(&flow.node);
-    write_atomically(&flow.kubeconfig_out, &kubeconfig(&api.url()))?;
+    write_atomically(&flow.kubeconfig_out, &api.kubeconfig())?;
     println!(
         "fake-kubelet: API server at {}, node {}; kubeconfig in {}",
         api.url(),
@@ -347,9 +276,8 @@ pub async fn run(flow: &DraFlow, stop: CancellationToken) -> Result<(), FlowErro
     let claims: Vec<(String, v1::Claim)> = flow
         .claims
         .iter()
-        .enumerate()
-        .map(|(n, spec)| {
-            let uid = api.put_claim(spec.resource_claim(&flow.node, &share_id(n)));
+        .map(|spec| {
+            let uid = api.put_claim(spec.resource_claim(&flow.node));
             (spec.name.clone(), claim(NAMESPACE, &spec.name, &uid))
         })
         .collect();
@@ -447,26 +375,35 @@ mod tests {
     #[test]
     fn the_claim_is_allocated_as_the_scheduler_would() {
         let spec: ClaimSpec = "b=4Gi,".parse().unwrap();
-        let c = serde_json::to_value(spec.resource_claim("h200", "s-1")).unwrap();
+        let c = serde_json::to_value(spec.resource_claim("h200")).unwrap();
+        assert_eq!(c["metadata"]["namespace"], "default");
         let request = &c["spec"]["devices"]["requests"][0];
-        assert_eq!(request["name"], "gpu");
         assert_eq!(request["exactly"]["deviceClassName"], "gpuslice.io");
-        assert_eq!(
-            request["exactly"]["capacity"]["requests"],
-            json!({"memory": "4Gi"})
+        // It did not ask for compute: the driver must give it no compute limit.
+        assert!(
+            request["exactly"]["capacity"]["requests"]
+                .get("compute")
+                .is_none()
         );
         let result = &c["status"]["allocation"]["devices"]["results"][0];
         assert_eq!(
             result,
             &json!({"driver": "gpuslice.io", "pool": "h200", "device": "gpu-0",
-                    "request": "gpu", "shareID": "s-1",
+                    "request": "gpu", "shareID": "b-share-0",
                     "consumedCapacity": {"memory": "4Gi", "compute": "1"}})
         );
-    }
-
-    #[test]
-    fn share_ids_differ() {
-        assert_ne!(share_id(0), share_id(1));
-        assert_eq!(share_id(3).len(), 36);
+        let spec: ClaimSpec = "a=8Gi,30".parse().unwrap();
+        let c = serde_json::to_value(spec.resource_claim("h200")).unwrap();
+        let request = &c["spec"]["devices"]["requests"][0];
+        assert!(
+            request["exactly"]["capacity"]["requests"]
+                .get("compute")
+                .is_some()
+        );
+        let result = &c["status"]["allocation"]["devices"]["results"][0];
+        assert_eq!(
+            result["consumedCapacity"],
+            json!({"memory": "8Gi", "compute": "30"})
+        );
     }
 }
