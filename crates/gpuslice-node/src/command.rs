@@ -122,10 +122,6 @@ pub enum CommandError {
 /// A client of the API server: from `kubeconfig` when given, else the pod's service
 /// account, `$KUBECONFIG` or `~/.kube/config`.
 async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> {
-    // TLS to the API server through ring, the one provider built in; rustls cannot pick
-    // it by itself when the build's features leave the choice open. Installing it again
-    // (a second client) is no error.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match kubeconfig {
         Some(path) => {
             let file = kube::config::Kubeconfig::read_from(path)
@@ -138,7 +134,7 @@ async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, String> 
             format!("no in-cluster service account, --kubeconfig or $KUBECONFIG ({e})")
         })?,
     };
-    kube::Client::try_from(config).map_err(|e| format!("cannot make an API client: {e}"))
+    crate::dra::api_client(config).map_err(|e| format!("cannot make an API client: {e}"))
 }
 
 /// Runs `gpuslice node`; returns the text to print (the dry run's inventory, or nothing).

@@ -87,7 +87,7 @@ impl Env {
         let mut config = kube::Config::new(self.api.url().parse().expect("url"));
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(5));
-        kube::Client::try_from(config).expect("kube client")
+        gpuslice_node::dra::api_client(config).expect("kube client")
     }
 
     fn start(&self) -> Running {

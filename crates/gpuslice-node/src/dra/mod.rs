@@ -119,6 +119,14 @@ pub enum DraError {
     Publish(#[from] publish::PublishError),
 }
 
+/// A client of the API server for `config`, with TLS through ring: rustls cannot pick a
+/// provider by itself when a build enables more than one (a workspace build does), and
+/// would panic at the first connection. Installing it again is no error.
+pub fn api_client(config: kube::Config) -> Result<kube::Client, kube::Error> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    kube::Client::try_from(config)
+}
+
 async fn list(gpus: &Arc<dyn GpuInventory>) -> Result<Vec<GpuInfo>, GpuListError> {
     let source = gpus.clone();
     tokio::task::spawn_blocking(move || source.gpus())
