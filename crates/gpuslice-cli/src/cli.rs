@@ -105,6 +105,11 @@ pub struct StatusArgs {
 
 #[cfg(test)]
 mod tests {
+
+    /// The state folder of `gpuslice cdi generate` and `gpuslice node`, whose slices
+    /// (slices/NAME/ledger) are shown too.
+    #[arg(long, value_name = "DIR", default_value = gpuslice_host::layout::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     use super::*;
     use clap::CommandFactory;
 
