@@ -863,7 +863,7 @@ mod tests {
         // A state folder this user cannot list gives a note, not an error.
         if effective_uid() != 0 {
             let slices = state.path().join("slices");
-            std::fs::set_permissions(&slices, std::os::unix::fs::PermissionsExt::from_mode(0))
+            std::fs::set_permissions(&slices, std::os::unix::fs::PermissionsExt::from_mode(0o000))
                 .unwrap();
             let report = collect_state_dir(state.path(), true);
             std::fs::set_permissions(&slices, std::os::unix::fs::PermissionsExt::from_mode(0o700))

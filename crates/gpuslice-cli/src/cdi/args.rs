@@ -20,7 +20,7 @@ pub struct CdiArgs {
 pub enum CdiCommand {
     /// Write the CDI spec that offers this host's slices to containers
     /// (`podman run --device gpuslice.io/slice=NAME`).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Print the CDI device names of the generated spec.
     List(ListArgs),
 }

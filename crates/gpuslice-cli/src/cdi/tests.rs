@@ -70,7 +70,7 @@ impl FakeHost {
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Cdi(args::CdiArgs {
                 command: CdiCommand::Generate(g),
-            }) => g,
+            }) => *g,
             other => panic!("{other:?}"),
         }
     }
