@@ -46,14 +46,16 @@ pub enum CdiToolsError {
     DirNotUtf8(PathBuf),
     /// A device name that is not one.
     #[error(
-        "--device {0:?} is not a CDI device name (expected VENDOR/CLASS=NAME, e.g. gpuslice.io/slice=gpu0-8g, or a slice name alone)"
+        "--device {0:?} is not a CDI device name (expected VENDOR/CLASS=NAME, e.g. gpuslice.io/slice=gpu0-8g, or a slice name alone); `gpuslice cdi list` prints the slices this host offers"
     )]
     BadDeviceName(String),
     /// No device was asked for.
     #[error("no --device given: name at least one CDI device to inject")]
     NoDevices,
     /// Devices that no spec offers.
-    #[error("no CDI spec in {dirs} offers {missing}; the specs there offer: {known}")]
+    #[error(
+        "no CDI spec in {dirs} offers {missing}; the specs there offer: {known} (`gpuslice cdi list` prints gpuslice's slices; `gpuslice doctor` checks the specs)"
+    )]
     Unresolved {
         /// The devices.
         missing: String,

@@ -69,6 +69,7 @@ impl FakeHost {
             driver_libs: "on".into(),
             driver_root: self.path("driver"),
             dev_root: self.root.path().to_path_buf(),
+            cdi_version: None,
             dry_run: false,
         }
     }
@@ -96,11 +97,13 @@ fn machine() -> Result<Vec<HostGpu>, CdiError> {
             index: 0,
             uuid: U0.into(),
             minor: 0,
+            memory: None,
         },
         HostGpu {
             index: 1,
             uuid: U1.into(),
             minor: 1,
+            memory: None,
         },
     ])
 }
@@ -536,4 +539,123 @@ fn the_gpuslice_binary_on_the_fake_nvml_writes_a_spec_that_injects() {
     let (ok, _, stderr) = gpuslice(&["cdi", "generate", "--output-dir", &s("cdi2")]);
     assert!(!ok);
     assert!(stderr.contains("--slice"), "{stderr}");
+}
+
+/// The spec `host` generates for `slices`, not written (`--dry-run`).
+fn planned(host: &FakeHost, slices: &[&str]) -> gpuslice_cli::cdi::spec::Spec {
+    let mut args = host.args(slices);
+    args.dry_run = true;
+    generate(&args, &CdiEnv::default(), machine)
+        .expect("generate")
+        .spec
+}
+
+/// gpuslice's version rule agrees with the CDI crate's `minimum_required_version` on
+/// every kind of field it writes, and at every released version the crate accepts the
+/// spec exactly when gpuslice would declare it.
+#[test]
+fn the_lowest_version_is_the_cdi_crates_and_every_higher_one_validates() {
+    use container_device_interface::specs::config::Spec as RawSpec;
+    use container_device_interface::version::minimum_required_version;
+    use gpuslice_cli::cdi::version::{self, CdiVersion, KNOWN_VERSIONS};
+
+    let host = FakeHost::new();
+    let generated = planned(&host, &["gpu0-8g=0:8GiB", "both=0,1:16GiB"]);
+    // Variants: the spec as generated (device nodes under --dev-root have a hostPath),
+    // as on a host whose nodes are at /dev (no hostPath), without mount types, with a
+    // name starting with a digit, with annotations, with a dotted class.
+    let mut no_host_path = generated.clone();
+    for d in &mut no_host_path.devices {
+        for n in &mut d.container_edits.device_nodes {
+            n.host_path = None;
+        }
+    }
+    let mut bare = no_host_path.clone();
+    for d in &mut bare.devices {
+        for m in &mut d.container_edits.mounts {
+            m.mount_type = None;
+        }
+    }
+    let mut digit = no_host_path.clone();
+    digit.devices[0].name = "0-8g".into();
+    let mut annotated = no_host_path.clone();
+    annotated
+        .annotations
+        .insert("gpuslice.io/generated-by".into(), "test".into());
+    let mut dotted = no_host_path.clone();
+    dotted.kind = "gpuslice.io/slice.v1".into();
+    let cases = [
+        (generated, "0.5.0"),
+        (no_host_path, "0.4.0"),
+        (bare, "0.3.0"),
+        (digit, "0.5.0"),
+        (annotated, "0.6.0"),
+        (dotted, "0.6.0"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    for (i, (spec, lowest)) in cases.into_iter().enumerate() {
+        let ours = version::minimum_version(&spec);
+        assert_eq!(ours.to_string(), lowest, "case {i}");
+        let raw: RawSpec = serde_json::from_str(&spec.to_json()).unwrap();
+        let crates = minimum_required_version(&raw).unwrap().to_string();
+        assert_eq!(crates, lowest, "case {i}: the CDI crate's minimum");
+
+        for target in KNOWN_VERSIONS {
+            let mut at = spec.clone();
+            at.cdi_version = target.to_string();
+            let path = dir.path().join(format!("case{i}-{target}.json"));
+            fs::write(&path, at.to_json()).unwrap();
+            let crate_says = read_spec(&path);
+            let we_say = version::choose(&spec, Some(target));
+            assert_eq!(
+                crate_says.is_ok(),
+                we_say.is_ok(),
+                "case {i} at {target}: crate {:?}, gpuslice {we_say:?}",
+                crate_says.err().map(|e| e.to_string())
+            );
+            if target >= ours {
+                assert!(we_say.is_ok(), "case {i} at {target}");
+            }
+        }
+        assert!(ours >= CdiVersion::new(0, 3, 0));
+    }
+}
+
+/// The spec written by default is one Podman 4.3 (Debian 12) reads: at most 0.5.0.
+#[test]
+fn the_default_spec_is_read_by_runtimes_that_know_0_5_0() {
+    let host = FakeHost::new();
+    let path = host.generate();
+    let spec = read_spec(&path).unwrap();
+    let declared: gpuslice_cli::cdi::version::CdiVersion = fs::read_to_string(&path)
+        .unwrap()
+        .parse::<serde_json::Value>()
+        .unwrap()["cdiVersion"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(declared <= gpuslice_cli::cdi::version::CdiVersion::new(0, 5, 0));
+    assert_eq!(spec.get_class(), "slice");
+}
+
+/// A device that no spec offers is refused naming what is offered, and pointing to
+/// `gpuslice cdi list` (Podman's own error lists nothing).
+#[test]
+fn an_unknown_device_is_refused_pointing_to_cdi_list() {
+    let host = FakeHost::new();
+    host.generate();
+    let config = serde_json::to_string(&OciSpec::default()).unwrap();
+    let err = inject_json(&host.dirs(), &["gpu9-1g".into()], &config).unwrap_err();
+    assert!(matches!(err, CdiToolsError::Unresolved { .. }), "{err}");
+    let msg = err.to_string();
+    for part in [
+        "offers gpuslice.io/slice=gpu9-1g",
+        "gpuslice.io/slice=gpu0-8g",
+        "`gpuslice cdi list`",
+    ] {
+        assert!(msg.contains(part), "{msg}");
+    }
+    let err = inject_json(&host.dirs(), &["a/b".into()], &config).unwrap_err();
+    assert!(err.to_string().contains("`gpuslice cdi list`"), "{err}");
 }

@@ -29,6 +29,10 @@ pub enum Command {
     /// utilization and sessions, in their own PIDs (for the interposer's NVML view), and
     /// hold the CDI slices to their memory limits from the host.
     Agent(crate::agent::AgentArgs),
+    /// Check this host for gpuslice: driver and device nodes, container engines and their
+    /// CDI support, CDI specs and their host files, the agent, ledger folders and stale
+    /// entries. Says what is wrong and how to fix it; exits 1 if something is.
+    Doctor(crate::doctor::DoctorArgs),
     /// On a Kubernetes node: the device plugins (one resource per slice profile) and the
     /// agent's duties for every slice; `--dry-run` prints what the node would advertise.
     Node(crate::node::NodeArgs),
@@ -101,6 +105,11 @@ pub struct StatusArgs {
     /// Show dead processes' entries instead of sweeping them.
     #[arg(long)]
     pub no_sweep: bool,
+
+    /// The state folder of `gpuslice cdi generate` and `gpuslice node`, whose slices
+    /// (slices/NAME/ledger) are shown too.
+    #[arg(long, value_name = "DIR", default_value = gpuslice_host::layout::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
 }
 
 #[cfg(test)]

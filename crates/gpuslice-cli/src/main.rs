@@ -65,6 +65,17 @@ fn main() -> ExitCode {
             }
         }
         Command::Agent(args) => print_text(gpuslice_cli::agent::run(&args).map_err(Into::into)),
+        Command::Doctor(args) => {
+            let report = gpuslice_cli::doctor::run(&args);
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(report.to_string().as_bytes());
+            if report.problems().next().is_some() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Command::Node(args) => print_text(gpuslice_cli::node::run(&args).map_err(Into::into)),
         Command::Cdi(args) => {
             let printed = gpuslice_cli::cdi::run(&args.command)

@@ -1,6 +1,9 @@
-//! `gpuslice status`: reads every ledger in the ledger folder (sweeping dead processes
+//! `gpuslice status`: reads every slice's ledger on the host (sweeping dead processes
 //! unless asked not to) into a report, and renders it as aligned tables or as one JSON
-//! document. A file that cannot be read as a ledger becomes a row with its error; the
+//! document. Each slice says where it came from ([`Origin`]): `gpuslice run` (the
+//! ledger folders below), `gpuslice cdi generate` or the Kubernetes node plugin (the
+//! state folder's `<state-dir>/slices/<name>/ledger`, told apart by the name: the device
+//! plugin's slices are `GPU-<uuid>_<profile>-<n>`, DRA's `<claim-uid>_<hex>`). A file that cannot be read as a ledger becomes a row with its error; the
 //! other slices are still listed. A ledger is a file its slice's processes can write,
 //! and cut short while it is read: under the ledger's truncation guard (installed by
 //! the `gpuslice` binary) that voids the read, and the slice's row shows the error.
@@ -36,11 +39,69 @@ pub enum StatusError {
     Json(#[from] serde_json::Error),
 }
 
-/// All slices of a folder.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// The slices found.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct StatusReport {
     /// The slices, by file name.
     pub slices: Vec<SliceStatus>,
+    /// Places that could not be read (the state folder as a user other than root).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Where a slice came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// `gpuslice run` (a ledger folder of a user).
+    Run,
+    /// `gpuslice cdi generate` (the state folder).
+    Cdi,
+    /// The node plugin's device plugin: `GPU-<uuid>_<profile>-<n>`.
+    DevicePlugin,
+    /// The node plugin's DRA driver: `<claim-uid>_<hex>`.
+    Dra,
+}
+
+impl Origin {
+    /// The name in tables and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Run => "run",
+            Self::Cdi => "cdi",
+            Self::DevicePlugin => "device-plugin",
+            Self::Dra => "dra",
+        }
+    }
+
+    /// The origin of the state folder's slice `name`: the node plugin names its slices
+    /// `GPU-<uuid>_<profile>-<n>` (device plugin) and `<claim-uid>_<hex>` (DRA); any
+    /// other name is one of `gpuslice cdi generate`.
+    pub fn of_state_slice(name: &str) -> Self {
+        let is_uuid = |text: &str| {
+            let groups: Vec<&str> = text.split('-').collect();
+            groups.len() == 5
+                && groups
+                    .iter()
+                    .zip([8, 4, 4, 4, 12])
+                    .all(|(g, len)| g.len() == len && g.bytes().all(|b| b.is_ascii_hexdigit()))
+        };
+        match name.split_once('_') {
+            Some((gpu, profile))
+                if gpu.strip_prefix("GPU-").is_some_and(is_uuid) && !profile.is_empty() =>
+            {
+                Self::DevicePlugin
+            }
+            Some((claim, hex))
+                if is_uuid(claim)
+                    && !hex.is_empty()
+                    && hex.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Self::Dra
+            }
+            _ => Self::Cdi,
+        }
+    }
 }
 
 /// One ledger file.
@@ -48,6 +109,8 @@ pub struct StatusReport {
 pub struct SliceStatus {
     /// The slice's name (the file's stem when the file cannot be read).
     pub name: String,
+    /// Where it came from.
+    pub origin: Origin,
     /// The ledger file.
     pub path: String,
     /// When the ledger was created, seconds since the epoch.
@@ -146,6 +209,7 @@ pub fn slice_status_as(path: &Path, owners: Owners, sweep: bool) -> SliceStatus 
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default(),
+        origin: Origin::Run,
         path: path.display().to_string(),
         created_unix: None,
         default_limit_bytes: None,
@@ -246,7 +310,7 @@ pub fn collect_as(dir: &Path, owners: Owners, sweep: bool) -> Result<StatusRepor
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(StatusReport { slices: Vec::new() });
+            return Ok(StatusReport::default());
         }
         Err(e) => return Err(read_dir_error(e)),
     };
@@ -267,7 +331,65 @@ pub fn collect_as(dir: &Path, owners: Owners, sweep: bool) -> Result<StatusRepor
             .iter()
             .map(|p| slice_status_as(p, owners, sweep))
             .collect(),
+        notes: Vec::new(),
     })
+}
+
+/// The slices of the state folder (`<state_dir>/slices/<name>/ledger`: those of `gpuslice
+/// cdi generate` and of the node plugin), by name, each with its [`Origin`]. Its files
+/// are trusted as root's and the folder owner's. A state folder that does not exist has
+/// no slices; one that cannot be read (it is root's, mode 0700) gives a note instead.
+pub fn collect_state_dir(state_dir: &Path, sweep: bool) -> StatusReport {
+    let dir = gpuslice_host::layout::slices_dir(state_dir);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return StatusReport::default(),
+        Err(e) => {
+            return StatusReport {
+                slices: Vec::new(),
+                notes: vec![format!(
+                    "the CDI and Kubernetes slices in {} cannot be listed ({e}); run as root to see them",
+                    dir.display()
+                )],
+            };
+        }
+    };
+    let owners = match std::fs::symlink_metadata(&dir) {
+        Ok(meta) => Owners::AlsoUser(meta.uid()),
+        Err(_) => Owners::Mine,
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let slices = names
+        .iter()
+        .map(|name| {
+            let path = dir.join(name).join(gpuslice_host::layout::LEDGER_FILE);
+            let mut status = slice_status_as(&path, owners, sweep);
+            if status.error.is_some() {
+                status.name.clone_from(name);
+            }
+            status.origin = Origin::of_state_slice(name);
+            status
+        })
+        .collect();
+    StatusReport {
+        slices,
+        notes: Vec::new(),
+    }
+}
+
+impl StatusReport {
+    /// This report followed by `other`'s slices and notes.
+    pub fn merge(mut self, other: Self) -> Self {
+        self.slices.extend(other.slices);
+        self.notes.extend(other.notes);
+        self
+    }
 }
 
 /// The ledgers of every user's folder in `base` (`/dev/shm`): what root sees by default.
@@ -283,11 +405,11 @@ pub fn collect_every_user(base: &Path, sweep: bool) -> Result<StatusReport, Stat
             });
         }
     };
-    let mut slices = Vec::new();
+    let mut report = StatusReport::default();
     for (uid, dir) in dirs {
-        slices.extend(collect_as(&dir, Owners::AlsoUser(uid), sweep)?.slices);
+        report = report.merge(collect_as(&dir, Owners::AlsoUser(uid), sweep)?);
     }
-    Ok(StatusReport { slices })
+    Ok(report)
 }
 
 /// The report as one JSON document.
@@ -295,7 +417,8 @@ pub fn render_json(report: &StatusReport) -> Result<String, StatusError> {
     Ok(serde_json::to_string_pretty(report)?)
 }
 
-/// Runs `gpuslice status`: returns the text to print.
+/// Runs `gpuslice status`: the slices of `gpuslice run` (the ledger folder), then those
+/// of the state folder; returns the text to print.
 pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
     let env = std::env::var_os(ENV_LEDGER_DIR).filter(|v| !v.is_empty());
     let sweep = !args.no_sweep;
@@ -310,12 +433,18 @@ pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
             (collect_as(&dir, Owners::Mine, sweep)?, dir)
         }
     };
+    let report = report.merge(collect_state_dir(&args.state_dir, sweep));
+    let dirs = format!(
+        "{} or {}",
+        dir.display(),
+        gpuslice_host::layout::slices_dir(&args.state_dir).display()
+    );
     if args.json {
         let mut text = render_json(&report)?;
         text.push('\n');
         Ok(text)
     } else {
-        Ok(render_table(&report, &dir))
+        Ok(render_table(&report, &dirs))
     }
 }
 
@@ -380,12 +509,17 @@ fn percent(used: u64, limit: u64) -> String {
     format!("{:.1}%", used as f64 * 100.0 / limit as f64)
 }
 
-/// The report as compact aligned tables, one block per slice.
-pub fn render_table(report: &StatusReport, dir: &Path) -> String {
-    if report.slices.is_empty() {
-        return format!("no slices in {}\n", dir.display());
-    }
+/// The report as compact aligned tables, one block per slice; `looked` says where slices
+/// were looked for (for "no slices in ...").
+pub fn render_table(report: &StatusReport, looked: &str) -> String {
     let mut out = String::new();
+    for note in &report.notes {
+        out.push_str(&format!("note: {note}\n"));
+    }
+    if report.slices.is_empty() {
+        out.push_str(&format!("no slices in {looked}\n"));
+        return out;
+    }
     for (i, slice) in report.slices.iter().enumerate() {
         if i > 0 {
             out.push('\n');
@@ -394,7 +528,12 @@ pub fn render_table(report: &StatusReport, dir: &Path) -> String {
             .created_unix
             .map(|t| format!("  created {}", format_utc(t)))
             .unwrap_or_default();
-        out.push_str(&format!("slice {}{created}  {}\n", slice.name, slice.path));
+        out.push_str(&format!(
+            "slice {} ({}){created}  {}\n",
+            slice.name,
+            slice.origin.as_str(),
+            slice.path
+        ));
         if let Some(error) = &slice.error {
             out.push_str(&format!("  error: {error}\n"));
             continue;
@@ -566,8 +705,8 @@ mod tests {
             },
         )
         .unwrap();
-        let text = render_table(&collect(dir.path(), true).unwrap(), dir.path());
-        assert!(text.contains("slice train  created "), "{text}");
+        let text = render_table(&collect(dir.path(), true).unwrap(), "here");
+        assert!(text.contains("slice train (run)  created "), "{text}");
         assert!(text.contains("limit 8GiB on every GPU it uses"), "{text}");
         let device_line = text
             .lines()
@@ -628,7 +767,7 @@ mod tests {
                 .replace(char::is_whitespace, ""),
             r#"{"slices":[]}"#
         );
-        assert!(render_table(&report, &missing).starts_with("no slices in"));
+        assert!(render_table(&report, "nowhere").starts_with("no slices in nowhere"));
     }
 
     #[test]
@@ -636,5 +775,102 @@ mod tests {
         assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
         assert_eq!(format_utc(951_782_400), "2000-02-29 00:00:00 UTC");
         assert_eq!(format_utc(1_700_000_000), "2023-11-14 22:13:20 UTC");
+    }
+
+    #[test]
+    fn origins_of_state_folder_slices_follow_their_names() {
+        assert_eq!(Origin::of_state_slice("gpu0-8g"), Origin::Cdi);
+        assert_eq!(
+            Origin::of_state_slice("GPU-aaaa1111-0000-4000-8000-000000000000_8g-30-1"),
+            Origin::DevicePlugin
+        );
+        assert_eq!(
+            Origin::of_state_slice("0f3c9a2e-1b2c-4d5e-8f90-123456789abc_3fa9"),
+            Origin::Dra
+        );
+        // Near misses are CDI slices of those names.
+        for name in [
+            "GPU-aaaa_8g-1",
+            "GPU-aaaa1111-0000-4000-8000-000000000000_",
+            "0f3c9a2e-1b2c-4d5e-8f90-123456789abc_xyz",
+            "a_b",
+        ] {
+            assert_eq!(Origin::of_state_slice(name), Origin::Cdi, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_state_folder_slices_are_listed_with_their_origin() {
+        let state = tempfile::tempdir().unwrap();
+        let names = [
+            "gpu0-8g",
+            "GPU-aaaa1111-0000-4000-8000-000000000000_8g-30-0",
+            "0f3c9a2e-1b2c-4d5e-8f90-123456789abc_3fa9",
+        ];
+        let mut ledgers = Vec::new();
+        for name in names {
+            let dir = state.path().join("slices").join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            ledgers.push(
+                Ledger::create_or_open(
+                    &dir.join("ledger"),
+                    &LedgerSpec {
+                        name: name.into(),
+                        default_limit: None,
+                        devices: vec![(UUID.into(), 4 * GIB)],
+                        compute: None,
+                    },
+                )
+                .unwrap(),
+            );
+        }
+        // A slice folder whose ledger is missing is listed with its error.
+        std::fs::create_dir_all(state.path().join("slices/broken")).unwrap();
+        let report = collect_state_dir(state.path(), true);
+        assert!(report.notes.is_empty(), "{report:?}");
+        let got: Vec<(&str, Origin, bool)> = report
+            .slices
+            .iter()
+            .map(|s| (s.name.as_str(), s.origin, s.error.is_none()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (names[2], Origin::Dra, true),
+                (names[1], Origin::DevicePlugin, true),
+                ("broken", Origin::Cdi, false),
+                (names[0], Origin::Cdi, true),
+            ]
+        );
+        let json = render_json(&report).unwrap();
+        assert!(json.contains("\"origin\": \"device-plugin\""), "{json}");
+        let table = render_table(&report, "here");
+        assert!(table.contains("slice gpu0-8g (cdi)"), "{table}");
+        assert!(
+            table.contains(&format!("slice {} (dra)", names[2])),
+            "{table}"
+        );
+
+        // Merged after the run slices; a missing state folder adds nothing.
+        let run = tempfile::tempdir().unwrap();
+        let (_l, _s) = make_ledger(run.path(), "train");
+        let merged = collect(run.path(), true).unwrap().merge(report);
+        assert_eq!(merged.slices[0].origin, Origin::Run);
+        assert_eq!(merged.slices.len(), 5);
+        let none = collect_state_dir(&state.path().join("nope"), true);
+        assert_eq!(none, StatusReport::default());
+
+        // A state folder this user cannot list gives a note, not an error.
+        if effective_uid() != 0 {
+            let slices = state.path().join("slices");
+            std::fs::set_permissions(&slices, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+                .unwrap();
+            let report = collect_state_dir(state.path(), true);
+            std::fs::set_permissions(&slices, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .unwrap();
+            assert!(report.slices.is_empty());
+            assert!(report.notes[0].contains("run as root"), "{report:?}");
+            assert!(render_table(&report, "x").starts_with("note: "));
+        }
     }
 }

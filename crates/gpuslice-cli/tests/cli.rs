@@ -397,7 +397,13 @@ fn status_json_lists_slices_processes_and_broken_files() {
 
     let out = output(
         gpuslice()
-            .args(["status", "--json", "--ledger-dir"])
+            .args([
+                "status",
+                "--state-dir",
+                "/nonexistent-gpuslice-state",
+                "--json",
+                "--ledger-dir",
+            ])
             .arg(dir.path()),
     );
     assert!(out.status.success(), "{out:?}");
@@ -428,7 +434,16 @@ fn status_json_lists_slices_processes_and_broken_files() {
     );
 
     // The tables say the same.
-    let out = output(gpuslice().args(["status", "--ledger-dir"]).arg(dir.path()));
+    let out = output(
+        gpuslice()
+            .args([
+                "status",
+                "--state-dir",
+                "/nonexistent-gpuslice-state",
+                "--ledger-dir",
+            ])
+            .arg(dir.path()),
+    );
     assert!(out.status.success(), "{out:?}");
     let table = text(&out.stdout);
     assert!(table.contains("slice train"), "{table}");
@@ -446,7 +461,13 @@ fn status_of_a_missing_folder_lists_nothing() {
     let missing = dir.path().join("none");
     let out = output(
         gpuslice()
-            .args(["status", "--json", "--ledger-dir"])
+            .args([
+                "status",
+                "--state-dir",
+                "/nonexistent-gpuslice-state",
+                "--json",
+                "--ledger-dir",
+            ])
             .arg(&missing),
     );
     assert!(out.status.success(), "{out:?}");
@@ -455,7 +476,7 @@ fn status_of_a_missing_folder_lists_nothing() {
     // GPUSLICE_LEDGER_DIR is the folder when --ledger-dir is not given.
     let out = output(
         gpuslice()
-            .arg("status")
+            .args(["status", "--state-dir", "/nonexistent-gpuslice-state"])
             .env("GPUSLICE_LEDGER_DIR", &missing),
     );
     assert!(out.status.success(), "{out:?}");

@@ -59,6 +59,9 @@ pub struct HostGpu {
     pub uuid: String,
     /// Minor number of its device node: the GPU is `/dev/nvidia<minor>`.
     pub minor: u32,
+    /// Its memory in bytes, as NVML reports it (`None`: not known), for the warnings
+    /// about slices larger than their GPU.
+    pub memory: Option<u64>,
 }
 
 /// A parsed `--gpus` list, in the order given.

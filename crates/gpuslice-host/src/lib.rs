@@ -14,10 +14,13 @@
 //! * [`library`]: finding the interposer, `libgpuslice.so`.
 //! * [`cdi`]: the slice catalogue (`--slice`, `--slices-file`), CDI spec writing, and the
 //!   state folder's files the specs mount.
+//! * [`doctor`]: `gpuslice doctor`'s checks of a host (driver, container engines, CDI
+//!   specs, agent, ledger folders) and its report.
 //! * [`provision`]: making one slice ready for the node plugin (ledger, pinned
 //!   configuration, a CDI spec of its own) and what a container given it gets.
 
 pub mod cdi;
+pub mod doctor;
 pub mod gpus;
 pub mod layout;
 pub mod library;

@@ -265,6 +265,7 @@ mod tests {
                 index: 0,
                 uuid: U0.into(),
                 minor: 0,
+                memory: None,
             }],
             memory,
             compute: None,

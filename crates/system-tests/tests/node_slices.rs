@@ -70,6 +70,7 @@ fn allocate_through_the_kubelet(host: &Path, bench: &Bench) -> Vec<String> {
                         index: 0,
                         uuid: fake_uuid(0),
                         minor: 0,
+                        memory: None,
                     }])
                 }),
             ));

@@ -20,7 +20,7 @@ pub struct CdiArgs {
 pub enum CdiCommand {
     /// Write the CDI spec that offers this host's slices to containers
     /// (`podman run --device gpuslice.io/slice=NAME`).
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// Print the CDI device names of the generated spec.
     List(ListArgs),
 }
@@ -73,6 +73,12 @@ pub struct GenerateArgs {
     /// Root of the file system whose dev/ holds the NVIDIA device nodes.
     #[arg(long, value_name = "DIR", default_value = "/")]
     pub dev_root: PathBuf,
+
+    /// The cdiVersion to declare [default: the lowest version that has every field the
+    /// spec uses, e.g. 0.4.0, which every CDI runtime reads]. Refused when lower than
+    /// that. Podman 4.3 (Debian 12) reads specs up to 0.5.0.
+    #[arg(long, value_name = "VERSION")]
+    pub cdi_version: Option<String>,
 
     /// Print the spec instead of writing it; creates nothing.
     #[arg(long)]

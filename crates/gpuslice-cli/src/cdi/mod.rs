@@ -35,6 +35,7 @@ impl GenerateArgs {
             driver_libs: self.driver_libs.clone(),
             driver_root: self.driver_root.clone(),
             dev_root: self.dev_root.clone(),
+            cdi_version: self.cdi_version.clone(),
             dry_run: self.dry_run,
         }
     }

@@ -70,7 +70,7 @@ impl FakeHost {
         match Cli::try_parse_from(argv).unwrap().command {
             Command::Cdi(args::CdiArgs {
                 command: CdiCommand::Generate(g),
-            }) => g,
+            }) => *g,
             other => panic!("{other:?}"),
         }
     }
@@ -89,11 +89,13 @@ fn machine() -> Result<Vec<HostGpu>, CdiError> {
             index: 0,
             uuid: U0.into(),
             minor: 0,
+            memory: None,
         },
         HostGpu {
             index: 1,
             uuid: U1.into(),
             minor: 1,
+            memory: None,
         },
     ])
 }
@@ -126,7 +128,9 @@ fn generate_writes_the_spec_and_the_host_files() {
     let spec = Spec::read(&path).unwrap();
     assert_eq!(spec, generated.spec);
     assert_eq!(spec.kind, KIND);
-    assert_eq!(spec.cdi_version, "0.6.0");
+    // The lowest version with every field used: the device nodes have a hostPath (they
+    // live under --dev-root), which needs 0.5.0.
+    assert_eq!(spec.cdi_version, "0.5.0");
     assert_eq!(
         spec.qualified_names(),
         [
@@ -437,4 +441,65 @@ fn driver_libs_values() {
     assert_eq!(DriverLibs::parse("on").unwrap(), DriverLibs::On);
     assert_eq!(DriverLibs::parse("off").unwrap(), DriverLibs::Off);
     assert!(DriverLibs::parse("").is_err());
+}
+
+#[test]
+fn cdi_version_overrides_the_lowest_and_is_refused_when_too_low() {
+    let host = FakeHost::new();
+    let slice = ["--slice", "a=0:1GiB", "--dry-run"];
+    let with = |version: &str| {
+        let mut argv = slice.to_vec();
+        argv.extend(["--cdi-version", version]);
+        generate(&host.args(&argv), &host.env(), machine)
+    };
+    assert_eq!(with("0.6.0").unwrap().spec.cdi_version, "0.6.0");
+    assert_eq!(with("v1.1.0").unwrap().spec.cdi_version, "1.1.0");
+    assert_eq!(with("0.5.0").unwrap().spec.cdi_version, "0.5.0");
+    let msg = with("0.4.0").unwrap_err().to_string();
+    assert!(
+        msg.starts_with("--cdi-version: CDI version 0.4.0 is too low"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("deviceNodes[].hostPath (device a) needs 0.5.0"),
+        "{msg}"
+    );
+    let msg = with("0.9.0").unwrap_err().to_string();
+    assert!(
+        msg.contains("--cdi-version") && msg.contains("\"0.9.0\""),
+        "{msg}"
+    );
+    // A refused version stops generation before anything is written.
+    let args = host.args(&["--slice", "a=0:1GiB", "--cdi-version", "0.4.0"]);
+    assert!(generate(&args, &host.env(), machine).is_err());
+    assert!(!host.path("cdi").exists());
+    assert!(!host.path("state").exists());
+}
+
+#[test]
+fn generate_warns_about_slices_larger_than_their_gpu() {
+    let host = FakeHost::new();
+    let gpus = || {
+        let mut gpus = machine()?;
+        for gpu in &mut gpus {
+            gpu.memory = Some(80 << 30);
+        }
+        Ok(gpus)
+    };
+    let args = host.args(&["--slice", "a=0:100TiB", "--dry-run"]);
+    let generated = generate(&args, &host.env(), gpus).unwrap();
+    assert_eq!(generated.warnings.len(), 1, "{:?}", generated.warnings);
+    assert!(
+        generated.warnings[0].contains("its limit 100TiB is more than GPU 0"),
+        "{:?}",
+        generated.warnings
+    );
+    let args = host.args(&["--slice", "a=0:48GiB", "--slice", "b=0:48GiB", "--dry-run"]);
+    let generated = generate(&args, &host.env(), gpus).unwrap();
+    assert_eq!(generated.warnings.len(), 1, "{:?}", generated.warnings);
+    assert!(
+        generated.warnings[0].contains("add up to 96GiB but it has 80GiB (a, b)"),
+        "{:?}",
+        generated.warnings
+    );
 }

@@ -1,7 +1,6 @@
 //! What injecting a slice device does to a container: the pure function from the slices
 //! and the host's facts to the CDI spec. docs/cdi.md explains each edit.
 
-use super::CDI_VERSION;
 use super::host::DriverFile;
 use super::spec::{ContainerEdits, Device, DeviceNode, Mount, Spec};
 use crate::layout::{
@@ -109,15 +108,16 @@ pub fn slice_edits(
     }
 }
 
-/// The whole spec: one device per slice, in the order given.
+/// The whole spec: one device per slice, in the order given, declaring the lowest CDI
+/// version that has every field it uses ([`super::version::minimum_version`]).
 pub fn build_spec(
     slices: &[Slice],
     paths: &HostPaths,
     nodes: &HostNodes,
     driver: &[DriverFile],
 ) -> Spec {
-    Spec {
-        cdi_version: CDI_VERSION.into(),
+    let mut spec = Spec {
+        cdi_version: String::new(),
         kind: KIND.into(),
         annotations: Default::default(),
         devices: slices
@@ -129,7 +129,9 @@ pub fn build_spec(
             })
             .collect(),
         container_edits: None,
-    }
+    };
+    spec.cdi_version = super::version::minimum_version(&spec).to_string();
+    spec
 }
 
 #[cfg(test)]
@@ -149,6 +151,7 @@ mod tests {
             index,
             uuid: uuid.into(),
             minor: index + 4,
+            memory: None,
         }
     }
 
@@ -312,7 +315,13 @@ mod tests {
         other.name = "gpu0-8g".into();
         other.gpus = vec![gpu(0, U0)];
         let spec = build_spec(&[both(), other.clone()], &paths(), &nodes(), &[]);
-        assert_eq!(spec.cdi_version, CDI_VERSION);
+        // Mount types need 0.4.0; no device node has a hostPath and both names start
+        // with a letter.
+        assert_eq!(spec.cdi_version, "0.4.0");
+        let mut digit = other.clone();
+        digit.name = "0-8g".into();
+        let digits = build_spec(&[digit], &paths(), &nodes(), &[]);
+        assert_eq!(digits.cdi_version, "0.5.0");
         assert_eq!(
             spec.qualified_names(),
             ["gpuslice.io/slice=both", "gpuslice.io/slice=gpu0-8g"]

@@ -29,6 +29,7 @@ pub fn nvml_gpus() -> Result<Vec<HostGpu>, CdiError> {
                 index,
                 uuid: gpuslice_config::canonical_uuid(&device.uuid()?),
                 minor: device.minor_number()?,
+                memory: device.memory_info().ok().map(|m| m.total),
             })
         })
         .collect()

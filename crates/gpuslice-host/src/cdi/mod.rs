@@ -7,13 +7,15 @@
 //!
 //! The submodules: [`slices`] (parsing and resolving slices), [`host`] (device nodes and
 //! driver files of the host), [`edits`] (the spec, as a pure function), [`state`] (the
-//! host-side files) and [`spec`] (the file format).
+//! host-side files), [`spec`] (the file format) and [`version`] (the `cdiVersion` it
+//! declares: the lowest that has every field it uses).
 
 pub mod edits;
 pub mod host;
 pub mod slices;
 pub mod spec;
 pub mod state;
+pub mod version;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -38,10 +40,6 @@ pub use gpuslice_config::compute::{ENV_COMPUTE, ENV_COMPUTE_BURST};
 
 /// The spec's file name in the output folder.
 pub const SPEC_FILE: &str = "gpuslice.io-slice.json";
-/// The CDI specification version the spec declares. Everything used here needs at most
-/// 0.5.0 (`hostPath` on device nodes, device names starting with a digit; mount `type`
-/// needs 0.4.0); 0.6.0 is read by runtimes whose CDI library dates from mid-2023 on.
-pub const CDI_VERSION: &str = "0.6.0";
 
 /// What can go wrong in `gpuslice cdi`.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +77,12 @@ pub enum CdiError {
         /// Why.
         source: serde_json::Error,
     },
+    /// `--cdi-version` is not a version of the CDI specification.
+    #[error("--cdi-version: {0}")]
+    BadCdiVersion(#[from] version::BadVersion),
+    /// `--cdi-version` is lower than the fields of the spec need.
+    #[error("--cdi-version: {0}")]
+    CdiVersionTooLow(#[from] version::TooLow),
     /// `--driver-libs` has a value it does not take.
     #[error("--driver-libs {0:?} is not one of auto, on and off")]
     BadDriverLibs(String),
@@ -278,6 +282,9 @@ pub struct GenerateOptions {
     pub driver_root: PathBuf,
     /// `--dev-root`.
     pub dev_root: PathBuf,
+    /// `--cdi-version`: the version to declare instead of the lowest that has every
+    /// field the spec uses (refused when lower than that).
+    pub cdi_version: Option<String>,
     /// `--dry-run`: plan only, create nothing.
     pub dry_run: bool,
 }
@@ -385,6 +392,11 @@ pub fn generate(
     gpus: impl FnOnce() -> Result<Vec<HostGpu>, CdiError>,
 ) -> Result<Generated, CdiError> {
     let requests = requests(args)?;
+    let asked_version = args
+        .cdi_version
+        .as_deref()
+        .map(str::parse::<version::CdiVersion>)
+        .transpose()?;
     let driver_mode = DriverLibs::parse(&args.driver_libs)?;
     let lib = library::find_library(args.lib.as_deref(), env.lib.as_deref(), env.exe.as_deref())?;
     let (_, lib_text) = absolute_utf8("--lib", &lib)?;
@@ -397,7 +409,7 @@ pub fn generate(
     let host_gpus = gpus()?;
     let slices = slices::resolve(&requests, &host_gpus)?;
 
-    let mut warnings = Vec::new();
+    let mut warnings = slices::capacity_warnings(&slices);
     let used: Vec<&HostGpu> = slices.iter().flat_map(|s| s.gpus.iter()).collect();
     let nodes = find_nodes(&dev_root, &used, &mut warnings)?;
 
@@ -416,7 +428,8 @@ pub fn generate(
         gpus_dir: text(layout.gpus_dir()),
         agent_dir: agent_text,
     };
-    let spec = edits::build_spec(&slices, &paths, &nodes, &driver_files);
+    let mut spec = edits::build_spec(&slices, &paths, &nodes, &driver_files);
+    spec.cdi_version = version::choose(&spec, asked_version)?.to_string();
     let mut report: Vec<String> = slices.iter().map(Slice::describe).collect();
 
     if args.dry_run {

@@ -1,11 +1,12 @@
 //! The slices a host offers: parsing `--slice NAME=GPUS:MEMORY[:compute=P[:burst=P]]` and
 //! `--slices-file`, checking names (a slice name is a CDI device name and a folder name),
 //! and resolving each slice's GPUs to this host's devices with the same matching as
-//! `gpuslice run --gpus` ([`crate::gpus::resolve`]), giving [`Slice`]s.
+//! `gpuslice run --gpus` ([`crate::gpus::resolve`]), giving [`Slice`]s; and the
+//! warnings about slices larger than their GPUs ([`capacity_warnings`]).
 
 use std::path::Path;
 
-use gpuslice_config::{ComputeShares, DeviceSelector, SharesError, parse_size};
+use gpuslice_config::{ComputeShares, DeviceSelector, SharesError, format_size, parse_size};
 use serde::Deserialize;
 
 use super::CdiError;
@@ -332,6 +333,58 @@ pub fn resolve(requests: &[SliceRequest], host: &[HostGpu]) -> Result<Vec<Slice>
         .collect()
 }
 
+/// Warnings about memory the GPUs do not have: a slice whose limit is more than one of
+/// its GPUs has, and a GPU whose slices add up to more than it has. Both are allowed: a
+/// slice's limit is a ceiling its processes may not pass, not memory set aside for it.
+/// A slice larger than its GPU is simply not limited below the GPU's own size (its
+/// processes see the GPU's memory as the total, as `cudaMemGetInfo` reports the lesser
+/// of the two); slices that add up to more than the GPU share it first come, first
+/// served, and when the GPU is full an allocation fails with out-of-memory even though
+/// its slice is under its limit. GPUs whose memory is not known are not checked.
+pub fn capacity_warnings(slices: &[Slice]) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for slice in slices {
+        for gpu in &slice.gpus {
+            if let Some(total) = gpu.memory.filter(|&total| slice.memory > total) {
+                warnings.push(format!(
+                    "slice {}: its limit {} is more than GPU {} ({}) has ({}); allowed, but the limit holds nothing back there: its processes can use the whole GPU",
+                    slice.name,
+                    format_size(slice.memory),
+                    gpu.index,
+                    gpu.uuid,
+                    format_size(total)
+                ));
+            }
+        }
+    }
+    let mut gpus: Vec<&HostGpu> = Vec::new();
+    for gpu in slices.iter().flat_map(|s| &s.gpus) {
+        if !gpus.iter().any(|g| g.uuid == gpu.uuid) {
+            gpus.push(gpu);
+        }
+    }
+    for gpu in gpus {
+        let Some(total) = gpu.memory else { continue };
+        let on_it: Vec<&Slice> = slices
+            .iter()
+            .filter(|s| s.gpus.iter().any(|g| g.uuid == gpu.uuid))
+            .collect();
+        let sum: u128 = on_it.iter().map(|s| u128::from(s.memory)).sum();
+        if on_it.len() > 1 && sum > u128::from(total) {
+            let names: Vec<&str> = on_it.iter().map(|s| s.name.as_str()).collect();
+            warnings.push(format!(
+                "the slices on GPU {} ({}) add up to {} but it has {} ({}); allowed (limits are ceilings, not reservations), but when they are all used at once an allocation fails with out-of-memory before its slice reaches its limit",
+                gpu.index,
+                gpu.uuid,
+                format_size(u64::try_from(sum).unwrap_or(u64::MAX)),
+                format_size(total),
+                names.join(", ")
+            ));
+        }
+    }
+    warnings
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,6 +405,7 @@ mod tests {
                 index: i as u32,
                 uuid: u.to_string(),
                 minor: 10 + i as u32,
+                memory: None,
             })
             .collect()
     }
@@ -494,5 +548,48 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn slices_larger_than_their_gpu_are_warned_about() {
+        let mut gpus = host();
+        gpus[0].memory = Some(80 * GIB);
+        let slice = |name: &str, gpus: Vec<HostGpu>, memory: u64| Slice {
+            name: name.into(),
+            gpus,
+            memory,
+            compute: None,
+        };
+        // Within the GPU, alone and together: nothing to say.
+        let fits = [
+            slice("a", vec![gpus[0].clone()], 40 * GIB),
+            slice("b", vec![gpus[0].clone()], 40 * GIB),
+        ];
+        assert!(capacity_warnings(&fits).is_empty());
+        // 100 TiB on an 80 GiB GPU.
+        let huge = [slice("a", vec![gpus[0].clone()], 100 * 1024 * GIB)];
+        let warnings = capacity_warnings(&huge);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "slice a: its limit 100TiB is more than GPU 0 ({A}) has (80GiB); allowed"
+            )),
+            "{warnings:?}"
+        );
+        // Three slices on GPU 0 adding up to 96 GiB; GPU 1's memory is not known.
+        let over = [
+            slice("a", vec![gpus[0].clone()], 32 * GIB),
+            slice("b", vec![gpus[0].clone(), gpus[1].clone()], 32 * GIB),
+            slice("c", vec![gpus[0].clone()], 32 * GIB),
+            slice("d", vec![gpus[1].clone()], 1024 * GIB),
+        ];
+        let warnings = capacity_warnings(&over);
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].starts_with(&format!(
+                "the slices on GPU 0 ({A}) add up to 96GiB but it has 80GiB (a, b, c); allowed"
+            )),
+            "{warnings:?}"
+        );
     }
 }
