@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -45,6 +45,7 @@ pub enum Cluster {
 #[derive(Default)]
 struct Store {
     cluster: Cluster,
+    device_classes: BTreeMap<String, Value>,
     nodes: BTreeMap<String, Node>,
     claims: BTreeMap<(String, String), ResourceClaim>,
     slices: BTreeMap<String, (ResourceSlice, Value)>,
@@ -180,7 +181,28 @@ fn parse_slice(body: &Value) -> Result<ResourceSlice, Box<Response>> {
     })
 }
 
-async fn create_slice(State(s): State<Shared>, Json(body): Json<Value>) -> Response {
+async fn get_device_class(State(s): State<Shared>, Path(name): Path<String>) -> Response {
+    if let Some(r) = no_dra(&s) {
+        return r;
+    }
+    match lock(&s).device_classes.get(&name) {
+        Some(c) => (StatusCode::OK, Json(c.clone())).into_response(),
+        None => not_found("deviceclasses.resource.k8s.io", &name),
+    }
+}
+
+/// The query of a write: `?dryRun=All` checks and answers without storing.
+#[derive(serde::Deserialize, Default)]
+struct WriteQuery {
+    #[serde(rename = "dryRun")]
+    dry_run: Option<String>,
+}
+
+async fn create_slice(
+    State(s): State<Shared>,
+    Query(query): Query<WriteQuery>,
+    Json(body): Json<Value>,
+) -> Response {
     if let Some(r) = no_dra(&s) {
         return r;
     }
@@ -205,6 +227,9 @@ async fn create_slice(State(s): State<Shared>, Json(body): Json<Value>) -> Respo
             "AlreadyExists",
             format!("resourceslices.resource.k8s.io \"{name}\" already exists"),
         );
+    }
+    if query.dry_run.as_deref() == Some("All") {
+        return object(StatusCode::CREATED, &slice);
     }
     slice.metadata.uid = Some(store.next_uid());
     slice.metadata.resource_version = Some(store.next_version());
@@ -346,12 +371,16 @@ impl Drop for FakeApiServer {
 }
 
 impl FakeApiServer {
-    /// Serves on a free port of 127.0.0.1.
+    /// Serves on a free port of 127.0.0.1, with the DeviceClass `gpuslice.io`.
     pub async fn start() -> std::io::Result<Self> {
         let store = Shared::default();
         let app = Router::new()
             .route("/api/v1/nodes/{name}", get(get_node))
             .route("/apis/resource.k8s.io/v1", get(discovery))
+            .route(
+                "/apis/resource.k8s.io/v1/deviceclasses/{name}",
+                get(get_device_class),
+            )
             .route(
                 "/apis/resource.k8s.io/v1/namespaces/{ns}/resourceclaims/{name}",
                 get(get_claim),
@@ -370,7 +399,27 @@ impl FakeApiServer {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(Self { addr, store, task })
+        let server = Self { addr, store, task };
+        // As `kubectl apply -k deploy/kubernetes` leaves a cluster.
+        server.add_device_class("gpuslice.io");
+        Ok(server)
+    }
+
+    /// Adds the DeviceClass `name` (selecting driver `name`), as an install does.
+    pub fn add_device_class(&self, name: &str) {
+        let class = json!({
+            "apiVersion": "resource.k8s.io/v1", "kind": "DeviceClass",
+            "metadata": {"name": name},
+            "spec": {"selectors": [{"cel": {"expression": format!("device.driver == \"{name}\"")}}]},
+        });
+        lock(&self.store)
+            .device_classes
+            .insert(name.to_string(), class);
+    }
+
+    /// Removes the DeviceClass `name` (a cluster with the device-plugin-only install).
+    pub fn remove_device_class(&self, name: &str) {
+        lock(&self.store).device_classes.remove(name);
     }
 
     /// Plays `cluster` from now on.

@@ -231,28 +231,40 @@ pub fn run(cmd: &NodeCommand) -> Result<String, CommandError> {
     Ok(String::new())
 }
 
-/// Cancels `stop` on SIGTERM, SIGINT, or when the agent stops (recording why).
+/// Cancels `stop` on SIGTERM, SIGINT, or when the agent stops (recording why: its
+/// error, or that its thread ended without one, a panic). Signals that cannot be
+/// watched stop the node at once, with the reason recorded the same way.
 async fn watch_for_stop(
     stop: CancellationToken,
     agent_stop: Option<tokio::sync::oneshot::Receiver<String>>,
     stopped_agent: Arc<Mutex<Option<String>>>,
 ) {
-    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    else {
-        return;
+    let record = |why: String| {
+        *stopped_agent.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+    };
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            record(format!("cannot watch for SIGTERM: {e}"));
+            stop.cancel();
+            return;
+        }
     };
     let agent = async {
         match agent_stop {
-            Some(rx) => rx.await.ok(),
+            Some(rx) => Some(rx.await.unwrap_or_else(|_| {
+                "its thread ended without saying why (it panicked)".to_string()
+            })),
             None => std::future::pending().await,
         }
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+        () = stop.cancelled() => {}
         why = agent => {
             if let Some(why) = why {
-                *stopped_agent.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+                record(why);
             }
         }
     }
@@ -289,7 +301,37 @@ impl Node<'_> {
         }
     }
 
+    /// Keeps out of the device plugins the GPUs on which an earlier run prepared DRA
+    /// claims that are still recorded (the node's mode or `draGpus` changed since): their
+    /// slices hold memory the profiles would promise again. They come back on a later
+    /// start, once the claims are released (through DRA: mode auto or dra again).
+    fn keep_out_claimed(
+        &self,
+        assigned: &mut crate::modes::Assignment,
+        options: &DraOptions,
+    ) -> Result<(), CommandError> {
+        let prepared = crate::dra::StateDir::prepared_in(&options.state_dir)
+            .map_err(|e| self.dra_error(e.into()))?;
+        for claim in &prepared {
+            for slice in &claim.slices {
+                let uuid = gpuslice_config::canonical_uuid(&slice.gpu_uuid);
+                if assigned.dra.contains(&uuid) || !assigned.device_plugin.remove(&uuid) {
+                    continue;
+                }
+                tracing::warn!(
+                    "node {}: {uuid} kept out of the device plugins: ResourceClaim {}/{} is still prepared on it through DRA; release it (delete its pods, with this node in mode auto or dra) and restart",
+                    self.cmd.node_name,
+                    claim.namespace,
+                    claim.name
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// Decides the mode, splits the GPUs, and serves each way on its GPUs until stopped.
+    /// Mode auto asks the cluster before anything is served; the other modes know their
+    /// GPUs at once, so their device plugins serve while DRA waits for the API server.
     async fn serve(&self) -> Result<(), CommandError> {
         let node = &self.cmd.node_name;
         let mode = self.settings.mode;
@@ -301,7 +343,9 @@ impl Node<'_> {
             Mode::DevicePlugin => None,
             _ => match kube_client(self.cmd.kubeconfig.as_deref()).await {
                 Ok(client) => Some(client),
-                Err(detail) if mode == Mode::Auto => {
+                // No API server configured at all is a definite answer; a kubeconfig
+                // given and unusable is a mistake to show.
+                Err(detail) if mode == Mode::Auto && self.cmd.kubeconfig.is_none() => {
                     tracing::info!("node {node}, mode auto: {detail}; the device plugins serve it");
                     None
                 }
@@ -315,32 +359,27 @@ impl Node<'_> {
             },
         };
         let options = self.dra_options();
-        let (decision, publisher) = match (fixed_decision(mode), client.clone()) {
-            (Some(Decision::DevicePlugin), _) | (None, None) => (Decision::DevicePlugin, None),
-            (Some(decision), None) => {
-                // Unreachable: every mode but device-plugin has a client or failed above.
-                return Err(CommandError::NoApiServer {
-                    node: node.clone(),
-                    mode,
-                    detail: format!("no client for mode {decision:?}"),
-                });
-            }
-            (fixed, Some(client)) => {
-                let decision = fixed.unwrap_or(Decision::Dra);
-                let assigned =
-                    assign(self.settings, decision, listed.clone()).map_err(NodeError::from)?;
-                let dra_gpus: Vec<GpuInfo> = listed
-                    .iter()
-                    .filter(|g| assigned.dra.contains(&g.uuid))
-                    .cloned()
-                    .collect();
+        let only = |uuids: &std::collections::BTreeSet<String>| -> Vec<GpuInfo> {
+            listed
+                .iter()
+                .filter(|g| uuids.contains(&gpuslice_config::canonical_uuid(&g.uuid)))
+                .cloned()
+                .collect()
+        };
+        let (decision, publisher) = match (fixed_decision(mode), &client) {
+            (Some(decision), _) => (decision, None),
+            (None, None) => (Decision::DevicePlugin, None),
+            (None, Some(client)) => {
+                let all = assign(self.settings, Decision::Dra, listed.clone())
+                    .map_err(NodeError::from)?;
+                let dra_gpus = only(&all.dra);
                 let started = tokio::select! {
                     () = self.stop.cancelled() => return Ok(()),
-                    started = crate::dra::start_publishing(&options, &dra_gpus, client) => started,
+                    started = crate::dra::start_publishing(&options, &dra_gpus, client.clone()) => started,
                 };
                 match started {
-                    Ok(publisher) => (decision, Some(publisher)),
-                    Err(DraError::Unavailable(why)) if fixed.is_none() => {
+                    Ok(publisher) => (Decision::Dra, Some(publisher)),
+                    Err(DraError::Unavailable(why)) => {
                         if self.settings.slicing.is_none() {
                             return Err(CommandError::NoFallback {
                                 node: node.clone(),
@@ -357,7 +396,9 @@ impl Node<'_> {
                 }
             }
         };
-        let assigned = assign(self.settings, decision, listed).map_err(NodeError::from)?;
+        let mut assigned =
+            assign(self.settings, decision, listed.clone()).map_err(NodeError::from)?;
+        self.keep_out_claimed(&mut assigned, &options)?;
         tracing::info!(
             "node {node}, mode {mode}: device plugins on {} GPU(s), DRA on {}",
             assigned.device_plugin.len(),
@@ -386,11 +427,29 @@ impl Node<'_> {
             served
         };
         let dra = async {
-            let (Some(publisher), Some(client)) = (publisher, client) else {
+            if assigned.dra.is_empty() {
                 return Ok(());
+            }
+            let Some(client) = client.clone() else {
+                return Err(CommandError::NoApiServer {
+                    node: node.clone(),
+                    mode,
+                    detail: "no client".into(),
+                });
             };
-            let served = crate::dra::serve(
-                options,
+            let publisher = match publisher {
+                Some(publisher) => publisher,
+                None => {
+                    let dra_gpus = only(&assigned.dra);
+                    let started = tokio::select! {
+                        () = self.stop.cancelled() => return Ok(()),
+                        started = crate::dra::start_publishing(&options, &dra_gpus, client.clone()) => started,
+                    };
+                    started.map_err(|e| self.dra_error(e))?
+                }
+            };
+            crate::dra::serve(
+                options.clone(),
                 OnlyGpus::new(self.gpus.clone(), assigned.dra.clone()),
                 client,
                 publisher,
@@ -398,8 +457,14 @@ impl Node<'_> {
                 self.stop.clone().cancelled_owned(),
             )
             .await
-            .map_err(|e| self.dra_error(e));
-            self.stop.cancel();
+            .map_err(|e| self.dra_error(e))
+        };
+        let dra = async {
+            let served = dra.await;
+            // When DRA ran and ended (stopped, or failed), the node ends with it.
+            if !assigned.dra.is_empty() {
+                self.stop.cancel();
+            }
             served
         };
         let (device_plugins, dra) = tokio::join!(device_plugins, dra);

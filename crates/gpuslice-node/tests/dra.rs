@@ -427,13 +427,28 @@ async fn a_cluster_without_dra_or_without_consumable_capacity_is_told_and_keeps_
             e.contains("dropped allowMultipleAllocations") && e.contains("DRAConsumableCapacity"),
             "{e}"
         );
-        // The slice it wrote was taken back: the scheduler must not give whole GPUs.
+        // Nothing was published: the check is a dry-run create.
         assert!(env.api.slices().is_empty(), "{:?}", env.api.slices());
         assert!(!env.options.registration_socket().exists());
-        // The same driver on a cluster with consumable capacity publishes and serves.
+        // A slice an earlier run published (when the gate was on) is taken back: the
+        // scheduler must not hand out whole GPUs, nor GPUs offered another way.
         env.api.set_cluster(Cluster::ConsumableCapacity);
         let running = env.start();
         let name = format!("{NODE}-gpuslice.io");
+        env.api.wait_slice(&name, WAIT).await.expect("published");
+        running.stop().await;
+        env.api.set_cluster(Cluster::NoConsumableCapacity);
+        let e = run().await.expect_err("no consumable capacity").to_string();
+        assert!(e.contains("DRAConsumableCapacity"), "{e}");
+        assert!(env.api.slices().is_empty(), "{:?}", env.api.slices());
+        // The device-plugin-only install has no DeviceClass: not taken for DRA either.
+        env.api.set_cluster(Cluster::ConsumableCapacity);
+        env.api.remove_device_class("gpuslice.io");
+        let e = run().await.expect_err("no DeviceClass").to_string();
+        assert!(e.contains("no DeviceClass gpuslice.io"), "{e}");
+        env.api.add_device_class("gpuslice.io");
+        // The same driver on a cluster with consumable capacity publishes and serves.
+        let running = env.start();
         let slice = env.api.wait_slice(&name, WAIT).await.expect("published");
         let devices = slice.spec.devices.unwrap_or_default();
         assert!(

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use fake_kubelet::FakeKubelet;
 use fake_kubelet::apiserver::{Cluster, FakeApiServer, Share, allocated_claim};
 use fake_kubelet::dra::{DraDriver, claim};
+use gpuslice_node::dra::claims::ClaimSlice;
+use gpuslice_node::dra::state::PreparedClaim;
 use gpuslice_node::host_provider::claim_slice_name;
 use system_tests::{
     Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, output_within, repo,
@@ -170,8 +172,23 @@ fn mode_auto_follows_what_the_cluster_answers_and_mode_dra_fails_visibly() {
                 }
             }
 
-            // Consumable capacity on: DRA only, and no device plugin registers.
+            // A cluster upgraded under the device-plugin-only install: DRA with consumable
+            // capacity, but no DeviceClass gpuslice.io. The device plugins stay.
             api.set_cluster(Cluster::ConsumableCapacity);
+            api.remove_device_class("gpuslice.io");
+            let child = host.start(&auto, Some(&api), 1);
+            let plugin = kubelet
+                .next_registration(WAIT)
+                .await
+                .expect("device plugin");
+            assert!(api.slices().is_empty(), "{:?}", api.slices());
+            drop(plugin);
+            let (status, err) = stop(child).await;
+            assert!(status.success(), "{status}: {err}");
+            assert!(err.contains("no DeviceClass gpuslice.io"), "{err}");
+            api.add_device_class("gpuslice.io");
+
+            // Consumable capacity on: DRA only, and no device plugin registers.
             let child = host.start(&auto, Some(&api), 1);
             let slice = api
                 .wait_slice(&slice_name(), WAIT)
@@ -223,6 +240,55 @@ fn mode_auto_follows_what_the_cluster_answers_and_mode_dra_fails_visibly() {
             drop(plugin);
             let (status, err) = stop(child).await;
             assert!(status.success(), "{status}: {err}");
+
+            // Mode device-plugin on two GPUs after a run that prepared a DRA claim on GPU 0
+            // (the mode changed): GPU 0 stays out of the profiles while the claim holds it.
+            let dra_state = host.path("state/dra");
+            std::fs::create_dir_all(&dra_state).unwrap();
+            let uid = "00000000-0000-4000-8000-00000000abcd";
+            let held = PreparedClaim {
+                namespace: "team-a".into(),
+                name: "held".into(),
+                uid: uid.into(),
+                devices: Vec::new(),
+                slices: vec![ClaimSlice {
+                    claim_uid: uid.into(),
+                    gpu_uuid: fake_uuid(0),
+                    memory: GIB,
+                    compute: None,
+                }],
+                cdi_device_ids: vec![Vec::new()],
+            };
+            std::fs::write(
+                dra_state.join(format!("{uid}.json")),
+                serde_json::to_vec(&held).unwrap(),
+            )
+            .unwrap();
+            let child = host.start(
+                &format!("default:\n  mode: device-plugin\n{PROFILES}"),
+                None,
+                2,
+            );
+            let mut plugin = kubelet
+                .next_registration(WAIT)
+                .await
+                .expect("device plugin");
+            let ids: Vec<String> = plugin
+                .wait_devices(WAIT, "devices", |d| !d.is_empty())
+                .await
+                .expect("devices")
+                .into_iter()
+                .map(|d| d.id)
+                .collect();
+            assert!(
+                ids.iter().all(|id| id.starts_with(&fake_uuid(1))),
+                "{ids:?}"
+            );
+            drop(plugin);
+            let (status, err) = stop(child).await;
+            assert!(status.success(), "{status}: {err}");
+            assert!(err.contains("team-a/held is still prepared"), "{err}");
+            std::fs::remove_file(dra_state.join(format!("{uid}.json"))).unwrap();
 
             // Mode dra on a cluster without DRA: a visible error, not a quiet fallback.
             api.set_cluster(Cluster::NoDra);

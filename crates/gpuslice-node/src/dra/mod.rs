@@ -114,6 +114,9 @@ pub enum DraError {
     /// The cluster cannot take the driver: no DRA, or no consumable capacity.
     #[error("the cluster cannot take the DRA driver {DRIVER_NAME}: {0}")]
     Unavailable(String),
+    /// A server of the plugin stopped by itself.
+    #[error("the DRA driver {DRIVER_NAME} cannot go on: {0}")]
+    Stopped(String),
     /// The API server refused the slice for good (no permission, ...).
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
@@ -147,10 +150,12 @@ fn bind(path: &Path) -> Result<tokio::net::UnixListener, DraError> {
 
 /// Publishes the node's ResourceSlice of `gpus` for the first time, and so finds out
 /// whether the cluster takes the driver: [`DraError::Unavailable`] when the API server
-/// does not serve `resource.k8s.io/v1`, or stores the slice without
-/// `allowMultipleAllocations` (consumable capacity off; the slice is then deleted again,
-/// so that no claim is allocated a whole GPU). Only definite answers count: while the API
-/// server cannot be reached, or answers with a passing error, it tries again every
+/// does not serve `resource.k8s.io/v1`, has no DeviceClass `gpuslice.io`, or drops
+/// `allowMultipleAllocations` (consumable capacity off: [`publish::missing_dra`]). Then
+/// a slice an earlier run published is deleted, and until it is gone nothing is
+/// returned, so that the caller never offers the GPUs another way while the scheduler
+/// can still allocate them. Only definite answers count: while the API server cannot be
+/// reached, or answers with a passing error, it tries again every
 /// [`DraOptions::resync`], logging why, until it succeeds or the caller gives up.
 pub async fn start_publishing(
     options: &DraOptions,
@@ -164,13 +169,15 @@ pub async fn start_publishing(
         options.driver_version.clone(),
     );
     loop {
+        let wanted = publisher.wanted(gpus);
         let attempt = async {
-            if let Some(why) = publish::missing_dra(&client).await.map_err(|source| {
-                publish::PublishError::Api {
+            if let Some(why) = publish::missing_dra(&client, &wanted)
+                .await
+                .map_err(|source| publish::PublishError::Api {
                     name: publish::slice_name(&options.node_name),
                     source: Box::new(source),
-                }
-            })? {
+                })?
+            {
                 return Err(DraError::Unavailable(why));
             }
             publisher.sync(gpus).await.map_err(DraError::Publish)
@@ -184,10 +191,12 @@ pub async fn start_publishing(
                 return Ok(publisher);
             }
             Ok(Err(DraError::Publish(e @ publish::PublishError::ConsumableCapacityOff { .. }))) => {
-                if let Err(gone) = publisher.withdraw().await {
-                    tracing::warn!("{gone}");
-                }
+                withdraw(&mut publisher, options).await?;
                 return Err(DraError::Unavailable(e.to_string()));
+            }
+            Ok(Err(DraError::Unavailable(why))) => {
+                withdraw(&mut publisher, options).await?;
+                return Err(DraError::Unavailable(why));
             }
             Ok(Err(DraError::Publish(e))) if e.is_transient() => e.to_string(),
             Ok(Err(e)) => return Err(e),
@@ -197,6 +206,28 @@ pub async fn start_publishing(
             ),
         };
         tracing::warn!("{why}; trying again in {:?}", options.resync);
+        tokio::time::sleep(options.resync).await;
+    }
+}
+
+/// Deletes the node's slice, trying again while the API server is away: returns once
+/// it is gone, or with the API server's definite refusal.
+async fn withdraw(publisher: &mut Publisher, options: &DraOptions) -> Result<(), DraError> {
+    loop {
+        let why = match tokio::time::timeout(options.api_timeout, publisher.withdraw()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) if e.is_transient() => e.to_string(),
+            Ok(Err(e)) => return Err(DraError::Publish(e)),
+            Err(_) => format!(
+                "the API server did not answer within {:?}",
+                options.api_timeout
+            ),
+        };
+        tracing::warn!(
+            "cannot delete ResourceSlice {} yet: {why}; trying again in {:?}",
+            publish::slice_name(&options.node_name),
+            options.resync
+        );
         tokio::time::sleep(options.resync).await;
     }
 }
@@ -224,11 +255,42 @@ pub async fn run_dra(
 /// `dra.v1.DRAPlugin` and `dra.v1beta1.DRAPlugin` on [`DraOptions::endpoint`] and
 /// `Registration` on [`DraOptions::registration_socket`], making claims' slices through
 /// `provider`.
+///
+/// When it cannot go on (a socket cannot be served, a server stops, the API server
+/// starts dropping `allowMultipleAllocations`), it deletes the slice before returning
+/// the error: a slice with no plugin behind it would have the scheduler allocate claims
+/// no one prepares.
 pub async fn serve(
     options: DraOptions,
     gpus: Arc<dyn GpuInventory>,
     client: kube::Client,
     mut publisher: Publisher,
+    provider: Arc<dyn ClaimSliceProvider>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DraError> {
+    let served = serve_published(&options, gpus, client, &mut publisher, provider, shutdown).await;
+    if let Err(e) = &served {
+        tracing::error!("the DRA driver stops: {e}; deleting its ResourceSlice");
+        let gone = tokio::time::timeout(
+            options.api_timeout.saturating_mul(3),
+            withdraw(&mut publisher, &options),
+        )
+        .await;
+        if !matches!(gone, Ok(Ok(()))) {
+            tracing::error!(
+                "ResourceSlice {} could not be deleted; the kubelet removes it once the driver stays unregistered",
+                publish::slice_name(&options.node_name)
+            );
+        }
+    }
+    served
+}
+
+async fn serve_published(
+    options: &DraOptions,
+    gpus: Arc<dyn GpuInventory>,
+    client: kube::Client,
+    publisher: &mut Publisher,
     provider: Arc<dyn ClaimSliceProvider>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), DraError> {
@@ -280,8 +342,8 @@ pub async fn serve(
             transport::incoming(bind(&registration_socket)?),
             stop.clone().cancelled_owned(),
         );
-    let dra = tokio::spawn(dra);
-    let registration = tokio::spawn(registration);
+    let mut dra = tokio::spawn(dra);
+    let mut registration = tokio::spawn(registration);
     tracing::info!(
         "DRA driver {DRIVER_NAME}: serving {} and {}",
         endpoint.display(),
@@ -291,9 +353,20 @@ pub async fn serve(
     let mut tick = tokio::time::interval(options.resync);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
-    loop {
+    let stopped =
+        |which: &str, r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| {
+            let why = match r {
+                Ok(Ok(())) => "it stopped".to_string(),
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            DraError::Stopped(format!("the {which} server: {why}"))
+        };
+    let outcome = loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => break Ok(()),
+            r = &mut dra => break Err(stopped("DRA plugin", r)),
+            r = &mut registration => break Err(stopped("registration", r)),
             _ = tick.tick() => {
                 match list(&gpus).await {
                     Ok(now) => { gpus_tx.send_if_modified(|old| {
@@ -307,17 +380,22 @@ pub async fn serve(
                 match tokio::time::timeout(options.api_timeout, publisher.sync(&current)).await {
                     Ok(Ok(publish::Synced::Unchanged)) => {}
                     Ok(Ok(done)) => tracing::info!("ResourceSlice {}: {done:?}", publish::slice_name(&options.node_name)),
+                    Ok(Err(e @ publish::PublishError::ConsumableCapacityOff { .. })) => {
+                        break Err(DraError::Unavailable(e.to_string()));
+                    }
                     Ok(Err(e)) => tracing::warn!("{e}; trying again in {:?}", options.resync),
                     Err(_) => tracing::warn!("the API server did not answer within {:?}; trying again", options.api_timeout),
                 }
             }
         }
-    }
+    };
     stop.cancel();
     for server in [dra, registration] {
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        if !server.is_finished() {
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
     }
     let _ = std::fs::remove_file(&registration_socket);
     let _ = std::fs::remove_file(&endpoint);
-    Ok(())
+    outcome
 }

@@ -75,7 +75,30 @@ impl Preparer {
 
     /// Prepares each claim, independently: one that fails has its error, the others are
     /// prepared. A claim prepared before (even by an earlier run) gets the same answer.
+    ///
+    /// The work runs to its end in a task of its own, even when the kubelet gives up on
+    /// the call: cut short between making a claim's slices and recording them, it would
+    /// leave slices nothing records, and the clean-up of a failed attempt still running
+    /// beside the kubelet's retry could remove the slices that retry handed out.
     pub async fn prepare(
+        self: &Arc<Self>,
+        claims: &[ClaimRef],
+    ) -> BTreeMap<String, Result<PreparedClaim, String>> {
+        let this = self.clone();
+        let owned = claims.to_vec();
+        match tokio::spawn(async move { this.prepare_all(&owned).await }).await {
+            Ok(done) => done,
+            Err(e) => claims
+                .iter()
+                .map(|c| {
+                    let why = format!("ResourceClaim {c}: the preparation stopped: {e}");
+                    (c.uid.clone(), Err(why))
+                })
+                .collect(),
+        }
+    }
+
+    async fn prepare_all(
         &self,
         claims: &[ClaimRef],
     ) -> BTreeMap<String, Result<PreparedClaim, String>> {
@@ -172,7 +195,26 @@ impl Preparer {
     }
 
     /// Removes each claim's slices; a claim not prepared (or removed before) is no error.
-    pub async fn unprepare(&self, claims: &[ClaimRef]) -> BTreeMap<String, Result<(), String>> {
+    /// Like [`Preparer::prepare`], it runs to its end even when the call is given up.
+    pub async fn unprepare(
+        self: &Arc<Self>,
+        claims: &[ClaimRef],
+    ) -> BTreeMap<String, Result<(), String>> {
+        let this = self.clone();
+        let owned = claims.to_vec();
+        match tokio::spawn(async move { this.unprepare_all(&owned).await }).await {
+            Ok(done) => done,
+            Err(e) => claims
+                .iter()
+                .map(|c| {
+                    let why = format!("ResourceClaim {c}: the release stopped: {e}");
+                    (c.uid.clone(), Err(why))
+                })
+                .collect(),
+        }
+    }
+
+    async fn unprepare_all(&self, claims: &[ClaimRef]) -> BTreeMap<String, Result<(), String>> {
         let _one_at_a_time = self.lock.lock().await;
         let mut out = BTreeMap::new();
         for claim in claims {

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::resource::v1::{
     CapacityRequestPolicy, CapacityRequestPolicyRange, Device, DeviceAttribute, DeviceCapacity,
-    ResourcePool, ResourceSlice, ResourceSliceSpec,
+    DeviceClass, ResourcePool, ResourceSlice, ResourceSliceSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, PostParams};
@@ -205,43 +205,85 @@ pub enum PublishError {
 }
 
 impl PublishError {
-    /// Whether trying again later can help (the API server was busy or away), as
-    /// opposed to a definite answer about the cluster.
+    /// Whether trying again later can help (the API server was busy or away, or the
+    /// object changed meanwhile), as opposed to a definite answer: a 4xx refusal.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Api { source, .. } => !matches!(
-                source.as_ref(),
-                kube::Error::Api(status) if status.code == 404 || status.code == 403
-            ),
+            Self::Api { source, .. } => match source.as_ref() {
+                kube::Error::Api(status) => {
+                    status.code >= 500 || matches!(status.code, 408 | 409 | 429)
+                }
+                _ => true,
+            },
             Self::ConsumableCapacityOff { .. } => false,
         }
     }
 }
 
-/// Whether every device of `slice` kept `allowMultipleAllocations` (the API server drops
-/// the field when consumable capacity is off).
+/// Whether `slice` has devices and every one kept `allowMultipleAllocations` (the API
+/// server drops the field when consumable capacity is off).
 pub fn keeps_shared_devices(slice: &ResourceSlice) -> bool {
-    slice
-        .spec
-        .devices
-        .iter()
-        .flatten()
-        .all(|d| d.allow_multiple_allocations == Some(true))
+    let devices = slice.spec.devices.as_deref().unwrap_or_default();
+    !devices.is_empty()
+        && devices
+            .iter()
+            .all(|d| d.allow_multiple_allocations == Some(true))
 }
 
-/// Why the cluster cannot take this DRA driver, when the API server says so: `None`
-/// when it serves `resource.k8s.io/v1` ResourceSlices; an error when it cannot be asked.
-pub async fn missing_dra(client: &kube::Client) -> Result<Option<String>, kube::Error> {
+/// Why the cluster cannot take this DRA driver, when the API server says so; `None`
+/// when it can. Three questions, each answered for sure or not at all (an error):
+/// * does it serve `resource.k8s.io/v1` ResourceSlices (Kubernetes 1.34 and later)?
+/// * is there the DeviceClass `gpuslice.io`, which the full install creates and the
+///   device-plugin-only install leaves out (so that a cluster upgraded from before 1.34
+///   keeps its device plugins until the DRA install is applied)?
+/// * does it keep `allowMultipleAllocations`? Asked with a dry-run create of the slice
+///   `probe` under another name, so nothing is stored, and a slice stored earlier (whose
+///   gated fields an update would keep) cannot answer for the cluster of today.
+pub async fn missing_dra(
+    client: &kube::Client,
+    probe: &ResourceSlice,
+) -> Result<Option<String>, kube::Error> {
     match client.list_api_group_resources("resource.k8s.io/v1").await {
-        Ok(list) if list.resources.iter().any(|r| r.name == "resourceslices") => Ok(None),
-        Ok(_) => Ok(Some(
-            "the API server serves resource.k8s.io/v1 without resourceslices".into(),
-        )),
-        Err(kube::Error::Api(status)) if status.code == 404 => Ok(Some(
-            "the API server does not serve resource.k8s.io/v1 (DRA is GA from Kubernetes 1.34)"
-                .into(),
-        )),
-        Err(e) => Err(e),
+        Ok(list) if list.resources.iter().any(|r| r.name == "resourceslices") => {}
+        Ok(_) => {
+            return Ok(Some(
+                "the API server serves resource.k8s.io/v1 without resourceslices".into(),
+            ));
+        }
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            return Ok(Some(
+                "the API server does not serve resource.k8s.io/v1 (DRA is GA from Kubernetes 1.34)"
+                    .into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+    let classes: Api<DeviceClass> = Api::all(client.clone());
+    if classes.get_opt(DRIVER_NAME).await?.is_none() {
+        return Ok(Some(format!(
+            "there is no DeviceClass {DRIVER_NAME} (kubectl apply -k deploy/kubernetes creates it; the device-plugin-only install leaves it out)"
+        )));
+    }
+    let mut probe = probe.clone();
+    let name = format!("{}-probe", probe.metadata.name.clone().unwrap_or_default());
+    probe.metadata.name = Some(name.clone());
+    probe.metadata.owner_references = None;
+    let slices: Api<ResourceSlice> = Api::all(client.clone());
+    let stored = slices
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            &probe,
+        )
+        .await?;
+    if keeps_shared_devices(&stored) {
+        Ok(None)
+    } else {
+        Ok(Some(
+            PublishError::ConsumableCapacityOff { name }.to_string(),
+        ))
     }
 }
 
@@ -300,12 +342,14 @@ impl Publisher {
                 Err(PublishError::ConsumableCapacityOff { name: name.clone() })
             }
         };
-        if self.owner.is_none() {
+        let current = self.slices.get_opt(&name).await.map_err(err)?;
+        if self.owner.is_none() || current.is_none() {
+            // The Node again before each create: one deleted and registered again has
+            // another UID, and a slice owned by the old one would be collected at once.
             // Without the Node (not readable, or a test without one) the slice has no
             // owner; the kubelet still removes it with the node's other slices.
             self.owner = self.nodes.get_opt(&self.node).await.ok().flatten();
         }
-        let current = self.slices.get_opt(&name).await.map_err(err)?;
         let build = |generation| {
             resource_slice(
                 &self.node,
@@ -347,6 +391,18 @@ impl Publisher {
 }
 
 impl Publisher {
+    /// The slice this publisher would write for `gpus` (for [`missing_dra`]'s probe).
+    pub fn wanted(&self, gpus: &[GpuInfo]) -> ResourceSlice {
+        resource_slice(
+            &self.node,
+            gpus,
+            self.reserve,
+            self.driver_version.as_deref(),
+            None,
+            1,
+        )
+    }
+
     /// Deletes the node's slice (a node that leaves DRA, or finds consumable capacity
     /// off, must not leave devices the scheduler would allocate).
     pub async fn withdraw(&mut self) -> Result<(), PublishError> {

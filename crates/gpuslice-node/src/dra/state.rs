@@ -85,6 +85,35 @@ impl StateDir {
         Ok(self.dir.join(format!("{uid}.json")))
     }
 
+    /// Every claim prepared in the folder `dir` (none when it does not exist): what an
+    /// earlier run left, read without creating anything.
+    pub fn prepared_in(dir: &Path) -> Result<Vec<PreparedClaim>, StateError> {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(StateError {
+                    path: dir.display().to_string(),
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let state = Self {
+            dir: dir.to_path_buf(),
+        };
+        let mut claims = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(uid) = name.strip_suffix(".json")
+                && let Some(claim) = state.load(uid)?
+            {
+                claims.push(claim);
+            }
+        }
+        claims.sort_by(|a, b| a.uid.cmp(&b.uid));
+        Ok(claims)
+    }
+
     /// The prepared claim `uid`, if any.
     pub fn load(&self, uid: &str) -> Result<Option<PreparedClaim>, StateError> {
         let path = self.path(uid)?;
@@ -110,8 +139,19 @@ impl StateDir {
         };
         let body = serde_json::to_vec_pretty(claim).map_err(|e| err(e.to_string()))?;
         let tmp = path.with_extension("json.tmp");
-        std::fs::write(&tmp, body).map_err(|e| err(e.to_string()))?;
-        std::fs::rename(&tmp, &path).map_err(|e| err(e.to_string()))
+        // On disk before the rename, and the rename on disk before the answer: after a
+        // power loss the kubelet's next call must find the claim whole, or not at all.
+        let write = || -> io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            io::Write::write_all(&mut file, &body)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(&self.dir)?.sync_all()
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            err(e.to_string())
+        })
     }
 
     /// Forgets claim `uid`.
