@@ -11,6 +11,8 @@
 //!   paths inside a container. Defined here only.
 //! * [`gpus`]: the host's GPUs and resolving `--gpus`-style lists (indices, UUIDs, UUID
 //!   prefixes) against them.
+//! * [`listing`]: the host's slices as their ledgers hold them (`gpuslice status`, the
+//!   agent's `/metrics`).
 //! * [`library`]: finding the interposer, `libgpuslice.so`.
 //! * [`cdi`]: the slice catalogue (`--slice`, `--slices-file`), CDI spec writing, and the
 //!   state folder's files the specs mount.
@@ -24,6 +26,7 @@ pub mod doctor;
 pub mod gpus;
 pub mod layout;
 pub mod library;
+pub mod listing;
 pub mod provision;
 pub mod slice;
 

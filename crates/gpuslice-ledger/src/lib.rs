@@ -149,6 +149,26 @@ pub enum LedgerError {
     },
 }
 
+impl LedgerError {
+    /// A short, stable name of what went wrong, for machines (the agent's metrics):
+    /// `io`, `untrusted`, `foreign`, `version`, `corrupt`, `limit-mismatch`,
+    /// `compute-mismatch`, `truncated`, `unguarded` or `full`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Io { .. } => "io",
+            Self::Untrusted { .. } => "untrusted",
+            Self::Foreign { .. } => "foreign",
+            Self::Version { .. } => "version",
+            Self::Corrupt { .. } => "corrupt",
+            Self::LimitMismatch { .. } => "limit-mismatch",
+            Self::ComputeMismatch { .. } => "compute-mismatch",
+            Self::Truncated { .. } => "truncated",
+            Self::Unguarded { .. } => "unguarded",
+            Self::Full { .. } => "full",
+        }
+    }
+}
+
 /// A refused reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
