@@ -25,6 +25,7 @@ use gpuslice_config::format_size;
 
 use crate::host::{CachedHost, HostGpu};
 use crate::membership::{Membership, SliceTable};
+use crate::metrics::AgentCounters;
 use crate::procfs::Procfs;
 use crate::server::log;
 
@@ -189,6 +190,8 @@ pub struct Enforcer {
     /// Ledger errors already reported.
     ledger_errors: HashSet<String>,
     ticks: u64,
+    /// What it counts for `/metrics`.
+    counters: AgentCounters,
 }
 
 /// Ledgers are swept every this many looks.
@@ -208,7 +211,14 @@ impl Enforcer {
             sweeps: false,
             ledger_errors: HashSet::new(),
             ticks: 0,
+            counters: AgentCounters::default(),
         }
+    }
+
+    /// Counts its kills, reports and freed ledger entries in `counters`.
+    pub fn counting(mut self, counters: AgentCounters) -> Self {
+        self.counters = counters;
+        self
     }
 
     /// The slice processes in `snapshot`.
@@ -279,9 +289,15 @@ impl Enforcer {
                 );
                 let line = match self.options.action {
                     Action::Report if !self.reported.insert((v.pid, v.start_time)) => continue,
-                    Action::Report => format!("{what}; would kill it (report only)"),
+                    Action::Report => {
+                        self.counters.enforcement_reports.inc();
+                        format!("{what}; would kill it (report only)")
+                    }
                     Action::Kill => match kill_exactly(&self.procfs, v.pid, v.start_time) {
-                        Ok(()) => format!("{what}; killed it"),
+                        Ok(()) => {
+                            self.counters.enforcement_kills.inc();
+                            format!("{what}; killed it")
+                        }
                         Err(e) => format!("{what}; could not kill it: {e}"),
                     },
                 };
@@ -289,11 +305,13 @@ impl Enforcer {
             }
         }
         if self.sweeps && self.ticks.is_multiple_of(SWEEP_EVERY) {
-            lines.extend(crate::sweep::sweep_ledgers(
+            let swept = crate::sweep::sweep_ledgers(
                 &self.options.state_dir,
                 &self.procfs,
                 &mut self.ledger_errors,
-            ));
+            );
+            self.counters.reclaimed_entries.inc_by(swept.entries);
+            lines.extend(swept.lines);
         }
         self.ticks += 1;
         for l in &lines {

@@ -9,6 +9,7 @@ use gpuslice_agent_protocol::{Accounting, EncoderSession, FbcSession, ProcessKin
 use nvml_wrapper::Nvml;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::error::NvmlError;
+use prometheus_client::metrics::counter::Counter;
 
 use crate::AgentError;
 
@@ -41,6 +42,17 @@ pub struct HostGpu {
     pub encoder_sessions: Vec<EncoderSession>,
     /// Frame-buffer-capture sessions.
     pub fbc_sessions: Vec<FbcSession>,
+    /// Its memory, total and used, as NVML reports it (`None` where it cannot say).
+    pub memory: Option<GpuMemory>,
+}
+
+/// A GPU's memory as NVML reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// Total bytes.
+    pub total: u64,
+    /// Bytes in use.
+    pub used: u64,
 }
 
 /// Where host snapshots come from (NVML, or a fixed list in tests).
@@ -53,6 +65,8 @@ pub trait HostSource: Send + Sync {
 pub struct CachedHost {
     source: Box<dyn HostSource>,
     cache: Mutex<Option<(Instant, Arc<Vec<HostGpu>>)>>,
+    /// Snapshots that failed (each stops at its first failed NVML call).
+    errors: Counter,
 }
 
 impl CachedHost {
@@ -61,13 +75,29 @@ impl CachedHost {
         Self {
             source,
             cache: Mutex::new(None),
+            errors: Counter::default(),
         }
+    }
+
+    /// Counts failed snapshots (failed NVML calls: a snapshot stops at the first) in
+    /// `errors` (the agent's `gpuslice_agent_nvml_errors_total`).
+    pub fn counting_errors(mut self, errors: Counter) -> Self {
+        self.errors = errors;
+        self
+    }
+
+    fn take(&self) -> Result<Vec<HostGpu>, AgentError> {
+        let snap = self.source.snapshot();
+        if snap.is_err() {
+            self.errors.inc();
+        }
+        snap
     }
 
     /// A snapshot taken now, neither from nor into the cache: for the enforcer, whose
     /// looks must not make the clients' answers older than they would otherwise be.
     pub fn fresh(&self) -> Result<Vec<HostGpu>, AgentError> {
-        self.source.snapshot()
+        self.take()
     }
 
     /// A snapshot no older than [`SNAPSHOT_TTL`].
@@ -78,7 +108,7 @@ impl CachedHost {
         {
             return Ok(Arc::clone(snap));
         }
-        let snap = Arc::new(self.source.snapshot()?);
+        let snap = Arc::new(self.take()?);
         *cache = Some((Instant::now(), Arc::clone(&snap)));
         Ok(snap)
     }
@@ -151,8 +181,17 @@ impl HostSource for NvmlHost {
                 .map_err(err(format!("opening device {index}")))?;
             let uuid = dev.uuid().map_err(err(format!("UUID of device {index}")))?;
             let what = |w: &str| format!("{w} of {uuid}");
+            let gpu_memory = match dev.memory_info() {
+                Ok(m) => Some(GpuMemory {
+                    total: m.total,
+                    used: m.used,
+                }),
+                Err(NvmlError::NotSupported) => None,
+                Err(e) => return Err(err(what("memory"))(e)),
+            };
             let mut gpu = HostGpu {
                 uuid: uuid.clone(),
+                memory: gpu_memory,
                 ..HostGpu::default()
             };
             for (kind, list) in [

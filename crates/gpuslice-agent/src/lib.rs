@@ -16,7 +16,8 @@
 //! * [`enforce`]: holds each slice to its memory limit from the host, killing what a
 //!   container took past it without the interposer;
 //! * [`sweep`]: frees the ledger entries of slice processes that are gone, in any PID
-//!   namespace.
+//!   namespace;
+//! * [`metrics`]: `/metrics`, the slices, GPUs and the agent's counters for Prometheus.
 //!
 //! The agent takes nothing a container can write as the truth (not a container's
 //! `/proc`): the one such file it opens is a slice's ledger, only to free the entries of
@@ -26,6 +27,7 @@ pub mod clients;
 pub mod enforce;
 pub mod host;
 pub mod membership;
+pub mod metrics;
 pub mod probe;
 pub mod procfs;
 pub mod scope;
@@ -67,6 +69,14 @@ pub enum AgentError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// `/metrics` could not listen.
+    #[error("metrics address {addr}: {reason}")]
+    Metrics {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        reason: String,
+    },
     /// Another agent answers on the socket.
     #[error("another gpuslice agent already listens on {path}")]
     InUse {
@@ -86,6 +96,8 @@ pub struct Options {
     pub verbose: bool,
     /// Enforce memory slices from the host; `None`: do not.
     pub enforce: Option<enforce::EnforceOptions>,
+    /// Serve `/metrics`; `None`: do not.
+    pub metrics: Option<metrics::MetricsOptions>,
 }
 
 /// Probes the driver (unless told not to), logging the verdict. A failed probe leaves the
@@ -107,7 +119,8 @@ pub fn probe_and_log(skip: bool) -> (DriverMode, SampleNumbering) {
     }
 }
 
-/// Runs the agent until its socket fails: probe, load NVML, bind, serve.
+/// Runs the agent until its socket fails: probe, load NVML, bind, serve (and serve
+/// `/metrics` when asked).
 pub fn run(options: &Options) -> Result<(), AgentError> {
     // The probe forks: it must run before NVML is loaded and before any thread starts.
     let (mode, own_samples) = probe_and_log(options.skip_probe);
@@ -124,12 +137,28 @@ pub fn run_probed(
 ) -> Result<(), AgentError> {
     server::set_verbose(options.verbose);
     let procfs = procfs::Procfs::default();
-    let host = Arc::new(host::CachedHost::new(Box::new(host::NvmlHost::init(
-        procfs.clone(),
-    )?)));
+    let counters = metrics::AgentCounters::default();
+    let host = Arc::new(
+        host::CachedHost::new(Box::new(host::NvmlHost::init(procfs.clone())?))
+            .counting_errors(counters.nvml_errors.clone()),
+    );
     let listener = bind(&options.socket)?;
+    if let Some(m) = &options.metrics {
+        // The agent's duties (PID truth, enforcement) do not depend on `/metrics`: an
+        // address in use is logged, not fatal.
+        match metrics::MetricsServer::bind(m.addr) {
+            Ok(server) => server.spawn(metrics::Exporter::new(
+                m.clone(),
+                Arc::clone(&host),
+                procfs.clone(),
+                counters.clone(),
+            ))?,
+            Err(e) => log(format_args!("{e}; /metrics is not served")),
+        }
+    }
     if let Some(enforce) = &options.enforce {
-        let enforcer = enforce::Enforcer::new(enforce.clone(), procfs.clone());
+        let enforcer =
+            enforce::Enforcer::new(enforce.clone(), procfs.clone()).counting(counters.clone());
         let host = Arc::clone(&host);
         std::thread::Builder::new()
             .name("enforce".into())

@@ -257,6 +257,7 @@ mod tests {
                     average_latency: 1,
                 })
                 .collect(),
+            memory: None,
         }
     }
 

@@ -100,14 +100,25 @@ pub fn ledgers(state_dir: &Path) -> Vec<(String, PathBuf)> {
     out
 }
 
+/// What one sweep did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// One line per ledger that had dead entries or could not be read.
+    pub lines: Vec<String>,
+    /// How many ledger entries were freed, in every ledger.
+    pub entries: u64,
+}
+
 /// Sweeps the ledgers of `state_dir`. Returns one line per ledger that had dead entries
-/// or could not be read (`errors_seen` keeps the latter from repeating).
+/// or could not be read (`errors_seen` keeps the latter from repeating), and how many
+/// entries were freed.
 pub fn sweep_ledgers(
     state_dir: &Path,
     procfs: &Procfs,
     errors_seen: &mut HashSet<String>,
-) -> Vec<String> {
+) -> Swept {
     let mut lines = Vec::new();
+    let mut entries: u64 = 0;
     let mut before: Option<HostProcesses> = None;
     for (name, path) in ledgers(state_dir) {
         let ledger = match Ledger::open(&path) {
@@ -148,6 +159,7 @@ pub fn sweep_ledgers(
             continue;
         }
         if swept > 0 {
+            entries = entries.saturating_add(u64::try_from(swept).unwrap_or(u64::MAX));
             let freed: u64 = candidates
                 .iter()
                 .filter(|p| dead.contains(&(p.pid, p.pid_ns, p.start_time)))
@@ -166,7 +178,7 @@ pub fn sweep_ledgers(
             ));
         }
     }
-    lines
+    Swept { lines, entries }
 }
 
 #[cfg(test)]
@@ -205,7 +217,9 @@ mod tests {
         let child = a_killed_process_that_charged(&path);
         assert_eq!(ledger.used(dev), 300 << 20, "both charged");
         let mut seen = HashSet::new();
-        let lines = sweep_ledgers(dir.path(), &Procfs::default(), &mut seen);
+        let swept = sweep_ledgers(dir.path(), &Procfs::default(), &mut seen);
+        assert_eq!(swept.entries, 1);
+        let lines = swept.lines;
         assert_eq!(lines.len(), 1, "{lines:?}");
         assert!(
             lines[0].contains("slice 'a'")
@@ -215,16 +229,22 @@ mod tests {
             lines[0]
         );
         assert_eq!(ledger.used(dev), 100 << 20, "only the live charge is left");
-        assert!(sweep_ledgers(dir.path(), &Procfs::default(), &mut seen).is_empty());
+        assert_eq!(
+            sweep_ledgers(dir.path(), &Procfs::default(), &mut seen),
+            Swept::default()
+        );
         // A file that is not a ledger is named once.
         std::fs::create_dir_all(dir.path().join("slices/b")).unwrap();
         std::fs::write(dir.path().join("slices/b/ledger"), b"not a ledger").unwrap();
-        let lines = sweep_ledgers(dir.path(), &Procfs::default(), &mut seen);
+        let lines = sweep_ledgers(dir.path(), &Procfs::default(), &mut seen).lines;
         assert!(
             lines.len() == 1 && lines[0].contains("slices/b/ledger"),
             "{lines:?}"
         );
-        assert!(sweep_ledgers(dir.path(), &Procfs::default(), &mut seen).is_empty());
+        assert_eq!(
+            sweep_ledgers(dir.path(), &Procfs::default(), &mut seen),
+            Swept::default()
+        );
     }
 
     /// A process (this test binary, as `helper_charges_and_waits`) that registers in the

@@ -44,6 +44,36 @@ pub struct AgentArgs {
     /// How often the agent checks the slices, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 500, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub enforce_interval_ms: u64,
+
+    /// Where to serve Prometheus metrics (`/metrics`, docs/metrics.md): an address and
+    /// port (port 0: any free one, logged), or `off`.
+    #[arg(long, value_name = "ADDR", default_value = gpuslice_agent::metrics::DEFAULT_METRICS_ADDR, value_parser = parse_metrics_addr)]
+    pub metrics_addr: MetricsAddr,
+}
+
+/// `--metrics-addr`: an address, or none (`off`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsAddr(pub Option<std::net::SocketAddr>);
+
+/// Parses `--metrics-addr`.
+pub fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text == "off" {
+        return Ok(MetricsAddr(None));
+    }
+    text.parse()
+        .map(|a| MetricsAddr(Some(a)))
+        .map_err(|e| format!("{e} (expected ADDRESS:PORT, e.g. 0.0.0.0:10420, or off)"))
+}
+
+impl MetricsAddr {
+    /// `/metrics` for the slices of `state_dir` (and of `gpuslice run`), if on.
+    pub fn options(
+        self,
+        state_dir: &std::path::Path,
+    ) -> Option<gpuslice_agent::metrics::MetricsOptions> {
+        self.0
+            .map(|a| gpuslice_agent::metrics::MetricsOptions::new(a, state_dir.to_path_buf()))
+    }
 }
 
 fn parse_grace(text: &str) -> Result<u64, String> {
@@ -95,6 +125,7 @@ pub fn run(args: &AgentArgs) -> Result<String, AgentCommandError> {
         skip_probe: args.no_probe,
         verbose: args.verbose,
         enforce: args.enforce_options(),
+        metrics: args.metrics_addr.options(&args.state_dir),
     })?;
     Ok(String::new())
 }
@@ -137,6 +168,19 @@ mod tests {
         assert_eq!(e.grace, 128 << 20);
         assert_eq!(e.interval, std::time::Duration::from_millis(500));
         assert_eq!(e.action, gpuslice_agent::enforce::Action::Kill);
+        // Metrics: on by default, on every interface, port 10420.
+        let m = agent_args(&["agent"])
+            .metrics_addr
+            .options(Path::new("/s"))
+            .unwrap();
+        assert_eq!(m.addr, "0.0.0.0:10420".parse().unwrap());
+        assert_eq!(m.state_dir, Path::new("/s"));
+        let a = agent_args(&["agent", "--metrics-addr", "127.0.0.1:0"]).metrics_addr;
+        assert_eq!(a.0, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(
+            agent_args(&["agent", "--metrics-addr", "off"]).metrics_addr,
+            super::MetricsAddr(None)
+        );
         let e = agent_args(&[
             "agent",
             "--memory-enforcement",
@@ -164,6 +208,7 @@ mod tests {
             &["agent", "--memory-enforcement", "maybe"][..],
             &["agent", "--memory-grace", "lots"],
             &["agent", "--enforce-interval-ms", "0"],
+            &["agent", "--metrics-addr", "localhost"],
         ] {
             let err = Cli::try_parse_from(std::iter::once("gpuslice").chain(bad.iter().copied()))
                 .unwrap_err()

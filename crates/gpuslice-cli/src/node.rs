@@ -56,6 +56,11 @@ pub struct NodeArgs {
     #[arg(long)]
     pub no_agent: bool,
 
+    /// Where the node agent serves Prometheus metrics (`/metrics`, docs/metrics.md): an
+    /// address and port, or `off`.
+    #[arg(long, value_name = "ADDR", default_value = gpuslice_agent::metrics::DEFAULT_METRICS_ADDR, value_parser = crate::agent::parse_metrics_addr)]
+    pub metrics_addr: crate::agent::MetricsAddr,
+
     /// Do not probe the driver at start-up (the agent then reports its mode as unknown).
     #[arg(long)]
     pub no_probe: bool,
@@ -115,6 +120,7 @@ pub fn run(args: &NodeArgs) -> Result<String, NodeCommandError> {
             interval: std::time::Duration::from_millis(500),
             action: gpuslice_agent::enforce::Action::Kill,
         }),
+        metrics: args.metrics_addr.options(&args.state_dir),
     });
     Ok(gpuslice_node::command::run(
         &gpuslice_node::command::NodeCommand {

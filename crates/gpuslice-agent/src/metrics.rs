@@ -1,0 +1,523 @@
+//! The agent's `/metrics`: what every slice of the host holds, what each GPU holds as
+//! NVML reports it, and what the agent itself did, in the Prometheus text format
+//! (OpenMetrics, as `prometheus-client` encodes it), over plain HTTP on
+//! [`MetricsOptions::addr`] (default port [`DEFAULT_METRICS_PORT`]).
+//!
+//! Every number comes from what the system holds at the scrape: the slices from their
+//! ledgers through the host's slice listing (`gpuslice_host::listing`, the same reading
+//! as `gpuslice status`, without sweeping: sweeping is the enforcer's, under its rules),
+//! the GPUs from the agent's cached NVML snapshot, and the agent's own counters
+//! ([`AgentCounters`]) from where the things they count happen. A slice whose ledger
+//! cannot be read, or whose pinned configuration is broken, is never left out: it shows
+//! as `gpuslice_slice_failed_closed{slice,reason} 1`.
+//!
+//! The HTTP server is `tiny_http` (synchronous, as the rest of the agent), bound by
+//! [`MetricsServer::bind`] and served on a thread of its own by [`MetricsServer::spawn`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+
+use gpuslice_host::listing::{Alive, SliceStatus, StatusReport};
+use gpuslice_ledger::folder::SHM_DIR;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::AgentError;
+use crate::host::{CachedHost, HostGpu};
+use crate::membership::SliceTable;
+use crate::procfs::Procfs;
+use crate::server::log;
+
+/// The default port of `/metrics`. The Prometheus project's list of default port
+/// allocations has given away every port from 9100 to 9999 (dcgm-exporter's 9400 and
+/// HAMi's 9394 and 9395 among them); this one lies past that range and past the ports
+/// of the Kubernetes components (10248 to 10259) that run on the same nodes.
+pub const DEFAULT_METRICS_PORT: u16 = 10420;
+
+/// The default address of `/metrics`: every interface, [`DEFAULT_METRICS_PORT`].
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:10420";
+
+/// The agent's own counters, shared (they are reference-counted) by the parts that
+/// count and the exporter.
+#[derive(Debug, Clone, Default)]
+pub struct AgentCounters {
+    /// Processes the enforcer killed.
+    pub enforcement_kills: Counter,
+    /// Processes the enforcer would have killed (report only).
+    pub enforcement_reports: Counter,
+    /// Ledger entries of dead processes the sweep freed.
+    pub reclaimed_entries: Counter,
+    /// Failed NVML snapshots (each stops at its first failed NVML call).
+    pub nvml_errors: Counter,
+}
+
+/// Where and what `/metrics` serves.
+#[derive(Debug, Clone)]
+pub struct MetricsOptions {
+    /// The address to listen on (port 0: any free port, logged at start).
+    pub addr: SocketAddr,
+    /// The state folder: the slices of `gpuslice cdi generate` and the node plugin.
+    pub state_dir: PathBuf,
+    /// The base of the per-user ledger folders of `gpuslice run` (`/dev/shm`), whose
+    /// `gpuslice-<uid>` folders are listed; `None`: none.
+    pub run_ledgers: Option<PathBuf>,
+}
+
+impl MetricsOptions {
+    /// `/metrics` on `addr` for the slices of `state_dir` and of `gpuslice run`.
+    pub fn new(addr: SocketAddr, state_dir: PathBuf) -> Self {
+        Self {
+            addr,
+            state_dir,
+            run_ledgers: Some(PathBuf::from(SHM_DIR)),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SliceGpu {
+    slice: String,
+    gpu_uuid: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct SliceInfo {
+    slice: String,
+    ledger: String,
+    source: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct FailedClosed {
+    slice: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct Gpu {
+    gpu_uuid: String,
+}
+
+type IntFamily<L> = Family<L, Gauge>;
+type RatioFamily<L> = Family<L, Gauge<f64, AtomicU64>>;
+
+/// Renders the metrics of one scrape.
+pub struct Exporter {
+    options: MetricsOptions,
+    host: Arc<CachedHost>,
+    procfs: Procfs,
+    counters: AgentCounters,
+    /// What the last scrape logged (each is logged when it first appears, not at every
+    /// scrape).
+    logged: Mutex<Vec<String>>,
+}
+
+impl Exporter {
+    /// An exporter of the slices `options` names, the GPUs of `host` and `counters`.
+    pub fn new(
+        options: MetricsOptions,
+        host: Arc<CachedHost>,
+        procfs: Procfs,
+        counters: AgentCounters,
+    ) -> Self {
+        Self {
+            options,
+            host,
+            procfs,
+            counters,
+            logged: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Logs the lines of `now` that the last scrape did not log.
+    fn log_new(&self, now: Vec<String>) {
+        let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+        for line in now.iter().filter(|l| !logged.contains(l)) {
+            log(format_args!("metrics: {line}"));
+        }
+        *logged = now;
+    }
+
+    /// The slices now, state folder first.
+    fn slices(&self) -> StatusReport {
+        let mut report = StatusReport::default();
+        if let Some(base) = &self.options.run_ledgers {
+            match gpuslice_host::listing::collect_every_user(base, false) {
+                Ok(r) => report = report.merge(r),
+                Err(e) => report.notes.push(e.to_string()),
+            }
+        }
+        gpuslice_host::listing::collect_state_dir(&self.options.state_dir, false).merge(report)
+    }
+
+    /// The metrics now, in the text format.
+    pub fn render(&self) -> String {
+        let report = self.slices();
+        let mut lines = report.notes.clone();
+        let gpus = match self.host.snapshot() {
+            Ok(g) => g,
+            Err(e) => {
+                lines.push(e.to_string());
+                Arc::new(Vec::new())
+            }
+        };
+        self.log_new(lines);
+        let config = SliceTable::load(&self.options.state_dir, &self.procfs);
+        let broken_configs: Vec<(String, String)> = config
+            .slices()
+            .iter()
+            .filter(|s| s.memory.is_err())
+            .map(|s| (s.name.clone(), "config".to_string()))
+            .collect();
+        encode(&report.slices, &gpus, &broken_configs, &self.counters)
+    }
+}
+
+/// The text of one scrape: `slices` as listed, `gpus` as NVML reports them, the slices
+/// whose pinned configuration is broken (name, reason) and the agent's counters.
+fn encode(
+    slices: &[SliceStatus],
+    gpus: &[HostGpu],
+    broken_configs: &[(String, String)],
+    counters: &AgentCounters,
+) -> String {
+    let limit = IntFamily::<SliceGpu>::default();
+    let used = IntFamily::<SliceGpu>::default();
+    let compute = RatioFamily::<SliceGpu>::default();
+    let burst = RatioFamily::<SliceGpu>::default();
+    let processes = IntFamily::<SliceGpu>::default();
+    let info = IntFamily::<SliceInfo>::default();
+    let failed = IntFamily::<FailedClosed>::default();
+    let gpu_total = IntFamily::<Gpu>::default();
+    let gpu_used = IntFamily::<Gpu>::default();
+    let gpu_limits = IntFamily::<Gpu>::default();
+
+    let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    let mut limits_per_gpu: BTreeMap<String, u64> = BTreeMap::new();
+    for g in gpus {
+        limits_per_gpu.entry(g.uuid.clone()).or_default();
+        if let Some(m) = g.memory {
+            let labels = Gpu {
+                gpu_uuid: g.uuid.clone(),
+            };
+            gpu_total.get_or_create(&labels).set(bytes(m.total));
+            gpu_used.get_or_create(&labels).set(bytes(m.used));
+        }
+    }
+    for s in slices {
+        info.get_or_create(&SliceInfo {
+            slice: s.name.clone(),
+            ledger: s.path.clone(),
+            source: s.origin.as_str().to_string(),
+        })
+        .set(1);
+        if s.error.is_some() {
+            failed
+                .get_or_create(&FailedClosed {
+                    slice: s.name.clone(),
+                    reason: s.error_kind.unwrap_or("unreadable").to_string(),
+                })
+                .set(1);
+            continue;
+        }
+        for d in &s.devices {
+            let labels = SliceGpu {
+                slice: s.name.clone(),
+                gpu_uuid: d.uuid.clone(),
+            };
+            limit.get_or_create(&labels).set(bytes(d.limit_bytes));
+            used.get_or_create(&labels).set(bytes(d.used_bytes));
+            let holders = s
+                .processes
+                .iter()
+                .filter(|p| p.alive != Alive::Dead && p.devices.iter().any(|c| c.uuid == d.uuid))
+                .count();
+            processes
+                .get_or_create(&labels)
+                .set(i64::try_from(holders).unwrap_or(i64::MAX));
+            if let Some(hard) = s.compute_percent {
+                compute.get_or_create(&labels).set(f64::from(hard) / 100.0);
+            }
+            if let Some(soft) = s.compute_burst_percent {
+                burst.get_or_create(&labels).set(f64::from(soft) / 100.0);
+            }
+            let sum = limits_per_gpu.entry(d.uuid.clone()).or_default();
+            *sum = sum.saturating_add(d.limit_bytes);
+        }
+    }
+    for (slice, reason) in broken_configs {
+        failed
+            .get_or_create(&FailedClosed {
+                slice: slice.clone(),
+                reason: reason.clone(),
+            })
+            .set(1);
+    }
+    for (uuid, sum) in limits_per_gpu {
+        gpu_limits
+            .get_or_create(&Gpu { gpu_uuid: uuid })
+            .set(bytes(sum));
+    }
+
+    let mut r = Registry::with_prefix("gpuslice");
+    let ratio = || Unit::Other("ratio".into());
+    r.register_with_unit(
+        "slice_memory_limit",
+        "The slice's memory limit on the GPU, from its ledger",
+        Unit::Bytes,
+        limit,
+    );
+    r.register_with_unit(
+        "slice_memory_used",
+        "Memory the slice's processes have charged on the GPU, from its ledger",
+        Unit::Bytes,
+        used,
+    );
+    r.register_with_unit(
+        "slice_compute_limit",
+        "The slice's compute limit on the GPU (1 is the whole GPU); absent when not limited",
+        ratio(),
+        compute,
+    );
+    r.register_with_unit(
+        "slice_compute_burst",
+        "The slice's soft (burst) compute limit on the GPU; absent when it has none",
+        ratio(),
+        burst,
+    );
+    r.register(
+        "slice_processes",
+        "Processes of the slice, not known to be gone, holding memory on the GPU",
+        processes,
+    );
+    r.register(
+        "slice_info",
+        "A slice of the host (1): its name, ledger file and source (run, cdi, device-plugin, dra)",
+        info,
+    );
+    r.register(
+        "slice_failed_closed",
+        "A slice that holds its processes to nothing because its ledger or pinned configuration cannot be used (1), and why",
+        failed,
+    );
+    r.register_with_unit(
+        "gpu_memory_total",
+        "The GPU's memory as NVML reports it",
+        Unit::Bytes,
+        gpu_total,
+    );
+    r.register_with_unit(
+        "gpu_memory_used",
+        "The GPU's memory in use as NVML reports it",
+        Unit::Bytes,
+        gpu_used,
+    );
+    r.register_with_unit(
+        "gpu_slices_memory_limit",
+        "The sum of the memory limits of the slices on the GPU",
+        Unit::Bytes,
+        gpu_limits,
+    );
+    r.register(
+        "agent_enforcement_kills",
+        "Processes the agent killed to hold a slice to its memory limit",
+        counters.enforcement_kills.clone(),
+    );
+    r.register(
+        "agent_enforcement_reports",
+        "Processes the agent would have killed (memory enforcement: report)",
+        counters.enforcement_reports.clone(),
+    );
+    r.register(
+        "agent_reclaimed_entries",
+        "Ledger entries of processes that are gone, freed by the agent",
+        counters.reclaimed_entries.clone(),
+    );
+    r.register(
+        "agent_nvml_errors",
+        "The agent's NVML snapshots that failed",
+        counters.nvml_errors.clone(),
+    );
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &r);
+    text
+}
+
+/// The content type of the text `prometheus-client` writes.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// `/metrics`, bound and not yet served.
+pub struct MetricsServer {
+    server: tiny_http::Server,
+    addr: SocketAddr,
+}
+
+impl MetricsServer {
+    /// Listens on `addr`.
+    pub fn bind(addr: SocketAddr) -> Result<Self, AgentError> {
+        let server = tiny_http::Server::http(addr).map_err(|e| AgentError::Metrics {
+            addr,
+            reason: e.to_string(),
+        })?;
+        let addr = server.server_addr().to_ip().unwrap_or(addr);
+        Ok(Self { server, addr })
+    }
+
+    /// The address it listens on (with the port chosen when asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves `exporter` on a thread of its own, for ever.
+    pub fn spawn(self, exporter: Exporter) -> Result<(), AgentError> {
+        log(format_args!(
+            "serving metrics on http://{}/metrics",
+            self.addr
+        ));
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || self.serve(&exporter))
+            .map(|_| ())
+            .map_err(|source| AgentError::Thread { source })
+    }
+
+    fn serve(&self, exporter: &Exporter) {
+        for request in self.server.incoming_requests() {
+            let path = request.url().split('?').next().unwrap_or_default();
+            let method = request.method().clone();
+            let response = match (&method, path) {
+                (tiny_http::Method::Get | tiny_http::Method::Head, "/metrics") => {
+                    let mut response = tiny_http::Response::from_string(exporter.render());
+                    if let Ok(h) = tiny_http::Header::from_bytes("Content-Type", CONTENT_TYPE) {
+                        response.add_header(h);
+                    }
+                    response
+                }
+                (_, "/metrics") => {
+                    tiny_http::Response::from_string("only GET and HEAD\n").with_status_code(405)
+                }
+                _ => tiny_http::Response::from_string("not found; see /metrics\n")
+                    .with_status_code(404),
+            };
+            if let Err(e) = request.respond(response) {
+                log(format_args!("metrics: answering a scrape: {e}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::GpuMemory;
+    use gpuslice_host::listing::{DeviceStatus, Origin, ProcessDevice, ProcessStatus};
+
+    fn slice(name: &str, devices: &[(&str, u64, u64)]) -> SliceStatus {
+        SliceStatus {
+            name: name.into(),
+            origin: Origin::Cdi,
+            path: format!("/state/slices/{name}/ledger"),
+            created_unix: Some(1),
+            default_limit_bytes: None,
+            compute_percent: None,
+            compute_burst_percent: None,
+            devices: devices
+                .iter()
+                .map(|&(uuid, limit, used)| DeviceStatus {
+                    uuid: uuid.into(),
+                    limit_bytes: limit,
+                    used_bytes: used,
+                    busy_ns: 0,
+                })
+                .collect(),
+            processes: Vec::new(),
+            error: None,
+            error_kind: None,
+        }
+    }
+
+    #[test]
+    fn slices_gpus_and_counters_are_encoded_with_their_units() {
+        let mut a = slice("a", &[("GPU-1", 1 << 30, 400 << 20)]);
+        a.compute_percent = Some(30);
+        a.compute_burst_percent = Some(60);
+        a.processes = vec![
+            ProcessStatus {
+                pid: 7,
+                alive: Alive::Alive,
+                devices: vec![ProcessDevice {
+                    uuid: "GPU-1".into(),
+                    charged_bytes: 400 << 20,
+                    context_bytes: 300 << 20,
+                }],
+            },
+            ProcessStatus {
+                pid: 8,
+                alive: Alive::Dead,
+                devices: vec![ProcessDevice {
+                    uuid: "GPU-1".into(),
+                    charged_bytes: 1,
+                    context_bytes: 0,
+                }],
+            },
+        ];
+        let b = slice("b", &[("GPU-1", 2 << 30, 0)]);
+        let mut bad = slice("bad", &[]);
+        bad.error = Some("ledger /x is corrupt: y".into());
+        bad.error_kind = Some("corrupt");
+        let gpus = [HostGpu {
+            uuid: "GPU-1".into(),
+            memory: Some(GpuMemory {
+                total: 80 << 30,
+                used: 5 << 30,
+            }),
+            ..HostGpu::default()
+        }];
+        let counters = AgentCounters::default();
+        counters.enforcement_kills.inc();
+        counters.reclaimed_entries.inc_by(3);
+        let text = encode(
+            &[a, b, bad],
+            &gpus,
+            &[("c".into(), "config".into())],
+            &counters,
+        );
+        for line in [
+            "# TYPE gpuslice_slice_memory_limit_bytes gauge",
+            "# UNIT gpuslice_slice_memory_limit_bytes bytes",
+            "gpuslice_slice_memory_limit_bytes{slice=\"a\",gpu_uuid=\"GPU-1\"} 1073741824",
+            "gpuslice_slice_memory_used_bytes{slice=\"a\",gpu_uuid=\"GPU-1\"} 419430400",
+            "gpuslice_slice_compute_limit_ratio{slice=\"a\",gpu_uuid=\"GPU-1\"} 0.3",
+            "gpuslice_slice_compute_burst_ratio{slice=\"a\",gpu_uuid=\"GPU-1\"} 0.6",
+            "gpuslice_slice_processes{slice=\"a\",gpu_uuid=\"GPU-1\"} 1",
+            "gpuslice_slice_processes{slice=\"b\",gpu_uuid=\"GPU-1\"} 0",
+            "gpuslice_slice_info{slice=\"bad\",ledger=\"/state/slices/bad/ledger\",source=\"cdi\"} 1",
+            "gpuslice_slice_failed_closed{slice=\"bad\",reason=\"corrupt\"} 1",
+            "gpuslice_slice_failed_closed{slice=\"c\",reason=\"config\"} 1",
+            "gpuslice_gpu_memory_total_bytes{gpu_uuid=\"GPU-1\"} 85899345920",
+            "gpuslice_gpu_memory_used_bytes{gpu_uuid=\"GPU-1\"} 5368709120",
+            "gpuslice_gpu_slices_memory_limit_bytes{gpu_uuid=\"GPU-1\"} 3221225472",
+            "# TYPE gpuslice_agent_enforcement_kills counter",
+            "gpuslice_agent_enforcement_kills_total 1",
+            "gpuslice_agent_reclaimed_entries_total 3",
+            "gpuslice_agent_nvml_errors_total 0",
+            "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("compute_limit_ratio{slice=\"b\""),
+            "b has no compute limit:\n{text}"
+        );
+    }
+}
