@@ -442,3 +442,38 @@ pub fn run_container(
         .stdin(Stdio::null());
     output_within(&mut run, limit)
 }
+
+/// `GET <path>` from the HTTP server at `addr` (`/metrics` of `gpuslice agent`): the
+/// status line and headers, and the body.
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the HTTP server");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: gpuslice\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).expect("read the answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    (head.to_string(), body.to_string())
+}
+
+/// The address `gpuslice agent` logged (in the file `log`) for its `/metrics`.
+pub fn metrics_addr(log: &Path) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.split("serving metrics on http://").nth(1) {
+            return rest
+                .split("/metrics")
+                .next()
+                .expect("an address")
+                .to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never served metrics:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use system_tests::{Bench, pid_file, run, wait_for};
+use system_tests::{Bench, http_get, metrics_addr, pid_file, run, wait_for};
 
 fn namespaces_work() -> bool {
     Command::new("unshare")
@@ -172,6 +172,7 @@ fn start_agent_with(world: &mut World, flags: &[&str]) {
         .bench
         .plain(&world.bench.build.join("gpuslice"))
         .args(["agent", "--no-probe", "--enforce-interval-ms", "100"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .args(flags)
         .arg("--socket")
         .arg(&socket)
@@ -261,9 +262,31 @@ fn the_agent_kills_the_process_that_takes_its_slice_past_the_limit_and_nothing_e
         "{}",
         world.agent_text()
     );
+    assert_eq!(
+        counter(&world, "enforcement_kills"),
+        1.0,
+        "/metrics counts it"
+    );
 }
 
 /// Slice `name`'s ledger: what it has charged on its first device, and its entries' PIDs.
+/// The agent's counter `name` (`gpuslice_agent_<name>_total`), from its `/metrics`.
+fn counter(world: &World, name: &str) -> f64 {
+    let (_, body) = http_get(&metrics_addr(&world.agent_log), "/metrics");
+    let m = openmetrics_parser::openmetrics::parse_openmetrics(&body)
+        .unwrap_or_else(|e| panic!("not OpenMetrics text: {e:?}\n{body}"));
+    let family = &m.families[&format!("gpuslice_agent_{name}")];
+    assert_eq!(
+        family.family_type,
+        openmetrics_parser::OpenMetricsType::Counter
+    );
+    let sample = family.iter_samples().next().expect("one sample");
+    match &sample.value {
+        openmetrics_parser::OpenMetricsValue::Counter(c) => c.value.as_f64(),
+        other => panic!("{name}: {other:?}"),
+    }
+}
+
 fn ledger_of(world: &World, name: &str) -> (u64, Vec<u32>) {
     let ledger = gpuslice_ledger::Ledger::open(&world.state.join(format!("slices/{name}/ledger")))
         .expect("the slice's ledger");
@@ -335,6 +358,12 @@ fn the_agent_frees_the_ledger_entries_of_a_container_killed_as_a_whole() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(!text.contains("killed it"), "{text}");
+    assert_eq!(
+        counter(&world, "reclaimed_entries"),
+        1.0,
+        "/metrics counts it"
+    );
+    assert_eq!(counter(&world, "enforcement_kills"), 0.0);
 }
 
 #[test]
@@ -367,4 +396,10 @@ fn in_report_mode_the_agent_names_the_process_once_and_kills_nothing() {
         "{text}"
     );
     assert!(text.contains(&format!("PID {big} ")), "{text}");
+    assert_eq!(
+        counter(&world, "enforcement_reports"),
+        1.0,
+        "/metrics counts it"
+    );
+    assert_eq!(counter(&world, "enforcement_kills"), 0.0);
 }

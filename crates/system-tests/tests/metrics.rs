@@ -5,15 +5,13 @@
 //! an OpenMetrics parser (`openmetrics-parser`) and every number is checked against what
 //! the ledgers and the fake GPU hold, with its type and unit.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
 
 use gpuslice_ledger::Ledger;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
-use system_tests::{Bench, GIB, MIB, fake_uuid, pid_file, run, wait_for};
+use system_tests::{Bench, GIB, MIB, fake_uuid, http_get, metrics_addr, pid_file, run, wait_for};
 
 type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 
@@ -26,38 +24,6 @@ impl Drop for Running {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// `GET /metrics` from `addr`: the status line and the body.
-fn scrape(addr: &str) -> (String, String) {
-    let mut s = TcpStream::connect(addr).expect("connect to /metrics");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: gpuslice\r\n\r\n")
-        .unwrap();
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("read the answer");
-    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
-    (head.to_string(), body.to_string())
-}
-
-/// The address the agent logged for `/metrics`.
-fn metrics_addr(log: &Path) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        if let Some(rest) = text.split("serving metrics on http://").nth(1) {
-            return rest
-                .split("/metrics")
-                .next()
-                .expect("an address")
-                .to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the agent never served metrics:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -200,7 +166,7 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
         .expect("start gpuslice agent");
     running.0.push(agent);
     let addr = metrics_addr(&log);
-    let (head, body) = scrape(&addr);
+    let (head, body) = http_get(&addr, "/metrics");
     assert!(
         head.starts_with("HTTP/1.") && head.contains(" 200"),
         "{head}"
@@ -311,13 +277,10 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
     }
     promtool_lints(&body);
     // Another path is not found.
-    let mut s404 = TcpStream::connect(&addr).unwrap();
-    s404.write_all(b"GET /other HTTP/1.0\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    s404.read_to_string(&mut answer).unwrap();
+    let (head, _) = http_get(&addr, "/other");
     assert!(
-        answer.starts_with("HTTP/1.") && answer.contains(" 404"),
-        "{answer}"
+        head.starts_with("HTTP/1.") && head.contains(" 404"),
+        "{head}"
     );
 
     let _ = std::fs::write(&done, b"done");
