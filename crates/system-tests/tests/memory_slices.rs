@@ -769,9 +769,13 @@ fn many_processes_allocating_at_once_never_pass_the_limit() {
     let bench = Bench::new();
     let slice = bench.slice_env("crowd", "3GiB");
     let done = bench.dir.path().join("done");
+    let go = bench.dir.path().join("go");
     let ready = |i: usize| bench.dir.path().join(format!("ready{i}"));
-    // Six processes churn and fill at once, then all stay alive until every one has
-    // finished, so that their charges are simultaneous.
+    let has_context = |i: usize| bench.dir.path().join(format!("context{i}"));
+    // Six processes make their contexts, then churn and fill at once, then all stay
+    // alive until every one has finished, so that their charges are simultaneous. The
+    // contexts come first, all of them: a process still making its context when
+    // another fills the slice would rightly find no room for it.
     let children: Vec<_> = (0..6)
         .map(|i| {
             bench
@@ -780,6 +784,8 @@ fn many_processes_allocating_at_once_never_pass_the_limit() {
                     &[
                         "init",
                         "ctx",
+                        &format!("ready:{}", has_context(i).display()),
+                        &format!("wait:{}", go.display()),
                         "churn:96M:200",
                         "fill:32M",
                         &format!("ready:{}", ready(i).display()),
@@ -791,6 +797,15 @@ fn many_processes_allocating_at_once_never_pass_the_limit() {
                 .unwrap()
         })
         .collect();
+    let start = std::time::Instant::now();
+    while !(0..6).all(|i| has_context(i).exists()) {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "not every probe made its context within 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::fs::write(&go, b"").unwrap();
     while !(0..6).all(|i| ready(i).exists()) {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
