@@ -394,6 +394,34 @@ pub fn is_root() -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
+/// Writes the OCI bundle `bundle` of a container named `name` (tests/gpu/container_bundle.py)
+/// whose process is `sh -c script`: the host's file system as its image, the build folder
+/// bound read-only and `host` read-write, and the image environment a user would give it:
+/// `PATH`, where its CUDA driver is (the fake GPU's variables) and a try at a bigger slice,
+/// `GPUSLICE_MEMORY=64GiB`, which a slice device's edits must replace. No LD_PRELOAD.
+pub fn probe_bundle(bench: &Bench, bundle: &Path, name: &str, host: &Path, script: &str) {
+    let mut make = Command::new("python3");
+    make.arg(repo().join("tests/gpu/container_bundle.py"))
+        .arg("--bundle")
+        .arg(bundle)
+        .args(["--name", name])
+        .args(["--bind", &format!("{}:ro", bench.build.display())])
+        .args(["--bind", &format!("{}:rw", host.display())])
+        .args(["--env", "PATH=/usr/bin:/bin"]);
+    for (k, v) in &bench.env {
+        if k.starts_with("FAKE_") || k == "LD_LIBRARY_PATH" {
+            make.args(["--env", &format!("{k}={v}")]);
+        }
+    }
+    make.args(["--env", "GPUSLICE_MEMORY=64GiB", "--", "sh", "-c", script]);
+    let made = output_within(&mut make, std::time::Duration::from_secs(60));
+    assert!(
+        made.status.success(),
+        "container_bundle.py: {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}
+
 /// Applies CDI device `device` (from the specs in `spec_dir`) to the OCI bundle `bundle`
 /// with `gpuslice-cdi-inject`, as a CDI-aware runtime would, rewriting its
 /// `config.json`; panics with the tool's message if it refuses.

@@ -12,7 +12,7 @@
 //!   prints why it was skipped.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_kubelet::FakeKubelet;
@@ -22,8 +22,7 @@ use gpuslice_node::dra::claims::ClaimSlice;
 use gpuslice_node::dra::state::PreparedClaim;
 use gpuslice_node::host_provider::claim_slice_name;
 use system_tests::{
-    Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, output_within, repo,
-    run_container,
+    Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, probe_bundle, run_container,
 };
 
 const NODE: &str = "node-1";
@@ -388,36 +387,11 @@ fn a_claim_prepared_by_the_node_holds_in_a_real_container_and_unprepare_leaves_n
     });
 
     // The container: its image asks for 64 GiB; the claim's edits win.
-    let s = |p: &Path| p.display().to_string();
-    let mut make = Command::new("python3");
     let bundle = host.path("bundle");
-    make.arg(repo().join("tests/gpu/container_bundle.py"))
-        .arg("--bundle")
-        .arg(&bundle)
-        .args(["--name", "dra1"])
-        .args(["--bind", &format!("{}:ro", s(&bench.build))])
-        .args(["--bind", &format!("{}:rw", s(&host.root))])
-        .args([
-            "--env",
-            "PATH=/usr/bin:/bin",
-            "--env",
-            "GPUSLICE_MEMORY=64GiB",
-        ]);
-    for (k, v) in &bench.env {
-        if k.starts_with("FAKE_") || k == "LD_LIBRARY_PATH" {
-            make.args(["--env", &format!("{k}={v}")]);
-        }
-    }
-    let probe = s(&bench.build.join("cuda-probe"));
+    let probe = bench.build.join("cuda-probe").display().to_string();
     let script =
         format!("set -e; test -z \"$LD_PRELOAD\"; {probe} init ctx meminfo alloc:2G fill:64M");
-    make.args(["--", "sh", "-c", &script]);
-    let made = output_within(&mut make, Duration::from_secs(60));
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    probe_bundle(&bench, &bundle, "dra1", &host.root, &script);
     inject_cdi_device(&bench, &host.path("cdi"), &cdi, &bundle);
     let out = run_container(
         &oci,

@@ -9,7 +9,6 @@
 //! skipped.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +21,7 @@ use gpuslice_node::NodeConfig;
 use gpuslice_node::host_provider::{HostProvider, HostSlices};
 use gpuslice_node::inventory::{GpuHealth, GpuInfo, StaticGpus};
 use system_tests::{
-    Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, output_within, repo,
-    run_container,
+    Bench, GIB, Report, fake_uuid, inject_cdi_device, oci_runtime, probe_bundle, run_container,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -167,34 +165,11 @@ fn a_slice_allocated_through_the_kubelet_holds_in_a_real_container() {
     assert!(ledger(&first).exists() && ledger(&second).exists());
 
     // The container: the image's environment asks for more, the device's edits win.
-    let mut image_env: Vec<String> = vec!["PATH=/usr/bin:/bin".into()];
-    for (k, v) in &bench.env {
-        if k.starts_with("FAKE_") || k == "LD_LIBRARY_PATH" {
-            image_env.push(format!("{k}={v}"));
-        }
-    }
-    image_env.push("GPUSLICE_MEMORY=64GiB".into());
     let probe = s(&bench.build.join("cuda-probe"));
     let script =
         format!("set -e; test -z \"$LD_PRELOAD\"; {probe} init ctx meminfo alloc:2G fill:64M");
     let bundle = host.join("bundle");
-    let mut make = Command::new("python3");
-    make.arg(repo().join("tests/gpu/container_bundle.py"))
-        .arg("--bundle")
-        .arg(&bundle)
-        .args(["--name", "k1"])
-        .args(["--bind", &format!("{}:ro", s(&bench.build))])
-        .args(["--bind", &format!("{}:rw", s(host))]);
-    for e in &image_env {
-        make.args(["--env", e]);
-    }
-    make.args(["--", "sh", "-c", &script]);
-    let made = output_within(&mut make, Duration::from_secs(60));
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    probe_bundle(&bench, &bundle, "k1", host, &script);
 
     inject_cdi_device(&bench, &host.join("cdi"), &names[0], &bundle);
     let out = run_container(

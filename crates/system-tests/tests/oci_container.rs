@@ -10,10 +10,9 @@
 //! skipped.
 
 use std::path::Path;
-use std::process::Command;
 
 use system_tests::{
-    Bench, GIB, Report, inject_cdi_device, oci_runtime as runtime, repo, run, run_container,
+    Bench, GIB, Report, inject_cdi_device, oci_runtime as runtime, probe_bundle, run, run_container,
 };
 
 #[test]
@@ -57,15 +56,6 @@ fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
         r.text()
     );
 
-    // The image's environment: where its CUDA driver is (the fake), and a try at a
-    // bigger slice, which the device's edits replace. No LD_PRELOAD.
-    let mut image_env: Vec<String> = vec!["PATH=/usr/bin:/bin".into()];
-    for (k, v) in &bench.env {
-        if k.starts_with("FAKE_") || k == "LD_LIBRARY_PATH" {
-            image_env.push(format!("{k}={v}"));
-        }
-    }
-    image_env.push("GPUSLICE_MEMORY=64GiB".into());
     let probe = s(&bench.build.join("cuda-probe"));
     // Inside: the probe as the image starts it, then again with its slice's variables
     // dropped and raised (the pinned configuration still holds it).
@@ -74,24 +64,9 @@ fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
          env -u GPUSLICE_MEMORY -u GPUSLICE_LEDGER GPUSLICE_MEMORY=64GiB \
          CUDA_DEVICE_MEMORY_LIMIT=64g {probe} init ctx meminfo fill:64M"
     );
+    // The image's environment asks for a bigger slice, which the device's edits replace.
     let bundle = host.join("bundle");
-    let mut make = Command::new("python3");
-    make.arg(repo().join("tests/gpu/container_bundle.py"))
-        .arg("--bundle")
-        .arg(&bundle)
-        .args(["--name", "c1"])
-        .args(["--bind", &format!("{}:ro", s(&bench.build))])
-        .args(["--bind", &format!("{}:rw", s(host))]);
-    for e in &image_env {
-        make.args(["--env", e]);
-    }
-    make.args(["--", "sh", "-c", &script]);
-    let made = make.output().unwrap();
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    probe_bundle(&bench, &bundle, "c1", host, &script);
 
     inject_cdi_device(&bench, &host.join("cdi"), "gpuslice.io/slice=c1", &bundle);
     let out = run_container(
