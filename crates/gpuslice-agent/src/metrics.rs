@@ -435,6 +435,8 @@ mod tests {
                     limit_bytes: limit,
                     used_bytes: used,
                     busy_ns: 0,
+                    refused_allocations: 0,
+                    throttled_ns: 0,
                 })
                 .collect(),
             processes: Vec::new(),

@@ -136,6 +136,10 @@ pub struct DeviceStatus {
     pub used_bytes: u64,
     /// GPU busy time the slice's processes have used on it (compute slices), in ns.
     pub busy_ns: u64,
+    /// Allocations refused on it for want of room, since the ledger was made.
+    pub refused_allocations: u64,
+    /// Time its processes spent held back by the compute gate, in ns.
+    pub throttled_ns: u64,
 }
 
 /// Whether a process runs.
@@ -284,6 +288,8 @@ fn read_ledger(ledger: &Ledger, sweep: bool, mut status: SliceStatus) -> SliceSt
             limit_bytes: d.limit,
             used_bytes: d.used,
             busy_ns: ledger.compute_busy_ns(d.slot),
+            refused_allocations: ledger.refused_allocations(d.slot),
+            throttled_ns: ledger.throttled_ns(d.slot),
         })
         .collect();
     status

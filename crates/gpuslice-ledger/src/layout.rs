@@ -51,7 +51,14 @@ pub struct DeviceEntry {
     pub compute_tat: AtomicU64,
     /// GPU busy time charged to the slice on this device, in ns.
     pub compute_busy: AtomicU64,
-    pub reserved: [AtomicU64; 3],
+    /// Allocations (and contexts) of the slice refused on this device for want of
+    /// room, counted since the ledger was made. Zero in ledgers made before the counter
+    /// existed (it was a reserved word), so the layout and version are unchanged.
+    pub refused_allocations: AtomicU64,
+    /// Time the slice's processes spent held back by the compute gate on this device
+    /// (resting, or waiting for another slice's turn), in ns. Formerly reserved.
+    pub throttled_ns: AtomicU64,
+    pub reserved: [AtomicU64; 1],
 }
 
 /// One process: owner word, identity and charges per device.

@@ -641,6 +641,30 @@ impl Ledger {
         self.device(device).compute_busy.load(Relaxed)
     }
 
+    /// Allocations refused on a device entry since the ledger was made (counted by
+    /// [`Ledger::try_charge`] and by [`Ledger::count_refusal`]).
+    pub fn refused_allocations(&self, device: usize) -> u64 {
+        self.device(device).refused_allocations.load(Relaxed)
+    }
+
+    /// Counts one refusal that did not come from [`Ledger::try_charge`] (an allocation
+    /// the driver made larger than charged, taken back). One atomic add.
+    pub fn count_refusal(&self, device: usize) {
+        self.device(device).refused_allocations.fetch_add(1, Relaxed);
+    }
+
+    /// Time the slice's processes spent held back by the compute gate on a device
+    /// entry, in ns.
+    pub fn throttled_ns(&self, device: usize) -> u64 {
+        self.device(device).throttled_ns.load(Relaxed)
+    }
+
+    /// The word that counts time held back by the compute gate on a device entry, for
+    /// the gate to add to (one atomic add per rest).
+    pub fn throttled_cell(&self, device: usize) -> &AtomicU64 {
+        &self.device(device).throttled_ns
+    }
+
     /// The limit of a device entry.
     pub fn limit(&self, device: usize) -> u64 {
         let cap = self.caps.get(device).map_or(u64::MAX, |c| c.load(Relaxed));
@@ -762,6 +786,7 @@ impl Ledger {
         loop {
             let before = self.used(device);
             if before.saturating_add(bytes) > limit {
+                self.count_refusal(device);
                 return Err(Refusal {
                     used: before,
                     limit,
@@ -778,6 +803,7 @@ impl Ledger {
             // them may still fit alone: back off by a pseudo-random delay and try again.
             attempt += 1;
             if attempt >= 12 {
+                self.count_refusal(device);
                 return Err(Refusal {
                     used: after.saturating_sub(bytes),
                     limit,

@@ -120,6 +120,28 @@ fn limits_hold_to_the_byte() {
 }
 
 #[test]
+fn refusals_and_throttled_time_are_counted_in_the_ledger_for_every_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("l");
+    let ledger = Ledger::create_or_open(&path, &spec(GIB)).unwrap();
+    let me = ledger.register().unwrap();
+    assert_eq!(ledger.refused_allocations(0), 0);
+    ledger.try_charge(me, 0, GIB).unwrap();
+    assert!(ledger.try_charge(me, 0, 1).is_err());
+    assert!(ledger.try_charge(me, 0, MIB).is_err());
+    ledger.count_refusal(0);
+    ledger.throttled_cell(0).fetch_add(1_500, std::sync::atomic::Ordering::Relaxed);
+    // Another process's view of the same file sees the same counts.
+    let other = Ledger::open(&path).unwrap();
+    assert_eq!(other.refused_allocations(0), 3);
+    assert_eq!(other.throttled_ns(0), 1_500);
+    // A charge that fits counts nothing.
+    ledger.release(me, 0, GIB);
+    ledger.try_charge(me, 0, MIB).unwrap();
+    assert_eq!(other.refused_allocations(0), 3);
+}
+
+#[test]
 fn limit_mismatch_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec(GIB)).unwrap();
