@@ -6,10 +6,18 @@
 //! target of every synchronisation, and by whatever the caller sleeps through
 //! [`fakeCudaClockSleep`]. So a test of a controller is exact and repeatable.
 //!
+//! With `FAKE_CUDA_REALTIME=1` the virtual clock keeps pace with the host's monotonic
+//! clock instead, for tests that watch a process from outside over wall time (the
+//! agent's compute use over a window): it never lags the host's clock (it jumps up to
+//! it when read or used), and a sleep through [`fakeCudaClockSleep`] really sleeps until
+//! the host's clock has caught up with it. Shares are then as exact as the host's
+//! scheduling lets them be.
+//!
 //! Exported for the tests and the interposer's clock seam: `fakeCudaClockNow` (0 when
 //! timing is off), `fakeCudaClockSleep`, and `fakeCudaBusyNs` (GPU time used so far).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use crate::driver::{Driver, api};
 use crate::types::*;
@@ -33,6 +41,21 @@ pub struct Timing {
     events: HashMap<u64, u64>,
     /// GPU time used so far.
     pub busy_ns: u64,
+    /// Whether the clock keeps pace with the host's (`FAKE_CUDA_REALTIME=1`).
+    pub realtime: bool,
+}
+
+/// The host's monotonic clock, in ns.
+fn host_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -47,8 +70,22 @@ impl Timing {
             call_ns: env_u64("FAKE_CUDA_CALL_NS").unwrap_or(4000),
             latency_ns: 5000,
             now: EPOCH_NS,
+            realtime: std::env::var("FAKE_CUDA_REALTIME").is_ok_and(|v| v.trim() == "1"),
             ..Timing::default()
         }
+    }
+
+    /// In real-time mode, moves the virtual clock up to the host's when it lags.
+    fn catch_up(&mut self) {
+        if self.realtime {
+            self.now = self.now.max(host_now_ns());
+        }
+    }
+
+    /// In real-time mode, how long the host's clock needs to reach the virtual one.
+    fn ahead(&self) -> Option<Duration> {
+        let host = host_now_ns();
+        (self.realtime && self.now > host).then(|| Duration::from_nanos(self.now - host))
     }
 
     /// Whether the GPU takes time at all.
@@ -61,6 +98,7 @@ impl Timing {
         if !self.on() {
             return;
         }
+        self.catch_up();
         self.now += self.call_ns;
         let tail = self.tails.get(&sk).copied().unwrap_or(0);
         let start = (self.now + self.latency_ns).max(tail).max(self.gpu_free);
@@ -75,6 +113,7 @@ impl Timing {
         if !self.on() {
             return;
         }
+        self.catch_up();
         self.now += self.call_ns / 4;
         let tail = self.tails.get(&sk).copied().unwrap_or(0);
         let at = tail.max(self.now + self.latency_ns);
@@ -87,6 +126,7 @@ impl Timing {
         if !self.on() {
             return true;
         }
+        self.catch_up();
         self.now += 100;
         self.events.get(&ev).is_none_or(|&at| at <= self.now)
     }
@@ -96,6 +136,7 @@ impl Timing {
         if !self.on() {
             return true;
         }
+        self.catch_up();
         self.now += 100;
         self.tails.get(&sk).is_none_or(|&at| at <= self.now)
     }
@@ -140,6 +181,7 @@ pub extern "C" fn fakeCudaClockNow() -> u64 {
     let mut now = 0;
     api("fakeCudaClockNow", |d| {
         if d.timing.on() {
+            d.timing.catch_up();
             now = d.timing.now;
         }
         Ok(())
@@ -147,13 +189,20 @@ pub extern "C" fn fakeCudaClockNow() -> u64 {
     now
 }
 
-/// Advances the virtual clock by `ns` (a sleep).
+/// Advances the virtual clock by `ns` (a sleep); in real-time mode, then sleeps (not
+/// holding the driver) until the host's clock has caught up.
 #[unsafe(no_mangle)]
 pub extern "C" fn fakeCudaClockSleep(ns: u64) {
+    let mut wait = None;
     api("fakeCudaClockSleep", |d| {
+        d.timing.catch_up();
         d.timing.now = d.timing.now.saturating_add(ns);
+        wait = d.timing.ahead();
         Ok(())
     });
+    if let Some(wait) = wait {
+        std::thread::sleep(wait);
+    }
 }
 
 /// GPU time used by this process so far, in nanoseconds.

@@ -44,6 +44,9 @@ pub struct HostGpu {
     pub fbc_sessions: Vec<FbcSession>,
     /// Its memory, total and used, as NVML reports it (`None` where it cannot say).
     pub memory: Option<GpuMemory>,
+    /// Its utilization in percent (`nvmlDeviceGetUtilizationRates`' `gpu`: the share
+    /// of the last sample period in which a kernel ran), `None` where it cannot say.
+    pub utilization: Option<u32>,
 }
 
 /// A GPU's memory as NVML reports it.
@@ -189,9 +192,19 @@ impl HostSource for NvmlHost {
                 Err(NvmlError::NotSupported) => None,
                 Err(e) => return Err(err(what("memory"))(e)),
             };
+            let utilization = match dev.utilization_rates() {
+                Ok(u) => Some(u.gpu.min(100)),
+                Err(
+                    NvmlError::NotSupported
+                    | NvmlError::FailedToLoadSymbol(_)
+                    | NvmlError::FunctionNotFound,
+                ) => None,
+                Err(e) => return Err(err(what("utilization"))(e)),
+            };
             let mut gpu = HostGpu {
                 uuid: uuid.clone(),
                 memory: gpu_memory,
+                utilization,
                 ..HostGpu::default()
             };
             for (kind, list) in [

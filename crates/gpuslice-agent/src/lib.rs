@@ -24,6 +24,7 @@
 //! processes that are gone, under the ledger's truncation guard (see [`sweep`]).
 
 pub mod clients;
+pub mod compute_window;
 pub mod enforce;
 pub mod host;
 pub mod membership;

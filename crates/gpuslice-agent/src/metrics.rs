@@ -7,18 +7,22 @@
 //! ledgers through the host's slice listing (`gpuslice_host::listing`, the same reading
 //! as `gpuslice status`, without sweeping: sweeping is the enforcer's, under its rules),
 //! the GPUs from the agent's cached NVML snapshot, and the agent's own counters
-//! ([`AgentCounters`]) from where the things they count happen. A slice whose ledger
-//! cannot be read, or whose pinned configuration is broken, is never left out: it shows
-//! as `gpuslice_slice_failed_closed{slice,reason} 1`.
+//! ([`AgentCounters`]) from where the things they count happen. The one number that
+//! needs a past, a slice's compute use over the last 10 s, comes from the busy-time
+//! history that the exporter's sampler keeps ([`crate::compute_window`]). A slice whose
+//! ledger cannot be read, or whose pinned configuration is broken, is never left out: it
+//! shows as `gpuslice_slice_failed_closed{slice,reason} 1`.
 //!
 //! The HTTP server is `tiny_http` (synchronous, as the rest of the agent), bound by
-//! [`MetricsServer::bind`] and served on a thread of its own by [`MetricsServer::spawn`].
+//! [`MetricsServer::bind`] and served on a thread of its own by [`MetricsServer::spawn`],
+//! which starts the sampler's thread too.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use gpuslice_host::listing::{Alive, SliceStatus, StatusReport};
 use gpuslice_ledger::folder::SHM_DIR;
@@ -29,6 +33,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::AgentError;
+use crate::compute_window::{ComputeWindow, MeterKey, SAMPLE_PERIOD};
 use crate::host::{CachedHost, HostGpu};
 use crate::membership::SliceTable;
 use crate::procfs::Procfs;
@@ -106,6 +111,27 @@ struct Gpu {
 
 type IntFamily<L> = Family<L, Gauge>;
 type RatioFamily<L> = Family<L, Gauge<f64, AtomicU64>>;
+type CountFamily<L> = Family<L, Counter>;
+type SecondsFamily<L> = Family<L, Counter<f64, AtomicU64>>;
+
+/// The metered (slice, GPU)s of a listing, with their busy time: the devices of the
+/// compute-limited slices (the others have no meter).
+fn metered(slices: &[SliceStatus]) -> impl Iterator<Item = (MeterKey, u64)> + '_ {
+    slices
+        .iter()
+        .filter(|s| s.error.is_none() && s.compute_percent.is_some())
+        .flat_map(|s| {
+            s.devices.iter().map(|d| {
+                (
+                    MeterKey {
+                        ledger: s.path.clone(),
+                        gpu_uuid: d.uuid.clone(),
+                    },
+                    d.busy_ns,
+                )
+            })
+        })
+}
 
 /// Renders the metrics of one scrape.
 pub struct Exporter {
@@ -113,6 +139,8 @@ pub struct Exporter {
     host: Arc<CachedHost>,
     procfs: Procfs,
     counters: AgentCounters,
+    /// The compute-limited slices' busy time over the last seconds.
+    window: ComputeWindow,
     /// What the last scrape logged (each is logged when it first appears, not at every
     /// scrape).
     logged: Mutex<Vec<String>>,
@@ -131,6 +159,7 @@ impl Exporter {
             host,
             procfs,
             counters,
+            window: ComputeWindow::default(),
             logged: Mutex::new(Vec::new()),
         }
     }
@@ -156,9 +185,24 @@ impl Exporter {
         gpuslice_host::listing::collect_state_dir(&self.options.state_dir, false).merge(report)
     }
 
+    /// Reads every compute-limited slice's busy time into the history of
+    /// `gpuslice_slice_compute_used_ratio` (the sampler's thread does, about every
+    /// [`SAMPLE_PERIOD`]).
+    pub fn sample(&self) {
+        let report = self.slices();
+        self.window.record(Instant::now(), metered(&report.slices));
+    }
+
     /// The metrics now, in the text format.
     pub fn render(&self) -> String {
         let report = self.slices();
+        let now = Instant::now();
+        let compute_used: BTreeMap<MeterKey, f64> = metered(&report.slices)
+            .filter_map(|(key, busy)| {
+                let ratio = self.window.ratio(&key, now, busy)?;
+                Some((key, ratio))
+            })
+            .collect();
         let mut lines = report.notes.clone();
         let gpus = match self.host.snapshot() {
             Ok(g) => g,
@@ -175,16 +219,24 @@ impl Exporter {
             .filter(|s| s.memory.is_err())
             .map(|s| (s.name.clone(), "config".to_string()))
             .collect();
-        encode(&report.slices, &gpus, &broken_configs, &self.counters)
+        encode(
+            &report.slices,
+            &gpus,
+            &broken_configs,
+            &compute_used,
+            &self.counters,
+        )
     }
 }
 
 /// The text of one scrape: `slices` as listed, `gpus` as NVML reports them, the slices
-/// whose pinned configuration is broken (name, reason) and the agent's counters.
+/// whose pinned configuration is broken (name, reason), the compute-limited slices'
+/// use over the window (those with a share yet) and the agent's counters.
 fn encode(
     slices: &[SliceStatus],
     gpus: &[HostGpu],
     broken_configs: &[(String, String)],
+    compute_used: &BTreeMap<MeterKey, f64>,
     counters: &AgentCounters,
 ) -> String {
     let limit = IntFamily::<SliceGpu>::default();
@@ -192,22 +244,35 @@ fn encode(
     let compute = RatioFamily::<SliceGpu>::default();
     let burst = RatioFamily::<SliceGpu>::default();
     let processes = IntFamily::<SliceGpu>::default();
+    let refused = CountFamily::<SliceGpu>::default();
+    let throttled = SecondsFamily::<SliceGpu>::default();
+    let used_compute = RatioFamily::<SliceGpu>::default();
     let info = IntFamily::<SliceInfo>::default();
     let failed = IntFamily::<FailedClosed>::default();
     let gpu_total = IntFamily::<Gpu>::default();
     let gpu_used = IntFamily::<Gpu>::default();
     let gpu_limits = IntFamily::<Gpu>::default();
+    let gpu_compute_limits = RatioFamily::<Gpu>::default();
+    let gpu_utilization = RatioFamily::<Gpu>::default();
 
     let bytes = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     let mut limits_per_gpu: BTreeMap<String, u64> = BTreeMap::new();
+    // The sum of the slices' compute limits per GPU, in percent.
+    let mut compute_per_gpu: BTreeMap<String, u64> = BTreeMap::new();
     for g in gpus {
         limits_per_gpu.entry(g.uuid.clone()).or_default();
+        compute_per_gpu.entry(g.uuid.clone()).or_default();
+        let labels = Gpu {
+            gpu_uuid: g.uuid.clone(),
+        };
         if let Some(m) = g.memory {
-            let labels = Gpu {
-                gpu_uuid: g.uuid.clone(),
-            };
             gpu_total.get_or_create(&labels).set(bytes(m.total));
             gpu_used.get_or_create(&labels).set(bytes(m.used));
+        }
+        if let Some(u) = g.utilization {
+            gpu_utilization
+                .get_or_create(&labels)
+                .set(f64::from(u) / 100.0);
         }
     }
     for s in slices {
@@ -241,8 +306,21 @@ fn encode(
             processes
                 .get_or_create(&labels)
                 .set(i64::try_from(holders).unwrap_or(i64::MAX));
+            refused.get_or_create(&labels).inc_by(d.refused_allocations);
+            throttled
+                .get_or_create(&labels)
+                .inc_by(d.throttled_ns as f64 / 1e9);
             if let Some(hard) = s.compute_percent {
                 compute.get_or_create(&labels).set(f64::from(hard) / 100.0);
+                let sum = compute_per_gpu.entry(d.uuid.clone()).or_default();
+                *sum = sum.saturating_add(u64::from(hard));
+                let key = MeterKey {
+                    ledger: s.path.clone(),
+                    gpu_uuid: d.uuid.clone(),
+                };
+                if let Some(&ratio) = compute_used.get(&key) {
+                    used_compute.get_or_create(&labels).set(ratio);
+                }
             }
             if let Some(soft) = s.compute_burst_percent {
                 burst.get_or_create(&labels).set(f64::from(soft) / 100.0);
@@ -263,6 +341,11 @@ fn encode(
         gpu_limits
             .get_or_create(&Gpu { gpu_uuid: uuid })
             .set(bytes(sum));
+    }
+    for (uuid, percent) in compute_per_gpu {
+        gpu_compute_limits
+            .get_or_create(&Gpu { gpu_uuid: uuid })
+            .set(percent as f64 / 100.0);
     }
 
     let mut r = Registry::with_prefix("gpuslice");
@@ -291,10 +374,27 @@ fn encode(
         ratio(),
         burst,
     );
+    r.register_with_unit(
+        "slice_compute_used",
+        "The share of the GPU the slice's kernels used over the last 10 s (its compute meter's busy time over wall time; over the time watched when the agent has watched the slice for less); absent when not limited",
+        ratio(),
+        used_compute,
+    );
     r.register(
         "slice_processes",
         "Processes of the slice, not known to be gone, holding memory on the GPU",
         processes,
+    );
+    r.register(
+        "slice_refused_allocations",
+        "Allocations (contexts included) refused to the slice's processes on the GPU for want of room in the slice, from its ledger",
+        refused,
+    );
+    r.register_with_unit(
+        "slice_throttled",
+        "Time the slice's processes spent held back by the compute gate on the GPU, from its ledger",
+        Unit::Seconds,
+        throttled,
     );
     r.register(
         "slice_info",
@@ -324,6 +424,18 @@ fn encode(
         Unit::Bytes,
         gpu_limits,
     );
+    r.register_with_unit(
+        "gpu_slices_compute_limit",
+        "The sum of the compute limits of the slices on the GPU (above 1: oversubscribed)",
+        ratio(),
+        gpu_compute_limits,
+    );
+    r.register_with_unit(
+        "gpu_utilization",
+        "The share of the last sample period in which a kernel ran on the GPU, as NVML reports it",
+        ratio(),
+        gpu_utilization,
+    );
     r.register(
         "agent_enforcement_kills",
         "Processes the agent killed to hold a slice to its memory limit",
@@ -341,7 +453,7 @@ fn encode(
     );
     r.register(
         "agent_nvml_errors",
-        "The agent's NVML snapshots that failed",
+        "The agent's NVML snapshots that failed (each stops at its first failed call)",
         counters.nvml_errors.clone(),
     );
     let mut text = String::new();
@@ -375,12 +487,24 @@ impl MetricsServer {
         self.addr
     }
 
-    /// Serves `exporter` on a thread of its own, for ever.
+    /// Serves `exporter` on a thread of its own, for ever, and samples the slices'
+    /// compute use on another ([`Exporter::sample`] every [`SAMPLE_PERIOD`]).
     pub fn spawn(self, exporter: Exporter) -> Result<(), AgentError> {
         log(format_args!(
             "serving metrics on http://{}/metrics",
             self.addr
         ));
+        let exporter = Arc::new(exporter);
+        let sampled = Arc::clone(&exporter);
+        std::thread::Builder::new()
+            .name("metrics-sampler".into())
+            .spawn(move || {
+                loop {
+                    sampled.sample();
+                    std::thread::sleep(SAMPLE_PERIOD);
+                }
+            })
+            .map_err(|source| AgentError::Thread { source })?;
         std::thread::Builder::new()
             .name("metrics".into())
             .spawn(move || self.serve(&exporter))
@@ -450,6 +574,8 @@ mod tests {
         let mut a = slice("a", &[("GPU-1", 1 << 30, 400 << 20)]);
         a.compute_percent = Some(30);
         a.compute_burst_percent = Some(60);
+        a.devices[0].refused_allocations = 4;
+        a.devices[0].throttled_ns = 2_500_000_000;
         a.processes = vec![
             ProcessStatus {
                 pid: 7,
@@ -470,7 +596,10 @@ mod tests {
                 }],
             },
         ];
-        let b = slice("b", &[("GPU-1", 2 << 30, 0)]);
+        let mut b = slice("b", &[("GPU-1", 2 << 30, 0)]);
+        b.devices[0].throttled_ns = 7;
+        let mut d = slice("d", &[("GPU-1", 1 << 30, 0)]);
+        d.compute_percent = Some(50);
         let mut bad = slice("bad", &[]);
         bad.error = Some("ledger /x is corrupt: y".into());
         bad.error_kind = Some("corrupt");
@@ -480,15 +609,24 @@ mod tests {
                 total: 80 << 30,
                 used: 5 << 30,
             }),
+            utilization: Some(37),
             ..HostGpu::default()
         }];
+        let compute_used = BTreeMap::from([(
+            MeterKey {
+                ledger: "/state/slices/a/ledger".into(),
+                gpu_uuid: "GPU-1".into(),
+            },
+            0.29,
+        )]);
         let counters = AgentCounters::default();
         counters.enforcement_kills.inc();
         counters.reclaimed_entries.inc_by(3);
         let text = encode(
-            &[a, b, bad],
+            &[a, b, d, bad],
             &gpus,
             &[("c".into(), "config".into())],
+            &compute_used,
             &counters,
         );
         for line in [
@@ -505,7 +643,20 @@ mod tests {
             "gpuslice_slice_failed_closed{slice=\"c\",reason=\"config\"} 1",
             "gpuslice_gpu_memory_total_bytes{gpu_uuid=\"GPU-1\"} 85899345920",
             "gpuslice_gpu_memory_used_bytes{gpu_uuid=\"GPU-1\"} 5368709120",
-            "gpuslice_gpu_slices_memory_limit_bytes{gpu_uuid=\"GPU-1\"} 3221225472",
+            "gpuslice_gpu_slices_memory_limit_bytes{gpu_uuid=\"GPU-1\"} 4294967296",
+            "# TYPE gpuslice_slice_refused_allocations counter",
+            "gpuslice_slice_refused_allocations_total{slice=\"a\",gpu_uuid=\"GPU-1\"} 4",
+            "gpuslice_slice_refused_allocations_total{slice=\"b\",gpu_uuid=\"GPU-1\"} 0",
+            "# TYPE gpuslice_slice_throttled_seconds counter",
+            "# UNIT gpuslice_slice_throttled_seconds seconds",
+            "gpuslice_slice_throttled_seconds_total{slice=\"a\",gpu_uuid=\"GPU-1\"} 2.5",
+            "gpuslice_slice_throttled_seconds_total{slice=\"b\",gpu_uuid=\"GPU-1\"} 7e-9",
+            "# TYPE gpuslice_slice_compute_used_ratio gauge",
+            "# UNIT gpuslice_slice_compute_used_ratio ratio",
+            "gpuslice_slice_compute_used_ratio{slice=\"a\",gpu_uuid=\"GPU-1\"} 0.29",
+            "gpuslice_gpu_slices_compute_limit_ratio{gpu_uuid=\"GPU-1\"} 0.8",
+            "# UNIT gpuslice_gpu_utilization_ratio ratio",
+            "gpuslice_gpu_utilization_ratio{gpu_uuid=\"GPU-1\"} 0.37",
             "# TYPE gpuslice_agent_enforcement_kills counter",
             "gpuslice_agent_enforcement_kills_total 1",
             "gpuslice_agent_reclaimed_entries_total 3",
@@ -521,5 +672,12 @@ mod tests {
             !text.contains("compute_limit_ratio{slice=\"b\""),
             "b has no compute limit:\n{text}"
         );
+        // b has no meter, d no share yet (the sampler has not watched it long enough).
+        for s in ["b", "d"] {
+            assert!(
+                !text.contains(&format!("compute_used_ratio{{slice=\"{s}\"")),
+                "{s}:\n{text}"
+            );
+        }
     }
 }

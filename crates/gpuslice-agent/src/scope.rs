@@ -258,6 +258,7 @@ mod tests {
                 })
                 .collect(),
             memory: None,
+            utilization: None,
         }
     }
 

@@ -185,7 +185,9 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
     }, else call())
 }
 
-/// Moves the charge recorded under `key` to `actual` bytes; false if growth does not fit.
+/// Moves the charge recorded under `key` to `actual` bytes; false if growth does not fit
+/// (then [`Slice::reserve`] has logged the refusal and counted it in the ledger: the
+/// caller takes the allocation back and counts nothing more).
 fn adjust(s: &Slice, key: Key, actual: u64, what: &str) -> bool {
     let Some(charge) = lock(&s.allocations).get(&key).copied() else {
         return true;
@@ -400,7 +402,8 @@ fn alloc_async(
     }
     if !set_tracked(&s.ledger, s.entry, Some(tracked), after, false) {
         // The pool grew by more than the slice has left: give the allocation back, let
-        // the pool shrink again, and refuse.
+        // the pool shrink again, and refuse (counted in the ledger by the refused
+        // charge of `set_tracked`).
         // SAFETY: written by the driver on success.
         let ptr = unsafe { *dptr };
         call_driver!(id::cuMemFreeAsync, FreeAsyncFn, ptr, stream);
@@ -865,6 +868,7 @@ fn create_context_charged(
     if s.context_created(&charge) {
         return CUDA_SUCCESS;
     }
+    // Measured larger than fits: the refused charge of the measurement counted it.
     destroy();
     s.context_gone(device, charge.bytes);
     refuse_context(s, device, None);

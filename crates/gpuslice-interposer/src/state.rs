@@ -535,13 +535,18 @@ impl Slice {
 
     /// Tries a charge; if it does not fit, makes room (sweeps dead processes, re-reads
     /// pools and graph memory, except the book the caller holds) and tries once more.
+    /// A refusal is counted in the ledger once, by the second attempt.
     fn try_charge_making_room(
         &self,
         device: usize,
         bytes: u64,
         holding: Holding,
     ) -> Result<(), gpuslice_ledger::Refusal> {
-        if self.ledger.try_charge(self.entry, device, bytes).is_ok() {
+        if self
+            .ledger
+            .try_charge_uncounted(self.entry, device, bytes)
+            .is_ok()
+        {
             return Ok(());
         }
         self.make_room(holding);
@@ -638,9 +643,15 @@ impl Slice {
                 let wanted = measured.saturating_sub(accounted);
                 if wanted > current {
                     let grow = wanted - current;
+                    // Only the last attempt counts a refusal: the first is retried.
+                    let charged = if attempt == 0 {
+                        Ledger::try_charge_uncounted
+                    } else {
+                        Ledger::try_charge
+                    };
                     if !strict {
                         self.ledger.force_charge(self.entry, device, grow);
-                    } else if self.ledger.try_charge(self.entry, device, grow).is_err() {
+                    } else if charged(&self.ledger, self.entry, device, grow).is_err() {
                         if attempt == 1 {
                             return false;
                         }
@@ -675,7 +686,8 @@ impl Slice {
     /// Charges a context that the driver is about to create, by
     /// [`Slice::context_estimate`]. When it does not fit, makes room, re-measures this
     /// process's context memory (contexts destroyed since are given back) and tries once
-    /// more; the refusal is returned for the caller to report.
+    /// more; the refusal is counted in the ledger once and returned for the caller to
+    /// report.
     pub fn reserve_context(
         &self,
         device: usize,
@@ -695,7 +707,7 @@ impl Slice {
             // Charged and marked pending under the lock, so that a measurement in another
             // thread never takes the charge for memory the books do not explain.
             let _guard = lock(&self.overhead_lock);
-            match self.ledger.try_charge(self.entry, device, bytes) {
+            match self.ledger.try_charge_uncounted(self.entry, device, bytes) {
                 Ok(()) => {
                     self.pending_contexts[device].fetch_add(bytes, Relaxed);
                     return Ok(ContextCharge { device, bytes });
@@ -703,6 +715,7 @@ impl Slice {
                 Err(refusal) => last = Some(refusal),
             }
         }
+        self.ledger.count_refusal(device);
         Err(last.unwrap_or(gpuslice_ledger::Refusal {
             used: self.used(device),
             limit: self.ledger.limit(device),
@@ -862,7 +875,8 @@ impl Slice {
 }
 
 /// Moves a tracked charge `(device entry, bytes)` to `target` bytes. Growth is checked
-/// against the limit unless `force`; returns false when it does not fit.
+/// against the limit unless `force`; returns false when it does not fit (the refusal
+/// counted in the ledger).
 pub fn set_tracked(
     ledger: &Ledger,
     entry: usize,

@@ -647,10 +647,13 @@ impl Ledger {
         self.device(device).refused_allocations.load(Relaxed)
     }
 
-    /// Counts one refusal that did not come from [`Ledger::try_charge`] (an allocation
-    /// the driver made larger than charged, taken back). One atomic add.
+    /// Counts one refusal that [`Ledger::try_charge`] did not count (one whose last
+    /// attempt was [`Ledger::try_charge_uncounted`], or that another check made). One
+    /// atomic add.
     pub fn count_refusal(&self, device: usize) {
-        self.device(device).refused_allocations.fetch_add(1, Relaxed);
+        self.device(device)
+            .refused_allocations
+            .fetch_add(1, Relaxed);
     }
 
     /// Time the slice's processes spent held back by the compute gate on a device
@@ -778,15 +781,28 @@ impl Ledger {
     }
 
     /// Reserves `bytes` on `device` for process entry `slot`, unless that would take the
-    /// device past its limit.
+    /// device past its limit. A refusal is counted ([`Ledger::refused_allocations`]).
     pub fn try_charge(&self, slot: usize, device: usize, bytes: u64) -> Result<(), Refusal> {
+        self.try_charge_uncounted(slot, device, bytes)
+            .inspect_err(|_| self.count_refusal(device))
+    }
+
+    /// [`Ledger::try_charge`] without counting a refusal: for an attempt that the caller
+    /// follows with another (after making room), so that one refused allocation counts
+    /// once. The caller counts its final refusal ([`Ledger::try_charge`] or
+    /// [`Ledger::count_refusal`]).
+    pub fn try_charge_uncounted(
+        &self,
+        slot: usize,
+        device: usize,
+        bytes: u64,
+    ) -> Result<(), Refusal> {
         let limit = self.limit(device);
         let mine = &self.process(slot).charge[device];
         let mut attempt = 0u32;
         loop {
             let before = self.used(device);
             if before.saturating_add(bytes) > limit {
-                self.count_refusal(device);
                 return Err(Refusal {
                     used: before,
                     limit,
@@ -803,7 +819,6 @@ impl Ledger {
             // them may still fit alone: back off by a pseudo-random delay and try again.
             attempt += 1;
             if attempt >= 12 {
-                self.count_refusal(device);
                 return Err(Refusal {
                     used: after.saturating_sub(bytes),
                     limit,

@@ -414,6 +414,93 @@ fn a_context_that_does_not_fit_is_refused() {
     assert!(bench.peak(0) <= 300 * MIB);
 }
 
+/// Allocations the ledger of `name` counts as refused, all its GPUs together, read
+/// through the host's slice listing (what `gpuslice status --json` and `/metrics` show).
+fn refused_in_ledger(bench: &Bench, name: &str) -> u64 {
+    let status = gpuslice_host::listing::slice_status(&bench.ledger(name), false);
+    assert!(status.error.is_none(), "{:?}", status.error);
+    status.devices.iter().map(|d| d.refused_allocations).sum()
+}
+
+/// The probe's `step` lines (`step` or `step:ARG`) that ended in `rc`.
+fn steps_with_rc(r: &system_tests::Report, step: &str, rc: u64) -> usize {
+    r.lines
+        .iter()
+        .filter(|l| {
+            let name = l.split([' ', ':']).next().unwrap_or_default();
+            name == step && l.split(' ').any(|kv| kv == format!("rc={rc}"))
+        })
+        .count()
+}
+
+#[test]
+fn every_refused_allocation_is_counted_once_in_the_ledger() {
+    let mut bench = Bench::new();
+    let slice = bench.slice_env("counted", "1GiB");
+    // cuMemAlloc: refused by the charge itself (retried once after making room).
+    let r = run(&mut bench.probe(
+        &env(&slice),
+        &[
+            "init",
+            "ctx",
+            "alloc:600M",
+            "alloc:200M",
+            "alloc:100M",
+            "alloc:100M",
+        ],
+    ));
+    assert_eq!(steps_with_rc(&r, "alloc", 0), 2, "{}", r.text());
+    assert_eq!(
+        steps_with_rc(&r, "alloc", CUDA_ERROR_OUT_OF_MEMORY),
+        2,
+        "{}",
+        r.text()
+    );
+    assert_eq!(refused_in_ledger(&bench, "counted"), 2, "{}", r.text());
+    assert!(bench.peak(0) <= GIB, "peak {}", bench.peak(0));
+
+    // An array the driver makes larger than its estimate (64 MiB pages): the estimate
+    // fits, the growth to the driver's size does not, and the array is taken back.
+    bench.set("FAKE_CUDA_GRANULARITY", "64MiB");
+    let r = run(&mut bench.probe(
+        &env(&slice),
+        &["init", "ctx", "alloc:704M", "array:4096x1", "meminfo"],
+    ));
+    assert_eq!(r.rc("alloc:704M"), 0, "{}", r.text());
+    assert_eq!(
+        r.rc("array:4096x1"),
+        CUDA_ERROR_OUT_OF_MEMORY,
+        "{}",
+        r.text()
+    );
+    assert_eq!(refused_in_ledger(&bench, "counted"), 3, "{}", r.text());
+
+    // A stream-ordered pool that grows in 96 MiB steps: the first allocation's 40 MiB
+    // fits before the call, the pool's growth after it does not (taken back); the
+    // second is refused before the call, by the growth step learnt.
+    bench.set("FAKE_CUDA_GRANULARITY", "2MiB");
+    bench.set("FAKE_CUDA_POOL_CHUNK", "96MiB");
+    let r = run(&mut bench.probe(
+        &env(&slice),
+        &["init", "ctx", "alloc:660M", "async:40M", "async:40M"],
+    ));
+    assert_eq!(r.rc("alloc:660M"), 0, "{}", r.text());
+    assert_eq!(
+        steps_with_rc(&r, "async", CUDA_ERROR_OUT_OF_MEMORY),
+        2,
+        "{}",
+        r.text()
+    );
+    assert_eq!(refused_in_ledger(&bench, "counted"), 5, "{}", r.text());
+
+    // A context that does not fit: tried three times (making room, measuring), one
+    // refusal.
+    let tiny = bench.slice_env("tiny-counted", "256MiB");
+    let r = run(&mut bench.probe(&env(&tiny), &["init", "ctx"]));
+    assert_eq!(r.rc("ctx"), CUDA_ERROR_OUT_OF_MEMORY, "{}", r.text());
+    assert_eq!(refused_in_ledger(&bench, "tiny-counted"), 1, "{}", r.text());
+}
+
 /// Every way a program creates a context: retaining the primary context, and each
 /// `cuCtxCreate` symbol (the unversioned one is the first ABI's, still exported).
 const CONTEXT_STEPS: [&str; 5] = [

@@ -3,11 +3,15 @@
 //! interposer charges memory in one of them; a third slice's ledger is cut short (a
 //! damaged file). The agent serves `/metrics` on a free port; the scrape is parsed with
 //! an OpenMetrics parser (`openmetrics-parser`) and every number is checked against what
-//! the ledgers and the fake GPU hold, with its type and unit.
+//! the ledgers and the fake GPU hold, with its type and unit. Further tests refuse
+//! allocations to a probe (the slice's refusal counter moves by one per refusal) and run
+//! a compute-limited probe on the fake GPU's clock paced to the host's
+//! (`FAKE_CUDA_REALTIME`), so that the agent's window of wall time sees the slice's share.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
 
 use gpuslice_ledger::Ledger;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
@@ -49,6 +53,13 @@ fn value(m: &Exposition, family: &str, labels: &[(&str, &str)]) -> Option<(f64, 
 fn gauge(m: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
     let (v, t) = value(m, family, labels).unwrap_or_else(|| panic!("{family}{labels:?} missing"));
     assert_eq!(t, OpenMetricsType::Gauge, "{family}");
+    v
+}
+
+/// The value of counter `family` (its name without `_total`) with `labels`.
+fn counter(m: &Exposition, family: &str, labels: &[(&str, &str)]) -> f64 {
+    let (v, t) = value(m, family, labels).unwrap_or_else(|| panic!("{family}{labels:?} missing"));
+    assert_eq!(t, OpenMetricsType::Counter, "{family}");
     v
 }
 
@@ -252,6 +263,24 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
         gauge(&m, "gpuslice_gpu_slices_memory_limit_bytes", &g),
         (3 * GIB) as f64
     );
+    assert_eq!(
+        gauge(&m, "gpuslice_gpu_slices_compute_limit_ratio", &g),
+        0.3
+    );
+    assert_eq!(
+        gauge(&m, "gpuslice_gpu_utilization_ratio", &g),
+        0.0,
+        "no process of the fake GPU is busy"
+    );
+    // Nothing was refused or held back yet; nobody computed (a has no meter).
+    for labels in [&a, &c] {
+        assert_eq!(
+            counter(&m, "gpuslice_slice_refused_allocations", labels),
+            0.0
+        );
+        assert_eq!(counter(&m, "gpuslice_slice_throttled_seconds", labels), 0.0);
+    }
+    assert!(value(&m, "gpuslice_slice_compute_used_ratio", &a).is_none());
     // Units.
     for (family, u) in [
         ("gpuslice_slice_memory_limit_bytes", "bytes"),
@@ -261,6 +290,9 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
         ("gpuslice_gpu_slices_memory_limit_bytes", "bytes"),
         ("gpuslice_slice_compute_limit_ratio", "ratio"),
         ("gpuslice_slice_compute_burst_ratio", "ratio"),
+        ("gpuslice_slice_throttled_seconds", "seconds"),
+        ("gpuslice_gpu_slices_compute_limit_ratio", "ratio"),
+        ("gpuslice_gpu_utilization_ratio", "ratio"),
     ] {
         assert_eq!(unit(&m, family), u, "{family}");
     }
@@ -284,4 +316,208 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
     );
 
     let _ = std::fs::write(&done, b"done");
+}
+
+/// A host with a state folder of `gpuslice cdi generate` slices and, once started,
+/// `gpuslice agent` serving `/metrics` for them.
+struct MetricsHost {
+    bench: Bench,
+    state: PathBuf,
+    running: Running,
+    addr: Option<String>,
+}
+
+impl MetricsHost {
+    /// `slices` (`--slice` values of `gpuslice cdi generate`) on a fresh bench.
+    fn new(bench: Bench, slices: &[&str]) -> Self {
+        let host = bench.dir.path().to_path_buf();
+        let s = |p: &Path| p.display().to_string();
+        let dev = host.join("root/dev");
+        std::fs::create_dir_all(&dev).unwrap();
+        for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
+            std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
+        }
+        let state = host.join("state");
+        let mut generate = bench.plain(&bench.build.join("gpuslice"));
+        generate.args(["cdi", "generate", "--driver-libs", "off"]);
+        for slice in slices {
+            generate.args(["--slice", slice]);
+        }
+        let r = run(generate
+            .args(["--dev-root", &s(&host.join("root"))])
+            .args(["--output-dir", &s(&host.join("cdi"))])
+            .args(["--state-dir", &s(&state)])
+            .args(["--agent-dir", &s(&host.join("agent"))])
+            .args(["--lib", &s(&bench.interposer())]));
+        assert!(state.join("slices").is_dir(), "{}", r.text());
+        Self {
+            bench,
+            state,
+            running: Running(Vec::new()),
+            addr: None,
+        }
+    }
+
+    fn ledger(&self, name: &str) -> PathBuf {
+        self.state.join(format!("slices/{name}/ledger"))
+    }
+
+    /// Starts the agent, with `/metrics` on a free port.
+    fn start_agent(&mut self) {
+        let host = self.bench.dir.path();
+        let log = host.join("agent.log");
+        let agent = self
+            .bench
+            .plain(&self.bench.build.join("gpuslice"))
+            .args(["agent", "--no-probe", "--memory-enforcement", "report"])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .arg("--socket")
+            .arg(host.join("agent/agent.sock"))
+            .arg("--state-dir")
+            .arg(&self.state)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start gpuslice agent");
+        self.running.0.push(agent);
+        self.addr = Some(metrics_addr(&log));
+    }
+
+    /// One scrape, parsed.
+    fn scrape(&self) -> (Exposition, String) {
+        let addr = self.addr.as_deref().expect("the agent runs");
+        let (head, body) = http_get(addr, "/metrics");
+        assert!(head.contains(" 200"), "{head}");
+        let m = openmetrics_parser::openmetrics::parse_openmetrics(&body)
+            .unwrap_or_else(|e| panic!("not OpenMetrics text: {e:?}\n{body}"));
+        (m, body)
+    }
+
+    /// A `cuda-probe` of slice `name` (limits `limits`, as its ledger holds them) running
+    /// `steps`, with the bench's variables and `extra`.
+    fn probe(&self, name: &str, limits: &[(&str, &str)], steps: &[&str]) -> std::process::Command {
+        let ledger = self.ledger(name).display().to_string();
+        let mut env = vec![("GPUSLICE_LEDGER", ledger.as_str())];
+        env.extend_from_slice(limits);
+        self.bench.probe(&env, steps)
+    }
+}
+
+#[test]
+fn each_refused_allocation_moves_the_slices_refusal_counter_by_one() {
+    let mut host = MetricsHost::new(Bench::new(), &["m=0:1GiB"]);
+    host.start_agent();
+    let gpu = fake_uuid(0);
+    let m_gpu = [("slice", "m"), ("gpu_uuid", gpu.as_str())];
+    let refused = |host: &MetricsHost| {
+        let (m, _) = host.scrape();
+        counter(&m, "gpuslice_slice_refused_allocations", &m_gpu)
+    };
+    assert_eq!(refused(&host), 0.0);
+    let limits = [("GPUSLICE_MEMORY", "1GiB")];
+    // 900 MiB does not fit beside the 300 MiB context: one refusal.
+    let r = run(&mut host.probe("m", &limits, &["init", "ctx", "alloc:900M"]));
+    assert_eq!(r.rc("alloc:900M"), 2, "{}", r.text());
+    assert_eq!(refused(&host), 1.0);
+    // Two more, and one allocation that fits (counts nothing).
+    let r = run(&mut host.probe(
+        "m",
+        &limits,
+        &["init", "ctx", "alloc:900M", "alloc:100M", "alloc:900M"],
+    ));
+    assert_eq!(r.rc("alloc:100M"), 0, "{}", r.text());
+    let (m, _) = host.scrape();
+    assert_eq!(
+        counter(&m, "gpuslice_slice_refused_allocations", &m_gpu),
+        3.0
+    );
+    // As the ledger holds it.
+    let ledger = Ledger::open(&host.ledger("m")).unwrap();
+    let slot = ledger.devices()[0].slot;
+    assert_eq!(ledger.refused_allocations(slot), 3);
+}
+
+/// A probe of slice `c` (30% of the GPU, 2 GiB) launching 200 µs kernels on the fake
+/// GPU's clock paced to the host's for `seconds`, recorded as 37% busy by the fake NVML;
+/// returns once it launches. The agent starts after it, so that the agent's window
+/// holds only the slice's steady work.
+fn computing(seconds: u64) -> (MetricsHost, Instant) {
+    let mut bench = Bench::new();
+    bench.set("FAKE_CUDA_KERNEL_US", "200");
+    bench.set("FAKE_CUDA_REALTIME", "1");
+    bench.set("FAKE_CUDA_SM_UTIL", "37");
+    let mut host = MetricsHost::new(bench, &["c=0:2GiB:compute=30"]);
+    let ready = host.bench.dir.path().join("probe.ready");
+    let step = format!("loop:kernel:{}", seconds * 1000);
+    let probe = host
+        .probe(
+            "c",
+            &[("GPUSLICE_MEMORY", "2GiB"), ("GPUSLICE_COMPUTE", "30")],
+            &["init", "ctx", &format!("ready:{}", ready.display()), &step],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start cuda-probe");
+    host.running.0.push(probe);
+    wait_for(&ready, "the probe");
+    let started = Instant::now();
+    host.start_agent();
+    (host, started)
+}
+
+#[test]
+fn a_compute_limited_slice_shows_its_share_and_the_gpu_its_utilization() {
+    let (host, _) = computing(30);
+    let gpu = fake_uuid(0);
+    let c = [("slice", "c"), ("gpu_uuid", gpu.as_str())];
+    // The sampler reads the ledger once a second: after 4 s the window spans about 4 s
+    // of steady work.
+    std::thread::sleep(Duration::from_secs(4));
+    let (m, body) = host.scrape();
+    let used = gauge(&m, "gpuslice_slice_compute_used_ratio", &c);
+    assert!(
+        (0.15..=0.45).contains(&used),
+        "{used} of the GPU under a 30% limit"
+    );
+    assert_eq!(unit(&m, "gpuslice_slice_compute_used_ratio"), "ratio");
+    assert_eq!(gauge(&m, "gpuslice_slice_compute_limit_ratio", &c), 0.3);
+    let g = [("gpu_uuid", gpu.as_str())];
+    assert_eq!(
+        gauge(&m, "gpuslice_gpu_slices_compute_limit_ratio", &g),
+        0.3
+    );
+    // The fake NVML's utilization: what its one busy process records.
+    assert_eq!(gauge(&m, "gpuslice_gpu_utilization_ratio", &g), 0.37);
+    let (errors, _) = value(&m, "gpuslice_agent_nvml_errors", &[]).unwrap();
+    assert_eq!(errors, 0.0);
+    promtool_lints(&body);
+}
+
+#[test]
+#[ignore = "needs the gate's throttled-time accounting"]
+fn the_time_a_compute_limited_slice_is_held_back_grows() {
+    let (host, started) = computing(10);
+    let gpu = fake_uuid(0);
+    let c = [("slice", "c"), ("gpu_uuid", gpu.as_str())];
+    let throttled = || {
+        let (m, _) = host.scrape();
+        counter(&m, "gpuslice_slice_throttled_seconds", &c)
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let first = throttled();
+    std::thread::sleep(Duration::from_secs(2));
+    let second = throttled();
+    let ran = started.elapsed().as_secs_f64() + 1.0;
+    assert!(
+        first > 0.0 && second > first,
+        "held back {first} s, then {second} s"
+    );
+    // One thread launches: it cannot have been held back longer than it ran, and under
+    // a 30% limit it rests most of the time.
+    assert!(second <= ran, "held back {second} s in {ran} s");
+    assert!(
+        second >= 0.3 * (ran - 1.0),
+        "held back {second} s in {ran} s"
+    );
 }
