@@ -61,4 +61,4 @@ EOF
 
 echo "== a limit that binds: the same loop under --compute 25 (GPUSLICE_LOG=info reports)"
 GPUSLICE_LOG=info timeout -s KILL 60 "$GS" run --memory 70GiB --compute 25 -- "$T/overhead" launch 200000 2>"$T/bind.err" | rate | sed 's/^/launches per second: /'
-grep -E "report|share" "$T/bind.err" | tail -3
+grep "the slice used" "$T/bind.err" | tail -3

@@ -260,6 +260,12 @@ impl<'a> Gate<'a> {
         step
     }
 
+    /// Whether the slice is resting (over its share): a wait the gate asks for now
+    /// holds the process back for its limit, not for a full queue.
+    pub fn resting(&self) -> bool {
+        self.resting
+    }
+
     /// Launches let through because the process's own queued work stopped completing
     /// (for reports and tests).
     pub fn unblocked(&self) -> u64 {

@@ -13,14 +13,28 @@
 //! Busy intervals of several streams are merged, so overlapping streams count once.
 //!
 //! A timing event costs the GPU about two microseconds of a busy stream's time
-//! (`bench/event_cost.py`: 6.6% of the throughput of 27 µs kernels on four streams with
-//! one after every launch, nothing with one after every fourth). So a group holds one
-//! launch while its stream is shallow (its previous group has completed), and while the
-//! stream is deep as many launches as make about [`GROUP_GPU_NS`] of this process's GPU
-//! work, at most [`MAX_GROUP`]. A group still open when the process waits (the gate
-//! seals every open group first) or when its stream turns out to have drained is closed
-//! then; in the second case its end is estimated from the stream's measured time per
-//! launch, because the event recorded at that moment would count the idle time since.
+//! (`bench/event_cost.py`) and the CPU about as much as half a launch
+//! (`bench/driver_call_cost.cu`). So a group stays open for [`GROUP_SPAN_NS`] of CPU time
+//! (at most [`GROUP_GPU_NS`] of GPU work at the usual time per launch, and at most
+//! [`MAX_GROUP`] launches): a launch that joins an open group costs no driver
+//! call at all ([`EventMeter::try_join`]), and only the first and the last launch of a
+//! group are timed. A group still open when the process waits (the gate seals every open
+//! group first) is closed then; if its stream has drained by then, its end is estimated
+//! from the stream's measured time per launch, because the event recorded at that moment
+//! would count the idle time since.
+//!
+//! A long group on a stream the CPU only just keeps fed spans idle gaps between its
+//! kernels. So groups are also probes: a group whose first launch is of a kind (a
+//! kernel and its grid, or a graph: the caller's `kind` key) the meter has no time for
+//! yet, and every [`PROBE_EVERY`]th group of a stream, is a single launch, timed alone,
+//! and its time is kept for its kind ([`KindTimes`]). A group every launch of which is
+//! of a kind with a known time is charged at most the sum of those times: gaps between
+//! its kernels are left out. A group with any launch of an unknown kind is charged its
+//! whole span, which errs towards charging too much. A kind's time follows its probes
+//! up at once and down slowly, so a kind whose launches vary in length is charged
+//! about its longest. A probe timed from a start mark counts the launch call's CPU time
+//! too (the mark runs as soon as it is recorded, the kernel only once the call has
+//! submitted it): that CPU time is taken off the probe, at most half of it.
 //!
 //! Event timestamps are read relative to a chain of reference events, re-based every
 //! 100 ms, so that the millisecond floats of `cuEventElapsedTime` never lose precision.
@@ -103,9 +117,16 @@ struct Mark<T: Timeline> {
     submitted_ns: u64,
     generation: u64,
     launches: u32,
-    /// For a group closed after its stream had drained: the most GPU time it may be
-    /// charged (its event was recorded after the work, so it would count idle time).
+    /// The most GPU time the group may be charged: for a group closed after its stream
+    /// had drained (its event was recorded after the work, so it would count idle
+    /// time), and for a long group, from the stream's probes.
     cap_ns: Option<u64>,
+    /// For a probe: its launch's kind, and the CPU time of its launch call to be taken
+    /// off its time (0 unless it was timed from a start mark).
+    probe: Option<(u64, u64)>,
+    /// When every launch of the group is of a kind with a known time: the sum of those
+    /// times, the most the group's kernels can have kept the GPU busy.
+    known_ns: Option<u64>,
 }
 
 /// Launches on a stream after its newest event: a group not yet closed. It takes the
@@ -115,12 +136,74 @@ struct OpenGroup<T: Timeline> {
     start: Option<T::Event>,
     submitted_ns: u64,
     launches: u32,
+    /// The sum of the known times of its launches' kinds.
+    known_ns: u64,
+    /// Whether a launch of a kind without a known time joined it.
+    unknown: bool,
+    /// The usual time per launch on its stream when it opened (for [`GROUP_GPU_NS`]).
+    per_launch_ns: u64,
 }
 
-/// The GPU work one group of launches should amount to (see the module comment).
-pub const GROUP_GPU_NS: u64 = 100_000;
+/// How long (CPU time from its first launch) a group stays open for more launches.
+pub const GROUP_SPAN_NS: u64 = 1_000_000;
+
+/// How much GPU work (its launches at the usual time per launch) a group holds at
+/// most: the gate sees queued work complete a group at a time, and must see a queue
+/// drain well before it is empty.
+pub const GROUP_GPU_NS: u64 = 250_000;
+
 /// The most launches in one group.
-pub const MAX_GROUP: u32 = 8;
+pub const MAX_GROUP: u32 = 4096;
+
+/// One group in this many, per stream, is a probe of a single launch.
+pub const PROBE_EVERY: u32 = 8;
+
+/// How long the meter sums spans and bounds before it starts the sums again
+/// ([`EventMeter::bounded`]).
+const BOUND_WINDOW_NS: u64 = 50_000_000;
+
+/// Kinds of launches whose time the meter keeps (a direct-mapped table: a kind that
+/// lands on another's place takes it, and the other is unknown again).
+const KIND_SLOTS: usize = 512;
+
+/// The GPU time of kinds of launches, learned from probes.
+#[derive(Debug)]
+pub struct KindTimes {
+    slots: Box<[(u64, u64); KIND_SLOTS]>,
+}
+
+impl Default for KindTimes {
+    fn default() -> Self {
+        KindTimes {
+            slots: Box::new([(0, 0); KIND_SLOTS]),
+        }
+    }
+}
+
+impl KindTimes {
+    fn slot(kind: u64) -> usize {
+        // Fibonacci hashing: the kinds are pointers and sizes, whose low bits repeat.
+        (kind.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 55) as usize % KIND_SLOTS
+    }
+
+    /// The time of a launch of `kind`, if a probe measured one.
+    pub fn get(&self, kind: u64) -> Option<u64> {
+        let (k, ns) = self.slots[Self::slot(kind)];
+        (k == kind && ns > 0).then_some(ns)
+    }
+
+    /// Takes a probe's time for `kind`: up to it at once, down towards it by a quarter.
+    pub fn learn(&mut self, kind: u64, ns: u64) {
+        let ns = ns.max(1);
+        let slot = &mut self.slots[Self::slot(kind)];
+        slot.1 = if slot.0 == kind && slot.1 > ns {
+            (slot.1 * 3 + ns) / 4
+        } else {
+            ns
+        };
+        slot.0 = kind;
+    }
+}
 
 struct Reference<T: Timeline> {
     generation: u64,
@@ -153,9 +236,6 @@ pub struct EventMeter<T: Timeline> {
     newest: HashMap<T::Stream, T::Event>,
     /// The start event recorded before the launch in progress.
     starting: Option<(T::Stream, T::Event)>,
-    /// Whether the stream of the launch in progress had work of an earlier group still
-    /// running when the launch was checked.
-    deep: bool,
     /// Open groups, by stream.
     open: HashMap<T::Stream, OpenGroup<T>>,
     /// Launches in pending marks and open groups.
@@ -177,6 +257,17 @@ pub struct EventMeter<T: Timeline> {
     average_ns: u64,
     /// Per stream: the time from one launch's end to the next one's, a moving average.
     stream_average_ns: HashMap<T::Stream, u64>,
+    /// Per stream: groups opened on it (every [`PROBE_EVERY`]th is a probe).
+    groups_opened: HashMap<T::Stream, u32>,
+    /// The time of each kind of launch.
+    kinds: KindTimes,
+    /// Since `window_start_ns`: the union of the harvested spans (new parts only), the
+    /// sum of their bounds (their kinds' times, or their spans), and what was charged:
+    /// the lesser of the first two (see [`EventMeter::bounded`]).
+    union_total_ns: u64,
+    bound_total_ns: u64,
+    charged_total_ns: u64,
+    window_start_ns: u64,
     lost: u64,
     events_recorded: u64,
 }
@@ -194,7 +285,6 @@ impl<T: Timeline> EventMeter<T> {
             last_end: HashMap::new(),
             newest: HashMap::new(),
             starting: None,
-            deep: false,
             open: HashMap::new(),
             pending_launches: 0,
             offsets: VecDeque::new(),
@@ -203,6 +293,12 @@ impl<T: Timeline> EventMeter<T> {
             longest_ns: 0,
             average_ns: 0,
             stream_average_ns: HashMap::new(),
+            groups_opened: HashMap::new(),
+            kinds: KindTimes::default(),
+            union_total_ns: 0,
+            bound_total_ns: 0,
+            charged_total_ns: 0,
+            window_start_ns: now_ns,
             lost: 0,
             events_recorded: 0,
         };
@@ -250,6 +346,7 @@ impl<T: Timeline> EventMeter<T> {
             self.close(stream, false);
         }
         self.stream_average_ns.remove(&stream);
+        self.groups_opened.remove(&stream);
         if !self.pending.iter().any(|m| m.stream == stream) {
             self.last_end.remove(&stream);
             self.newest.remove(&stream);
@@ -288,29 +385,48 @@ impl<T: Timeline> EventMeter<T> {
         self.last_rebase_ns = now_ns;
     }
 
-    /// Right before a launch on `stream`: if the stream is known to be drained, records
-    /// the event that will time the start of the launch's work.
+    /// A launch on `stream` at `now_ns` joins the stream's open group, if it has one
+    /// that is neither full nor older than [`GROUP_SPAN_NS`]: then the launch needs no
+    /// driver call from the meter (no [`EventMeter::before_launch`] or
+    /// [`EventMeter::after_launch`]). False if the launch must take the full path.
+    pub fn try_join(&mut self, stream: T::Stream, kind: u64, now_ns: u64) -> bool {
+        match self.open.get_mut(&stream) {
+            Some(g)
+                if g.launches < MAX_GROUP
+                    && now_ns.saturating_sub(g.submitted_ns) < GROUP_SPAN_NS
+                    && u64::from(g.launches).saturating_mul(g.per_launch_ns) < GROUP_GPU_NS =>
+            {
+                g.launches += 1;
+                match self.kinds.get(kind) {
+                    Some(ns) => g.known_ns = g.known_ns.saturating_add(ns),
+                    None => g.unknown = true,
+                }
+                self.pending_launches += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Right before a launch on `stream` that did not join an open group: if the stream
+    /// has no open group and is known to be drained, records the event that will time
+    /// the start of the launch's work.
     pub fn before_launch(&mut self, stream: T::Stream) {
         if let Some((_, event)) = self.starting.take() {
             self.free.push(event);
         }
+        if self.open.contains_key(&stream) {
+            // A group too old or too full for more: the launch joins it and closes it.
+            return;
+        }
         // Whether an earlier group of this stream is still running (asked now, so that
         // a stream that ran dry since the last harvest is caught).
-        self.deep = match self.newest.get(&stream) {
+        let deep = match self.newest.get(&stream) {
             None => false,
             Some(&event) => self.timeline.is_done(event) == Some(false),
         };
-        if self.deep {
+        if deep {
             return;
-        }
-        // The stream has drained if the launches of its open group (if any) have
-        // completed too.
-        if self.open.contains_key(&stream) {
-            if self.timeline.stream_idle(stream) != Some(true) {
-                return;
-            }
-            // Its end is estimated: an event recorded now would time the idle since.
-            self.close(stream, true);
         }
         // While other work of this process runs, the GPU is busy from this process's
         // point of view whenever this launch starts: its start may be taken from the
@@ -333,10 +449,18 @@ impl<T: Timeline> EventMeter<T> {
         }
     }
 
-    /// After a launch that was submitted at `submitted_ns` on `stream`: adds it to the
-    /// stream's open group and closes the group when it is long enough. False if it
-    /// could not be measured.
-    pub fn after_launch(&mut self, stream: T::Stream, submitted_ns: u64) -> bool {
+    /// After a launch of `kind` on `stream` that did not join an open group, submitted
+    /// at `submitted_ns` (CPU clock) by a launch call that took `call_ns` of CPU time:
+    /// the launch joins and closes the stream's open group if it has one, else opens a
+    /// group (a probe, closed at once, when its kind has no known time and every
+    /// [`PROBE_EVERY`]th time). False if it could not be measured.
+    pub fn after_launch(
+        &mut self,
+        stream: T::Stream,
+        kind: u64,
+        submitted_ns: u64,
+        call_ns: u64,
+    ) -> bool {
         let start = match self.starting.take() {
             Some((s, event)) if s == stream => Some(event),
             Some((_, event)) => {
@@ -352,31 +476,52 @@ impl<T: Timeline> EventMeter<T> {
             self.note_lost(1);
             return false;
         }
-        if start.is_some() && self.open.contains_key(&stream) {
-            // A start mark is only recorded for a stream without an open group; should
-            // one exist anyway, it ends where the new work begins.
-            self.close(stream, false);
-        }
-        let group = self.open.entry(stream).or_insert(OpenGroup {
-            start,
-            submitted_ns,
-            launches: 0,
-        });
-        group.launches += 1;
-        self.pending_launches += 1;
-        let launches = group.launches;
-        if !self.deep || launches >= self.group_size() {
+        let known = self.kinds.get(kind);
+        if let Some(group) = self.open.get_mut(&stream) {
+            if let Some(e) = start {
+                self.free.push(e);
+            }
+            group.launches += 1;
+            match known {
+                Some(ns) => group.known_ns = group.known_ns.saturating_add(ns),
+                None => group.unknown = true,
+            }
+            self.pending_launches += 1;
             return self.close(stream, false);
         }
-        true
-    }
-
-    /// How many launches a group on a deep stream holds.
-    fn group_size(&self) -> u32 {
-        match self.average_ns {
-            0 => 1,
-            avg => GROUP_GPU_NS.div_ceil(avg).clamp(1, u64::from(MAX_GROUP)) as u32,
+        let opened = self.groups_opened.entry(stream).or_insert(0);
+        let probe = known.is_none() || *opened % PROBE_EVERY == 0;
+        *opened = opened.wrapping_add(1);
+        self.open.insert(
+            stream,
+            OpenGroup {
+                start,
+                submitted_ns,
+                launches: 1,
+                known_ns: known.unwrap_or(0),
+                unknown: known.is_none(),
+                per_launch_ns: self
+                    .stream_average_ns
+                    .get(&stream)
+                    .copied()
+                    .unwrap_or(self.average_ns),
+            },
+        );
+        self.pending_launches += 1;
+        if !probe {
+            return true;
         }
+        let call_ns = if start.is_some() { call_ns } else { 0 };
+        let closed = self.close(stream, false);
+        if closed
+            && let Some(m) = self.pending.back_mut()
+            && m.stream == stream
+        {
+            m.cap_ns = None;
+            m.known_ns = None;
+            m.probe = Some((kind, call_ns));
+        }
+        closed
     }
 
     /// Closes the open group of `stream` with an event recorded now. `estimated`: the
@@ -405,7 +550,7 @@ impl<T: Timeline> EventMeter<T> {
             return lose(self, group);
         }
         self.events_recorded += 1;
-        let cap_ns = estimated.then(|| {
+        let drained_cap = estimated.then(|| {
             let per_launch = self
                 .stream_average_ns
                 .get(&stream)
@@ -413,6 +558,8 @@ impl<T: Timeline> EventMeter<T> {
                 .unwrap_or(self.average_ns);
             per_launch.saturating_mul(u64::from(group.launches))
         });
+        let known_ns = (!group.unknown && group.known_ns > 0).then_some(group.known_ns);
+        let cap_ns = drained_cap;
         self.newest.insert(stream, event);
         self.pending.push_back(Mark {
             event,
@@ -422,6 +569,8 @@ impl<T: Timeline> EventMeter<T> {
             generation,
             launches: group.launches,
             cap_ns: cap_ns.filter(|&c| c > 0),
+            probe: None,
+            known_ns,
         });
         true
     }
@@ -526,6 +675,31 @@ impl<T: Timeline> EventMeter<T> {
         (total - already).max(0) as u64
     }
 
+    /// What a harvest charges, given the new part of the union of its spans and the sum
+    /// of its groups' bounds. Over a window of [`BOUND_WINDOW_NS`], the meter charges
+    /// the lesser of the union and the bounds, each summed over the window: spans overlap
+    /// across streams (the union counts concurrent kernels once) and span idle gaps
+    /// between a shallow stream's kernels (the kinds' times leave them out), and the
+    /// lesser of the two is right in either case. Summed rather than taken per harvest,
+    /// because a harvest holds the groups that happen to have completed: a group whose
+    /// span another stream's earlier group already covered adds nothing to the union,
+    /// but its kernels may have run in that group's gaps. What is charged never goes
+    /// back; at the end of a window both sums restart from what was charged.
+    fn bounded(&mut self, union_ns: u64, bound_ns: u64, now_ns: u64) -> u64 {
+        if now_ns.saturating_sub(self.window_start_ns) >= BOUND_WINDOW_NS {
+            self.window_start_ns = now_ns;
+            self.union_total_ns = 0;
+            self.bound_total_ns = 0;
+            self.charged_total_ns = 0;
+        }
+        self.union_total_ns = self.union_total_ns.saturating_add(union_ns);
+        self.bound_total_ns = self.bound_total_ns.saturating_add(bound_ns);
+        let target = self.union_total_ns.min(self.bound_total_ns);
+        let busy = target.saturating_sub(self.charged_total_ns);
+        self.charged_total_ns = self.charged_total_ns.max(target);
+        busy
+    }
+
     fn reference_at(&self, generation: u64) -> Option<(T::Event, i64)> {
         self.references
             .iter()
@@ -584,6 +758,7 @@ impl<T: Timeline> EventMeter<T> {
         let marks: Vec<Mark<T>> = self.pending.drain(..).collect();
         let mut blocked_streams: Vec<T::Stream> = Vec::new();
         let mut launches: u64 = 0;
+        let mut bound_ns: u64 = 0;
         for m in marks {
             let left = budget.get_mut(&m.stream);
             let complete = matches!(left, Some(n) if *n > 0);
@@ -654,6 +829,16 @@ impl<T: Timeline> EventMeter<T> {
                 (None, None) => end,
             }
             .min(end);
+            if let Some((kind, call_ns)) = m.probe {
+                let span = (end - start).max(0) as u64;
+                // The launch call's CPU time is off a probe timed from a start mark, but
+                // never more than half of it (see the module comment).
+                self.kinds
+                    .learn(kind, span.saturating_sub(call_ns).max(span / 8));
+            }
+            // The stream's next work cannot begin before this group's event, whatever
+            // part of the group is charged.
+            self.last_end.insert(m.stream, end);
             let end = match m.cap_ns {
                 Some(cap) => end.min(start.saturating_add(cap as i64)),
                 None => {
@@ -663,8 +848,9 @@ impl<T: Timeline> EventMeter<T> {
                     end
                 }
             };
-            self.last_end.insert(m.stream, end);
-            self.longest_ns = self.longest_ns.max((end - start).max(0) as u64);
+            let span = (end - start).max(0) as u64;
+            self.longest_ns = self.longest_ns.max(span);
+            bound_ns = bound_ns.saturating_add(m.known_ns.map_or(span, |k| k.min(span)));
             intervals.push((start, end));
             launches += u64::from(m.launches);
             self.pending_launches = self.pending_launches.saturating_sub(m.launches as usize);
@@ -681,7 +867,8 @@ impl<T: Timeline> EventMeter<T> {
         }
         intervals.sort_unstable();
         let first_start = intervals[0].0;
-        let busy = self.charge_new(intervals);
+        let union_ns = self.charge_new(intervals);
+        let busy = self.bounded(union_ns, bound_ns, now_ns);
         let per_launch = busy / launches.max(1);
         self.average_ns = if self.average_ns == 0 {
             per_launch.max(1)
@@ -877,7 +1064,7 @@ mod tests {
     fn learn_a_launch(m: &mut EventMeter<Scripted>, stream: u8) {
         m.timeline().next_record.extend([10_000, 12_000]);
         m.before_launch(stream);
-        assert!(m.after_launch(stream, 10_000));
+        assert!(m.after_launch(stream, 10_000, 10_000, 0));
         m.timeline().now = 20_000;
         assert_eq!(m.harvest(20_000).busy_ns, 2_000);
     }
@@ -889,7 +1076,7 @@ mod tests {
         m.timeline().fail_records = true;
         for _ in 0..3 {
             m.before_launch(1);
-            assert!(!m.after_launch(1, 21_000));
+            assert!(!m.after_launch(1, 21_000, 21_000, 0));
         }
         assert_eq!(m.lost(), 3);
         m.timeline().now = 30_000;
@@ -906,10 +1093,10 @@ mod tests {
         let mut m = meter_at_10_000();
         m.timeline().next_record.extend([10_000, 110_000, 61_000]);
         m.before_launch(1);
-        assert!(m.after_launch(1, 10_000));
+        assert!(m.after_launch(1, 10_000, 10_000, 0));
         m.timeline().now = 60_000;
         m.before_launch(2);
-        assert!(m.after_launch(2, 60_000));
+        assert!(m.after_launch(2, 60_000, 60_000, 0));
         m.timeline().now = 70_000;
         let first = m.harvest(70_000).busy_ns;
         assert_eq!(first, 2_000);
@@ -919,7 +1106,7 @@ mod tests {
         // Charged work is not charged again by a later harvest that overlaps it.
         m.timeline().next_record.extend([150_000, 160_000]);
         m.before_launch(2);
-        assert!(m.after_launch(2, 200_000));
+        assert!(m.after_launch(2, 200_000, 200_000, 0));
         m.timeline().now = 300_000;
         assert_eq!(m.harvest(300_000).busy_ns, 10_000);
     }
@@ -932,9 +1119,9 @@ mod tests {
         // Stream 2: submitted at 12 000, ends at 15 000 (inside stream 1's work).
         // Stream 1 again: submitted at 40 000 after an idle gap, ends at 44 000.
         m.timeline().next_record.extend([18_000, 14_000, 43_000]);
-        assert!(m.after_launch(1, 10_000));
-        assert!(m.after_launch(2, 12_000));
-        assert!(m.after_launch(1, 40_000));
+        assert!(m.after_launch(1, 10_000, 10_000, 0));
+        assert!(m.after_launch(2, 12_000, 12_000, 0));
+        assert!(m.after_launch(1, 40_000, 40_000, 0));
         m.timeline().now = 50_000;
         let h = m.harvest(50_000);
         // 9 000 + 0 (overlap) + 4 000: the gap between 19 000 and 40 000 is idle.
@@ -950,13 +1137,13 @@ mod tests {
         // (it was running another process's work): the start mark says so.
         m.timeline().next_record.extend([15_000, 18_000]);
         m.before_launch(3);
-        assert!(m.after_launch(3, 10_000));
+        assert!(m.after_launch(3, 10_000, 10_000, 0));
         m.timeline().now = 30_000;
         assert_eq!(m.harvest(30_000).busy_ns, 3_000);
         // The stream has drained again: the next launch gets a start mark too.
         m.timeline().next_record.extend([25_000, 26_000]);
         m.before_launch(3);
-        assert!(m.after_launch(3, 24_000));
+        assert!(m.after_launch(3, 24_000, 24_000, 0));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 1_000);
     }
@@ -967,14 +1154,14 @@ mod tests {
         // First launch: 10 000..12 000 on the GPU axis.
         m.timeline().next_record.extend([10_000, 12_000]);
         m.before_launch(4);
-        assert!(m.after_launch(4, 11_000));
+        assert!(m.after_launch(4, 11_000, 11_000, 0));
         // No harvest since, but that work has completed: the next launch, submitted at
         // 20 000, is reached by the GPU only at 30 000 (another process ran), and its
         // start mark says so. Without it the wait would be charged as busy.
         m.timeline().now = 20_000;
         m.timeline().next_record.extend([30_000, 31_000]);
         m.before_launch(4);
-        assert!(m.after_launch(4, 20_000));
+        assert!(m.after_launch(4, 20_000, 20_000, 0));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 2_000 + 1_000);
     }
@@ -985,7 +1172,7 @@ mod tests {
         // Three launches submitted at once on one stream, 5 000 ns each.
         m.timeline().next_record.extend([14_000, 19_000, 24_000]);
         for _ in 0..3 {
-            m.after_launch(7, 10_000);
+            m.after_launch(7, 10_000, 10_000, 0);
         }
         // Only the first has completed.
         m.timeline().now = 16_000;
@@ -996,66 +1183,146 @@ mod tests {
         assert_eq!(m.pending(), 0);
     }
 
-    #[test]
-    fn a_group_left_open_on_a_stream_that_drained_is_charged_its_usual_time_not_the_idle() {
-        let mut m = meter_at_10_000();
-        learn_a_launch(&mut m, 1);
-        // A launch on the drained stream (start and end events: 20 000..22 000), then two
-        // more behind it: the stream is deep, so they wait in an open group.
-        m.timeline().next_record.extend([20_000, 22_000]);
-        m.before_launch(1);
-        assert!(m.after_launch(1, 20_000));
-        for at in [20_100, 20_200] {
-            m.before_launch(1);
-            assert!(m.after_launch(1, at));
+    /// The kind of launch the tests below make (a kernel of 2 000 ns).
+    const KIND: u64 = 7;
+
+    /// A launch the way the interposer makes it: it joins its stream's open group, or
+    /// takes the full path.
+    fn launch(m: &mut EventMeter<Scripted>, stream: u8, at: u64) {
+        if !m.try_join(stream, KIND, at) {
+            m.before_launch(stream);
+            assert!(m.after_launch(stream, KIND, at, 0));
         }
-        assert_eq!(
-            m.events_recorded(),
-            4,
-            "the two launches share no event yet"
-        );
-        assert_eq!(m.pending(), 3);
-        // The process went quiet without the gate knowing; the next launch, at 60 000,
-        // finds the stream drained. The group's event, recorded only now (58 000 on the
-        // GPU axis), would charge the idle time: its charge is capped at two launches'
-        // usual 2 000 ns.
-        m.timeline().now = 60_000;
-        m.timeline().idle = true;
-        m.timeline().next_record.extend([58_000, 60_000, 61_000]);
-        m.before_launch(1);
-        assert!(m.after_launch(1, 60_000));
+    }
+
+    /// A probe of `KIND` on `stream` (10 000..12 000), harvested at 20 000.
+    fn learn_the_kind(m: &mut EventMeter<Scripted>, stream: u8) {
+        m.timeline().next_record.extend([10_000, 12_000]);
+        let before = m.events_recorded();
+        launch(m, stream, 10_000);
+        assert_eq!(m.events_recorded() - before, 2, "a probe is timed alone");
+        m.timeline().now = 20_000;
+        assert_eq!(m.harvest(20_000).busy_ns, 2_000);
+    }
+
+    #[test]
+    fn launches_joining_an_open_group_make_no_driver_call_and_the_idle_between_is_not_charged() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        // A group opens on the drained stream with a start mark (20 000); three more
+        // launches join it, the last 40 µs later, after the stream ran dry.
+        m.timeline().next_record.extend([20_000]);
+        launch(&mut m, 1, 20_000);
+        assert_eq!(m.events_recorded(), 3);
+        for at in [20_100, 20_200, 60_000] {
+            assert!(m.try_join(1, KIND, at), "joins the open group");
+        }
+        assert_eq!(m.events_recorded(), 3, "joining records nothing");
+        assert_eq!(m.pending(), 4);
+        // Sealed before a wait: its event (62 000) ends a span of 42 000 ns, of which
+        // its four launches of a known kind are charged 4 x 2 000.
+        m.timeline().next_record.extend([62_000]);
+        m.seal();
         m.timeline().now = 70_000;
-        assert_eq!(m.harvest(70_000).busy_ns, 2_000 + 4_000 + 1_000);
-        assert_eq!(m.events_recorded(), 7);
+        assert_eq!(m.harvest(70_000).busy_ns, 8_000);
         assert_eq!(m.pending(), 0);
     }
 
     #[test]
-    fn sealing_closes_open_groups_so_that_waits_end() {
+    fn a_group_with_a_launch_of_an_unknown_kind_is_charged_its_whole_span() {
         let mut m = meter_at_10_000();
-        learn_a_launch(&mut m, 2);
-        m.timeline().next_record.extend([20_000, 22_000]);
-        m.before_launch(2);
-        assert!(m.after_launch(2, 20_000));
-        m.before_launch(2);
-        assert!(m.after_launch(2, 20_100));
-        // One launch is in an open group: no event to wait for until it is sealed.
-        m.timeline().next_record.extend([24_000]);
+        learn_the_kind(&mut m, 1);
+        m.timeline().next_record.extend([20_000]);
+        launch(&mut m, 1, 20_000);
+        assert!(m.try_join(1, 99, 20_100), "an unknown kind joins too");
+        m.timeline().next_record.extend([30_000]);
         m.seal();
-        m.timeline().now = 30_000;
-        assert_eq!(m.harvest(30_000).busy_ns, 2_000 + 2_000);
-        assert_eq!(m.pending(), 0);
+        m.timeline().now = 40_000;
+        assert_eq!(m.harvest(40_000).busy_ns, 10_000);
+    }
+
+    #[test]
+    fn a_group_older_than_its_span_is_closed_by_the_next_launch() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        m.timeline().next_record.extend([20_000]);
+        launch(&mut m, 1, 20_000);
+        let late = 20_000 + GROUP_SPAN_NS;
+        assert!(!m.try_join(1, KIND, late), "too old to join");
+        m.timeline().next_record.extend([late as i64 + 2_000]);
+        launch(&mut m, 1, late);
+        assert_eq!(m.events_recorded(), 4, "the late launch closed the group");
+        m.timeline().now = late as i64 + 10_000;
+        // Two launches of 2 000 ns, the idle between them left out.
+        assert_eq!(m.harvest(late + 10_000).busy_ns, 4_000);
+    }
+
+    #[test]
+    fn every_eighth_group_of_a_stream_is_a_probe() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        let mut at = 20_000;
+        let mut probes = 0;
+        for _ in 0..(2 * PROBE_EVERY) {
+            let before = m.events_recorded();
+            m.timeline()
+                .next_record
+                .extend([at as i64, at as i64 + 2_000]);
+            launch(&mut m, 1, at);
+            if m.events_recorded() - before == 2 {
+                probes += 1;
+            }
+            m.timeline().next_record.clear();
+            m.timeline().next_record.extend([at as i64 + 2_000]);
+            m.seal();
+            m.timeline().next_record.clear();
+            at += 10_000;
+            m.timeline().now = at as i64;
+            m.harvest(at);
+        }
+        assert_eq!(probes, 2);
+    }
+
+    #[test]
+    fn across_streams_the_union_counts_concurrent_work_once_and_the_kinds_leave_gaps_out() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        m.timeline().next_record.extend([20_000]);
+        launch(&mut m, 1, 20_000);
+        // A launch on another stream (its first group: a probe, 20 500..22 500), then
+        // stream 1's group goes on.
+        m.timeline().next_record.extend([20_500, 22_500]);
+        launch(&mut m, 2, 20_500);
+        assert!(m.try_join(1, KIND, 21_000));
+        m.timeline().next_record.extend([30_000]);
+        m.seal();
+        m.timeline().now = 40_000;
+        // Stream 1's span is 20 000..30 000, but its two launches of a known kind make
+        // 4 000; the probe on stream 2 adds its 2 000.
+        assert_eq!(m.harvest(40_000).busy_ns, 6_000);
+        // A window later: two streams whose kernels overlap completely, 5 launches
+        // each, 10 000 ns of known kinds per stream, in the same 10 000 ns: charged once.
+        let t = 60_000_000;
+        m.timeline().next_record.extend([t, t]);
+        launch(&mut m, 1, t as u64);
+        launch(&mut m, 2, t as u64);
+        for at in 1..5 {
+            assert!(m.try_join(1, KIND, t as u64 + at * 100));
+            assert!(m.try_join(2, KIND, t as u64 + at * 100));
+        }
+        m.timeline().next_record.extend([t + 10_000, t + 10_000]);
+        m.seal();
+        m.timeline().now = t + 20_000;
+        assert_eq!(m.harvest(t as u64 + 20_000).busy_ns, 10_000);
     }
 
     #[test]
     fn a_group_open_across_rebases_is_still_measured() {
         let mut m = meter_at_10_000();
-        learn_a_launch(&mut m, 1);
-        m.timeline().next_record.extend([20_000, 22_000]);
-        m.before_launch(1);
-        assert!(m.after_launch(1, 20_000));
-        m.before_launch(1);
-        assert!(m.after_launch(1, 20_100));
+        learn_the_kind(&mut m, 1);
+        m.timeline().next_record.extend([20_000]);
+        launch(&mut m, 1, 20_000);
+        assert!(m.try_join(1, KIND, 20_100));
         // The group stays open while the meter re-bases twice and drops the references
         // no closed group needs (the first version timed a group against the reference
         // of its first launch, which could be dropped meanwhile: the group then waited
@@ -1070,7 +1337,7 @@ mod tests {
         m.timeline().next_record.extend([300_000_000]);
         m.seal();
         m.timeline().now = 500_000_000;
-        assert_eq!(m.harvest(500_000_000).busy_ns, 2_000);
+        assert_eq!(m.harvest(500_000_000).busy_ns, 4_000);
         assert_eq!(m.pending(), 0);
         assert_eq!(m.lost(), 0);
     }

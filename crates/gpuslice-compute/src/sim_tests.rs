@@ -177,12 +177,15 @@ impl World {
                         };
                         let stream = p.stream % streams.max(1);
                         p.stream = p.stream.wrapping_add(1);
-                        if p.gate.is_some() {
+                        // The interposer's path: a launch joins its stream's open
+                        // group with no driver call, or takes the full path.
+                        let joined = p.gate.is_some() && meter.try_join(stream, kernel_ns, now);
+                        if p.gate.is_some() && !joined {
                             meter.before_launch(stream);
                         }
                         gpu.borrow_mut().launch(p.id, stream, kernel_ns);
-                        if p.gate.is_some() {
-                            meter.after_launch(stream, now);
+                        if p.gate.is_some() && !joined {
+                            meter.after_launch(stream, kernel_ns, now, 0);
                         }
                         p.ready_at = now + LAUNCH_COST;
                         p.launched += 1;

@@ -129,6 +129,11 @@ impl Timeline for CudaTimeline {
     }
 
     fn record(&mut self, event: usize, stream: StreamKey) -> bool {
+        // An event recorded into a stream being captured would become part of the
+        // user's graph: the group it would close is measured as lost instead.
+        if capturing(stream.handle as CUstream) != Some(false) {
+            return false;
+        }
         call_driver!(
             id::cuEventRecord,
             EventRecordFn,
@@ -277,6 +282,8 @@ impl Meter {
 struct ContextCompute {
     gate: Gate<'static>,
     meter: Meter,
+    /// The slice's ledger word counting time held back by the gate on this device.
+    throttled: &'static std::sync::atomic::AtomicU64,
     /// The device the context is on.
     device: CUdevice,
     /// For the periodic report at `info` level: since when, the slice's busy time then,
@@ -429,6 +436,7 @@ impl Compute {
         Some(ContextCompute {
             gate,
             meter,
+            throttled: s.ledger.throttled_cell(slot),
             device: dev,
             report_since_ns: now,
             report_busy_ns,
@@ -569,9 +577,38 @@ fn capturing(stream: CUstream) -> Option<bool> {
     (r == CUDA_SUCCESS).then_some(status != CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
-/// Runs a launch on `stream` through the slice's gate: waits while the slice is over
-/// its share, launches, and records the event that measures the launch.
-pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult) -> CUresult {
+/// Where waits that are not throttling are counted (nowhere: never read).
+static NOT_THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What a launch is, for the meter's times per kind of launch: a kernel with its grid
+/// and block sizes (the same kernel on a larger grid is another kind), or a graph.
+pub fn kernel_kind(f: *mut c_void, grid: [c_uint; 3], block: [c_uint; 3]) -> u64 {
+    let cells = |d: [c_uint; 3]| u64::from(d[0]) * u64::from(d[1]) * u64::from(d[2]);
+    (f as u64)
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .wrapping_add(cells(grid).rotate_left(21))
+        .wrapping_add(cells(block).rotate_left(43))
+}
+
+/// The kind of a graph launch (see [`kernel_kind`]).
+pub fn graph_kind(exec: *mut c_void) -> u64 {
+    (exec as u64).rotate_left(32) ^ 0x6772_6170_6800_0000
+}
+
+/// Runs a launch of `kind` on `stream` through the slice's gate: waits while the slice
+/// is over its share, launches, and measures the launch.
+///
+/// The common case costs no driver call besides `cuCtxGetCurrent`: while the gate's
+/// allowance lasts ([`Gate::fast_go`]) and the stream has an open group to join
+/// ([`EventMeter::try_join`]), the launch only counts. Everything that calls the driver
+/// (whether the stream is being captured, the timing events, the relaxed capture mode
+/// they need) happens once per group or per full check.
+pub fn gated(
+    stream: CUstream,
+    per_thread: bool,
+    kind: u64,
+    call: impl FnOnce() -> CUresult,
+) -> CUresult {
     let s = match access() {
         Access::PassThrough => return call(),
         Access::Refuse(code) => return code,
@@ -585,15 +622,14 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
     } else {
         stream
     };
-    if capturing(handle) != Some(false) {
-        return call();
-    }
     let mut ctx: CUcontext = std::ptr::null_mut();
     if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS || ctx.is_null()
     {
         return call();
     }
+    let key = stream_key(handle);
     let mut call = Some(call);
+    let mut checked_capture = false;
     loop {
         let mut map = lock(&s.compute.contexts);
         let entry = map
@@ -604,7 +640,30 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
             return call.take().map_or(CUDA_SUCCESS, |c| c());
         };
         let now = clock().now_ns();
-        let step = if cc.gate.fast_go(now) {
+        let fast = cc.gate.fast_go(now);
+        if fast {
+            let joined = match &mut cc.meter {
+                Meter::Events(meter) => meter.try_join(key, kind, now),
+                Meter::Nvml(_) => true,
+            };
+            if joined {
+                // A launch into a stream that began a capture after its group opened
+                // joins the group too: the group's end is then timed once the capture
+                // is over (`CudaTimeline::record` refuses a capturing stream).
+                cc.launches += 1;
+                return call.take().map_or(CUDA_SUCCESS, |c| c());
+            }
+        }
+        // The full path: launches into a stream being captured are not gated (they run
+        // later, as a graph, whose launch is).
+        if !checked_capture {
+            checked_capture = true;
+            if capturing(handle) != Some(false) {
+                drop(map);
+                return call.take().map_or(CUDA_SUCCESS, |c| c());
+            }
+        }
+        let step = if fast {
             Step::Go
         } else {
             relaxed(|| {
@@ -627,35 +686,56 @@ pub fn gated(stream: CUstream, per_thread: bool, call: impl FnOnce() -> CUresult
             })
         };
         // Waits happen without the lock, so that another thread of this process can
-        // submit the work this one's queue may depend on.
+        // submit the work this one's queue may depend on. The time spent resting over
+        // the share or waiting for another slice's turn is the slice's throttled time
+        // (its ledger counts it for /metrics and `top`); waiting for a full queue to
+        // drain is not.
+        let waited_from = clock().now_ns();
+        let throttled: &std::sync::atomic::AtomicU64 = if cc.gate.resting() {
+            cc.throttled
+        } else {
+            &NOT_THROTTLED
+        };
         match step {
             Step::Go => {
-                let key = stream_key(handle);
+                let joined = match &mut cc.meter {
+                    Meter::Events(meter) => meter.try_join(key, kind, now),
+                    Meter::Nvml(_) => true,
+                };
+                if joined {
+                    cc.launches += 1;
+                    return call.take().map_or(CUDA_SUCCESS, |c| c());
+                }
                 if let Meter::Events(meter) = &mut cc.meter {
                     relaxed(|| meter.before_launch(key));
                 }
                 let submitted = clock().now_ns();
                 let r = call.take().map_or(CUDA_SUCCESS, |c| c());
+                let call_ns = clock().now_ns().saturating_sub(submitted);
                 cc.launches += 1;
                 if r == CUDA_SUCCESS
                     && let Meter::Events(meter) = &mut cc.meter
                 {
-                    relaxed(|| meter.after_launch(key, submitted));
+                    relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
                 }
                 return r;
             }
             Step::Sleep(ns) => {
                 drop(map);
                 clock().sleep_ns(ns);
+                throttled.fetch_add(clock().now_ns().saturating_sub(waited_from), Relaxed);
             }
             Step::WaitTurn { seen, timeout_ns } => {
                 // Waits for another process to give the GPU up; nothing of this
                 // process's own is waited for, so the lock can stay held.
                 cc.gate.wait_turn(seen, timeout_ns, clock());
+                cc.throttled
+                    .fetch_add(clock().now_ns().saturating_sub(waited_from), Relaxed);
             }
             Step::WaitOldest | Step::WaitAll => {
                 drop(map);
                 clock().sleep_ns(WAIT_POLL_NS);
+                throttled.fetch_add(clock().now_ns().saturating_sub(waited_from), Relaxed);
             }
         }
     }
@@ -774,7 +854,8 @@ macro_rules! launch_kernel_hook {
             params: *mut *mut c_void,
             extra: *mut *mut c_void,
         ) -> CUresult {
-            gated(stream, $per_thread, || {
+            let kind = kernel_kind(f, [gx, gy, gz], [bx, by, bz]);
+            gated(stream, $per_thread, kind, || {
                 call_driver!(
                     $id,
                     LaunchKernelFn,
@@ -814,7 +895,8 @@ macro_rules! launch_coop_hook {
             stream: CUstream,
             params: *mut *mut c_void,
         ) -> CUresult {
-            gated(stream, $per_thread, || {
+            let kind = kernel_kind(f, [gx, gy, gz], [bx, by, bz]);
+            gated(stream, $per_thread, kind, || {
                 call_driver!(
                     $id,
                     LaunchCoopFn,
@@ -863,8 +945,9 @@ macro_rules! launch_ex_hook {
                 return call();
             }
             // SAFETY: the caller's valid launch configuration.
-            let stream = unsafe { (*config).stream };
-            gated(stream, $per_thread, call)
+            let (stream, dims) = unsafe { ((*config).stream, (*config).dims) };
+            let kind = kernel_kind(f, [dims[0], dims[1], dims[2]], [dims[3], dims[4], dims[5]]);
+            gated(stream, $per_thread, kind, call)
         }
     };
 }

@@ -1347,7 +1347,7 @@ fn launch_graph(exec: CUgraphExec, call: impl FnOnce() -> CUresult) -> CUresult 
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
     launch_graph(exec, || {
-        crate::compute::gated(stream, false, || {
+        crate::compute::gated(stream, false, crate::compute::graph_kind(exec), || {
             call_driver!(id::cuGraphLaunch, LaunchFn, exec, stream)
         })
     })
@@ -1357,7 +1357,7 @@ pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
     launch_graph(exec, || {
-        crate::compute::gated(stream, true, || {
+        crate::compute::gated(stream, true, crate::compute::graph_kind(exec), || {
             call_driver!(id::cuGraphLaunch_ptsz, LaunchFn, exec, stream)
         })
     })

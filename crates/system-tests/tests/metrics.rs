@@ -495,7 +495,6 @@ fn a_compute_limited_slice_shows_its_share_and_the_gpu_its_utilization() {
 }
 
 #[test]
-#[ignore = "needs the gate's throttled-time accounting"]
 fn the_time_a_compute_limited_slice_is_held_back_grows() {
     let (host, started) = computing(10);
     let gpu = fake_uuid(0);
