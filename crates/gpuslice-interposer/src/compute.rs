@@ -25,7 +25,6 @@ use crate::log::log_at;
 use crate::state::{Access, Slice, access, call_driver, lock};
 use crate::table::id;
 
-type CUevent = *mut c_void;
 type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
 type EventRecordFn = unsafe extern "C" fn(CUevent, CUstream) -> CUresult;
 type EventFn = unsafe extern "C" fn(CUevent) -> CUresult;

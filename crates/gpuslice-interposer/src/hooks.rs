@@ -529,7 +529,7 @@ pub unsafe extern "C" fn cuMemPoolCreate(
     {
         // SAFETY: the caller's valid props; the driver wrote *pool.
         let (location, created) = unsafe { ((*props).location, *pool) };
-        if location.kind == CU_MEM_LOCATION_TYPE_DEVICE {
+        if location.type_ == CU_MEM_LOCATION_TYPE_DEVICE {
             lock(&s.pools)
                 .device_of
                 .insert(created as usize, location.id);
@@ -582,7 +582,7 @@ pub extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) -> CUresult {
 type MemCreateFn = unsafe extern "C" fn(
     *mut CUmemGenericAllocationHandle,
     usize,
-    *const CUmemAllocationPropHead,
+    *const CUmemAllocationProp,
     c_ulonglong,
 ) -> CUresult;
 type MemReleaseFn = unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult;
@@ -595,7 +595,7 @@ type MemReleaseFn = unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresu
 pub unsafe extern "C" fn cuMemCreate(
     handle: *mut CUmemGenericAllocationHandle,
     size: usize,
-    prop: *const CUmemAllocationPropHead,
+    prop: *const CUmemAllocationProp,
     flags: c_ulonglong,
 ) -> CUresult {
     let call = || call_driver!(id::cuMemCreate, MemCreateFn, handle, size, prop, flags);
@@ -604,7 +604,7 @@ pub unsafe extern "C" fn cuMemCreate(
     }
     // SAFETY: the caller's valid properties.
     let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
+    if location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return call();
     }
     with_slice!(|s| {
@@ -652,11 +652,15 @@ type ArrayDestroyFn = unsafe extern "C" fn(*mut c_void) -> CUresult;
 type ArrayReqFn =
     unsafe extern "C" fn(*mut CudaArrayMemoryRequirements, *mut c_void, CUdevice) -> CUresult;
 
+/// Bytes per channel element assumed for a `CUarray_format` this crate does not know:
+/// the estimate errs high, and is corrected from the driver's memory requirements.
+const UNKNOWN_FORMAT_BYTES: u64 = 16;
+
 fn array_bytes(width: usize, height: usize, depth: usize, format: c_int, channels: c_uint) -> u64 {
     (width.max(1) as u64)
         .saturating_mul(height.max(1) as u64)
         .saturating_mul(depth.max(1) as u64)
-        .saturating_mul(array_format_bytes(format))
+        .saturating_mul(array_format_bytes(format).unwrap_or(UNKNOWN_FORMAT_BYTES))
         .saturating_mul(channels.max(1) as u64)
 }
 

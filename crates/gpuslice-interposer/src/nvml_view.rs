@@ -28,8 +28,8 @@ use gpuslice_agent_protocol::{DriverMode, ProcessKind, Sample, SampleNumbering, 
 use gpuslice_ledger::Liveness;
 
 use crate::agent_client;
+use crate::ffi::*;
 use crate::log::log_at;
-use crate::nvml_abi::*;
 use crate::real::real;
 use crate::state::{Access, Slice};
 use crate::table::id;
@@ -221,7 +221,7 @@ fn filter_driver_list(slice: &Slice, uuid: &str, list: &[(u32, u64)]) -> Vec<(u3
     list.iter()
         .filter_map(|&(pid, mem)| {
             let &(_, charge) = members.iter().find(|(p, _)| *p == pid)?;
-            let mem = if (mem == NOT_AVAILABLE_U64 || mem == 0) && charge > 0 {
+            let mem = if (mem == NVML_VALUE_NOT_AVAILABLE_U64 || mem == 0) && charge > 0 {
                 charge
             } else {
                 mem
@@ -253,7 +253,7 @@ impl Record for NvmlProcessInfoV1 {
     }
 }
 
-impl Record for NvmlProcessInfoV2 {
+impl Record for NvmlProcessInfo {
     fn pid(&self) -> u32 {
         self.pid
     }
@@ -264,8 +264,8 @@ impl Record for NvmlProcessInfoV2 {
         Self {
             pid,
             used_gpu_memory: mem,
-            gpu_instance_id: NOT_AVAILABLE_U32,
-            compute_instance_id: NOT_AVAILABLE_U32,
+            gpu_instance_id: NVML_VALUE_NOT_AVAILABLE,
+            compute_instance_id: NVML_VALUE_NOT_AVAILABLE,
         }
     }
 }
@@ -281,8 +281,8 @@ impl Record for NvmlProcessDetail {
         Self {
             pid,
             used_gpu_memory: mem,
-            gpu_instance_id: NOT_AVAILABLE_U32,
-            compute_instance_id: NOT_AVAILABLE_U32,
+            gpu_instance_id: NVML_VALUE_NOT_AVAILABLE,
+            compute_instance_id: NVML_VALUE_NOT_AVAILABLE,
             used_gpu_cc_protected_memory: 0,
         }
     }
@@ -336,7 +336,7 @@ fn own_processes<T: Record>(
             .processes
             .iter()
             .filter(|p| p.kind == kind)
-            .map(|p| (p.pid, p.used_memory.unwrap_or(NOT_AVAILABLE_U64)))
+            .map(|p| (p.pid, p.used_memory.unwrap_or(NVML_VALUE_NOT_AVAILABLE_U64)))
             .collect());
     }
     let list = real_list::<T>(real_id, device)?;
@@ -346,10 +346,8 @@ fn own_processes<T: Record>(
 /// The PIDs of this container's compute processes per the driver's own list (fallback
 /// only): other per-process data of the driver is accepted only for these.
 fn driver_own_pids(slice: &Slice, device: NvmlDevice, uuid: &str) -> Vec<u32> {
-    let list = real_list::<NvmlProcessInfoV2>(id::nvmlView_ComputeRunningProcesses_v3, device)
-        .or_else(|_| {
-            real_list::<NvmlProcessInfoV2>(id::nvmlView_ComputeRunningProcesses_v2, device)
-        })
+    let list = real_list::<NvmlProcessInfo>(id::nvmlView_ComputeRunningProcesses_v3, device)
+        .or_else(|_| real_list::<NvmlProcessInfo>(id::nvmlView_ComputeRunningProcesses_v2, device))
         .unwrap_or_default();
     filter_driver_list(slice, uuid, &list)
         .into_iter()
@@ -589,14 +587,14 @@ macro_rules! process_list_hooks {
 
 process_list_hooks! {
     nvmlDeviceGetComputeRunningProcesses, nvmlView_ComputeRunningProcesses, NvmlProcessInfoV1, Compute;
-    nvmlDeviceGetComputeRunningProcesses_v2, nvmlView_ComputeRunningProcesses_v2, NvmlProcessInfoV2, Compute;
-    nvmlDeviceGetComputeRunningProcesses_v3, nvmlView_ComputeRunningProcesses_v3, NvmlProcessInfoV2, Compute;
+    nvmlDeviceGetComputeRunningProcesses_v2, nvmlView_ComputeRunningProcesses_v2, NvmlProcessInfo, Compute;
+    nvmlDeviceGetComputeRunningProcesses_v3, nvmlView_ComputeRunningProcesses_v3, NvmlProcessInfo, Compute;
     nvmlDeviceGetGraphicsRunningProcesses, nvmlView_GraphicsRunningProcesses, NvmlProcessInfoV1, Graphics;
-    nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlView_GraphicsRunningProcesses_v2, NvmlProcessInfoV2, Graphics;
-    nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlView_GraphicsRunningProcesses_v3, NvmlProcessInfoV2, Graphics;
+    nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlView_GraphicsRunningProcesses_v2, NvmlProcessInfo, Graphics;
+    nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlView_GraphicsRunningProcesses_v3, NvmlProcessInfo, Graphics;
     nvmlDeviceGetMPSComputeRunningProcesses, nvmlView_MPSComputeRunningProcesses, NvmlProcessInfoV1, Mps;
-    nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlView_MPSComputeRunningProcesses_v2, NvmlProcessInfoV2, Mps;
-    nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlView_MPSComputeRunningProcesses_v3, NvmlProcessInfoV2, Mps;
+    nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlView_MPSComputeRunningProcesses_v2, NvmlProcessInfo, Mps;
+    nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlView_MPSComputeRunningProcesses_v3, NvmlProcessInfo, Mps;
 }
 
 /// Hook of `nvmlDeviceGetRunningProcessDetailList`.
@@ -642,7 +640,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
         gpu.processes
             .iter()
             .filter(|p| p.kind == kind)
-            .map(|p| (p.pid, p.used_memory.unwrap_or(NOT_AVAILABLE_U64)))
+            .map(|p| (p.pid, p.used_memory.unwrap_or(NVML_VALUE_NOT_AVAILABLE_U64)))
             .collect()
     } else {
         let mode = head.mode;
