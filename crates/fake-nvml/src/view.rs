@@ -1,5 +1,5 @@
 //! How the simulated driver shows a process to its caller, per driver branch
-//! (`FAKE_NVML_PID_MODE`, see the field notes §2):
+//! (`FAKE_NVML_PID_MODE`, see docs/driver-facts.md §1):
 //!
 //! | mode | process lists | per-process memory | utilization samples |
 //! |---|---|---|---|

@@ -1,5 +1,5 @@
 //! The driver-behaviour probe: how does this driver show a process inside a PID namespace?
-//! (Field notes §2: by host PID everywhere, translated with broken memory, or translated.)
+//! (docs/driver-facts.md §1: by host PID everywhere, translated with broken memory, or translated.)
 //! It is decided by looking, never by the version string.
 //!
 //! As root, the agent forks a child that enters a new PID namespace (`unshare(CLONE_NEWPID)`
