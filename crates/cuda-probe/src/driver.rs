@@ -42,7 +42,8 @@ impl Driver {
         let handle =
             unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         assert!(!handle.is_null(), "dlopen(libcuda.so.1) failed");
-        // SAFETY: as above.
+        // SAFETY: `handle` is the non-null dlopen handle just checked, and the name is a
+        // NUL-terminated literal.
         let p = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
         assert!(!p.is_null(), "libcuda.so.1 has no cuGetProcAddress_v2");
         let version = std::env::var("PROBE_CUDA_VERSION")
@@ -171,7 +172,8 @@ impl Driver {
         let symbol = if info.dli_sname.is_null() {
             "?".to_string()
         } else {
-            // SAFETY: as above.
+            // SAFETY: dladdr filled `dli_sname` with a NUL-terminated name (checked
+            // non-null above) that lives as long as the loaded library.
             unsafe { CStr::from_ptr(info.dli_sname) }
                 .to_string_lossy()
                 .into_owned()

@@ -31,10 +31,10 @@ impl ProbeClock {
         let now = (!n.is_null()).then(|| unsafe {
             std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(n)
         });
-        // SAFETY: as above.
+        // SAFETY: the fake driver exports `fakeCudaClockSleep` as `void (uint64_t)`.
         let sleep = (!s.is_null())
             .then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64)>(s) });
-        // SAFETY: as above.
+        // SAFETY: the fake driver exports `fakeCudaBusyNs` as `uint64_t (void)`.
         let busy = (!b.is_null()).then(|| unsafe {
             std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(b)
         });

@@ -417,19 +417,23 @@ fn hold_gpu() -> Result<(), (c_int, String)> {
     // SAFETY: each symbol below is the driver's function of that name, whose C signature
     // is the one named.
     let init: CuInitFn = unsafe { std::mem::transmute::<*mut c_void, CuInitFn>(need(c"cuInit")?) };
-    // SAFETY: as above.
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuDeviceGet(CUdevice*, int)`, which is CuDeviceGetFn.
     let get: CuDeviceGetFn =
         unsafe { std::mem::transmute::<*mut c_void, CuDeviceGetFn>(need(c"cuDeviceGet")?) };
-    // SAFETY: as above.
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuDevicePrimaryCtxRetain(CUcontext*, CUdevice)`, which is CuDevicePrimaryCtxRetainFn.
     let retain: CuDevicePrimaryCtxRetainFn = unsafe {
         std::mem::transmute::<*mut c_void, CuDevicePrimaryCtxRetainFn>(need(
             c"cuDevicePrimaryCtxRetain",
         )?)
     };
-    // SAFETY: as above.
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuCtxSetCurrent(CUcontext)`, which is CuCtxSetCurrentFn.
     let set: CuCtxSetCurrentFn =
         unsafe { std::mem::transmute::<*mut c_void, CuCtxSetCurrentFn>(need(c"cuCtxSetCurrent")?) };
-    // SAFETY: as above.
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuMemAlloc_v2(CUdeviceptr*, size_t)`, which is CuMemAllocFn.
     let alloc: CuMemAllocFn =
         unsafe { std::mem::transmute::<*mut c_void, CuMemAllocFn>(need(c"cuMemAlloc_v2")?) };
     let check = |what: &str, rc: c_int| {
@@ -454,10 +458,12 @@ fn hold_gpu() -> Result<(), (c_int, String)> {
         symbol(lib, c"cuMemsetD8_v2"),
         symbol(lib, c"cuCtxSynchronize"),
     ) {
-        // SAFETY: as above.
+        // SAFETY: the driver's symbol of this name has the C signature
+        // `cuMemsetD8_v2(CUdeviceptr, unsigned char, size_t)`, which is CuMemsetD8Fn.
         let memset: CuMemsetD8Fn =
             unsafe { std::mem::transmute::<*mut c_void, CuMemsetD8Fn>(memset) };
-        // SAFETY: as above.
+        // SAFETY: the driver's symbol of this name has the C signature
+        // `cuCtxSynchronize(void)`, which is CuCtxSynchronizeFn.
         let sync: CuCtxSynchronizeFn =
             unsafe { std::mem::transmute::<*mut c_void, CuCtxSynchronizeFn>(sync) };
         let start = Instant::now();

@@ -370,7 +370,8 @@ unsafe fn write_list<T, S>(
     }
     // SAFETY: non-null and valid by the caller's contract.
     let room = unsafe { count.read_unaligned() } as usize;
-    // SAFETY: as above.
+    // SAFETY: `count` is non-null (checked above) and writable by the caller's contract
+    // for this NVML call; written without assuming alignment.
     unsafe { count.write_unaligned(items.len() as c_uint) };
     if items.is_empty() {
         return NVML_SUCCESS;
@@ -658,7 +659,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
                 device,
                 &mut mine
             );
-            // SAFETY: as above.
+            // SAFETY: `count` points to read_list's own counter, a live local there.
             unsafe { *count = mine.num_proc_array_entries };
             r
         });
@@ -914,7 +915,8 @@ unsafe fn write_sessions<T, S>(
     }
     // SAFETY: non-null, by the caller's contract.
     if unsafe { count.read_unaligned() } == 0 {
-        // SAFETY: as above.
+        // SAFETY: `count` is non-null (checked above) and writable by the caller's
+        // contract for this NVML call; written without assuming alignment.
         unsafe { count.write_unaligned(items.len() as c_uint) };
         return NVML_SUCCESS;
     }
@@ -1104,7 +1106,8 @@ mod tests {
             })
         };
         assert_eq!((r, count), (NVML_ERROR_INSUFFICIENT_SIZE, 2));
-        // SAFETY: as above.
+        // SAFETY: `count` is a live local and `out` holds two records, as many as
+        // `count` says.
         let r = unsafe {
             write_list(&items, &mut count, out.as_mut_ptr(), |&(p, m)| {
                 NvmlProcessInfoV1::make(p, m)
@@ -1115,7 +1118,7 @@ mod tests {
             (NVML_SUCCESS, 2, 2, 20)
         );
         let mut zero: c_uint = 0;
-        // SAFETY: as above.
+        // SAFETY: `zero` is a live local; with a count of 0 nothing is written to `out`.
         let r = unsafe {
             write_sessions(&items, &mut zero, out.as_mut_ptr(), |&(p, m)| {
                 NvmlProcessInfoV1::make(p, m)
@@ -1124,7 +1127,8 @@ mod tests {
         assert_eq!((r, zero), (NVML_SUCCESS, 2));
         let empty: [(u32, u64); 0] = [];
         let mut count: c_uint = 0;
-        // SAFETY: as above; a null array with no items is fine.
+        // SAFETY: `count` is a live local; with no items the null array is never
+        // written.
         let r = unsafe {
             write_list(
                 &empty,
