@@ -2,16 +2,19 @@
 //! `cuGetProcAddress_v2` on that handle, then every entry point by base name, CUDA
 //! version and stream flag, like the CUDA runtime.
 
-use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::ffi::{CStr, CString, c_int, c_uint, c_void};
 use std::ptr::null_mut;
 
-type GetProc =
-    unsafe extern "C" fn(*const c_char, *mut *mut c_void, c_int, u64, *mut c_int) -> c_int;
+use gpuslice_cuda_abi::cuda::{
+    CU_AD_FORMAT_FLOAT, CU_MEM_ALLOCATION_TYPE_PINNED, CU_MEM_LOCATION_TYPE_DEVICE,
+    CUmemAllocationProp, CUmemLocation, CUmemPoolProps, CuGetProcAddressFn, CudaArray3dDescriptor,
+    CudaArrayDescriptor, CudaMemAllocNodeParams,
+};
 
 /// The loaded driver.
 pub struct Driver {
     handle: *mut c_void,
-    get_proc: GetProc,
+    get_proc: CuGetProcAddressFn,
     version: c_int,
     flags: u64,
 }
@@ -32,57 +35,6 @@ macro_rules! cu {
     }};
 }
 
-#[repr(C)]
-struct ArrayDesc {
-    width: usize,
-    height: usize,
-    format: c_int,
-    channels: c_uint,
-}
-
-#[repr(C)]
-struct Array3dDesc {
-    width: usize,
-    height: usize,
-    depth: usize,
-    format: c_int,
-    channels: c_uint,
-    flags: c_uint,
-}
-
-#[repr(C)]
-struct AllocProp {
-    alloc_type: c_int,
-    handle_types: c_int,
-    location_type: c_int,
-    location_id: c_int,
-    win32: *mut c_void,
-    flags: [u8; 8],
-}
-
-#[repr(C)]
-struct PoolProps {
-    alloc_type: c_int,
-    handle_types: c_int,
-    location_type: c_int,
-    location_id: c_int,
-    win32: *mut c_void,
-    max_size: usize,
-    usage: u16,
-    reserved: [u8; 54],
-}
-
-#[repr(C)]
-struct AllocNodeParams {
-    pool_props: PoolProps,
-    access_descs: *const c_void,
-    access_count: usize,
-    bytesize: usize,
-    dptr: u64,
-}
-
-const FORMAT_FLOAT: c_int = 0x20;
-
 impl Driver {
     /// Loads the driver like the runtime does.
     pub fn load() -> Self {
@@ -90,7 +42,8 @@ impl Driver {
         let handle =
             unsafe { libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
         assert!(!handle.is_null(), "dlopen(libcuda.so.1) failed");
-        // SAFETY: as above.
+        // SAFETY: `handle` is the non-null dlopen handle just checked, and the name is a
+        // NUL-terminated literal.
         let p = unsafe { libc::dlsym(handle, c"cuGetProcAddress_v2".as_ptr()) };
         assert!(!p.is_null(), "libcuda.so.1 has no cuGetProcAddress_v2");
         let version = std::env::var("PROBE_CUDA_VERSION")
@@ -105,7 +58,7 @@ impl Driver {
         Self {
             handle,
             // SAFETY: cuGetProcAddress_v2's signature.
-            get_proc: unsafe { std::mem::transmute::<*mut c_void, GetProc>(p) },
+            get_proc: unsafe { std::mem::transmute::<*mut c_void, CuGetProcAddressFn>(p) },
             version,
             flags,
         }
@@ -219,7 +172,8 @@ impl Driver {
         let symbol = if info.dli_sname.is_null() {
             "?".to_string()
         } else {
-            // SAFETY: as above.
+            // SAFETY: dladdr filled `dli_sname` with a NUL-terminated name (checked
+            // non-null above) that lives as long as the loaded library.
             unsafe { CStr::from_ptr(info.dli_sname) }
                 .to_string_lossy()
                 .into_owned()
@@ -474,12 +428,14 @@ impl Driver {
     }
 
     pub fn pool_create(&self, dev: c_int) -> *mut c_void {
-        let props = PoolProps {
-            alloc_type: 1,
+        let props = CUmemPoolProps {
+            alloc_type: CU_MEM_ALLOCATION_TYPE_PINNED,
             handle_types: 0,
-            location_type: 1,
-            location_id: dev,
-            win32: null_mut(),
+            location: CUmemLocation {
+                type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                id: dev,
+            },
+            win32_security_attributes: null_mut(),
             max_size: 0,
             usage: 0,
             reserved: [0; 54],
@@ -488,7 +444,7 @@ impl Driver {
         cu!(
             self,
             "cuMemPoolCreate",
-            unsafe extern "C" fn(*mut *mut c_void, *const PoolProps) -> c_int,
+            unsafe extern "C" fn(*mut *mut c_void, *const CUmemPoolProps) -> c_int,
             &mut pool,
             &props
         );
@@ -556,14 +512,16 @@ impl Driver {
         )
     }
 
-    fn alloc_prop(dev: c_int) -> AllocProp {
-        AllocProp {
-            alloc_type: 1,
-            handle_types: 0,
-            location_type: 1,
-            location_id: dev,
-            win32: null_mut(),
-            flags: [0; 8],
+    fn alloc_prop(dev: c_int) -> CUmemAllocationProp {
+        CUmemAllocationProp {
+            type_: CU_MEM_ALLOCATION_TYPE_PINNED,
+            requested_handle_types: 0,
+            location: CUmemLocation {
+                type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                id: dev,
+            },
+            win32_handle_meta_data: null_mut(),
+            alloc_flags: [0; 8],
         }
     }
 
@@ -573,7 +531,7 @@ impl Driver {
         cu!(
             self,
             "cuMemGetAllocationGranularity",
-            unsafe extern "C" fn(*mut usize, *const AllocProp, c_int) -> c_int,
+            unsafe extern "C" fn(*mut usize, *const CUmemAllocationProp, c_int) -> c_int,
             &mut g,
             &prop,
             0
@@ -587,7 +545,7 @@ impl Driver {
         let rc = cu!(
             self,
             "cuMemCreate",
-            unsafe extern "C" fn(*mut u64, usize, *const AllocProp, u64) -> c_int,
+            unsafe extern "C" fn(*mut u64, usize, *const CUmemAllocationProp, u64) -> c_int,
             &mut h,
             size as usize,
             &prop,
@@ -601,17 +559,17 @@ impl Driver {
     }
 
     pub fn array_create(&self, w: usize, h: usize) -> (c_int, *mut c_void) {
-        let desc = ArrayDesc {
+        let desc = CudaArrayDescriptor {
             width: w,
             height: h,
-            format: FORMAT_FLOAT,
-            channels: 4,
+            format: CU_AD_FORMAT_FLOAT,
+            num_channels: 4,
         };
         let mut a = null_mut();
         let rc = cu!(
             self,
             "cuArrayCreate",
-            unsafe extern "C" fn(*mut *mut c_void, *const ArrayDesc) -> c_int,
+            unsafe extern "C" fn(*mut *mut c_void, *const CudaArrayDescriptor) -> c_int,
             &mut a,
             &desc
         );
@@ -619,19 +577,19 @@ impl Driver {
     }
 
     pub fn array3d_create(&self, w: usize, h: usize, d: usize) -> (c_int, *mut c_void) {
-        let desc = Array3dDesc {
+        let desc = CudaArray3dDescriptor {
             width: w,
             height: h,
             depth: d,
-            format: FORMAT_FLOAT,
-            channels: 4,
+            format: CU_AD_FORMAT_FLOAT,
+            num_channels: 4,
             flags: 0,
         };
         let mut a = null_mut();
         let rc = cu!(
             self,
             "cuArray3DCreate",
-            unsafe extern "C" fn(*mut *mut c_void, *const Array3dDesc) -> c_int,
+            unsafe extern "C" fn(*mut *mut c_void, *const CudaArray3dDescriptor) -> c_int,
             &mut a,
             &desc
         );
@@ -639,19 +597,19 @@ impl Driver {
     }
 
     pub fn mipmap_create(&self, w: usize, h: usize, levels: c_uint) -> (c_int, *mut c_void) {
-        let desc = Array3dDesc {
+        let desc = CudaArray3dDescriptor {
             width: w,
             height: h,
             depth: 0,
-            format: FORMAT_FLOAT,
-            channels: 4,
+            format: CU_AD_FORMAT_FLOAT,
+            num_channels: 4,
             flags: 0,
         };
         let mut a = null_mut();
         let rc = cu!(
             self,
             "cuMipmappedArrayCreate",
-            unsafe extern "C" fn(*mut *mut c_void, *const Array3dDesc, c_uint) -> c_int,
+            unsafe extern "C" fn(*mut *mut c_void, *const CudaArray3dDescriptor, c_uint) -> c_int,
             &mut a,
             &desc,
             levels
@@ -691,19 +649,21 @@ impl Driver {
         if rc != 0 {
             return (rc, "create");
         }
-        let mut params = AllocNodeParams {
-            pool_props: PoolProps {
-                alloc_type: 1,
+        let mut params = CudaMemAllocNodeParams {
+            pool_props: CUmemPoolProps {
+                alloc_type: CU_MEM_ALLOCATION_TYPE_PINNED,
                 handle_types: 0,
-                location_type: 1,
-                location_id: 0,
-                win32: null_mut(),
+                location: CUmemLocation {
+                    type_: CU_MEM_LOCATION_TYPE_DEVICE,
+                    id: 0,
+                },
+                win32_security_attributes: null_mut(),
                 max_size: 0,
                 usage: 0,
                 reserved: [0; 54],
             },
             access_descs: std::ptr::null(),
-            access_count: 0,
+            access_desc_count: 0,
             bytesize: size as usize,
             dptr: 0,
         };
@@ -716,7 +676,7 @@ impl Driver {
                 *mut c_void,
                 *const *mut c_void,
                 usize,
-                *mut AllocNodeParams,
+                *mut CudaMemAllocNodeParams,
             ) -> c_int,
             &mut alloc_node,
             graph,

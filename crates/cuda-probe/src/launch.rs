@@ -6,29 +6,9 @@
 use std::ffi::{c_int, c_uint, c_void};
 use std::ptr::null_mut;
 
+use gpuslice_cuda_abi::cuda::{CUlaunchConfig, CudaKernelNodeParams};
+
 use crate::driver::Driver;
-
-/// `CUlaunchConfig` without attributes.
-#[repr(C)]
-struct LaunchConfig {
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared: c_uint,
-    stream: *mut c_void,
-    attrs: *mut c_void,
-    num_attrs: c_uint,
-}
-
-/// `CUDA_KERNEL_NODE_PARAMS` (v1).
-#[repr(C)]
-struct KernelNodeParams {
-    func: *mut c_void,
-    grid: [c_uint; 3],
-    block: [c_uint; 3],
-    shared: c_uint,
-    params: *mut *mut c_void,
-    extra: *mut *mut c_void,
-}
 
 /// The driver's clock: `fakeCudaClockNow`/`fakeCudaClockSleep` when the driver exports
 /// them (and its clock runs), else the host's.
@@ -51,10 +31,10 @@ impl ProbeClock {
         let now = (!n.is_null()).then(|| unsafe {
             std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(n)
         });
-        // SAFETY: as above.
+        // SAFETY: the fake driver exports `fakeCudaClockSleep` as `void (uint64_t)`.
         let sleep = (!s.is_null())
             .then(|| unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64)>(s) });
-        // SAFETY: as above.
+        // SAFETY: the fake driver exports `fakeCudaBusyNs` as `uint64_t (void)`.
         let busy = (!b.is_null()).then(|| unsafe {
             std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(b)
         });
@@ -160,17 +140,17 @@ impl Kernels {
     pub fn launch(&self, cu: &Driver, kind: &str) -> c_int {
         match kind {
             "ex" => {
-                let config = LaunchConfig {
-                    grid: [1, 1, 1],
-                    block: [32, 1, 1],
-                    shared: 0,
-                    stream: self.stream,
+                let config = CUlaunchConfig {
+                    grid_dim: [1, 1, 1],
+                    block_dim: [32, 1, 1],
+                    shared_mem_bytes: 0,
+                    h_stream: self.stream,
                     attrs: null_mut(),
                     num_attrs: 0,
                 };
                 cu.call4(
                     "cuLaunchKernelEx",
-                    (&config as *const LaunchConfig) as *mut c_void,
+                    (&config as *const CUlaunchConfig) as *mut c_void,
                     self.func,
                     null_mut(),
                     null_mut(),
@@ -224,12 +204,12 @@ impl Kernels {
         if rc != 0 {
             return Err(rc);
         }
-        let params = KernelNodeParams {
+        let params = CudaKernelNodeParams {
             func: self.func,
-            grid: [1, 1, 1],
-            block: [32, 1, 1],
-            shared: 0,
-            params: null_mut(),
+            grid_dim: [1, 1, 1],
+            block_dim: [32, 1, 1],
+            shared_mem_bytes: 0,
+            kernel_params: null_mut(),
             extra: null_mut(),
         };
         let mut prev: *mut c_void = null_mut();
@@ -246,7 +226,7 @@ impl Kernels {
                 graph,
                 deps,
                 usize::from(!prev.is_null()) as *mut c_void,
-                (&params as *const KernelNodeParams) as *mut c_void,
+                (&params as *const CudaKernelNodeParams) as *mut c_void,
             );
             if rc != 0 {
                 return Err(rc);

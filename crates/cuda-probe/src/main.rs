@@ -37,19 +37,7 @@ use std::ffi::c_void;
 use driver::Driver;
 
 fn parse_size(text: &str) -> u64 {
-    let (num, mul) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => {
-            let mul = match &text[i..] {
-                "K" | "KiB" | "k" => 1u64 << 10,
-                "M" | "MiB" | "m" => 1 << 20,
-                "G" | "GiB" | "g" => 1 << 30,
-                other => panic!("unknown unit {other}"),
-            };
-            (&text[..i], mul)
-        }
-        None => (text, 1),
-    };
-    num.parse::<u64>().expect("size") * mul
+    gpuslice_config::parse_bytes(text).unwrap_or_else(|e| panic!("size {text:?}: {e}"))
 }
 
 fn dims(text: &str) -> Vec<usize> {

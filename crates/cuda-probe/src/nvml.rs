@@ -5,139 +5,12 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
 
-type Ret = c_uint;
-type Dev = *mut c_void;
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Memory {
-    total: u64,
-    free: u64,
-    used: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct MemoryV2 {
-    version: c_uint,
-    total: u64,
-    reserved: u64,
-    free: u64,
-    used: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct InfoV1 {
-    pid: c_uint,
-    used: u64,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct InfoV2 {
-    pid: c_uint,
-    used: u64,
-    gi: c_uint,
-    ci: c_uint,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Detail {
-    pid: c_uint,
-    used: u64,
-    gi: c_uint,
-    ci: c_uint,
-    cc: u64,
-}
-
-#[repr(C)]
-struct DetailList {
-    version: c_uint,
-    mode: c_uint,
-    count: c_uint,
-    array: *mut Detail,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct UtilSample {
-    pid: c_uint,
-    ts: u64,
-    sm: c_uint,
-    mem: c_uint,
-    enc: c_uint,
-    dec: c_uint,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct UtilInfo {
-    ts: u64,
-    pid: c_uint,
-    sm: c_uint,
-    mem: c_uint,
-    enc: c_uint,
-    dec: c_uint,
-    jpg: c_uint,
-    ofa: c_uint,
-}
-
-#[repr(C)]
-struct UtilInfos {
-    version: c_uint,
-    count: c_uint,
-    last_seen: u64,
-    array: *mut UtilInfo,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Rates {
-    gpu: c_uint,
-    memory: c_uint,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Stats {
-    gpu: c_uint,
-    mem: c_uint,
-    max_memory: u64,
-    time: u64,
-    start: u64,
-    running: c_uint,
-    reserved: [c_uint; 5],
-}
-
-/// Encoder and FBC session records start with (sessionId, pid); the rest is kept opaque.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Session<const N: usize> {
-    id: c_uint,
-    pid: c_uint,
-    rest: [c_uint; N],
-}
-
-impl<const N: usize> Default for Session<N> {
-    fn default() -> Self {
-        Self {
-            id: 0,
-            pid: 0,
-            rest: [0; N],
-        }
-    }
-}
+use gpuslice_cuda_abi::nvml::*;
 
 /// The loaded NVML.
 pub struct Nvml {
     lib: *mut c_void,
-    init_rc: Ret,
-}
-
-fn version(size: usize, v: u32) -> c_uint {
-    size as c_uint | (v << 24)
+    init_rc: NvmlReturn,
 }
 
 fn join(items: impl IntoIterator<Item = String>) -> String {
@@ -156,7 +29,7 @@ impl Nvml {
         };
         assert!(!lib.is_null(), "dlopen(libnvidia-ml.so.1) failed");
         let mut me = Self { lib, init_rc: 0 };
-        type Init = unsafe extern "C" fn() -> Ret;
+        type Init = unsafe extern "C" fn() -> NvmlReturn;
         let p = me.sym("nvmlInit_v2");
         assert!(!p.is_null(), "libnvidia-ml.so.1 has no nvmlInit_v2");
         // SAFETY: nvmlInit_v2 takes no arguments.
@@ -184,13 +57,13 @@ impl Nvml {
         )
     }
 
-    fn device(&self, index: u32) -> Result<Dev, String> {
+    fn device(&self, index: u32) -> Result<NvmlDevice, String> {
         if self.init_rc != 0 {
             return Err(format!("rc={}", self.init_rc));
         }
-        type ByIndex = unsafe extern "C" fn(c_uint, *mut Dev) -> Ret;
+        type ByIndex = unsafe extern "C" fn(c_uint, *mut NvmlDevice) -> NvmlReturn;
         let p = self.sym("nvmlDeviceGetHandleByIndex_v2");
-        let mut dev: Dev = std::ptr::null_mut();
+        let mut dev: NvmlDevice = std::ptr::null_mut();
         // SAFETY: the function of that name and signature; a valid out pointer.
         let rc = unsafe { std::mem::transmute::<*mut c_void, ByIndex>(p)(index, &mut dev) };
         if rc == 0 {
@@ -214,8 +87,16 @@ impl Nvml {
             "nvml-samples2" => self.samples_v2(dev),
             "nvml-rates" => self.rates(dev),
             "nvml-acct" => self.accounting(dev),
-            "nvml-enc" => self.sessions::<6>(dev, "nvmlDeviceGetEncoderSessions"),
-            "nvml-fbc" => self.sessions::<10>(dev, "nvmlDeviceGetFBCSessions"),
+            "nvml-enc" => self.sessions(
+                dev,
+                "nvmlDeviceGetEncoderSessions",
+                |s: &NvmlEncoderSessionInfo| (s.pid, s.session_id),
+            ),
+            "nvml-fbc" => {
+                self.sessions(dev, "nvmlDeviceGetFBCSessions", |s: &NvmlFbcSessionInfo| {
+                    (s.pid, s.session_id)
+                })
+            }
             "nvml-smi" => self.smi_table(index.parse().unwrap_or(0)),
             other => panic!("unknown NVML step {other}"),
         }
@@ -252,14 +133,15 @@ impl Nvml {
         unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) }
     }
 
-    fn memory(&self, dev: Dev) -> String {
-        let v1: unsafe extern "C" fn(Dev, *mut Memory) -> Ret = self.f("nvmlDeviceGetMemoryInfo");
-        let v2: unsafe extern "C" fn(Dev, *mut MemoryV2) -> Ret =
+    fn memory(&self, dev: NvmlDevice) -> String {
+        let v1: unsafe extern "C" fn(NvmlDevice, *mut NvmlMemory) -> NvmlReturn =
+            self.f("nvmlDeviceGetMemoryInfo");
+        let v2: unsafe extern "C" fn(NvmlDevice, *mut NvmlMemoryV2) -> NvmlReturn =
             self.f("nvmlDeviceGetMemoryInfo_v2");
-        let mut m = Memory::default();
-        let mut m2 = MemoryV2 {
-            version: version(std::mem::size_of::<MemoryV2>(), 2),
-            ..MemoryV2::default()
+        let mut m = NvmlMemory::default();
+        let mut m2 = NvmlMemoryV2 {
+            version: NVML_MEMORY_V2,
+            ..NvmlMemoryV2::default()
         };
         // SAFETY: valid device handle and structs.
         let (rc1, rc2) = unsafe { (v1(dev, &mut m), v2(dev, &mut m2)) };
@@ -271,11 +153,11 @@ impl Nvml {
 
     fn list<T: Copy + Default>(
         &self,
-        dev: Dev,
+        dev: NvmlDevice,
         name: &str,
         key: impl Fn(&T) -> (u32, u64),
     ) -> String {
-        let f: unsafe extern "C" fn(Dev, *mut c_uint, *mut T) -> Ret = self.f(name);
+        let f: unsafe extern "C" fn(NvmlDevice, *mut c_uint, *mut T) -> NvmlReturn = self.f(name);
         let mut count: c_uint = 0;
         // SAFETY: a count query with a null array.
         let rc0 = unsafe { f(dev, &mut count, std::ptr::null_mut()) };
@@ -292,9 +174,9 @@ impl Nvml {
         )
     }
 
-    fn processes(&self, dev: Dev, variant: &str) -> String {
-        let v1 = |i: &InfoV1| (i.pid, i.used);
-        let v2 = |i: &InfoV2| (i.pid, i.used);
+    fn processes(&self, dev: NvmlDevice, variant: &str) -> String {
+        let v1 = |i: &NvmlProcessInfoV1| (i.pid, i.used_gpu_memory);
+        let v2 = |i: &NvmlProcessInfo| (i.pid, i.used_gpu_memory);
         match variant {
             "v1" => self.list(dev, "nvmlDeviceGetComputeRunningProcesses", v1),
             "v2" => self.list(dev, "nvmlDeviceGetComputeRunningProcesses_v2", v2),
@@ -308,20 +190,23 @@ impl Nvml {
         }
     }
 
-    fn detail(&self, dev: Dev) -> String {
-        let f: unsafe extern "C" fn(Dev, *mut DetailList) -> Ret =
+    fn detail(&self, dev: NvmlDevice) -> String {
+        let f: unsafe extern "C" fn(NvmlDevice, *mut NvmlProcessDetailList) -> NvmlReturn =
             self.f("nvmlDeviceGetRunningProcessDetailList");
-        let mut buf = vec![Detail::default(); 64];
-        let mut list = DetailList {
-            version: version(std::mem::size_of::<DetailList>(), 1),
+        let mut buf = vec![NvmlProcessDetail::default(); 64];
+        let mut list = NvmlProcessDetailList {
+            version: NVML_PROCESS_DETAIL_LIST_V1,
             mode: 0,
-            count: buf.len() as c_uint,
-            array: buf.as_mut_ptr(),
+            num_proc_array_entries: buf.len() as c_uint,
+            proc_array: buf.as_mut_ptr(),
         };
         // SAFETY: the list points to `count` records.
         let rc = unsafe { f(dev, &mut list) };
-        let n = (list.count as usize).min(buf.len());
-        let mut items: Vec<(u32, u64)> = buf[..n].iter().map(|d| (d.pid, d.used)).collect();
+        let n = (list.num_proc_array_entries as usize).min(buf.len());
+        let mut items: Vec<(u32, u64)> = buf[..n]
+            .iter()
+            .map(|d| (d.pid, d.used_gpu_memory))
+            .collect();
         items.sort();
         format!(
             "rc={rc} n={n} list={}",
@@ -329,20 +214,24 @@ impl Nvml {
         )
     }
 
-    fn samples(&self, dev: Dev) -> String {
-        let f: unsafe extern "C" fn(Dev, *mut UtilSample, *mut c_uint, u64) -> Ret =
-            self.f("nvmlDeviceGetProcessUtilization");
+    fn samples(&self, dev: NvmlDevice) -> String {
+        let f: unsafe extern "C" fn(
+            NvmlDevice,
+            *mut NvmlProcessUtilizationSample,
+            *mut c_uint,
+            u64,
+        ) -> NvmlReturn = self.f("nvmlDeviceGetProcessUtilization");
         let mut count: c_uint = 0;
         // SAFETY: a count query with a null array.
         let rc0 = unsafe { f(dev, std::ptr::null_mut(), &mut count, 0) };
-        let mut buf = vec![UtilSample::default(); count as usize + 4];
+        let mut buf = vec![NvmlProcessUtilizationSample::default(); count as usize + 4];
         let mut n = buf.len() as c_uint;
         // SAFETY: `buf` holds `n` samples.
         let rc = unsafe { f(dev, buf.as_mut_ptr(), &mut n, 0) };
         let n = if rc == 0 { n as usize } else { 0 };
         let mut items: Vec<(u32, u32, u32)> = buf[..n.min(buf.len())]
             .iter()
-            .map(|s| (s.pid, s.sm, s.mem))
+            .map(|s| (s.pid, s.sm_util, s.mem_util))
             .collect();
         items.sort();
         format!(
@@ -351,26 +240,31 @@ impl Nvml {
         )
     }
 
-    fn samples_v2(&self, dev: Dev) -> String {
-        let f: unsafe extern "C" fn(Dev, *mut UtilInfos) -> Ret =
+    fn samples_v2(&self, dev: NvmlDevice) -> String {
+        let f: unsafe extern "C" fn(NvmlDevice, *mut NvmlProcessesUtilizationInfo) -> NvmlReturn =
             self.f("nvmlDeviceGetProcessesUtilizationInfo");
-        let mut head = UtilInfos {
-            version: version(std::mem::size_of::<UtilInfos>(), 1),
-            count: 0,
-            last_seen: 0,
-            array: std::ptr::null_mut(),
+        let mut head = NvmlProcessesUtilizationInfo {
+            version: NVML_PROCESSES_UTILIZATION_INFO_V1,
+            process_samples_count: 0,
+            last_seen_time_stamp: 0,
+            proc_util_array: std::ptr::null_mut(),
         };
         // SAFETY: a count query with a null array.
         let rc0 = unsafe { f(dev, &mut head) };
-        let mut buf = vec![UtilInfo::default(); head.count as usize + 4];
-        head.count = buf.len() as c_uint;
-        head.array = buf.as_mut_ptr();
+        let mut buf =
+            vec![NvmlProcessUtilizationInfo::default(); head.process_samples_count as usize + 4];
+        head.process_samples_count = buf.len() as c_uint;
+        head.proc_util_array = buf.as_mut_ptr();
         // SAFETY: the array holds `count` records.
         let rc = unsafe { f(dev, &mut head) };
-        let n = if rc == 0 { head.count as usize } else { 0 };
+        let n = if rc == 0 {
+            head.process_samples_count as usize
+        } else {
+            0
+        };
         let mut items: Vec<(u32, u32)> = buf[..n.min(buf.len())]
             .iter()
-            .map(|s| (s.pid, s.sm))
+            .map(|s| (s.pid, s.sm_util))
             .collect();
         items.sort();
         format!(
@@ -379,20 +273,23 @@ impl Nvml {
         )
     }
 
-    fn rates(&self, dev: Dev) -> String {
-        let f: unsafe extern "C" fn(Dev, *mut Rates) -> Ret =
+    fn rates(&self, dev: NvmlDevice) -> String {
+        let f: unsafe extern "C" fn(NvmlDevice, *mut NvmlUtilization) -> NvmlReturn =
             self.f("nvmlDeviceGetUtilizationRates");
-        let mut r = Rates::default();
+        let mut r = NvmlUtilization::default();
         // SAFETY: valid handle and struct.
         let rc = unsafe { f(dev, &mut r) };
         format!("rc={rc} gpu={} memory={}", r.gpu, r.memory)
     }
 
-    fn accounting(&self, dev: Dev) -> String {
-        let pids: unsafe extern "C" fn(Dev, *mut c_uint, *mut c_uint) -> Ret =
+    fn accounting(&self, dev: NvmlDevice) -> String {
+        let pids: unsafe extern "C" fn(NvmlDevice, *mut c_uint, *mut c_uint) -> NvmlReturn =
             self.f("nvmlDeviceGetAccountingPids");
-        let stats: unsafe extern "C" fn(Dev, c_uint, *mut Stats) -> Ret =
-            self.f("nvmlDeviceGetAccountingStats");
+        let stats: unsafe extern "C" fn(
+            NvmlDevice,
+            c_uint,
+            *mut NvmlAccountingStats,
+        ) -> NvmlReturn = self.f("nvmlDeviceGetAccountingStats");
         let mut buf = vec![0 as c_uint; 64];
         let mut n = buf.len() as c_uint;
         // SAFETY: `buf` holds `n` PIDs.
@@ -400,27 +297,30 @@ impl Nvml {
         let mut list: Vec<u32> = buf[..(n as usize).min(buf.len())].to_vec();
         list.sort();
         let items = list.iter().map(|&pid| {
-            let mut s = Stats::default();
+            let mut s = NvmlAccountingStats::default();
             // SAFETY: valid handle and struct.
             let rc = unsafe { stats(dev, pid, &mut s) };
-            format!("{pid}:{rc}:{}:{}", s.gpu, s.max_memory)
+            format!("{pid}:{rc}:{}:{}", s.gpu_utilization, s.max_memory_usage)
         });
         format!("rc={rc} n={n} list={}", join(items))
     }
 
-    fn sessions<const N: usize>(&self, dev: Dev, name: &str) -> String {
-        let f: unsafe extern "C" fn(Dev, *mut c_uint, *mut Session<N>) -> Ret = self.f(name);
+    fn sessions<T: Default + Clone>(
+        &self,
+        dev: NvmlDevice,
+        name: &str,
+        key: impl Fn(&T) -> (u32, u32),
+    ) -> String {
+        let f: unsafe extern "C" fn(NvmlDevice, *mut c_uint, *mut T) -> NvmlReturn = self.f(name);
         let mut count: c_uint = 0;
         // SAFETY: a count query (count 0) with a null array.
         let rc0 = unsafe { f(dev, &mut count, std::ptr::null_mut()) };
-        let mut buf = vec![Session::<N>::default(); count as usize + 4];
+        let mut buf = vec![T::default(); count as usize + 4];
         let mut n = buf.len() as c_uint;
         // SAFETY: `buf` holds `n` records.
         let rc = unsafe { f(dev, &mut n, buf.as_mut_ptr()) };
-        let mut items: Vec<(u32, u32)> = buf[..(n as usize).min(buf.len())]
-            .iter()
-            .map(|s| (s.pid, s.id))
-            .collect();
+        let mut items: Vec<(u32, u32)> =
+            buf[..(n as usize).min(buf.len())].iter().map(key).collect();
         items.sort();
         format!(
             "rc={rc} rc0={rc0} count0={count} n={n} list={}",

@@ -15,7 +15,7 @@ pub fn level_bytes(
     format: c_int,
     channels: c_uint,
 ) -> Result<u64, CUresult> {
-    let bpe = format_bytes(format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let bpe = array_format_bytes(format).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     if width == 0 || !matches!(channels, 1 | 2 | 4) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }

@@ -324,7 +324,7 @@ pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> 
         // SAFETY: non-null, readable and writable by the API contract.
         let wanted = unsafe { *mode };
         let old = CAPTURE_MODE.replace(wanted);
-        // SAFETY: as above.
+        // SAFETY: `mode` is non-null (checked above) and writable by the API contract.
         unsafe { *mode = old };
         Ok(())
     })

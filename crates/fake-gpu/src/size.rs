@@ -1,76 +1,10 @@
 //! Byte sizes as the fakes' environment variables write them: `80GiB`, `512MiB`, `2m`, `1024`.
 //!
-//! Single letters (`k`, `m`, `g`, `t`, any case) and the IEC suffixes (`KiB`, `Ki`, ...) are
-//! powers of 1024; `KB`, `MB`, `GB`, `TB` are powers of 1000; a bare number is bytes. Unlike
-//! gpuslice's own parser, zero is accepted (`FAKE_CUDA_CONTEXT_BYTES=0` is a useful setting).
+//! They are parsed by gpuslice-config's one size parser, zero accepted
+//! ([`gpuslice_config::parse_bytes`]: `FAKE_CUDA_CONTEXT_BYTES=0` is a useful setting);
+//! this module adds reading them from the environment and rounding to granules.
 
-/// Why a size did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SizeError {
-    /// Nothing was given.
-    #[error("the value is empty")]
-    Empty,
-    /// The number part is missing or malformed.
-    #[error("expected a number followed by an optional unit such as GiB or MiB")]
-    BadNumber,
-    /// The unit is unknown.
-    #[error("unknown unit {0:?}")]
-    BadUnit(String),
-    /// Too large for 64 bits.
-    #[error("the size is too large")]
-    Overflow,
-}
-
-fn unit_multiplier(unit: &str) -> Option<u64> {
-    const K: u64 = 1024;
-    Some(match unit {
-        "" | "b" | "B" => 1,
-        "k" | "K" | "Ki" | "KiB" | "kib" | "KIB" => K,
-        "m" | "M" | "Mi" | "MiB" | "mib" | "MIB" => K * K,
-        "g" | "G" | "Gi" | "GiB" | "gib" | "GIB" => K * K * K,
-        "t" | "T" | "Ti" | "TiB" | "tib" | "TIB" => K * K * K * K,
-        "KB" | "kB" | "kb" => 1000,
-        "MB" | "mb" => 1000 * 1000,
-        "GB" | "gb" => 1000 * 1000 * 1000,
-        "TB" | "tb" => 1000 * 1000 * 1000 * 1000,
-        _ => return None,
-    })
-}
-
-/// Parses a size in bytes (`80GiB`, `1.5g`, `4096`).
-pub fn parse_size(text: &str) -> Result<u64, SizeError> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err(SizeError::Empty);
-    }
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let unit = unit.trim();
-    let multiplier = unit_multiplier(unit).ok_or_else(|| SizeError::BadUnit(unit.to_string()))?;
-    let (int_part, frac_part) = number.split_once('.').unwrap_or((number, ""));
-    if int_part.is_empty() && frac_part.is_empty() {
-        return Err(SizeError::BadNumber);
-    }
-    if frac_part.contains('.') || frac_part.len() > 9 {
-        return Err(SizeError::BadNumber);
-    }
-    let int: u64 = if int_part.is_empty() {
-        0
-    } else {
-        int_part.parse().map_err(|_| SizeError::Overflow)?
-    };
-    let mut bytes = int.checked_mul(multiplier).ok_or(SizeError::Overflow)?;
-    if !frac_part.is_empty() {
-        let digits: u64 = frac_part.parse().map_err(|_| SizeError::BadNumber)?;
-        let scale = 10u128.pow(frac_part.len() as u32);
-        let frac = u128::from(digits) * u128::from(multiplier) / scale;
-        let frac = u64::try_from(frac).map_err(|_| SizeError::Overflow)?;
-        bytes = bytes.checked_add(frac).ok_or(SizeError::Overflow)?;
-    }
-    Ok(bytes)
-}
+pub use gpuslice_config::size::{SizeError, parse_bytes as parse_size};
 
 /// Reads a size from the environment variable `name`, falling back to `default` when the
 /// variable is unset or malformed (a warning is printed for the latter).

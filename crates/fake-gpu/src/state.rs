@@ -173,7 +173,8 @@ pub struct SharedState {
 // SAFETY: the mapping lives as long as the value, and every access to it goes through `lock`,
 // which serialises threads with the mutex and processes with flock.
 unsafe impl Send for SharedState {}
-// SAFETY: as above; `&SharedState` only hands out access under the lock.
+// SAFETY: the mapping outlives every `&SharedState`, and a shared reference only hands out
+// access through `lock` (mutex between threads, flock between processes).
 unsafe impl Sync for SharedState {}
 
 fn io_err(what: &'static str, path: &Path) -> StateError {

@@ -477,7 +477,8 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
             free: total - used,
             used,
         };
-        // SAFETY: as above.
+        // SAFETY: `mem` is non-null and points to a writable nvmlMemory_v2_t by the API
+        // contract (its version was checked above).
         unsafe { put(mem, v) }
     })
 }
@@ -507,7 +508,8 @@ pub(crate) unsafe fn list_processes<T>(
         };
         // SAFETY: `count` is non-null and valid by the caller's contract.
         let room = unsafe { count.read_unaligned() } as usize;
-        // SAFETY: as above.
+        // SAFETY: `count` is non-null and writable by the caller's contract; written
+        // without assuming alignment.
         unsafe { count.write_unaligned(procs.len() as c_uint) };
         if procs.is_empty() {
             return Ok(());

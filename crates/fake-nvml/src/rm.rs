@@ -105,7 +105,8 @@ unsafe fn answer(control: *mut RmControl) -> i64 {
         unsafe { params.add(at).cast::<u32>().write_unaligned(v) }
     };
     let get = |at: usize| {
-        // SAFETY: as above.
+        // SAFETY: `at + 4` is within `params_size`, checked by each caller below; read
+        // without assuming alignment.
         unsafe { params.add(at).cast::<u32>().read_unaligned() }
     };
     match c.cmd {
@@ -261,7 +262,8 @@ fn table(index: usize) -> Result<String, String> {
         status: u32::MAX,
         ..control
     };
-    // SAFETY: as above.
+    // SAFETY: `control` is a live NVOS54_PARAMETERS whose `params` points to `info`,
+    // `params_size` bytes long, which outlives the call.
     let rc = unsafe { libc::ioctl(fd.as_raw_fd(), RM_CONTROL as _, &mut control) };
     if rc != 0 || control.status != 0 {
         return Err(format!("GET_PID_INFO rc={rc} status={}", control.status));

@@ -1,5 +1,5 @@
 //! How the simulated driver shows a process to its caller, per driver branch
-//! (`FAKE_NVML_PID_MODE`, see the field notes §2):
+//! (`FAKE_NVML_PID_MODE`, see docs/driver-facts.md §1):
 //!
 //! | mode | process lists | per-process memory | utilization samples |
 //! |---|---|---|---|
@@ -47,12 +47,7 @@ impl Caller {
 /// mount's down to the process's own.
 pub fn ns_pids(pid: &str) -> Option<Vec<u32>> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    let pids: Option<Vec<u32>> = line["NSpid:".len()..]
-        .split_whitespace()
-        .map(|p| p.parse().ok())
-        .collect();
-    pids.filter(|p| !p.is_empty())
+    gpuslice_config::proc_status::parse_ns_pids(&status)
 }
 
 /// Inode of the PID namespace of host PID `pid`.

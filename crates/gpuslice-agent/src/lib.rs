@@ -1,7 +1,7 @@
 //! The host-side gpuslice agent (`gpuslice agent`). Inside a container, NVML cannot tell
 //! the truth about the container's processes on every driver branch: old drivers show
 //! every host process under host PIDs, 535.x/550.x lose per-process memory, and even the
-//! newest leak other processes' utilization samples under host PIDs (field notes §2). On
+//! newest leak other processes' utilization samples under host PIDs (docs/driver-facts.md §1). On
 //! the host none of that is ambiguous. So the agent asks NVML on the host, and tells each
 //! caller, identified by the kernel through its socket's peer credentials, what of each GPU
 //! belongs to the caller's own container, in the caller's own PIDs.

@@ -1,5 +1,5 @@
 //! The driver-behaviour probe: how does this driver show a process inside a PID namespace?
-//! (Field notes §2: by host PID everywhere, translated with broken memory, or translated.)
+//! (docs/driver-facts.md §1: by host PID everywhere, translated with broken memory, or translated.)
 //! It is decided by looking, never by the version string.
 //!
 //! As root, the agent forks a child that enters a new PID namespace (`unshare(CLONE_NEWPID)`
@@ -26,7 +26,8 @@
 //!
 //! Call [`probe`] before the agent starts threads or loads NVML: the children are forks.
 
-use std::ffi::{CStr, c_int, c_uint, c_void};
+use std::ffi::{CStr, c_int, c_void};
+
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::OwnedFd;
@@ -34,6 +35,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use gpuslice_agent_protocol::{DriverMode, SampleNumbering};
+use gpuslice_cuda_abi::cuda::{
+    CUDA_ERROR_OPERATING_SYSTEM, CuCtxSetCurrentFn, CuCtxSynchronizeFn, CuDeviceGetFn,
+    CuDevicePrimaryCtxRetainFn, CuInitFn, CuMemAllocFn, CuMemsetD8Fn,
+};
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
@@ -370,14 +375,6 @@ fn exit_now(code: c_int) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-type CuInit = unsafe extern "C" fn(c_uint) -> c_int;
-type CuDeviceGet = unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
-type CuRetain = unsafe extern "C" fn(*mut *mut c_void, c_int) -> c_int;
-type CuSetCurrent = unsafe extern "C" fn(*mut c_void) -> c_int;
-type CuAlloc = unsafe extern "C" fn(*mut u64, usize) -> c_int;
-type CuMemset = unsafe extern "C" fn(u64, u8, usize) -> c_int;
-type CuSync = unsafe extern "C" fn() -> c_int;
-
 fn symbol(lib: *mut c_void, name: &CStr) -> Option<*mut c_void> {
     // SAFETY: `lib` is a dlopen handle and `name` a NUL-terminated string.
     let p = unsafe { libc::dlsym(lib, name.as_ptr()) };
@@ -405,9 +402,6 @@ fn mount_private_proc() -> Result<(), String> {
     .map_err(|e| format!("mounting /proc failed: {e}"))
 }
 
-/// `CUDA_ERROR_OPERATING_SYSTEM`.
-const CUDA_ERROR_OPERATING_SYSTEM: c_int = 304;
-
 /// Creates a CUDA context with some memory and activity. The error is the CUDA code (if
 /// a call failed) and a line for the report.
 fn hold_gpu() -> Result<(), (c_int, String)> {
@@ -422,19 +416,26 @@ fn hold_gpu() -> Result<(), (c_int, String)> {
     };
     // SAFETY: each symbol below is the driver's function of that name, whose C signature
     // is the one named.
-    let init: CuInit = unsafe { std::mem::transmute::<*mut c_void, CuInit>(need(c"cuInit")?) };
-    // SAFETY: as above.
-    let get: CuDeviceGet =
-        unsafe { std::mem::transmute::<*mut c_void, CuDeviceGet>(need(c"cuDeviceGet")?) };
-    // SAFETY: as above.
-    let retain: CuRetain =
-        unsafe { std::mem::transmute::<*mut c_void, CuRetain>(need(c"cuDevicePrimaryCtxRetain")?) };
-    // SAFETY: as above.
-    let set: CuSetCurrent =
-        unsafe { std::mem::transmute::<*mut c_void, CuSetCurrent>(need(c"cuCtxSetCurrent")?) };
-    // SAFETY: as above.
-    let alloc: CuAlloc =
-        unsafe { std::mem::transmute::<*mut c_void, CuAlloc>(need(c"cuMemAlloc_v2")?) };
+    let init: CuInitFn = unsafe { std::mem::transmute::<*mut c_void, CuInitFn>(need(c"cuInit")?) };
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuDeviceGet(CUdevice*, int)`, which is CuDeviceGetFn.
+    let get: CuDeviceGetFn =
+        unsafe { std::mem::transmute::<*mut c_void, CuDeviceGetFn>(need(c"cuDeviceGet")?) };
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuDevicePrimaryCtxRetain(CUcontext*, CUdevice)`, which is CuDevicePrimaryCtxRetainFn.
+    let retain: CuDevicePrimaryCtxRetainFn = unsafe {
+        std::mem::transmute::<*mut c_void, CuDevicePrimaryCtxRetainFn>(need(
+            c"cuDevicePrimaryCtxRetain",
+        )?)
+    };
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuCtxSetCurrent(CUcontext)`, which is CuCtxSetCurrentFn.
+    let set: CuCtxSetCurrentFn =
+        unsafe { std::mem::transmute::<*mut c_void, CuCtxSetCurrentFn>(need(c"cuCtxSetCurrent")?) };
+    // SAFETY: the driver's symbol of this name has the C signature
+    // `cuMemAlloc_v2(CUdeviceptr*, size_t)`, which is CuMemAllocFn.
+    let alloc: CuMemAllocFn =
+        unsafe { std::mem::transmute::<*mut c_void, CuMemAllocFn>(need(c"cuMemAlloc_v2")?) };
     let check = |what: &str, rc: c_int| {
         if rc == 0 {
             Ok(())
@@ -457,10 +458,14 @@ fn hold_gpu() -> Result<(), (c_int, String)> {
         symbol(lib, c"cuMemsetD8_v2"),
         symbol(lib, c"cuCtxSynchronize"),
     ) {
-        // SAFETY: as above.
-        let memset: CuMemset = unsafe { std::mem::transmute::<*mut c_void, CuMemset>(memset) };
-        // SAFETY: as above.
-        let sync: CuSync = unsafe { std::mem::transmute::<*mut c_void, CuSync>(sync) };
+        // SAFETY: the driver's symbol of this name has the C signature
+        // `cuMemsetD8_v2(CUdeviceptr, unsigned char, size_t)`, which is CuMemsetD8Fn.
+        let memset: CuMemsetD8Fn =
+            unsafe { std::mem::transmute::<*mut c_void, CuMemsetD8Fn>(memset) };
+        // SAFETY: the driver's symbol of this name has the C signature
+        // `cuCtxSynchronize(void)`, which is CuCtxSynchronizeFn.
+        let sync: CuCtxSynchronizeFn =
+            unsafe { std::mem::transmute::<*mut c_void, CuCtxSynchronizeFn>(sync) };
         let start = Instant::now();
         while start.elapsed() < Duration::from_millis(1200) {
             for v in 0..8u8 {

@@ -11,6 +11,8 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+pub use gpuslice_config::proc_status::parse_ns_pids;
+
 /// A `/proc` tree.
 #[derive(Debug, Clone)]
 pub struct Procfs {
@@ -148,16 +150,6 @@ fn unescape_mount_path(text: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses the `NSpid:` line of a `status` file.
-pub fn parse_ns_pids(status: &str) -> Option<Vec<u32>> {
-    let line = status.lines().find(|l| l.starts_with("NSpid:"))?;
-    let pids: Option<Vec<u32>> = line["NSpid:".len()..]
-        .split_whitespace()
-        .map(|p| p.parse().ok())
-        .collect();
-    pids.filter(|p| !p.is_empty())
 }
 
 /// Parses the cgroup v2 (`0::PATH`) line of a `cgroup` file.

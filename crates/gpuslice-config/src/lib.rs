@@ -7,12 +7,14 @@
 //! into an unlimited run.
 
 pub mod compute;
+pub mod hash;
+pub mod proc_status;
 pub mod size;
 
 use std::fmt;
 
 pub use compute::{ComputeLimits, ComputeMethod, ComputeShares, SharesError};
-pub use size::{SizeError, format_size, human_size, parse_size};
+pub use size::{SizeError, format_size, human_size, parse_bytes, parse_size};
 
 /// gpuslice's own variable: the memory limit, for every device (`8GiB`) or per device
 /// (`0=8GiB,GPU-1234abcd=4GiB`).
@@ -498,7 +500,6 @@ impl SliceConfig {
     /// describe the same slice; another slice, even with some limit in common, gets a
     /// file of its own instead of being refused (or, worse, joined).
     pub fn derived_ledger_file_name(&self) -> String {
-        use std::hash::Hasher;
         let mut devices: Vec<String> = self
             .memory
             .per_device
@@ -522,9 +523,7 @@ impl SliceConfig {
                 .map_or("none".to_string(), |b| b.to_string()),
             self.slice_name.as_deref().unwrap_or(""),
         );
-        let mut hasher = fnv::FnvHasher::default();
-        hasher.write(text.as_bytes());
-        format!("env-{:016x}.ledger", hasher.finish())
+        format!("env-{:016x}.ledger", hash::fnv1a(&[text.as_bytes()]))
     }
 
     /// Reads the configuration from [`PINNED_CONFIG`] if it exists, else from the

@@ -3,7 +3,9 @@
 //! Single letters (`k`, `m`, `g`, `t`, any case) and the IEC suffixes (`KiB`, `Ki`, ...)
 //! are powers of 1024, as vgpu-controller and HAMi-core read them. The SI suffixes
 //! `KB`, `MB`, `GB`, `TB` are powers of 1000, as Kubernetes reads `G`. A bare number is
-//! bytes. Zero is rejected: a limit of nothing is almost always a mistake.
+//! bytes. [`parse_size`] rejects zero (a limit of nothing is almost always a mistake);
+//! [`parse_bytes`] accepts it. This is the one size parser of the workspace: the fakes
+//! and the test probe read their sizes with it too.
 
 /// Why a size did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,8 +43,17 @@ fn unit_multiplier(unit: &str) -> Option<u64> {
     })
 }
 
-/// Parses a size in bytes.
+/// Parses a size in bytes; zero is rejected (a limit of nothing is a mistake).
 pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    match parse_bytes(text)? {
+        0 => Err(SizeError::Zero),
+        bytes => Ok(bytes),
+    }
+}
+
+/// Parses a size in bytes, zero included: for settings where nothing is meaningful
+/// (the fakes' `FAKE_CUDA_CONTEXT_BYTES=0`, a probe's script).
+pub fn parse_bytes(text: &str) -> Result<u64, SizeError> {
     let text = text.trim();
     if text.is_empty() {
         return Err(SizeError::Empty);
@@ -74,9 +85,6 @@ pub fn parse_size(text: &str) -> Result<u64, SizeError> {
         let scale = 10u64.pow(frac_part.len() as u32);
         let frac = (digits as u128 * multiplier as u128) / scale as u128;
         bytes = bytes.checked_add(frac as u64).ok_or(SizeError::Overflow)?;
-    }
-    if bytes == 0 {
-        return Err(SizeError::Zero);
     }
     Ok(bytes)
 }
@@ -136,6 +144,13 @@ mod tests {
     fn rejects_garbage() {
         assert_eq!(parse_size(""), Err(SizeError::Empty));
         assert_eq!(parse_size("0"), Err(SizeError::Zero));
+        assert_eq!(parse_bytes("0"), Ok(0));
+        assert_eq!(parse_bytes("0GiB"), Ok(0));
+        assert_eq!(parse_bytes("2m"), Ok(2 << 20));
+        assert!(matches!(
+            parse_bytes("5 parsecs"),
+            Err(SizeError::BadUnit(_))
+        ));
         assert_eq!(parse_size("0GiB"), Err(SizeError::Zero));
         assert!(matches!(parse_size("4GB-oops"), Err(SizeError::BadUnit(_))));
         assert!(matches!(parse_size("lots"), Err(SizeError::BadUnit(_))));

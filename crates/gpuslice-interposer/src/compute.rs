@@ -25,7 +25,6 @@ use crate::log::log_at;
 use crate::state::{Access, Slice, access, call_driver, lock};
 use crate::table::id;
 
-type CUevent = *mut c_void;
 type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
 type EventRecordFn = unsafe extern "C" fn(CUevent, CUstream) -> CUresult;
 type EventFn = unsafe extern "C" fn(CUevent) -> CUresult;
@@ -561,12 +560,7 @@ fn slice_tag(ledger: &std::path::Path) -> u64 {
     let (dev, ino) = std::fs::metadata(ledger)
         .map(|m| (m.dev(), m.ino()))
         .unwrap_or((0, 0));
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in dev.to_ne_bytes().iter().chain(ino.to_ne_bytes().iter()) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
+    gpuslice_config::hash::fnv1a(&[&dev.to_ne_bytes(), &ino.to_ne_bytes()]).max(1)
 }
 
 /// Whether a stream is being captured; `None` when the driver will not say (then the

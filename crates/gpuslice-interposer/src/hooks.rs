@@ -102,7 +102,7 @@ fn charged_on_current_as(
 /// `cuMemAlloc_v2`.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `dptr` is null or valid for writing one `CUdeviceptr`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> CUresult {
     let call = || call_driver!(id::cuMemAlloc_v2, AllocFn, dptr, size);
@@ -120,7 +120,7 @@ pub unsafe extern "C" fn cuMemAlloc_v2(dptr: *mut CUdeviceptr, size: usize) -> C
 /// all resident on the device, because its pages may migrate there at any time.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `dptr` is null or valid for writing one `CUdeviceptr`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocManaged(
     dptr: *mut CUdeviceptr,
@@ -141,7 +141,8 @@ pub unsafe extern "C" fn cuMemAllocManaged(
 /// `cuMemAllocPitch_v2`: charged by the pitch the driver really chose.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `dptr` and `pitch` are each null or valid for writing one
+/// `CUdeviceptr` and one `usize`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemAllocPitch_v2(
     dptr: *mut CUdeviceptr,
@@ -233,7 +234,7 @@ type TotalMemFn = unsafe extern "C" fn(*mut usize, CUdevice) -> CUresult;
 /// than the GPU really has free).
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `free` and `total` are each null or valid for writing one `usize`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) -> CUresult {
     let r = call_driver!(id::cuMemGetInfo_v2, MemInfoFn, free, total);
@@ -269,7 +270,7 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
 /// `cuDeviceTotalMem_v2`: the slice's limit for that device.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `bytes` is null or valid for writing one `usize`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -> CUresult {
     let r = call_driver!(id::cuDeviceTotalMem_v2, TotalMemFn, bytes, dev);
@@ -316,7 +317,12 @@ fn is_capturing(stream: CUstream, per_thread: bool) -> bool {
     r == CUDA_SUCCESS && status != CU_STREAM_CAPTURE_STATUS_NONE
 }
 
-fn alloc_async(
+/// The stream-ordered allocation hooks' common path.
+///
+/// # Safety
+/// `dptr` is null or valid for writing one `CUdeviceptr` (the driver writes the new
+/// address there when `call` succeeds, and this function reads it back).
+unsafe fn alloc_async(
     dptr: *mut CUdeviceptr,
     size: usize,
     given_pool: Option<CUmemoryPool>,
@@ -424,38 +430,50 @@ fn alloc_async(
 }
 
 /// `cuMemAllocAsync`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `dptr` is null or valid for
+/// writing one `CUdeviceptr`.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuMemAllocAsync(
+pub unsafe extern "C" fn cuMemAllocAsync(
     dptr: *mut CUdeviceptr,
     size: usize,
     stream: CUstream,
 ) -> CUresult {
-    alloc_async(dptr, size, None, stream, false, || {
-        call_driver!(id::cuMemAllocAsync, AllocAsyncFn, dptr, size, stream)
-    })
+    let call = || call_driver!(id::cuMemAllocAsync, AllocAsyncFn, dptr, size, stream);
+    // SAFETY: `dptr` is null or writable, by this function's own contract.
+    unsafe { alloc_async(dptr, size, None, stream, false, call) }
 }
 
 /// `cuMemAllocAsync_ptsz`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `dptr` is null or valid for
+/// writing one `CUdeviceptr`.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuMemAllocAsync_ptsz(
+pub unsafe extern "C" fn cuMemAllocAsync_ptsz(
     dptr: *mut CUdeviceptr,
     size: usize,
     stream: CUstream,
 ) -> CUresult {
-    alloc_async(dptr, size, None, stream, true, || {
-        call_driver!(id::cuMemAllocAsync_ptsz, AllocAsyncFn, dptr, size, stream)
-    })
+    let call = || call_driver!(id::cuMemAllocAsync_ptsz, AllocAsyncFn, dptr, size, stream);
+    // SAFETY: `dptr` is null or writable, by this function's own contract.
+    unsafe { alloc_async(dptr, size, None, stream, true, call) }
 }
 
 /// `cuMemAllocFromPoolAsync`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `dptr` is null or valid for
+/// writing one `CUdeviceptr`.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuMemAllocFromPoolAsync(
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync(
     dptr: *mut CUdeviceptr,
     size: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    alloc_async(dptr, size, Some(pool), stream, false, || {
+    let call = || {
         call_driver!(
             id::cuMemAllocFromPoolAsync,
             AllocPoolAsyncFn,
@@ -464,18 +482,24 @@ pub extern "C" fn cuMemAllocFromPoolAsync(
             pool,
             stream
         )
-    })
+    };
+    // SAFETY: `dptr` is null or writable, by this function's own contract.
+    unsafe { alloc_async(dptr, size, Some(pool), stream, false, call) }
 }
 
 /// `cuMemAllocFromPoolAsync_ptsz`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `dptr` is null or valid for
+/// writing one `CUdeviceptr`.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuMemAllocFromPoolAsync_ptsz(
+pub unsafe extern "C" fn cuMemAllocFromPoolAsync_ptsz(
     dptr: *mut CUdeviceptr,
     size: usize,
     pool: CUmemoryPool,
     stream: CUstream,
 ) -> CUresult {
-    alloc_async(dptr, size, Some(pool), stream, true, || {
+    let call = || {
         call_driver!(
             id::cuMemAllocFromPoolAsync_ptsz,
             AllocPoolAsyncFn,
@@ -484,7 +508,9 @@ pub extern "C" fn cuMemAllocFromPoolAsync_ptsz(
             pool,
             stream
         )
-    })
+    };
+    // SAFETY: `dptr` is null or writable, by this function's own contract.
+    unsafe { alloc_async(dptr, size, Some(pool), stream, true, call) }
 }
 
 fn free_async(dptr: CUdeviceptr, r: CUresult) -> CUresult {
@@ -519,7 +545,8 @@ pub extern "C" fn cuMemFreeAsync_ptsz(dptr: CUdeviceptr, stream: CUstream) -> CU
 /// `cuMemPoolCreate`: remembers which device the pool lives on.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `pool` is null or valid for writing one `CUmemoryPool`; `props` is null
+/// or points to a readable, initialised `CUmemPoolProps`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolCreate(
     pool: *mut CUmemoryPool,
@@ -532,7 +559,7 @@ pub unsafe extern "C" fn cuMemPoolCreate(
     {
         // SAFETY: the caller's valid props; the driver wrote *pool.
         let (location, created) = unsafe { ((*props).location, *pool) };
-        if location.kind == CU_MEM_LOCATION_TYPE_DEVICE {
+        if location.type_ == CU_MEM_LOCATION_TYPE_DEVICE {
             lock(&s.pools)
                 .device_of
                 .insert(created as usize, location.id);
@@ -585,7 +612,7 @@ pub extern "C" fn cuMemPoolTrimTo(pool: CUmemoryPool, keep: usize) -> CUresult {
 type MemCreateFn = unsafe extern "C" fn(
     *mut CUmemGenericAllocationHandle,
     usize,
-    *const CUmemAllocationPropHead,
+    *const CUmemAllocationProp,
     c_ulonglong,
 ) -> CUresult;
 type MemReleaseFn = unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresult;
@@ -593,12 +620,13 @@ type MemReleaseFn = unsafe extern "C" fn(CUmemGenericAllocationHandle) -> CUresu
 /// `cuMemCreate`.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `handle` is null or valid for writing one handle; `prop` is null or
+/// points to a readable, initialised `CUmemAllocationProp`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemCreate(
     handle: *mut CUmemGenericAllocationHandle,
     size: usize,
-    prop: *const CUmemAllocationPropHead,
+    prop: *const CUmemAllocationProp,
     flags: c_ulonglong,
 ) -> CUresult {
     let call = || call_driver!(id::cuMemCreate, MemCreateFn, handle, size, prop, flags);
@@ -607,7 +635,7 @@ pub unsafe extern "C" fn cuMemCreate(
     }
     // SAFETY: the caller's valid properties.
     let location = unsafe { (*prop).location };
-    if location.kind != CU_MEM_LOCATION_TYPE_DEVICE {
+    if location.type_ != CU_MEM_LOCATION_TYPE_DEVICE {
         return call();
     }
     with_slice!(|s| {
@@ -655,11 +683,15 @@ type ArrayDestroyFn = unsafe extern "C" fn(*mut c_void) -> CUresult;
 type ArrayReqFn =
     unsafe extern "C" fn(*mut CudaArrayMemoryRequirements, *mut c_void, CUdevice) -> CUresult;
 
+/// Bytes per channel element assumed for a `CUarray_format` this crate does not know:
+/// the estimate errs high, and is corrected from the driver's memory requirements.
+const UNKNOWN_FORMAT_BYTES: u64 = 16;
+
 fn array_bytes(width: usize, height: usize, depth: usize, format: c_int, channels: c_uint) -> u64 {
     (width.max(1) as u64)
         .saturating_mul(height.max(1) as u64)
         .saturating_mul(depth.max(1) as u64)
-        .saturating_mul(array_format_bytes(format))
+        .saturating_mul(array_format_bytes(format).unwrap_or(UNKNOWN_FORMAT_BYTES))
         .saturating_mul(channels.max(1) as u64)
 }
 
@@ -701,7 +733,8 @@ fn create_array(
 /// `cuArrayCreate_v2`.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `array` is null or valid for writing one `CUarray`; `desc` is null or
+/// points to a readable `CUDA_ARRAY_DESCRIPTOR`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArrayCreate_v2(
     array: *mut CUarray,
@@ -724,7 +757,8 @@ pub unsafe extern "C" fn cuArrayCreate_v2(
 /// `cuArray3DCreate_v2`. Sparse and deferred-mapping arrays have no memory of their own.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `array` is null or valid for writing one `CUarray`; `desc` is null or
+/// points to a readable `CUDA_ARRAY3D_DESCRIPTOR`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuArray3DCreate_v2(
     array: *mut CUarray,
@@ -750,7 +784,8 @@ pub unsafe extern "C" fn cuArray3DCreate_v2(
 /// `cuMipmappedArrayCreate`.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `array` is null or valid for writing one `CUmipmappedArray`; `desc` is
+/// null or points to a readable `CUDA_ARRAY3D_DESCRIPTOR`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMipmappedArrayCreate(
     array: *mut CUmipmappedArray,
@@ -881,7 +916,7 @@ fn create_context_charged(
 /// this process; other threads retaining it meanwhile wait for that charge.
 ///
 /// # Safety
-/// Driver contract.
+/// The caller keeps the driver\'s contract for this call: `ctx` is null or valid for writing one `CUcontext`.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUdevice) -> CUresult {
     let retain = || call_driver!(id::cuDevicePrimaryCtxRetain, RetainFn, ctx, dev);
@@ -1032,7 +1067,8 @@ unsafe fn ctx_create_charged(
 /// out by `cuGetProcAddress` for versions before 3.2.
 ///
 /// # Safety
-/// Driver contract: `ctx` is null or writable.
+/// The caller keeps the driver\'s contract for this call: `ctx` is null or valid for
+/// writing one `CUcontext`, and any other pointer argument points to what `cuda.h` says.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxCreate(
     ctx: *mut CUcontext,
@@ -1047,7 +1083,8 @@ pub unsafe extern "C" fn cuCtxCreate(
 /// `cuCtxCreate_v2`.
 ///
 /// # Safety
-/// Driver contract: `ctx` is null or writable.
+/// The caller keeps the driver\'s contract for this call: `ctx` is null or valid for
+/// writing one `CUcontext`, and any other pointer argument points to what `cuda.h` says.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxCreate_v2(
     ctx: *mut CUcontext,
@@ -1062,7 +1099,8 @@ pub unsafe extern "C" fn cuCtxCreate_v2(
 /// `cuCtxCreate_v3`.
 ///
 /// # Safety
-/// Driver contract: `ctx` is null or writable.
+/// The caller keeps the driver\'s contract for this call: `ctx` is null or valid for
+/// writing one `CUcontext`, and any other pointer argument points to what `cuda.h` says.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxCreate_v3(
     ctx: *mut CUcontext,
@@ -1079,7 +1117,8 @@ pub unsafe extern "C" fn cuCtxCreate_v3(
 /// `cuCtxCreate_v4`.
 ///
 /// # Safety
-/// Driver contract: `ctx` is null or writable.
+/// The caller keeps the driver\'s contract for this call: `ctx` is null or valid for
+/// writing one `CUcontext`, and any other pointer argument points to what `cuda.h` says.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxCreate_v4(
     ctx: *mut CUcontext,
@@ -1177,7 +1216,12 @@ fn graph_memory_needs(graph: CUgraph, depth: u32, out: &mut Vec<(CUdevice, u64)>
     }
 }
 
-fn after_instantiate(r: CUresult, exec: *mut CUgraphExec, graph: CUgraph) -> CUresult {
+/// Records the memory nodes of a graph just instantiated into `*exec`.
+///
+/// # Safety
+/// `exec` is null or, when `r` is `CUDA_SUCCESS`, points to the `CUgraphExec` the driver
+/// has just written.
+unsafe fn after_instantiate(r: CUresult, exec: *mut CUgraphExec, graph: CUgraph) -> CUresult {
     if r != CUDA_SUCCESS || exec.is_null() {
         return r;
     }
@@ -1197,87 +1241,102 @@ fn after_instantiate(r: CUresult, exec: *mut CUgraphExec, graph: CUgraph) -> CUr
 }
 
 /// `cuGraphInstantiateWithFlags`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `exec` is null or valid for
+/// writing one `CUgraphExec`.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuGraphInstantiateWithFlags(
+pub unsafe extern "C" fn cuGraphInstantiateWithFlags(
     exec: *mut CUgraphExec,
     graph: CUgraph,
     flags: c_ulonglong,
 ) -> CUresult {
-    after_instantiate(
-        call_driver!(
-            id::cuGraphInstantiateWithFlags,
-            InstFlagsFn,
-            exec,
-            graph,
-            flags
-        ),
+    let r = call_driver!(
+        id::cuGraphInstantiateWithFlags,
+        InstFlagsFn,
         exec,
         graph,
-    )
+        flags
+    );
+    // SAFETY: `exec` is null or writable, by this function's own contract; the driver
+    // has written it when the call succeeded.
+    unsafe { after_instantiate(r, exec, graph) }
 }
 
 /// `cuGraphInstantiateWithParams`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `exec` is null or valid for
+/// writing one `CUgraphExec`. `params` points to a
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS` the driver may read and write.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuGraphInstantiateWithParams(
+pub unsafe extern "C" fn cuGraphInstantiateWithParams(
     exec: *mut CUgraphExec,
     graph: CUgraph,
     params: *mut c_void,
 ) -> CUresult {
-    after_instantiate(
-        call_driver!(
-            id::cuGraphInstantiateWithParams,
-            InstParamsFn,
-            exec,
-            graph,
-            params
-        ),
+    let r = call_driver!(
+        id::cuGraphInstantiateWithParams,
+        InstParamsFn,
         exec,
         graph,
-    )
+        params
+    );
+    // SAFETY: `exec` is null or writable, by this function's own contract; the driver
+    // has written it when the call succeeded.
+    unsafe { after_instantiate(r, exec, graph) }
 }
 
 /// `cuGraphInstantiateWithParams_ptsz`.
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `exec` is null or valid for
+/// writing one `CUgraphExec`. `params` points to a
+/// `CUDA_GRAPH_INSTANTIATE_PARAMS` the driver may read and write.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuGraphInstantiateWithParams_ptsz(
+pub unsafe extern "C" fn cuGraphInstantiateWithParams_ptsz(
     exec: *mut CUgraphExec,
     graph: CUgraph,
     params: *mut c_void,
 ) -> CUresult {
-    after_instantiate(
-        call_driver!(
-            id::cuGraphInstantiateWithParams_ptsz,
-            InstParamsFn,
-            exec,
-            graph,
-            params
-        ),
+    let r = call_driver!(
+        id::cuGraphInstantiateWithParams_ptsz,
+        InstParamsFn,
         exec,
         graph,
-    )
+        params
+    );
+    // SAFETY: `exec` is null or writable, by this function's own contract; the driver
+    // has written it when the call succeeded.
+    unsafe { after_instantiate(r, exec, graph) }
 }
 
 /// `cuGraphInstantiate_v2` (the CUDA 11 signature with an error node and log).
+///
+/// # Safety
+/// The caller keeps the driver's contract for this call: `exec` is null or valid for
+/// writing one `CUgraphExec`; `error_node` is null or writable; `log` is null or valid
+/// for writing `log_size` bytes.
 #[unsafe(no_mangle)]
-pub extern "C" fn cuGraphInstantiate_v2(
+pub unsafe extern "C" fn cuGraphInstantiate_v2(
     exec: *mut CUgraphExec,
     graph: CUgraph,
     error_node: *mut CUgraphNode,
     log: *mut i8,
     log_size: usize,
 ) -> CUresult {
-    after_instantiate(
-        call_driver!(
-            id::cuGraphInstantiate_v2,
-            InstV2Fn,
-            exec,
-            graph,
-            error_node,
-            log,
-            log_size
-        ),
+    let r = call_driver!(
+        id::cuGraphInstantiate_v2,
+        InstV2Fn,
         exec,
         graph,
-    )
+        error_node,
+        log,
+        log_size
+    );
+    // SAFETY: `exec` is null or writable, by this function's own contract; the driver
+    // has written it when the call succeeded.
+    unsafe { after_instantiate(r, exec, graph) }
 }
 
 fn launch_graph(exec: CUgraphExec, call: impl FnOnce() -> CUresult) -> CUresult {

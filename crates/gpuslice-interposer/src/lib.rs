@@ -13,7 +13,6 @@ mod ffi;
 mod hooks;
 mod log;
 mod nvml;
-mod nvml_abi;
 mod nvml_view;
 mod presence;
 mod real;

@@ -5,7 +5,8 @@ use std::ffi::{CString, c_uint, c_void};
 use std::ptr::null_mut;
 
 use crate::ffi::{
-    NVML_ERROR_INSUFFICIENT_SIZE, NVML_SUCCESS, NvmlDevice, NvmlProcessInfo, NvmlReturn,
+    NVML_ERROR_INSUFFICIENT_SIZE, NVML_SUCCESS, NvmlDevice, NvmlProcessInfo,
+    NvmlProcessUtilizationSample, NvmlReturn,
 };
 use crate::real::real;
 use crate::table::id;
@@ -139,20 +140,12 @@ pub fn process_memory(uuid: &str, pid: u32) -> Option<u64> {
     None
 }
 
-/// `nvmlProcessUtilizationSample_t`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct UtilizationSample {
-    pid: c_uint,
-    time_stamp_us: u64,
-    sm_util: c_uint,
-    mem_util: c_uint,
-    enc_util: c_uint,
-    dec_util: c_uint,
-}
-
-type UtilFn =
-    unsafe extern "C" fn(NvmlDevice, *mut UtilizationSample, *mut c_uint, u64) -> NvmlReturn;
+type UtilFn = unsafe extern "C" fn(
+    NvmlDevice,
+    *mut NvmlProcessUtilizationSample,
+    *mut c_uint,
+    u64,
+) -> NvmlReturn;
 
 /// The driver's per-process utilization samples on the device with `uuid` newer than
 /// `since_us`: `(pid, timestamp in µs, SM utilization in percent)`.
@@ -178,13 +171,13 @@ pub fn utilization_samples(uuid: &str, since_us: u64) -> Vec<(u32, u64, u32)> {
     }
     // SAFETY: the real nvmlDeviceGetProcessUtilization has this signature.
     let f = unsafe { std::mem::transmute::<*mut c_void, UtilFn>(p) };
-    let mut samples = vec![UtilizationSample::default(); 64];
+    let mut samples = vec![NvmlProcessUtilizationSample::default(); 64];
     for _ in 0..4 {
         let mut count = samples.len() as c_uint;
         // SAFETY: `samples` holds `count` entries.
         let r = unsafe { f(dev, samples.as_mut_ptr(), &mut count, since_us) };
         if r == NVML_ERROR_INSUFFICIENT_SIZE {
-            samples.resize(count as usize + 16, UtilizationSample::default());
+            samples.resize(count as usize + 16, NvmlProcessUtilizationSample::default());
             continue;
         }
         if r != NVML_SUCCESS {
@@ -192,7 +185,7 @@ pub fn utilization_samples(uuid: &str, since_us: u64) -> Vec<(u32, u64, u32)> {
         }
         return samples[..(count as usize).min(samples.len())]
             .iter()
-            .map(|s| (s.pid, s.time_stamp_us, s.sm_util))
+            .map(|s| (s.pid, s.time_stamp, s.sm_util))
             .collect();
     }
     Vec::new()

@@ -28,8 +28,8 @@ use gpuslice_agent_protocol::{DriverMode, ProcessKind, Sample, SampleNumbering, 
 use gpuslice_ledger::Liveness;
 
 use crate::agent_client;
+use crate::ffi::*;
 use crate::log::log_at;
-use crate::nvml_abi::*;
 use crate::real::real;
 use crate::state::{Access, Slice};
 use crate::table::id;
@@ -221,7 +221,7 @@ fn filter_driver_list(slice: &Slice, uuid: &str, list: &[(u32, u64)]) -> Vec<(u3
     list.iter()
         .filter_map(|&(pid, mem)| {
             let &(_, charge) = members.iter().find(|(p, _)| *p == pid)?;
-            let mem = if (mem == NOT_AVAILABLE_U64 || mem == 0) && charge > 0 {
+            let mem = if (mem == NVML_VALUE_NOT_AVAILABLE_U64 || mem == 0) && charge > 0 {
                 charge
             } else {
                 mem
@@ -253,7 +253,7 @@ impl Record for NvmlProcessInfoV1 {
     }
 }
 
-impl Record for NvmlProcessInfoV2 {
+impl Record for NvmlProcessInfo {
     fn pid(&self) -> u32 {
         self.pid
     }
@@ -264,8 +264,8 @@ impl Record for NvmlProcessInfoV2 {
         Self {
             pid,
             used_gpu_memory: mem,
-            gpu_instance_id: NOT_AVAILABLE_U32,
-            compute_instance_id: NOT_AVAILABLE_U32,
+            gpu_instance_id: NVML_VALUE_NOT_AVAILABLE,
+            compute_instance_id: NVML_VALUE_NOT_AVAILABLE,
         }
     }
 }
@@ -281,8 +281,8 @@ impl Record for NvmlProcessDetail {
         Self {
             pid,
             used_gpu_memory: mem,
-            gpu_instance_id: NOT_AVAILABLE_U32,
-            compute_instance_id: NOT_AVAILABLE_U32,
+            gpu_instance_id: NVML_VALUE_NOT_AVAILABLE,
+            compute_instance_id: NVML_VALUE_NOT_AVAILABLE,
             used_gpu_cc_protected_memory: 0,
         }
     }
@@ -336,7 +336,7 @@ fn own_processes<T: Record>(
             .processes
             .iter()
             .filter(|p| p.kind == kind)
-            .map(|p| (p.pid, p.used_memory.unwrap_or(NOT_AVAILABLE_U64)))
+            .map(|p| (p.pid, p.used_memory.unwrap_or(NVML_VALUE_NOT_AVAILABLE_U64)))
             .collect());
     }
     let list = real_list::<T>(real_id, device)?;
@@ -346,10 +346,8 @@ fn own_processes<T: Record>(
 /// The PIDs of this container's compute processes per the driver's own list (fallback
 /// only): other per-process data of the driver is accepted only for these.
 fn driver_own_pids(slice: &Slice, device: NvmlDevice, uuid: &str) -> Vec<u32> {
-    let list = real_list::<NvmlProcessInfoV2>(id::nvmlView_ComputeRunningProcesses_v3, device)
-        .or_else(|_| {
-            real_list::<NvmlProcessInfoV2>(id::nvmlView_ComputeRunningProcesses_v2, device)
-        })
+    let list = real_list::<NvmlProcessInfo>(id::nvmlView_ComputeRunningProcesses_v3, device)
+        .or_else(|_| real_list::<NvmlProcessInfo>(id::nvmlView_ComputeRunningProcesses_v2, device))
         .unwrap_or_default();
     filter_driver_list(slice, uuid, &list)
         .into_iter()
@@ -372,7 +370,8 @@ unsafe fn write_list<T, S>(
     }
     // SAFETY: non-null and valid by the caller's contract.
     let room = unsafe { count.read_unaligned() } as usize;
-    // SAFETY: as above.
+    // SAFETY: `count` is non-null (checked above) and writable by the caller's contract
+    // for this NVML call; written without assuming alignment.
     unsafe { count.write_unaligned(items.len() as c_uint) };
     if items.is_empty() {
         return NVML_SUCCESS;
@@ -589,14 +588,14 @@ macro_rules! process_list_hooks {
 
 process_list_hooks! {
     nvmlDeviceGetComputeRunningProcesses, nvmlView_ComputeRunningProcesses, NvmlProcessInfoV1, Compute;
-    nvmlDeviceGetComputeRunningProcesses_v2, nvmlView_ComputeRunningProcesses_v2, NvmlProcessInfoV2, Compute;
-    nvmlDeviceGetComputeRunningProcesses_v3, nvmlView_ComputeRunningProcesses_v3, NvmlProcessInfoV2, Compute;
+    nvmlDeviceGetComputeRunningProcesses_v2, nvmlView_ComputeRunningProcesses_v2, NvmlProcessInfo, Compute;
+    nvmlDeviceGetComputeRunningProcesses_v3, nvmlView_ComputeRunningProcesses_v3, NvmlProcessInfo, Compute;
     nvmlDeviceGetGraphicsRunningProcesses, nvmlView_GraphicsRunningProcesses, NvmlProcessInfoV1, Graphics;
-    nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlView_GraphicsRunningProcesses_v2, NvmlProcessInfoV2, Graphics;
-    nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlView_GraphicsRunningProcesses_v3, NvmlProcessInfoV2, Graphics;
+    nvmlDeviceGetGraphicsRunningProcesses_v2, nvmlView_GraphicsRunningProcesses_v2, NvmlProcessInfo, Graphics;
+    nvmlDeviceGetGraphicsRunningProcesses_v3, nvmlView_GraphicsRunningProcesses_v3, NvmlProcessInfo, Graphics;
     nvmlDeviceGetMPSComputeRunningProcesses, nvmlView_MPSComputeRunningProcesses, NvmlProcessInfoV1, Mps;
-    nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlView_MPSComputeRunningProcesses_v2, NvmlProcessInfoV2, Mps;
-    nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlView_MPSComputeRunningProcesses_v3, NvmlProcessInfoV2, Mps;
+    nvmlDeviceGetMPSComputeRunningProcesses_v2, nvmlView_MPSComputeRunningProcesses_v2, NvmlProcessInfo, Mps;
+    nvmlDeviceGetMPSComputeRunningProcesses_v3, nvmlView_MPSComputeRunningProcesses_v3, NvmlProcessInfo, Mps;
 }
 
 /// Hook of `nvmlDeviceGetRunningProcessDetailList`.
@@ -642,7 +641,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
         gpu.processes
             .iter()
             .filter(|p| p.kind == kind)
-            .map(|p| (p.pid, p.used_memory.unwrap_or(NOT_AVAILABLE_U64)))
+            .map(|p| (p.pid, p.used_memory.unwrap_or(NVML_VALUE_NOT_AVAILABLE_U64)))
             .collect()
     } else {
         let mode = head.mode;
@@ -660,7 +659,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
                 device,
                 &mut mine
             );
-            // SAFETY: as above.
+            // SAFETY: `count` points to read_list's own counter, a live local there.
             unsafe { *count = mine.num_proc_array_entries };
             r
         });
@@ -916,7 +915,8 @@ unsafe fn write_sessions<T, S>(
     }
     // SAFETY: non-null, by the caller's contract.
     if unsafe { count.read_unaligned() } == 0 {
-        // SAFETY: as above.
+        // SAFETY: `count` is non-null (checked above) and writable by the caller's
+        // contract for this NVML call; written without assuming alignment.
         unsafe { count.write_unaligned(items.len() as c_uint) };
         return NVML_SUCCESS;
     }
@@ -1106,7 +1106,8 @@ mod tests {
             })
         };
         assert_eq!((r, count), (NVML_ERROR_INSUFFICIENT_SIZE, 2));
-        // SAFETY: as above.
+        // SAFETY: `count` is a live local and `out` holds two records, as many as
+        // `count` says.
         let r = unsafe {
             write_list(&items, &mut count, out.as_mut_ptr(), |&(p, m)| {
                 NvmlProcessInfoV1::make(p, m)
@@ -1117,7 +1118,7 @@ mod tests {
             (NVML_SUCCESS, 2, 2, 20)
         );
         let mut zero: c_uint = 0;
-        // SAFETY: as above.
+        // SAFETY: `zero` is a live local; with a count of 0 nothing is written to `out`.
         let r = unsafe {
             write_sessions(&items, &mut zero, out.as_mut_ptr(), |&(p, m)| {
                 NvmlProcessInfoV1::make(p, m)
@@ -1126,7 +1127,8 @@ mod tests {
         assert_eq!((r, zero), (NVML_SUCCESS, 2));
         let empty: [(u32, u64); 0] = [];
         let mut count: c_uint = 0;
-        // SAFETY: as above; a null array with no items is fine.
+        // SAFETY: `count` is a live local; with no items the null array is never
+        // written.
         let r = unsafe {
             write_list(
                 &empty,

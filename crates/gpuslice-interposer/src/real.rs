@@ -54,7 +54,8 @@ fn open_library(slot: &AtomicPtr<c_void>, name: &CStr) -> *mut c_void {
     // SAFETY: dlopen with a valid name; RTLD_NOLOAD only returns an already loaded one.
     let mut h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_NOLOAD) };
     if h.is_null() {
-        // SAFETY: as above, loading it if nobody has yet.
+        // SAFETY: dlopen with a valid NUL-terminated name, loading the library if
+        // nobody has yet; RTLD_LOCAL keeps its symbols out of the global scope.
         h = unsafe { libc::dlopen(name.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
     }
     if !h.is_null() {

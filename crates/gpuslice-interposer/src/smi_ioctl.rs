@@ -229,7 +229,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     match cmd {
         CMD_GET_PIDS => {
             let rc = raw_ioctl(fd, request, arg);
-            // SAFETY: as above; the driver has written its answer.
+            // SAFETY: `arg` is the caller's NVOS54_PARAMETERS (checked by the request
+            // number above), still valid after the call; the driver has written its
+            // status into it; read without assuming alignment.
             let status = unsafe { std::ptr::read_unaligned(arg as *const RmControl) }.status;
             if rc == 0 && status == 0 && rewrite == Rewrite::HostPids {
                 let _ = rewrite_pids(buf, &view);

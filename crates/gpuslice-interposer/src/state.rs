@@ -165,7 +165,9 @@ fn slice() -> Result<&'static Slice, &'static str> {
         }
     }
     SLICE_INIT_LOCK.store(0, Release);
-    // SAFETY: as above.
+    // SAFETY: `p` came from Box::into_raw above (or from another thread's, published
+    // with Release and read with Acquire under the init lock); it is never freed, only
+    // replaced in a forked child, so the reference lives for the process.
     unsafe { &*p }.as_ref().map_err(String::as_str)
 }
 

@@ -1,8 +1,6 @@
-//! The NVML codes, constants and structure layouts of the NVML view's hooks, as plain
-//! integers and `repr(C)` structs (checked against `nvml.h` of CUDA 12/13 by the size
-//! tests below).
-
-#![allow(dead_code)]
+//! NVML (`nvml.h` of CUDA 12 and 13): `nvmlReturn_t` codes, the versioned-structure
+//! constants, and the structures of the memory, process-list, utilisation, accounting
+//! and session queries.
 
 use std::ffi::{c_uint, c_void};
 
@@ -10,21 +8,24 @@ pub type NvmlReturn = c_uint;
 pub type NvmlDevice = *mut c_void;
 
 pub const NVML_SUCCESS: NvmlReturn = 0;
+pub const NVML_ERROR_UNINITIALIZED: NvmlReturn = 1;
 pub const NVML_ERROR_INVALID_ARGUMENT: NvmlReturn = 2;
 pub const NVML_ERROR_NO_PERMISSION: NvmlReturn = 4;
 pub const NVML_ERROR_NOT_FOUND: NvmlReturn = 6;
 pub const NVML_ERROR_INSUFFICIENT_SIZE: NvmlReturn = 7;
+pub const NVML_ERROR_DRIVER_NOT_LOADED: NvmlReturn = 9;
 pub const NVML_ERROR_FUNCTION_NOT_FOUND: NvmlReturn = 13;
 pub const NVML_ERROR_ARGUMENT_VERSION_MISMATCH: NvmlReturn = 25;
 
+/// `NVML_VALUE_NOT_AVAILABLE` as a 32-bit id: the `gpuInstanceId` and
+/// `computeInstanceId` of a process outside MIG mode.
+pub const NVML_VALUE_NOT_AVAILABLE: c_uint = c_uint::MAX;
 /// `NVML_VALUE_NOT_AVAILABLE` as a 64-bit memory value.
-pub const NOT_AVAILABLE_U64: u64 = u64::MAX;
-/// `NVML_VALUE_NOT_AVAILABLE` as a 32-bit id.
-pub const NOT_AVAILABLE_U32: c_uint = c_uint::MAX;
+pub const NVML_VALUE_NOT_AVAILABLE_U64: u64 = u64::MAX;
 
 /// `nvmlMemory_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlMemory {
     pub total: u64,
     pub free: u64,
@@ -33,7 +34,7 @@ pub struct NvmlMemory {
 
 /// `nvmlMemory_v2_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlMemoryV2 {
     pub version: c_uint,
     pub total: u64,
@@ -42,9 +43,25 @@ pub struct NvmlMemoryV2 {
     pub used: u64,
 }
 
+/// `NVML_STRUCT_VERSION(Memory, 2)`.
+pub const NVML_MEMORY_V2: c_uint = (std::mem::size_of::<NvmlMemoryV2>() as c_uint) | (2 << 24);
+
+/// `nvmlPciInfo_t` (as filled by `nvmlDeviceGetPciInfo_v3`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NvmlPciInfo {
+    pub bus_id_legacy: [u8; 16],
+    pub domain: c_uint,
+    pub bus: c_uint,
+    pub device: c_uint,
+    pub pci_device_id: c_uint,
+    pub pci_sub_system_id: c_uint,
+    pub bus_id: [u8; 32],
+}
+
 /// `nvmlUtilization_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlUtilization {
     pub gpu: c_uint,
     pub memory: c_uint,
@@ -52,7 +69,7 @@ pub struct NvmlUtilization {
 
 /// `nvmlProcessInfo_v1_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlProcessInfoV1 {
     pub pid: c_uint,
     pub used_gpu_memory: u64,
@@ -60,8 +77,8 @@ pub struct NvmlProcessInfoV1 {
 
 /// `nvmlProcessInfo_v2_t`, also `nvmlProcessInfo_t` of the `_v3` calls.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
-pub struct NvmlProcessInfoV2 {
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NvmlProcessInfo {
     pub pid: c_uint,
     pub used_gpu_memory: u64,
     pub gpu_instance_id: c_uint,
@@ -70,7 +87,7 @@ pub struct NvmlProcessInfoV2 {
 
 /// `nvmlProcessDetail_v1_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlProcessDetail {
     pub pid: c_uint,
     pub used_gpu_memory: u64,
@@ -81,6 +98,7 @@ pub struct NvmlProcessDetail {
 
 /// `nvmlProcessDetailList_v1_t`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct NvmlProcessDetailList {
     pub version: c_uint,
     pub mode: c_uint,
@@ -98,7 +116,7 @@ pub const NVML_PROCESS_MODE_MPS: c_uint = 2;
 
 /// `nvmlProcessUtilizationSample_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlProcessUtilizationSample {
     pub pid: c_uint,
     pub time_stamp: u64,
@@ -110,7 +128,7 @@ pub struct NvmlProcessUtilizationSample {
 
 /// `nvmlProcessUtilizationInfo_v1_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlProcessUtilizationInfo {
     pub time_stamp: u64,
     pub pid: c_uint,
@@ -124,6 +142,7 @@ pub struct NvmlProcessUtilizationInfo {
 
 /// `nvmlProcessesUtilizationInfo_v1_t`.
 #[repr(C)]
+#[derive(Debug)]
 pub struct NvmlProcessesUtilizationInfo {
     pub version: c_uint,
     pub process_samples_count: c_uint,
@@ -137,7 +156,7 @@ pub const NVML_PROCESSES_UTILIZATION_INFO_V1: c_uint =
 
 /// `nvmlAccountingStats_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlAccountingStats {
     pub gpu_utilization: c_uint,
     pub memory_utilization: c_uint,
@@ -150,7 +169,7 @@ pub struct NvmlAccountingStats {
 
 /// `nvmlEncoderSessionInfo_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlEncoderSessionInfo {
     pub session_id: c_uint,
     pub pid: c_uint,
@@ -164,7 +183,7 @@ pub struct NvmlEncoderSessionInfo {
 
 /// `nvmlFBCSessionInfo_t`.
 #[repr(C)]
-#[derive(Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct NvmlFbcSessionInfo {
     pub session_id: c_uint,
     pub pid: c_uint,
@@ -183,27 +202,45 @@ pub struct NvmlFbcSessionInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::mem::{offset_of, size_of};
+    use std::mem::{align_of, offset_of, size_of};
 
     #[test]
     fn layouts_match_nvml_h() {
         assert_eq!(size_of::<NvmlMemory>(), 24);
         assert_eq!(size_of::<NvmlMemoryV2>(), 40);
+        assert_eq!(offset_of!(NvmlMemoryV2, total), 8);
         assert_eq!(offset_of!(NvmlMemoryV2, used), 32);
+        assert_eq!(NVML_MEMORY_V2, 0x0200_0028);
+        assert_eq!(size_of::<NvmlPciInfo>(), 68);
+        assert_eq!(offset_of!(NvmlPciInfo, bus_id), 36);
+        assert_eq!(size_of::<NvmlUtilization>(), 8);
         assert_eq!(size_of::<NvmlProcessInfoV1>(), 16);
-        assert_eq!(size_of::<NvmlProcessInfoV2>(), 24);
+        assert_eq!(size_of::<NvmlProcessInfo>(), 24);
+        assert_eq!(align_of::<NvmlProcessInfo>(), 8);
+        assert_eq!(offset_of!(NvmlProcessInfo, used_gpu_memory), 8);
+        assert_eq!(offset_of!(NvmlProcessInfo, compute_instance_id), 20);
         assert_eq!(size_of::<NvmlProcessDetail>(), 32);
+        assert_eq!(
+            offset_of!(NvmlProcessDetail, used_gpu_cc_protected_memory),
+            24
+        );
         assert_eq!(size_of::<NvmlProcessDetailList>(), 24);
         assert_eq!(offset_of!(NvmlProcessDetailList, proc_array), 16);
         assert_eq!(NVML_PROCESS_DETAIL_LIST_V1, 0x0100_0018);
         assert_eq!(size_of::<NvmlProcessUtilizationSample>(), 32);
         assert_eq!(offset_of!(NvmlProcessUtilizationSample, time_stamp), 8);
+        assert_eq!(offset_of!(NvmlProcessUtilizationSample, sm_util), 16);
         assert_eq!(size_of::<NvmlProcessUtilizationInfo>(), 40);
+        assert_eq!(offset_of!(NvmlProcessUtilizationInfo, pid), 8);
         assert_eq!(size_of::<NvmlProcessesUtilizationInfo>(), 24);
+        assert_eq!(
+            offset_of!(NvmlProcessesUtilizationInfo, proc_util_array),
+            16
+        );
         assert_eq!(NVML_PROCESSES_UTILIZATION_INFO_V1, 0x0100_0018);
         assert_eq!(size_of::<NvmlAccountingStats>(), 56);
+        assert_eq!(offset_of!(NvmlAccountingStats, is_running), 32);
         assert_eq!(size_of::<NvmlEncoderSessionInfo>(), 32);
         assert_eq!(size_of::<NvmlFbcSessionInfo>(), 48);
-        assert_eq!(size_of::<NvmlUtilization>(), 8);
     }
 }
