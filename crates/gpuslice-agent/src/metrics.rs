@@ -555,7 +555,10 @@ mod tests {
 
     impl SliceOwners for Owners {
         fn owner(&self, slice: &str) -> Option<crate::owners::SliceOwner> {
-            self.0.iter().find(|(s, _)| *s == slice).map(|(_, o)| o.clone())
+            self.0
+                .iter()
+                .find(|(s, _)| *s == slice)
+                .map(|(_, o)| o.clone())
         }
     }
 

@@ -650,7 +650,9 @@ impl Ledger {
     /// Counts one refusal that did not come from [`Ledger::try_charge`] (an allocation
     /// the driver made larger than charged, taken back). One atomic add.
     pub fn count_refusal(&self, device: usize) {
-        self.device(device).refused_allocations.fetch_add(1, Relaxed);
+        self.device(device)
+            .refused_allocations
+            .fetch_add(1, Relaxed);
     }
 
     /// Time the slice's processes spent held back by the compute gate on a device

@@ -130,7 +130,9 @@ fn refusals_and_throttled_time_are_counted_in_the_ledger_for_every_process() {
     assert!(ledger.try_charge(me, 0, 1).is_err());
     assert!(ledger.try_charge(me, 0, MIB).is_err());
     ledger.count_refusal(0);
-    ledger.throttled_cell(0).fetch_add(1_500, std::sync::atomic::Ordering::Relaxed);
+    ledger
+        .throttled_cell(0)
+        .fetch_add(1_500, std::sync::atomic::Ordering::Relaxed);
     // Another process's view of the same file sees the same counts.
     let other = Ledger::open(&path).unwrap();
     assert_eq!(other.refused_allocations(0), 3);
