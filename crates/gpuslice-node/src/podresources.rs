@@ -376,9 +376,24 @@ pub async fn resolve(
         .filter(|p| namespaces.contains(&p.namespace))
         .filter(|p| p.containers.iter().all(|c| c.dynamic_resources.is_empty()))
     {
-        if let Some(got) = client.get(&pod.namespace, &pod.name).await? {
-            *pod = got;
-            fetched = true;
+        // A pod gone since `List` fails alone; a kubelet without `Get` fails them all.
+        match client.get(&pod.namespace, &pod.name).await {
+            Ok(Some(got)) => {
+                *pod = got;
+                fetched = true;
+            }
+            Ok(None) => {}
+            Err(PodResourcesError::Call { status, .. })
+                if status.code() == tonic::Code::Unimplemented =>
+            {
+                tracing::debug!("pod labels: the kubelet does not serve Get: {status}");
+                break;
+            }
+            Err(e @ PodResourcesError::Timeout { .. }) => {
+                tracing::debug!("pod labels: {e}");
+                break;
+            }
+            Err(e) => tracing::debug!("pod labels: {e}"),
         }
     }
     if fetched {
