@@ -11,7 +11,7 @@
 //! cannot be read, or whose pinned configuration is broken, is never left out: it shows
 //! as `gpuslice_slice_failed_closed{slice,reason} 1`. Under `gpuslice node`, every series
 //! of a slice also names who holds it ([`crate::owners`]: `namespace`, `pod`,
-//! `container`, and `claim` for DRA), once known.
+//! `container` and `claim`, empty while not known).
 //!
 //! The HTTP server is `tiny_http` (synchronous, as the rest of the agent), bound by
 //! [`MetricsServer::bind`] and served on a thread of its own by [`MetricsServer::spawn`].
@@ -563,7 +563,7 @@ mod tests {
     }
 
     #[test]
-    fn every_series_of_a_slice_names_its_pod_once_known() {
+    fn every_series_of_a_slice_names_its_pod_empty_while_unknown() {
         use crate::owners::SliceOwner;
         let owners = Owners(vec![
             (
@@ -601,13 +601,13 @@ mod tests {
             Some(&owners),
         );
         for line in [
-            "gpuslice_slice_memory_limit_bytes{slice=\"dp\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"train-0\",container=\"main\"} 1073741824",
-            "gpuslice_slice_processes{slice=\"dp\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"train-0\",container=\"main\"} 0",
+            "gpuslice_slice_memory_limit_bytes{slice=\"dp\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"train-0\",container=\"main\",claim=\"\"} 1073741824",
+            "gpuslice_slice_processes{slice=\"dp\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"train-0\",container=\"main\",claim=\"\"} 0",
             "gpuslice_slice_memory_limit_bytes{slice=\"dra\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"serve-0\",container=\"infer\",claim=\"gpu-claim\"} 2147483648",
             "gpuslice_slice_info{slice=\"dra\",ledger=\"/state/slices/dra/ledger\",source=\"dra\",namespace=\"ml\",pod=\"serve-0\",container=\"infer\",claim=\"gpu-claim\"} 1",
-            "gpuslice_slice_failed_closed{slice=\"dp\",reason=\"config\",namespace=\"ml\",pod=\"train-0\",container=\"main\"} 1",
-            "gpuslice_slice_memory_limit_bytes{slice=\"run-1\",gpu_uuid=\"GPU-1\"} 1073741824",
-            "gpuslice_slice_info{slice=\"run-1\",ledger=\"/state/slices/run-1/ledger\",source=\"cdi\"} 1",
+            "gpuslice_slice_failed_closed{slice=\"dp\",reason=\"config\",namespace=\"ml\",pod=\"train-0\",container=\"main\",claim=\"\"} 1",
+            "gpuslice_slice_memory_limit_bytes{slice=\"run-1\",gpu_uuid=\"GPU-1\",namespace=\"\",pod=\"\",container=\"\",claim=\"\"} 1073741824",
+            "gpuslice_slice_info{slice=\"run-1\",ledger=\"/state/slices/run-1/ledger\",source=\"cdi\",namespace=\"\",pod=\"\",container=\"\",claim=\"\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -4,6 +4,11 @@
 //! (over the kubelet's PodResources API) and hands it to the agent's `/metrics`, which
 //! adds [`OwnerLabels`] to every series of a slice. Plain `gpuslice agent` has none, and
 //! its series keep their labels.
+//!
+//! Where owners are known at all, every slice series carries all four labels, empty
+//! where they do not apply or are not known yet: a family whose samples all have the
+//! same label names is what strict OpenMetrics parsers accept, and PromQL reads an
+//! empty label as a missing one (`{pod!=""}` selects the slices held by a pod).
 
 use prometheus_client::encoding::{EncodeLabelSet, LabelSetEncoder};
 
@@ -29,16 +34,16 @@ pub trait SliceOwners: Send + Sync + std::fmt::Debug {
     fn owner(&self, slice: &str) -> Option<SliceOwner>;
 }
 
-/// The labels a slice's series get from its owner: `namespace`, `pod`, `container`, and
-/// `claim` for a DRA slice; no label at all while the owner is not known (as
-/// dcgm-exporter does: PromQL reads a missing label as an empty one).
+/// The labels a slice's series get from its owner: with a source of owners,
+/// `namespace`, `pod`, `container` and `claim` (the claim of a DRA slice), each empty
+/// where it does not apply or is not known; without one, none.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct OwnerLabels(pub Option<SliceOwner>);
 
 impl OwnerLabels {
     /// The labels of `slice` as `owners` knows it (none without `owners`).
     pub fn of(owners: Option<&dyn SliceOwners>, slice: &str) -> Self {
-        Self(owners.and_then(|o| o.owner(slice)))
+        Self(owners.map(|o| o.owner(slice).unwrap_or_default()))
     }
 }
 
@@ -47,14 +52,12 @@ impl EncodeLabelSet for OwnerLabels {
         let Some(owner) = &self.0 else {
             return Ok(());
         };
-        let mut labels = vec![
+        [
             ("namespace", owner.namespace.as_str()),
             ("pod", owner.pod.as_str()),
             ("container", owner.container.as_str()),
-        ];
-        if let Some(claim) = &owner.claim {
-            labels.push(("claim", claim.as_str()));
-        }
-        labels.as_slice().encode(encoder)
+            ("claim", owner.claim.as_deref().unwrap_or_default()),
+        ]
+        .encode(encoder)
     }
 }
