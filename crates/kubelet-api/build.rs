@@ -3,11 +3,12 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 4] = [
+const PROTOS: [&str; 5] = [
     "deviceplugin/v1beta1/api.proto",
     "pluginregistration/v1/api.proto",
     "dra/v1/api.proto",
     "dra/v1beta1/api.proto",
+    "podresources/v1/api.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

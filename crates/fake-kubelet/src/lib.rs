@@ -15,6 +15,7 @@
 //!
 //! For DRA, [`dra`] plays the kubelet's plugin watcher and DRA client, and [`apiserver`]
 //! a Kubernetes API server holding Nodes, ResourceClaims and ResourceSlices.
+//! [`podresources`] serves the kubelet's PodResources API with the pods a test sets.
 //!
 //! [`flows`] is the `fake-kubelet` binary's work: the same parts driven from the command
 //! line against a real `gpuslice node`, for the checks on a GPU host (`tests/gpu/`).
@@ -22,6 +23,7 @@
 pub mod apiserver;
 pub mod dra;
 pub mod flows;
+pub mod podresources;
 pub mod raw;
 
 use std::path::{Path, PathBuf};

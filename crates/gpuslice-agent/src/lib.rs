@@ -17,7 +17,8 @@
 //!   container took past it without the interposer;
 //! * [`sweep`]: frees the ledger entries of slice processes that are gone, in any PID
 //!   namespace;
-//! * [`metrics`]: `/metrics`, the slices, GPUs and the agent's counters for Prometheus.
+//! * [`metrics`]: `/metrics`, the slices, GPUs and the agent's counters for Prometheus;
+//! * [`owners`]: who holds a slice (on Kubernetes: its pod), for `/metrics`' labels.
 //!
 //! The agent takes nothing a container can write as the truth (not a container's
 //! `/proc`): the one such file it opens is a slice's ledger, only to free the entries of
@@ -29,6 +30,7 @@ pub mod enforce;
 pub mod host;
 pub mod membership;
 pub mod metrics;
+pub mod owners;
 pub mod probe;
 pub mod procfs;
 pub mod scope;

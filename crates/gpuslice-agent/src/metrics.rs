@@ -11,7 +11,9 @@
 //! needs a past, a slice's compute use over the last 10 s, comes from the busy-time
 //! history that the exporter's sampler keeps ([`crate::compute_window`]). A slice whose
 //! ledger cannot be read, or whose pinned configuration is broken, is never left out: it
-//! shows as `gpuslice_slice_failed_closed{slice,reason} 1`.
+//! shows as `gpuslice_slice_failed_closed{slice,reason} 1`. Under `gpuslice node`, every
+//! series of a slice also names who holds it ([`crate::owners`]: `namespace`, `pod`,
+//! `container` and `claim`, empty while not known).
 //!
 //! The HTTP server is `tiny_http` (synchronous, as the rest of the agent), bound by
 //! [`MetricsServer::bind`] and served on a thread of its own by [`MetricsServer::spawn`],
@@ -36,6 +38,7 @@ use crate::AgentError;
 use crate::compute_window::{ComputeWindow, MeterKey, SAMPLE_PERIOD};
 use crate::host::{CachedHost, HostGpu};
 use crate::membership::SliceTable;
+use crate::owners::{OwnerLabels, SliceOwners};
 use crate::procfs::Procfs;
 use crate::server::log;
 
@@ -72,6 +75,8 @@ pub struct MetricsOptions {
     /// The base of the per-user ledger folders of `gpuslice run` (`/dev/shm`), whose
     /// `gpuslice-<uid>` folders are listed; `None`: none.
     pub run_ledgers: Option<PathBuf>,
+    /// Who holds each slice (`gpuslice node`: the pods); `None`: no owner labels.
+    pub owners: Option<Arc<dyn SliceOwners>>,
 }
 
 impl MetricsOptions {
@@ -81,6 +86,7 @@ impl MetricsOptions {
             addr,
             state_dir,
             run_ledgers: Some(PathBuf::from(SHM_DIR)),
+            owners: None,
         }
     }
 }
@@ -89,6 +95,8 @@ impl MetricsOptions {
 struct SliceGpu {
     slice: String,
     gpu_uuid: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -96,12 +104,16 @@ struct SliceInfo {
     slice: String,
     ledger: String,
     source: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct FailedClosed {
     slice: String,
     reason: String,
+    #[prometheus(flatten)]
+    owner: OwnerLabels,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -225,19 +237,22 @@ impl Exporter {
             &broken_configs,
             &compute_used,
             &self.counters,
+            self.options.owners.as_deref(),
         )
     }
 }
 
 /// The text of one scrape: `slices` as listed, `gpus` as NVML reports them, the slices
 /// whose pinned configuration is broken (name, reason), the compute-limited slices'
-/// use over the window (those with a share yet) and the agent's counters.
+/// use over the window (those with a share yet), the agent's counters, and who holds
+/// each slice.
 fn encode(
     slices: &[SliceStatus],
     gpus: &[HostGpu],
     broken_configs: &[(String, String)],
     compute_used: &BTreeMap<MeterKey, f64>,
     counters: &AgentCounters,
+    owners: Option<&dyn SliceOwners>,
 ) -> String {
     let limit = IntFamily::<SliceGpu>::default();
     let used = IntFamily::<SliceGpu>::default();
@@ -276,10 +291,12 @@ fn encode(
         }
     }
     for s in slices {
+        let owner = OwnerLabels::of(owners, &s.name);
         info.get_or_create(&SliceInfo {
             slice: s.name.clone(),
             ledger: s.path.clone(),
             source: s.origin.as_str().to_string(),
+            owner: owner.clone(),
         })
         .set(1);
         if s.error.is_some() {
@@ -287,6 +304,7 @@ fn encode(
                 .get_or_create(&FailedClosed {
                     slice: s.name.clone(),
                     reason: s.error_kind.unwrap_or("unreadable").to_string(),
+                    owner: owner.clone(),
                 })
                 .set(1);
             continue;
@@ -295,6 +313,7 @@ fn encode(
             let labels = SliceGpu {
                 slice: s.name.clone(),
                 gpu_uuid: d.uuid.clone(),
+                owner: owner.clone(),
             };
             limit.get_or_create(&labels).set(bytes(d.limit_bytes));
             used.get_or_create(&labels).set(bytes(d.used_bytes));
@@ -334,6 +353,7 @@ fn encode(
             .get_or_create(&FailedClosed {
                 slice: slice.clone(),
                 reason: reason.clone(),
+                owner: OwnerLabels::of(owners, slice),
             })
             .set(1);
     }
@@ -628,6 +648,7 @@ mod tests {
             &[("c".into(), "config".into())],
             &compute_used,
             &counters,
+            None,
         );
         for line in [
             "# TYPE gpuslice_slice_memory_limit_bytes gauge",
@@ -679,5 +700,86 @@ mod tests {
                 "{s}:\n{text}"
             );
         }
+    }
+
+    /// A fixed table of owners, as `gpuslice node` would have resolved them.
+    #[derive(Debug)]
+    struct Owners(Vec<(&'static str, crate::owners::SliceOwner)>);
+
+    impl SliceOwners for Owners {
+        fn owner(&self, slice: &str) -> Option<crate::owners::SliceOwner> {
+            self.0
+                .iter()
+                .find(|(s, _)| *s == slice)
+                .map(|(_, o)| o.clone())
+        }
+    }
+
+    #[test]
+    fn every_series_of_a_slice_names_its_pod_empty_while_unknown() {
+        use crate::owners::SliceOwner;
+        let owners = Owners(vec![
+            (
+                "dp",
+                SliceOwner {
+                    namespace: "ml".into(),
+                    pod: "train-0".into(),
+                    container: "main".into(),
+                    claim: None,
+                },
+            ),
+            (
+                "dra",
+                SliceOwner {
+                    namespace: "ml".into(),
+                    pod: "serve-0".into(),
+                    container: "infer".into(),
+                    claim: Some("gpu-claim".into()),
+                },
+            ),
+        ]);
+        let mut dp = slice("dp", &[("GPU-1", 1 << 30, 0)]);
+        dp.origin = Origin::DevicePlugin;
+        let mut dra = slice("dra", &[("GPU-1", 2 << 30, 0)]);
+        dra.origin = Origin::Dra;
+        let mut broken = slice("dra", &[]);
+        broken.error = Some("bad".into());
+        broken.error_kind = Some("corrupt");
+        let other = slice("run-1", &[("GPU-1", 1 << 30, 0)]);
+        let text = encode(
+            &[dp, dra, other],
+            &[],
+            &[("dp".into(), "config".into())],
+            &BTreeMap::new(),
+            &AgentCounters::default(),
+            Some(&owners),
+        );
+        for line in [
+            "gpuslice_slice_memory_limit_bytes{slice=\"dp\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"train-0\",container=\"main\",claim=\"\"} 1073741824",
+            "gpuslice_slice_processes{slice=\"dp\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"train-0\",container=\"main\",claim=\"\"} 0",
+            "gpuslice_slice_memory_limit_bytes{slice=\"dra\",gpu_uuid=\"GPU-1\",namespace=\"ml\",pod=\"serve-0\",container=\"infer\",claim=\"gpu-claim\"} 2147483648",
+            "gpuslice_slice_info{slice=\"dra\",ledger=\"/state/slices/dra/ledger\",source=\"dra\",namespace=\"ml\",pod=\"serve-0\",container=\"infer\",claim=\"gpu-claim\"} 1",
+            "gpuslice_slice_failed_closed{slice=\"dp\",reason=\"config\",namespace=\"ml\",pod=\"train-0\",container=\"main\",claim=\"\"} 1",
+            "gpuslice_slice_memory_limit_bytes{slice=\"run-1\",gpu_uuid=\"GPU-1\",namespace=\"\",pod=\"\",container=\"\",claim=\"\"} 1073741824",
+            "gpuslice_slice_info{slice=\"run-1\",ledger=\"/state/slices/run-1/ledger\",source=\"cdi\",namespace=\"\",pod=\"\",container=\"\",claim=\"\"} 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from:\n{text}"
+            );
+        }
+        let text = encode(
+            &[broken],
+            &[],
+            &[],
+            &BTreeMap::new(),
+            &AgentCounters::default(),
+            Some(&owners),
+        );
+        assert!(
+            text.lines().any(|l| l
+                == "gpuslice_slice_failed_closed{slice=\"dra\",reason=\"corrupt\",namespace=\"ml\",pod=\"serve-0\",container=\"infer\",claim=\"gpu-claim\"} 1"),
+            "{text}"
+        );
     }
 }

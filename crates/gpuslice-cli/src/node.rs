@@ -69,6 +69,11 @@ pub struct NodeArgs {
     /// $KUBECONFIG, else ~/.kube/config].
     #[arg(long, value_name = "PATH")]
     pub kubeconfig: Option<PathBuf>,
+
+    /// The kubelet's PodResources socket, which names the pod, container and claim of each
+    /// slice in `/metrics` [default: <kubelet-dir>/pod-resources/kubelet.sock].
+    #[arg(long, value_name = "PATH")]
+    pub pod_resources_socket: Option<PathBuf>,
 }
 
 /// Why `gpuslice node` could not start.
@@ -134,6 +139,10 @@ pub fn run(args: &NodeArgs) -> Result<String, NodeCommandError> {
             dry_run: args.dry_run,
             agent,
             kubeconfig: args.kubeconfig.clone(),
+            pod_resources_socket: args
+                .pod_resources_socket
+                .clone()
+                .unwrap_or_else(|| gpuslice_node::podresources::default_socket(&args.kubelet_dir)),
         },
     )?)
 }

@@ -11,6 +11,10 @@
 //! the device plugins otherwise; no API server configured (no in-cluster account, no
 //! `--kubeconfig`, no `$KUBECONFIG`) also means the device plugins.
 //!
+//! With the agent's `/metrics` on, a task keeps the table of who holds each slice
+//! ([`crate::podresources`]) from the kubelet's PodResources socket, for the metrics' pod
+//! labels.
+//!
 //! Order matters: the agent's driver probe forks, so it runs first, before NVML is
 //! loaded and before any thread starts; then the agent serves from a thread of its own,
 //! and the device plugins from a tokio runtime on the calling thread, until SIGTERM or
@@ -34,6 +38,7 @@ use crate::host_provider::{HostClaimProvider, HostProvider, HostSlices};
 use crate::inventory::{GpuInfo, GpuInventory};
 use crate::modes::{Decision, OnlyGpus, assign, fixed_decision};
 use crate::nvml::NvmlGpus;
+use crate::podresources::{PodOwners, PodResourcesOptions};
 use crate::{NodeError, dry_run};
 
 /// What `gpuslice node` was asked to do.
@@ -60,6 +65,9 @@ pub struct NodeCommand {
     /// The kubeconfig for the API server (DRA); `None`: the pod's service account, else
     /// `$KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
+    /// The kubelet's PodResources socket, for the pod labels of the agent's `/metrics`
+    /// (`/var/lib/kubelet/pod-resources/kubelet.sock`).
+    pub pod_resources_socket: PathBuf,
 }
 
 /// Why `gpuslice node` stopped.
@@ -157,9 +165,19 @@ pub fn run(cmd: &NodeCommand) -> Result<String, CommandError> {
         )?);
     }
     // The agent's probe forks: before NVML and before any thread.
+    // Who holds each slice, for the labels of `/metrics` (when it is served).
+    let pod_owners = cmd
+        .agent
+        .as_ref()
+        .and_then(|a| a.metrics.as_ref())
+        .map(|_| PodOwners::new());
     let agent = cmd.agent.as_ref().map(|options| {
         let (mode, samples) = gpuslice_agent::probe_and_log(options.skip_probe);
-        (options.clone(), mode, samples)
+        let mut options = options.clone();
+        if let (Some(metrics), Some(owners)) = (&mut options.metrics, &pod_owners) {
+            metrics.owners = Some(owners.clone());
+        }
+        (options, mode, samples)
     });
     let nvml = Arc::new(NvmlGpus::init()?);
     let driver_version = nvml.driver_version();
@@ -210,6 +228,11 @@ pub fn run(cmd: &NodeCommand) -> Result<String, CommandError> {
             has_agent.then_some(agent_stop),
             stopped_agent.clone(),
         ));
+        if let Some(owners) = pod_owners {
+            let mut options = PodResourcesOptions::new(cmd.pod_resources_socket.clone());
+            options.dra_state = Some(cmd.state_dir.join("dra"));
+            tokio::spawn(crate::podresources::refresh(owners, options, stop.clone()));
+        }
         let node = Node {
             cmd,
             settings: &settings,

@@ -3,8 +3,9 @@
 //! ([`deviceplugin`], over [`transport`]), the seam to the code that makes slices on the
 //! host ([`provider`]; the real ones, over `gpuslice-host`, are in [`host_provider`]),
 //! the DRA driver with consumable capacity ([`dra`], entry point [`dra::run_dra`]), which
-//! GPU goes which way ([`modes`]), the dry run ([`dry_run`]), and `gpuslice node` as a
-//! whole ([`command`]).
+//! GPU goes which way ([`modes`]), the dry run ([`dry_run`]), who holds each slice for the
+//! metrics' pod labels ([`podresources`], the kubelet's PodResources API), and
+//! `gpuslice node` as a whole ([`command`]).
 //!
 //! This is the only crate of gpuslice with async code (tokio, tonic); the interposer
 //! never links it. The CLI calls [`command::run`] and stays thin.
@@ -18,6 +19,7 @@ pub mod host_provider;
 pub mod inventory;
 pub mod modes;
 pub mod nvml;
+pub mod podresources;
 pub mod provider;
 pub mod transport;
 

@@ -2,7 +2,8 @@
 //! (written from kubernetes/kubelet's `pkg/apis/*/api.proto`, field for field).
 //!
 //! Each API lives in a module named after its upstream folder and version:
-//! [`deviceplugin::v1beta1`], [`pluginregistration::v1`], [`dra::v1`], [`dra::v1beta1`].
+//! [`deviceplugin::v1beta1`], [`pluginregistration::v1`], [`dra::v1`], [`dra::v1beta1`],
+//! [`podresources::v1`].
 //! Every module has the messages, a `*_client` module and a `*_server` module per service.
 //! The constants beside them are the kubelet's own (paths, versions, health strings).
 
@@ -59,6 +60,20 @@ pub mod dra {
 
         /// The name a driver lists in `PluginInfo.supported_versions` for this service.
         pub const SERVICE_VERSION: &str = "v1beta1.DRAPlugin";
+    }
+}
+
+/// The pod resources API: what the kubelet gave each container (device plugin devices,
+/// DRA claims, CPUs, memory), for monitoring agents.
+pub mod podresources {
+    /// Version v1 (proto package `v1`).
+    pub mod v1 {
+        tonic::include_proto!("v1");
+
+        /// The folder of the kubelet's pod resources socket.
+        pub const POD_RESOURCES_PATH: &str = "/var/lib/kubelet/pod-resources";
+        /// The socket's file name in [`POD_RESOURCES_PATH`].
+        pub const KUBELET_SOCKET_NAME: &str = "kubelet.sock";
     }
 }
 

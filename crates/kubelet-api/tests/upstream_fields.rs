@@ -1,6 +1,6 @@
 //! Checks the compiled protos against upstream's API, written out below from
 //! kubernetes/kubelet's `pkg/apis/{deviceplugin/v1beta1,pluginregistration/v1,dra/v1,
-//! dra/v1beta1}/api.proto`: every package, message, field (name, number, label, type),
+//! dra/v1beta1,podresources/v1}/api.proto`: every package, message, field (name, number, label, type),
 //! service and method. A field renumbered or renamed by mistake breaks the wire format
 //! silently; this test makes it loud.
 
@@ -68,6 +68,25 @@ k8s.io.kubelet.pkg.apis.dra.v1beta1.NodeUnprepareResourceResponse error=1:string
 k8s.io.kubelet.pkg.apis.dra.v1beta1.Claim namespace=1:string uid=2:string name=3:string
 k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodePrepareResources(NodePrepareResourcesRequest) returns (NodePrepareResourcesResponse)
 k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin/NodeUnprepareResources(NodeUnprepareResourcesRequest) returns (NodeUnprepareResourcesResponse)
+
+v1.AllocatableResourcesRequest
+v1.AllocatableResourcesResponse devices=1:repeated:ContainerDevices cpu_ids=2:repeated:int64 memory=3:repeated:ContainerMemory
+v1.ListPodResourcesRequest
+v1.ListPodResourcesResponse pod_resources=1:repeated:PodResources
+v1.PodResources name=1:string namespace=2:string containers=3:repeated:ContainerResources cpu_ids=4:repeated:int64 memory=5:repeated:ContainerMemory
+v1.ContainerResources name=1:string devices=2:repeated:ContainerDevices cpu_ids=3:repeated:int64 memory=4:repeated:ContainerMemory dynamic_resources=5:repeated:DynamicResource
+v1.ContainerMemory memory_type=1:string size=2:uint64 topology=3:TopologyInfo
+v1.ContainerDevices resource_name=1:string device_ids=2:repeated:string topology=3:TopologyInfo
+v1.TopologyInfo nodes=1:repeated:NUMANode
+v1.NUMANode ID=1:int64
+v1.DynamicResource claim_name=2:string claim_namespace=3:string claim_resources=4:repeated:ClaimResource
+v1.ClaimResource cdi_devices=1:repeated:CDIDevice driver_name=2:string pool_name=3:string device_name=4:string share_id=5:optional:string
+v1.CDIDevice name=1:string
+v1.GetPodResourcesRequest pod_name=1:string pod_namespace=2:string
+v1.GetPodResourcesResponse pod_resources=1:PodResources
+v1.PodResourcesLister/List(ListPodResourcesRequest) returns (ListPodResourcesResponse)
+v1.PodResourcesLister/GetAllocatableResources(AllocatableResourcesRequest) returns (AllocatableResourcesResponse)
+v1.PodResourcesLister/Get(GetPodResourcesRequest) returns (GetPodResourcesResponse)
 ";
 
 /// The last part of a fully qualified type name (`.v1beta1.Device` → `Device`).
@@ -81,6 +100,7 @@ fn scalar(ty: Type) -> &'static str {
         Type::Bool => "bool",
         Type::Int32 => "int32",
         Type::Int64 => "int64",
+        Type::Uint64 => "uint64",
         other => panic!("the kubelet's protos use no {other:?} fields"),
     }
 }
@@ -193,4 +213,17 @@ fn generated_modules_are_where_the_docs_say() {
     };
     assert_eq!(device.share_id.as_deref(), Some("share"));
     let _ = dra::v1beta1::Claim::default();
+    let resource = kubelet_api::podresources::v1::ClaimResource {
+        cdi_devices: vec![kubelet_api::podresources::v1::CdiDevice {
+            name: "gpuslice.io/slice=x".into(),
+        }],
+        driver_name: "gpuslice.io".into(),
+        share_id: None,
+        ..Default::default()
+    };
+    let bytes = resource.encode_to_vec();
+    assert_eq!(
+        kubelet_api::podresources::v1::ClaimResource::decode(bytes.as_slice()).unwrap(),
+        resource
+    );
 }
