@@ -23,6 +23,9 @@ pub enum Command {
     Run(RunArgs),
     /// Show the slices of this host: limits, usage and processes.
     Status(StatusArgs),
+    /// A live view of this host's slices, refreshed every second: memory, compute use,
+    /// throttled time, refusals and processes of each, and the GPUs' totals.
+    Top(crate::top::TopArgs),
     /// Offer slices to containers as CDI devices (`--device gpuslice.io/slice=NAME`).
     Cdi(crate::cdi::args::CdiArgs),
     /// Host side: serve each container's processes their own container's GPU processes,

@@ -64,6 +64,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Top(args) if args.once => {
+            print_text(gpuslice_cli::top::once(&args).map_err(Into::into))
+        }
+        Command::Top(args) => match gpuslice_cli::top::live(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                report(e.into());
+                ExitCode::FAILURE
+            }
+        },
         Command::Agent(args) => print_text(gpuslice_cli::agent::run(&args).map_err(Into::into)),
         Command::Doctor(args) => {
             let report = gpuslice_cli::doctor::run(&args);

@@ -39,12 +39,17 @@ pub fn render_json(report: &StatusReport) -> Result<String, StatusError> {
     Ok(serde_json::to_string_pretty(report)?)
 }
 
-/// Runs `gpuslice status`: the slices of `gpuslice run` (the ledger folder), then those
-/// of the state folder; returns the text to print.
-pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
+/// The host's slices as `gpuslice status` lists them: those of `gpuslice run` (the
+/// ledger folder: `ledger_dir`, else `GPUSLICE_LEDGER_DIR`, else the caller's own; for
+/// root, every user's), then those of `state_dir`; with where they were looked for (for
+/// "no slices in ..."). `gpuslice top` reads the same.
+pub fn gather(
+    ledger_dir: Option<&Path>,
+    state_dir: &Path,
+    sweep: bool,
+) -> Result<(StatusReport, String), StatusError> {
     let env = std::env::var_os(ENV_LEDGER_DIR).filter(|v| !v.is_empty());
-    let sweep = !args.no_sweep;
-    let (report, dir) = match args.ledger_dir.clone().or(env.map(PathBuf::from)) {
+    let (report, dir) = match ledger_dir.map(Path::to_path_buf).or(env.map(PathBuf::from)) {
         Some(dir) => (collect(&dir, sweep)?, dir),
         None if effective_uid() == 0 => (
             collect_every_user(Path::new(SHM_DIR), sweep)?,
@@ -55,12 +60,19 @@ pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
             (collect_as(&dir, Owners::Mine, sweep)?, dir)
         }
     };
-    let report = report.merge(collect_state_dir(&args.state_dir, sweep));
-    let dirs = format!(
+    let report = report.merge(collect_state_dir(state_dir, sweep));
+    let looked = format!(
         "{} or {}",
         dir.display(),
-        gpuslice_host::layout::slices_dir(&args.state_dir).display()
+        gpuslice_host::layout::slices_dir(state_dir).display()
     );
+    Ok((report, looked))
+}
+
+/// Runs `gpuslice status`: the slices of `gpuslice run` (the ledger folder), then those
+/// of the state folder; returns the text to print.
+pub fn status(args: &StatusArgs) -> Result<String, StatusError> {
+    let (report, dirs) = gather(args.ledger_dir.as_deref(), &args.state_dir, !args.no_sweep)?;
     if args.json {
         let mut text = render_json(&report)?;
         text.push('\n');
@@ -284,7 +296,7 @@ mod tests {
         assert_eq!(train["default_limit_bytes"], serde_json::Value::Null);
         assert_eq!(
             train["devices"],
-            serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB, "busy_ns": 0}])
+            serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB, "busy_ns": 0, "refused_allocations": 0, "throttled_ns": 0}])
         );
         assert_eq!(
             train["processes"],

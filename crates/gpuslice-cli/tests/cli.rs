@@ -422,7 +422,7 @@ fn status_json_lists_slices_processes_and_broken_files() {
     assert_eq!(train["error"], serde_json::Value::Null);
     assert_eq!(
         train["devices"],
-        serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB, "busy_ns": 0}])
+        serde_json::json!([{"uuid": UUID, "limit_bytes": 4 * GIB, "used_bytes": GIB, "busy_ns": 0, "refused_allocations": 0, "throttled_ns": 0}])
     );
     assert_eq!(
         train["processes"],

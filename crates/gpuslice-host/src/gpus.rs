@@ -1,7 +1,8 @@
 //! The host's GPUs ([`HostGpu`]) and `--gpus`: parsing the list, and resolving each entry (an NVML index as `nvidia-smi`
 //! numbers devices, a UUID, or a unique UUID prefix) to a full GPU UUID. The matching is
 //! a pure function over a list of devices; asking NVML for that list is a thin function
-//! of its own, so the matching is tested without a GPU.
+//! of its own, so the matching is tested without a GPU. Also what each GPU holds now
+//! ([`GpuUsage`], read by a [`GpuMeter`] that keeps NVML loaded), for `gpuslice top`.
 
 use std::ffi::OsStr;
 
@@ -161,6 +162,66 @@ pub fn nvml_devices() -> Result<Vec<GpuDevice>, GpuError> {
             Ok(GpuDevice { index, uuid })
         })
         .collect()
+}
+
+/// NVML could not be loaded or answer, for [`GpuMeter`].
+#[derive(Debug, thiserror::Error)]
+#[error("NVML ({NVML_LIBRARY}): {0}")]
+pub struct MeterError(#[from] nvml_wrapper::error::NvmlError);
+
+/// What one GPU holds now, as NVML reports it (every process, sliced or not).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuUsage {
+    /// Index as NVML and `nvidia-smi` number devices.
+    pub index: u32,
+    /// UUID, canonical (`GPU-` then lower-case hex).
+    pub uuid: String,
+    /// Total memory in bytes (`None`: NVML cannot say).
+    pub memory_total: Option<u64>,
+    /// Memory in use in bytes (`None`: NVML cannot say).
+    pub memory_used: Option<u64>,
+    /// The share of the last sample period in which a kernel ran, in percent
+    /// (`nvmlDeviceGetUtilizationRates`; `None`: not supported).
+    pub utilization_percent: Option<u32>,
+}
+
+/// NVML, loaded once, to read what the GPUs hold again and again.
+pub struct GpuMeter {
+    nvml: nvml_wrapper::Nvml,
+}
+
+impl std::fmt::Debug for GpuMeter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GpuMeter")
+    }
+}
+
+impl GpuMeter {
+    /// Loads NVML (`libnvidia-ml.so.1`).
+    pub fn open() -> Result<Self, MeterError> {
+        let nvml = nvml_wrapper::Nvml::builder()
+            .lib_path(OsStr::new(NVML_LIBRARY))
+            .init()?;
+        Ok(Self { nvml })
+    }
+
+    /// Every GPU now, by index. A value a GPU does not support is `None`; a GPU that
+    /// cannot be named is an error.
+    pub fn read(&self) -> Result<Vec<GpuUsage>, MeterError> {
+        (0..self.nvml.device_count()?)
+            .map(|index| {
+                let device = self.nvml.device_by_index(index)?;
+                let memory = device.memory_info().ok();
+                Ok(GpuUsage {
+                    index,
+                    uuid: canonical_uuid(&device.uuid()?),
+                    memory_total: memory.as_ref().map(|m| m.total),
+                    memory_used: memory.as_ref().map(|m| m.used),
+                    utilization_percent: device.utilization_rates().ok().map(|u| u.gpu),
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
