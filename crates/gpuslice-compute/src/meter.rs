@@ -440,7 +440,7 @@ impl<T: Timeline> EventMeter<T> {
             return;
         }
         let opened = self.groups_opened.entry(stream).or_insert(0);
-        let probe = self.kinds.get(kind).is_none() || *opened % PROBE_EVERY == 0;
+        let probe = self.kinds.get(kind).is_none() || opened.is_multiple_of(PROBE_EVERY);
         *opened = opened.wrapping_add(1);
         self.next_group = Some((stream, probe));
         // Whether an earlier group of this stream is still running (asked now, so that
@@ -532,7 +532,7 @@ impl<T: Timeline> EventMeter<T> {
             Some((_, probe)) => probe,
             None => {
                 let opened = self.groups_opened.entry(stream).or_insert(0);
-                let probe = known.is_none() || *opened % PROBE_EVERY == 0;
+                let probe = known.is_none() || opened.is_multiple_of(PROBE_EVERY);
                 *opened = opened.wrapping_add(1);
                 probe
             }
