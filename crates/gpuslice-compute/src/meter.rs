@@ -64,17 +64,6 @@ pub trait Timeline {
     fn wait(&mut self, event: Self::Event) -> bool;
     /// Nanoseconds from `from` to `to`, both completed.
     fn elapsed_ns(&mut self, from: Self::Event, to: Self::Event) -> Option<i64>;
-    /// Holds `stream` back: work submitted to it after this waits until
-    /// [`Timeline::release`]. False if the driver cannot (then nothing is held). A probe
-    /// holds its stream so that its start mark and its kernel are both queued before
-    /// the GPU reaches them: the mark then times the kernel's start, not the launch
-    /// call.
-    fn hold(&mut self, _stream: Self::Stream) -> bool {
-        false
-    }
-    /// Lets the held stream go. Called right after the held launch and its end event
-    /// were submitted (whether the launch succeeded or not).
-    fn release(&mut self) {}
 }
 
 /// What a harvest of completed work found.
@@ -272,11 +261,6 @@ pub struct EventMeter<T: Timeline> {
     groups_opened: HashMap<T::Stream, u32>,
     /// The time of each kind of launch.
     kinds: KindTimes,
-    /// The launch in progress: its stream, and whether its group is a probe
-    /// (decided by [`EventMeter::before_launch`]).
-    next_group: Option<(T::Stream, bool)>,
-    /// Whether the launch in progress is held ([`Timeline::hold`]).
-    held: bool,
     /// Since `window_start_ns`: the union of the harvested spans (new parts only), the
     /// sum of their bounds (their kinds' times, or their spans), and what was charged:
     /// the lesser of the first two (see [`EventMeter::bounded`]).
@@ -311,8 +295,6 @@ impl<T: Timeline> EventMeter<T> {
             stream_average_ns: HashMap::new(),
             groups_opened: HashMap::new(),
             kinds: KindTimes::default(),
-            next_group: None,
-            held: false,
             union_total_ns: 0,
             bound_total_ns: 0,
             charged_total_ns: 0,
@@ -429,20 +411,14 @@ impl<T: Timeline> EventMeter<T> {
     /// Right before a launch on `stream` that did not join an open group: if the stream
     /// has no open group and is known to be drained, records the event that will time
     /// the start of the launch's work.
-    pub fn before_launch(&mut self, stream: T::Stream, kind: u64) {
+    pub fn before_launch(&mut self, stream: T::Stream) {
         if let Some((_, event)) = self.starting.take() {
             self.free.push(event);
         }
-        self.release();
-        self.next_group = None;
         if self.open.contains_key(&stream) {
             // A group too old or too full for more: the launch joins it and closes it.
             return;
         }
-        let opened = self.groups_opened.entry(stream).or_insert(0);
-        let probe = self.kinds.get(kind).is_none() || opened.is_multiple_of(PROBE_EVERY);
-        *opened = opened.wrapping_add(1);
-        self.next_group = Some((stream, probe));
         // Whether an earlier group of this stream is still running (asked now, so that
         // a stream that ran dry since the last harvest is caught).
         let deep = match self.newest.get(&stream) {
@@ -465,22 +441,11 @@ impl<T: Timeline> EventMeter<T> {
         let Some(event) = self.take_event() else {
             return;
         };
-        // A probe on a drained stream holds the stream until its launch is queued.
-        self.held = probe && self.timeline.hold(stream);
         if self.timeline.record(event, stream) {
             self.events_recorded += 1;
             self.starting = Some((stream, event));
         } else {
             self.free.push(event);
-        }
-    }
-
-    /// Lets a stream held for a probe go (see [`Timeline::hold`]); nothing if none is.
-    /// The caller calls it after a launch that failed; [`EventMeter::after_launch`] does
-    /// it after a launch that went.
-    pub fn release(&mut self) {
-        if std::mem::take(&mut self.held) {
-            self.timeline.release();
         }
     }
 
@@ -504,12 +469,10 @@ impl<T: Timeline> EventMeter<T> {
             }
             None => None,
         };
-        let planned = self.next_group.take().filter(|(s, _)| *s == stream);
         if self.references.is_empty() {
             if let Some(e) = start {
                 self.free.push(e);
             }
-            self.release();
             self.note_lost(1);
             return false;
         }
@@ -524,19 +487,11 @@ impl<T: Timeline> EventMeter<T> {
                 None => group.unknown = true,
             }
             self.pending_launches += 1;
-            let closed = self.close(stream, false);
-            self.release();
-            return closed;
+            return self.close(stream, false);
         }
-        let probe = match planned {
-            Some((_, probe)) => probe,
-            None => {
-                let opened = self.groups_opened.entry(stream).or_insert(0);
-                let probe = known.is_none() || opened.is_multiple_of(PROBE_EVERY);
-                *opened = opened.wrapping_add(1);
-                probe
-            }
-        };
+        let opened = self.groups_opened.entry(stream).or_insert(0);
+        let probe = known.is_none() || opened.is_multiple_of(PROBE_EVERY);
+        *opened = opened.wrapping_add(1);
         self.open.insert(
             stream,
             OpenGroup {
@@ -554,18 +509,10 @@ impl<T: Timeline> EventMeter<T> {
         );
         self.pending_launches += 1;
         if !probe {
-            self.release();
             return true;
         }
-        // A probe timed from a start mark counts its launch call too, unless its stream
-        // was held until the launch was queued.
-        let call_ns = if start.is_some() && !self.held {
-            call_ns
-        } else {
-            0
-        };
+        let call_ns = if start.is_some() { call_ns } else { 0 };
         let closed = self.close(stream, false);
-        self.release();
         if closed
             && let Some(m) = self.pending.back_mut()
             && m.stream == stream
@@ -1069,10 +1016,6 @@ mod tests {
         next_record: VecDeque<i64>,
         /// Records on the process's streams fail (a driver error).
         fail_records: bool,
-        /// Whether streams can be held, and the holds and releases made.
-        can_hold: bool,
-        holds: u32,
-        releases: u32,
     }
 
     impl Timeline for Scripted {
@@ -1103,13 +1046,6 @@ mod tests {
         fn wait(&mut self, _event: usize) -> bool {
             true
         }
-        fn hold(&mut self, _stream: u8) -> bool {
-            self.holds += u32::from(self.can_hold);
-            self.can_hold
-        }
-        fn release(&mut self) {
-            self.releases += 1;
-        }
         fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
             Some(self.times[to] - self.times[from])
         }
@@ -1130,7 +1066,7 @@ mod tests {
     /// meter has learned the time per launch.
     fn learn_a_launch(m: &mut EventMeter<Scripted>, stream: u8) {
         m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(stream, 10_000);
+        m.before_launch(stream);
         assert!(m.after_launch(stream, 10_000, 10_000, 0));
         m.timeline().now = 20_000;
         assert_eq!(m.harvest(20_000).busy_ns, 2_000);
@@ -1142,7 +1078,7 @@ mod tests {
         learn_a_launch(&mut m, 1);
         m.timeline().fail_records = true;
         for _ in 0..3 {
-            m.before_launch(1, 21_000);
+            m.before_launch(1);
             assert!(!m.after_launch(1, 21_000, 21_000, 0));
         }
         assert_eq!(m.lost(), 3);
@@ -1159,10 +1095,10 @@ mod tests {
         // in its middle, and completes first. Together they kept the GPU busy 100 000 ns.
         let mut m = meter_at_10_000();
         m.timeline().next_record.extend([10_000, 110_000, 61_000]);
-        m.before_launch(1, 10_000);
+        m.before_launch(1);
         assert!(m.after_launch(1, 10_000, 10_000, 0));
         m.timeline().now = 60_000;
-        m.before_launch(2, 60_000);
+        m.before_launch(2);
         assert!(m.after_launch(2, 60_000, 60_000, 0));
         m.timeline().now = 70_000;
         let first = m.harvest(70_000).busy_ns;
@@ -1172,7 +1108,7 @@ mod tests {
         assert_eq!(first + second, 100_000);
         // Charged work is not charged again by a later harvest that overlaps it.
         m.timeline().next_record.extend([150_000, 160_000]);
-        m.before_launch(2, 200_000);
+        m.before_launch(2);
         assert!(m.after_launch(2, 200_000, 200_000, 0));
         m.timeline().now = 300_000;
         assert_eq!(m.harvest(300_000).busy_ns, 10_000);
@@ -1203,13 +1139,13 @@ mod tests {
         // Submitted at 10 000 (GPU axis 9 000), but the GPU reached it only at 15 000
         // (it was running another process's work): the start mark says so.
         m.timeline().next_record.extend([15_000, 18_000]);
-        m.before_launch(3, 10_000);
+        m.before_launch(3);
         assert!(m.after_launch(3, 10_000, 10_000, 0));
         m.timeline().now = 30_000;
         assert_eq!(m.harvest(30_000).busy_ns, 3_000);
         // The stream has drained again: the next launch gets a start mark too.
         m.timeline().next_record.extend([25_000, 26_000]);
-        m.before_launch(3, 24_000);
+        m.before_launch(3);
         assert!(m.after_launch(3, 24_000, 24_000, 0));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 1_000);
@@ -1220,14 +1156,14 @@ mod tests {
         let mut m = meter_at_10_000();
         // First launch: 10 000..12 000 on the GPU axis.
         m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(4, 11_000);
+        m.before_launch(4);
         assert!(m.after_launch(4, 11_000, 11_000, 0));
         // No harvest since, but that work has completed: the next launch, submitted at
         // 20 000, is reached by the GPU only at 30 000 (another process ran), and its
         // start mark says so. Without it the wait would be charged as busy.
         m.timeline().now = 20_000;
         m.timeline().next_record.extend([30_000, 31_000]);
-        m.before_launch(4, 20_000);
+        m.before_launch(4);
         assert!(m.after_launch(4, 20_000, 20_000, 0));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 2_000 + 1_000);
@@ -1257,7 +1193,7 @@ mod tests {
     /// takes the full path.
     fn launch(m: &mut EventMeter<Scripted>, stream: u8, at: u64) {
         if !m.try_join(stream, KIND, at) {
-            m.before_launch(stream, KIND);
+            m.before_launch(stream);
             assert!(m.after_launch(stream, KIND, at, 0));
         }
     }
@@ -1293,42 +1229,6 @@ mod tests {
         m.timeline().now = 70_000;
         assert_eq!(m.harvest(70_000).busy_ns, 8_000);
         assert_eq!(m.pending(), 0);
-    }
-
-    #[test]
-    fn a_probe_on_a_held_stream_is_timed_whole_and_one_on_a_free_stream_less_its_call() {
-        for can_hold in [true, false] {
-            let mut m = meter_at_10_000();
-            m.timeline().can_hold = can_hold;
-            // A probe from a start mark: 10 000..12 000, its launch call took 1 500 ns.
-            m.timeline().next_record.extend([10_000, 12_000]);
-            m.before_launch(1, KIND);
-            assert!(m.after_launch(1, KIND, 10_000, 1_500));
-            assert_eq!(m.timeline().holds, u32::from(can_hold));
-            assert_eq!(
-                m.timeline().releases,
-                u32::from(can_hold),
-                "released right after the launch"
-            );
-            m.timeline().now = 20_000;
-            m.harvest(20_000);
-            // Held, the mark ran right before the kernel: 2 000 ns is the kernel's time.
-            // Free, it ran while the launch call was still submitting: 1 500 ns less.
-            let want = if can_hold { 2_000 } else { 500 };
-            assert_eq!(m.kinds.get(KIND), Some(want), "held: {can_hold}");
-        }
-    }
-
-    #[test]
-    fn a_held_stream_is_released_when_its_launch_fails() {
-        let mut m = meter_at_10_000();
-        m.timeline().can_hold = true;
-        m.timeline().next_record.extend([10_000]);
-        m.before_launch(1, KIND);
-        assert_eq!(m.timeline().holds, 1);
-        m.release();
-        m.release();
-        assert_eq!(m.timeline().releases, 1, "released once");
     }
 
     #[test]

@@ -110,71 +110,6 @@ fn stream_key(handle: CUstream) -> StreamKey {
 /// context that is current in the calling thread: the launch's context.
 struct CudaTimeline {
     private: CUstream,
-    /// The word a held stream waits on (pinned host memory the GPU reads), once made;
-    /// `None` before, and for good once the driver refused (no stream memory
-    /// operations).
-    hold_word: Option<HoldWord>,
-    hold_unsupported: bool,
-    /// The value the next hold waits for.
-    hold_seq: u32,
-}
-
-/// A word of pinned host memory, mapped for the GPU.
-struct HoldWord {
-    host: *mut u32,
-    device: CUdeviceptr,
-}
-
-type MemHostAllocFn = unsafe extern "C" fn(*mut *mut c_void, usize, c_uint) -> CUresult;
-type MemHostDevicePointerFn =
-    unsafe extern "C" fn(*mut CUdeviceptr, *mut c_void, c_uint) -> CUresult;
-type StreamWaitValue32Fn = unsafe extern "C" fn(CUstream, CUdeviceptr, u32, c_uint) -> CUresult;
-const CU_MEMHOSTALLOC_PORTABLE: c_uint = 1;
-const CU_MEMHOSTALLOC_DEVICEMAP: c_uint = 2;
-const CU_STREAM_WAIT_VALUE_GEQ: c_uint = 0;
-
-impl CudaTimeline {
-    fn new() -> Self {
-        CudaTimeline {
-            private: std::ptr::null_mut(),
-            hold_word: None,
-            hold_unsupported: false,
-            hold_seq: 0,
-        }
-    }
-
-    fn hold_word(&mut self) -> Option<&HoldWord> {
-        if self.hold_word.is_none() && !self.hold_unsupported {
-            let mut host: *mut c_void = std::ptr::null_mut();
-            let mut device: CUdeviceptr = 0;
-            let made = call_driver!(
-                id::cuMemHostAlloc,
-                MemHostAllocFn,
-                &mut host,
-                64,
-                CU_MEMHOSTALLOC_PORTABLE | CU_MEMHOSTALLOC_DEVICEMAP
-            ) == CUDA_SUCCESS
-                && !host.is_null()
-                && call_driver!(
-                    id::cuMemHostGetDevicePointer_v2,
-                    MemHostDevicePointerFn,
-                    &mut device,
-                    host,
-                    0
-                ) == CUDA_SUCCESS;
-            if made {
-                let host = host.cast::<u32>();
-                // SAFETY: `host` is 64 bytes of pinned memory the driver just gave this
-                // process, aligned for any type; nothing else knows it yet.
-                unsafe { host.write_volatile(0) };
-                self.hold_word = Some(HoldWord { host, device });
-            } else {
-                // Kept for the process's life (64 bytes, if the second call failed).
-                self.hold_unsupported = true;
-            }
-        }
-        self.hold_word.as_ref()
-    }
 }
 
 impl Timeline for CudaTimeline {
@@ -253,37 +188,6 @@ impl Timeline for CudaTimeline {
 
     fn wait(&mut self, event: usize) -> bool {
         call_driver!(id::cuEventSynchronize, EventFn, event as CUevent) == CUDA_SUCCESS
-    }
-
-    fn hold(&mut self, stream: StreamKey) -> bool {
-        let seq = self.hold_seq.wrapping_add(1).max(1);
-        let Some(device) = self.hold_word().map(|w| w.device) else {
-            return false;
-        };
-        let ok = call_driver!(
-            id::cuStreamWaitValue32_v2,
-            StreamWaitValue32Fn,
-            stream.handle as CUstream,
-            device,
-            seq,
-            CU_STREAM_WAIT_VALUE_GEQ
-        ) == CUDA_SUCCESS;
-        if ok {
-            self.hold_seq = seq;
-        } else {
-            self.hold_unsupported = true;
-        }
-        ok
-    }
-
-    fn release(&mut self) {
-        if let Some(w) = &self.hold_word {
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-            // SAFETY: the pinned word made in `hold_word`, alive for the process's life;
-            // the GPU only reads it. A volatile store, so that it is not elided.
-            unsafe { w.host.write_volatile(self.hold_seq) };
-            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
-        }
     }
 
     fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
@@ -431,10 +335,8 @@ impl ContextCompute {
     }
 }
 
-// SAFETY: the raw pointers inside are the private stream (a driver handle, valid in any
-// thread) and the hold word (pinned host memory owned by this context's timeline, valid
-// in any thread of the process); the state is only touched under `Compute::contexts'`
-// lock.
+// SAFETY: the raw pointers inside (the private stream) are driver handles, valid in any
+// thread; the state is only touched under `Compute::contexts`' lock.
 unsafe impl Send for ContextCompute {}
 
 /// The compute side of a process's slice.
@@ -509,9 +411,12 @@ impl Compute {
         }
         let gate = Gate::new(gate_config, Budget::new(tat, busy), turns);
         let meter = match self.method {
-            ComputeMethod::Events => {
-                Meter::Events(Box::new(EventMeter::new(CudaTimeline::new(), now)))
-            }
+            ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(
+                CudaTimeline {
+                    private: std::ptr::null_mut(),
+                },
+                now,
+            ))),
             ComputeMethod::Nvml => Meter::Nvml(NvmlMeter {
                 uuid: uuid.clone(),
                 pid: std::process::id(),
@@ -796,19 +701,16 @@ pub fn gated(
                     return call.take().map_or(CUDA_SUCCESS, |c| c());
                 }
                 if let Meter::Events(meter) = &mut cc.meter {
-                    relaxed(|| meter.before_launch(key, kind));
+                    relaxed(|| meter.before_launch(key));
                 }
                 let submitted = clock().now_ns();
                 let r = call.take().map_or(CUDA_SUCCESS, |c| c());
                 let call_ns = clock().now_ns().saturating_sub(submitted);
                 cc.launches += 1;
-                if let Meter::Events(meter) = &mut cc.meter {
-                    if r == CUDA_SUCCESS {
-                        relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
-                    } else {
-                        // A stream held for the launch's probe must not stay held.
-                        meter.release();
-                    }
+                if r == CUDA_SUCCESS
+                    && let Meter::Events(meter) = &mut cc.meter
+                {
+                    relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
                 }
                 return r;
             }

@@ -166,9 +166,6 @@ driver_functions! {
     cuCtxDestroy_v2 => "cuCtxDestroy_v2", Cuda, c::cuCtxDestroy_v2 as *mut c_void;
     cuCtxDestroy => "cuCtxDestroy", Cuda, c::cuCtxDestroy as *mut c_void;
     cuThreadExchangeStreamCaptureMode => "cuThreadExchangeStreamCaptureMode", Cuda, NONE;
-    cuMemHostAlloc => "cuMemHostAlloc", Cuda, NONE;
-    cuMemHostGetDevicePointer_v2 => "cuMemHostGetDevicePointer_v2", Cuda, NONE;
-    cuStreamWaitValue32_v2 => "cuStreamWaitValue32_v2", Cuda, NONE;
     nvmlInit_v2 => "nvmlInit_v2", Nvml, NONE;
     nvmlDeviceGetHandleByUUID => "nvmlDeviceGetHandleByUUID", Nvml, NONE;
     nvmlDeviceGetIndex => "nvmlDeviceGetIndex", Nvml, NONE;
