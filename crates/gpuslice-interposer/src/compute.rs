@@ -95,6 +95,15 @@ pub struct StreamKey {
     thread: u64,
 }
 
+impl StreamKey {
+    /// Whether this thread can name the stream to the driver: any stream but another
+    /// thread's per-thread default stream (the handle means the caller's own).
+    fn reachable(&self) -> bool {
+        // SAFETY: gettid has no preconditions.
+        self.thread == 0 || self.thread == unsafe { libc::gettid() as u64 }
+    }
+}
+
 fn stream_key(handle: CUstream) -> StreamKey {
     let handle = handle as usize;
     let thread = if handle == PER_THREAD_STREAM {
@@ -129,8 +138,10 @@ impl Timeline for CudaTimeline {
 
     fn record(&mut self, event: usize, stream: StreamKey) -> bool {
         // An event recorded into a stream being captured would become part of the
-        // user's graph: the group it would close is measured as lost instead.
-        if capturing(stream.handle as CUstream) != Some(false) {
+        // user's graph, and one recorded into another thread's per-thread default
+        // stream would land in this thread's: the group it would close is measured as
+        // lost instead (charged its launches' usual time).
+        if !stream.reachable() || capturing(stream.handle as CUstream) != Some(false) {
             return false;
         }
         call_driver!(
@@ -179,6 +190,10 @@ impl Timeline for CudaTimeline {
     }
 
     fn stream_idle(&mut self, stream: StreamKey) -> Option<bool> {
+        // Querying a stream being captured would invalidate the capture.
+        if !stream.reachable() || capturing(stream.handle as CUstream) != Some(false) {
+            return None;
+        }
         match call_driver!(id::cuStreamQuery, StreamFn, stream.handle as CUstream) {
             CUDA_SUCCESS => Some(true),
             CUDA_ERROR_NOT_READY => Some(false),
@@ -577,7 +592,12 @@ static NOT_THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU6
 /// What a launch is, for the meter's times per kind of launch: a kernel with its grid
 /// and block sizes (the same kernel on a larger grid is another kind), or a graph.
 pub fn kernel_kind(f: *mut c_void, grid: [c_uint; 3], block: [c_uint; 3]) -> u64 {
-    let cells = |d: [c_uint; 3]| u64::from(d[0]) * u64::from(d[1]) * u64::from(d[2]);
+    // Wrapping: the sizes are the caller's, not yet checked by the driver.
+    let cells = |d: [c_uint; 3]| {
+        u64::from(d[0])
+            .wrapping_mul(u64::from(d[1]))
+            .wrapping_mul(u64::from(d[2]))
+    };
     (f as u64)
         .wrapping_mul(0x9e37_79b9_7f4a_7c15)
         .wrapping_add(cells(grid).rotate_left(21))
