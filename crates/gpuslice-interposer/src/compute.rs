@@ -586,6 +586,21 @@ fn capturing(stream: CUstream) -> Option<bool> {
     (r == CUDA_SUCCESS).then_some(status != CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
+/// Adds the part of a wait from `from_ns` to `to_ns` that no other wait of this process
+/// counted already to `cell`: several threads of a process resting at once are held
+/// back once, not once each.
+fn count_throttled(cell: &std::sync::atomic::AtomicU64, from_ns: u64, to_ns: u64) {
+    static COUNTED_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    if std::ptr::eq(cell, &NOT_THROTTLED) {
+        return;
+    }
+    let before = COUNTED_UNTIL.fetch_max(to_ns, Relaxed);
+    let start = from_ns.max(before);
+    if to_ns > start {
+        cell.fetch_add(to_ns - start, Relaxed);
+    }
+}
+
 /// Where waits that are not throttling are counted (nowhere: never read).
 static NOT_THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -737,19 +752,18 @@ pub fn gated(
             Step::Sleep(ns) => {
                 drop(map);
                 clock().sleep_ns(ns);
-                throttled.fetch_add(clock().now_ns().saturating_sub(waited_from), Relaxed);
+                count_throttled(throttled, waited_from, clock().now_ns());
             }
             Step::WaitTurn { seen, timeout_ns } => {
                 // Waits for another process to give the GPU up; nothing of this
                 // process's own is waited for, so the lock can stay held.
                 cc.gate.wait_turn(seen, timeout_ns, clock());
-                cc.throttled
-                    .fetch_add(clock().now_ns().saturating_sub(waited_from), Relaxed);
+                count_throttled(cc.throttled, waited_from, clock().now_ns());
             }
             Step::WaitOldest | Step::WaitAll => {
                 drop(map);
                 clock().sleep_ns(WAIT_POLL_NS);
-                throttled.fetch_add(clock().now_ns().saturating_sub(waited_from), Relaxed);
+                count_throttled(throttled, waited_from, clock().now_ns());
             }
         }
     }
@@ -1066,4 +1080,36 @@ pub fn is_launch_hook(entry: usize) -> bool {
         id::cuCtxDestroy_v2,
     ]
     .contains(&entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+
+    #[test]
+    fn waits_of_several_threads_at_once_are_throttled_time_once() {
+        let cell = AtomicU64::new(0);
+        // Two threads rest over the same 1 000 ns, a third 500 ns later on.
+        count_throttled(&cell, 10_000, 11_000);
+        count_throttled(&cell, 10_000, 11_000);
+        count_throttled(&cell, 10_500, 11_500);
+        assert_eq!(cell.load(Relaxed), 1_500);
+        // A wait that is not throttling counts nowhere and hides nothing.
+        count_throttled(&NOT_THROTTLED, 12_000, 13_000);
+        count_throttled(&cell, 12_000, 13_000);
+        assert_eq!(cell.load(Relaxed), 2_500);
+        assert_eq!(NOT_THROTTLED.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn kinds_tell_grids_apart_and_huge_sizes_do_not_overflow() {
+        let f = 0x1000 as *mut c_void;
+        let a = kernel_kind(f, [1, 1, 1], [128, 1, 1]);
+        let b = kernel_kind(f, [2, 1, 1], [128, 1, 1]);
+        assert_ne!(a, b);
+        assert_eq!(a, kernel_kind(f, [1, 1, 1], [128, 1, 1]));
+        let _ = kernel_kind(f, [u32::MAX; 3], [u32::MAX; 3]);
+        assert_ne!(graph_kind(f), a);
+    }
 }
