@@ -249,11 +249,14 @@ mod tests {
     use super::*;
     use gpuslice_ledger::{Ledger, LedgerSpec};
 
+    /// The device entry of the ledger's first GPU.
+    const GPU0: gpuslice_ledger::DeviceSlot = gpuslice_ledger::DeviceSlot::new(0);
+
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
     const UUID: &str = "GPU-00000000-0000-4000-8000-000000000000";
 
-    fn make_ledger(dir: &Path, name: &str) -> (Ledger, usize) {
+    fn make_ledger(dir: &Path, name: &str) -> (Ledger, gpuslice_ledger::ProcessSlot) {
         let ledger = Ledger::create_or_open(
             &dir.join(format!("{name}.ledger")),
             &LedgerSpec {
@@ -265,8 +268,8 @@ mod tests {
         )
         .unwrap();
         let slot = ledger.register().unwrap();
-        ledger.try_charge(slot, 0, GIB).unwrap();
-        ledger.set_context_bytes(slot, 0, 300 * MIB);
+        ledger.try_charge(slot, GPU0, GIB).unwrap();
+        ledger.set_context_bytes(slot, GPU0, 300 * MIB);
         (ledger, slot)
     }
 
@@ -312,7 +315,7 @@ mod tests {
     fn processes_without_charges_list_no_devices() {
         let dir = tempfile::tempdir().unwrap();
         let (ledger, slot) = make_ledger(dir.path(), "s");
-        ledger.release(slot, 0, GIB);
+        ledger.release(slot, GPU0, GIB);
         let status = slice_status(&dir.path().join("s.ledger"), false);
         assert_eq!(status.processes.len(), 1);
         assert!(status.processes[0].devices.is_empty());

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use gpuslice_ledger::{Ledger, LedgerSpec};
+use gpuslice_ledger::{DeviceSlot, Ledger, LedgerSpec};
 
 const GIB: u64 = 1 << 30;
 const UUID: &str = "GPU-00000000-0000-4000-8000-000000000000";
@@ -392,7 +392,7 @@ fn status_json_lists_slices_processes_and_broken_files() {
     )
     .unwrap();
     let slot = ledger.register().unwrap();
-    ledger.try_charge(slot, 0, GIB).unwrap();
+    ledger.try_charge(slot, DeviceSlot::new(0), GIB).unwrap();
     std::fs::write(dir.path().join("bad.ledger"), b"definitely not a ledger").unwrap();
 
     let out = output(

@@ -251,7 +251,7 @@ fn read_ledger(ledger: &Ledger, sweep: bool, mut status: SliceStatus) -> SliceSt
     let uuid_of = |slot: usize| {
         devices
             .iter()
-            .find(|d| d.slot == slot)
+            .find(|d| d.slot.index() == slot)
             .map(|d| d.uuid.clone())
             .unwrap_or_else(|| format!("(device entry {slot})"))
     };

@@ -235,6 +235,9 @@ mod tests {
     use gpuslice_ledger::Ledger;
     use std::os::unix::fs::symlink;
 
+    /// The device entry of the ledger's first GPU.
+    const GPU0: gpuslice_ledger::DeviceSlot = gpuslice_ledger::DeviceSlot::new(0);
+
     const GIB: u64 = 1 << 30;
     const U0: &str = "GPU-aaaa1111-0000-4000-8000-000000000000";
 
@@ -297,15 +300,17 @@ mod tests {
         // Asked again (another container of the pod): the same, shared ledger.
         let l = Ledger::open(&ledger).unwrap();
         let slot = l.register().unwrap();
-        l.try_charge(slot, 0, GIB).unwrap();
+        l.try_charge(slot, GPU0, GIB).unwrap();
         assert_eq!(p.provide(&a).unwrap(), got);
-        assert_eq!(Ledger::open(&ledger).unwrap().used(0), GIB);
+        assert_eq!(Ledger::open(&ledger).unwrap().used(GPU0), GIB);
         // Another slice of the same GPU has a ledger of its own.
         let b = slice(&format!("{U0}::8g-30-1"), 8 * GIB);
         p.provide(&b).unwrap();
         assert_ne!(p.layout().ledger(&b.name), ledger);
         assert_eq!(
-            Ledger::open(&p.layout().ledger(&b.name)).unwrap().used(0),
+            Ledger::open(&p.layout().ledger(&b.name))
+                .unwrap()
+                .used(GPU0),
             0
         );
     }

@@ -8,6 +8,8 @@
 use std::ffi::{c_int, c_uint, c_ulonglong, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
+use gpuslice_ledger::DeviceSlot;
+
 use crate::ffi::*;
 use crate::log::log_at;
 use crate::state::{
@@ -864,7 +866,7 @@ type CtxCreate4Fn = unsafe extern "C" fn(*mut CUcontext, *mut c_void, c_uint, CU
 type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
 
 /// Logs the refusal of a new context on a device entry.
-fn refuse_context(s: &Slice, device: usize, refusal: Option<gpuslice_ledger::Refusal>) {
+fn refuse_context(s: &Slice, device: DeviceSlot, refusal: Option<gpuslice_ledger::Refusal>) {
     let (limit, used) = match refusal {
         Some(r) => (r.limit, r.used),
         None => (s.ledger.limit(device), s.used(device)),
@@ -884,7 +886,7 @@ fn refuse_context(s: &Slice, device: usize, refusal: Option<gpuslice_ledger::Ref
 /// the caller.
 fn create_context_charged(
     s: &Slice,
-    device: usize,
+    device: DeviceSlot,
     create: impl FnOnce() -> CUresult,
     destroy: impl FnOnce(),
 ) -> CUresult {

@@ -190,7 +190,9 @@ fn members(slice: &Slice, uuid: &str) -> Vec<(u32, u64)> {
         .into_iter()
         .filter(|p| p.liveness == Liveness::Alive)
         .map(|p| {
-            let charge = slot.and_then(|s| p.charges.get(s).copied()).unwrap_or(0);
+            let charge = slot
+                .and_then(|s| p.charges.get(s.index()).copied())
+                .unwrap_or(0);
             (p.pid, charge)
         })
         .collect()

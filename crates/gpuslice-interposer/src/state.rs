@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Or
 use std::time::Instant;
 
 use gpuslice_config::{SliceConfig, human_size};
-use gpuslice_ledger::{Ledger, LedgerSpec, Owners};
+use gpuslice_ledger::{DeviceSlot, Ledger, LedgerSpec, Owners, ProcessSlot};
 
 use crate::ffi::*;
 use crate::log::log_at;
@@ -232,7 +232,7 @@ pub enum Key {
 #[derive(Clone, Copy)]
 pub struct Charge {
     /// Ledger device entry.
-    pub device: usize,
+    pub device: DeviceSlot,
     /// Bytes charged.
     pub bytes: u64,
     /// Whether NVML's per-process usage shows this memory. Managed memory is charged in
@@ -242,7 +242,7 @@ pub struct Charge {
 
 impl Charge {
     /// A charge for device memory that NVML shows in the process's usage.
-    pub fn device_memory(device: usize, bytes: u64) -> Self {
+    pub fn device_memory(device: DeviceSlot, bytes: u64) -> Self {
         Charge {
             device,
             bytes,
@@ -255,7 +255,7 @@ impl Charge {
 #[derive(Default)]
 pub struct PoolBook {
     /// Pool -> (ledger device entry, bytes charged).
-    pub charged: HashMap<usize, (usize, u64)>,
+    pub charged: HashMap<usize, (DeviceSlot, u64)>,
     /// Pool -> CUDA device it lives on (from `cuMemPoolCreate` or the device's pool).
     pub device_of: HashMap<usize, CUdevice>,
     /// Pool -> the largest step by which it was seen to grow. Pools grow in chunks; the
@@ -269,7 +269,7 @@ pub struct PoolBook {
 #[derive(Default)]
 pub struct GraphBook {
     /// CUDA device -> (ledger device entry, bytes charged).
-    pub charged: HashMap<CUdevice, (usize, u64)>,
+    pub charged: HashMap<CUdevice, (DeviceSlot, u64)>,
     /// Executable graph -> (CUDA device, bytes its allocation nodes need).
     pub needs: HashMap<usize, Vec<(CUdevice, u64)>>,
 }
@@ -283,7 +283,7 @@ const PRIMARY_CLAIMED: u64 = 1;
 #[must_use]
 pub struct ContextCharge {
     /// Ledger device entry.
-    pub device: usize,
+    pub device: DeviceSlot,
     /// Bytes charged.
     pub bytes: u64,
 }
@@ -317,7 +317,7 @@ pub struct Slice {
     /// The shared ledger.
     pub ledger: Ledger,
     /// This process's entry in it.
-    pub entry: usize,
+    pub entry: ProcessSlot,
     /// The PID that built this state.
     pub pid: u32,
     /// The slice's name for messages.
@@ -432,14 +432,14 @@ impl Slice {
 
     /// The ledger device entry of CUDA device `dev`, `None` when the slice does not limit
     /// it. Errors are driver codes to return.
-    pub fn device_entry(&self, dev: CUdevice) -> Result<Option<usize>, CUresult> {
+    pub fn device_entry(&self, dev: CUdevice) -> Result<Option<DeviceSlot>, CUresult> {
         let Some(cell) = usize::try_from(dev).ok().and_then(|d| self.devices.get(d)) else {
             return Err(CUDA_ERROR_INVALID_VALUE);
         };
         match cell.load(Relaxed) {
             DEVICE_UNLIMITED => return Ok(None),
             DEVICE_UNRESOLVED => {}
-            slot => return Ok(Some(slot as usize)),
+            slot => return Ok(Some(DeviceSlot::new(slot as usize))),
         }
         let uuid = device_uuid(dev)?;
         let index = if self.config.memory.has_index_selectors() {
@@ -472,7 +472,7 @@ impl Slice {
             .filter(|_| self.config.memory.is_empty()));
         match self.ledger.device_slot(&uuid, config_limit) {
             Ok(Some(slot)) => {
-                cell.store(slot as i32, Relaxed);
+                cell.store(slot.index() as i32, Relaxed);
                 let limit = self.ledger.limit(slot);
                 if limit == u64::MAX {
                     log_at!(Info, "slice '{}': {uuid}: no memory limit", self.name);
@@ -498,14 +498,14 @@ impl Slice {
     }
 
     /// The ledger device entry of the current context's device.
-    pub fn current_device(&self) -> Result<(CUdevice, Option<usize>), CUresult> {
+    pub fn current_device(&self) -> Result<(CUdevice, Option<DeviceSlot>), CUresult> {
         let dev = current_cuda_device()?;
         Ok((dev, self.device_entry(dev)?))
     }
 
     /// Reserves `bytes` on a device entry; on refusal first makes room (sweeps dead
     /// processes, re-reads pools and graph memory), then logs and returns OOM.
-    pub fn reserve(&self, device: usize, bytes: u64, what: &str) -> Result<(), CUresult> {
+    pub fn reserve(&self, device: DeviceSlot, bytes: u64, what: &str) -> Result<(), CUresult> {
         self.reserve_holding(device, bytes, what, Holding::Nothing)
     }
 
@@ -513,7 +513,7 @@ impl Slice {
     /// then not re-read).
     pub fn reserve_holding(
         &self,
-        device: usize,
+        device: DeviceSlot,
         bytes: u64,
         what: &str,
         holding: Holding,
@@ -540,7 +540,7 @@ impl Slice {
     /// A refusal is counted in the ledger once, by the second attempt.
     fn try_charge_making_room(
         &self,
-        device: usize,
+        device: DeviceSlot,
         bytes: u64,
         holding: Holding,
     ) -> Result<(), gpuslice_ledger::Refusal> {
@@ -568,14 +568,14 @@ impl Slice {
     }
 
     /// Gives back a charge.
-    pub fn unreserve(&self, device: usize, bytes: u64) {
+    pub fn unreserve(&self, device: DeviceSlot, bytes: u64) {
         self.ledger.release(self.entry, device, bytes);
     }
 
     /// Records a charged allocation.
     pub fn remember(&self, key: Key, charge: Charge) {
         if !charge.visible_to_nvml {
-            self.invisible[charge.device].fetch_add(charge.bytes, Relaxed);
+            self.invisible[charge.device.index()].fetch_add(charge.bytes, Relaxed);
         }
         lock(&self.allocations).insert(key, charge);
     }
@@ -584,19 +584,19 @@ impl Slice {
     pub fn forget(&self, key: Key) {
         if let Some(c) = lock(&self.allocations).remove(&key) {
             if !c.visible_to_nvml {
-                self.invisible[c.device].fetch_sub(c.bytes, Relaxed);
+                self.invisible[c.device.index()].fetch_sub(c.bytes, Relaxed);
             }
             self.unreserve(c.device, c.bytes);
         }
     }
 
     /// Bytes this process has charged on a device entry, by the ledger.
-    pub fn charged(&self, device: usize) -> u64 {
+    pub fn charged(&self, device: DeviceSlot) -> u64 {
         self.ledger.charged(self.entry, device)
     }
 
     /// The slice's usage on a device entry.
-    pub fn used(&self, device: usize) -> u64 {
+    pub fn used(&self, device: DeviceSlot) -> u64 {
         self.ledger.used(device)
     }
 
@@ -616,7 +616,7 @@ impl Slice {
     /// (what NVML says the process uses, less what the books account for) and charges
     /// the difference. With `strict`, growth that does
     /// not fit is refused instead of forced, returning false.
-    pub fn refresh_overhead(&self, device: usize, strict: bool) -> bool {
+    pub fn refresh_overhead(&self, device: DeviceSlot, strict: bool) -> bool {
         if !self.ensure_nvml() {
             return true;
         }
@@ -633,15 +633,15 @@ impl Slice {
         for attempt in 0..2 {
             {
                 let _guard = lock(&self.overhead_lock);
-                let current = self.overhead[device].load(Relaxed);
+                let current = self.overhead[device.index()].load(Relaxed);
                 // What NVML should show for the allocations the books hold: everything
                 // charged except context memory, memory NVML never shows, and contexts
                 // being created.
                 let accounted = self
                     .charged(device)
                     .saturating_sub(current)
-                    .saturating_sub(self.invisible[device].load(Relaxed))
-                    .saturating_sub(self.pending_contexts[device].load(Relaxed));
+                    .saturating_sub(self.invisible[device.index()].load(Relaxed))
+                    .saturating_sub(self.pending_contexts[device.index()].load(Relaxed));
                 let wanted = measured.saturating_sub(accounted);
                 if wanted > current {
                     let grow = wanted - current;
@@ -666,7 +666,7 @@ impl Slice {
                 } else {
                     self.ledger.release(self.entry, device, current - wanted);
                 }
-                self.overhead[device].store(wanted, Relaxed);
+                self.overhead[device.index()].store(wanted, Relaxed);
                 self.ledger.set_context_bytes(self.entry, device, wanted);
                 if wanted > 0 {
                     self.ledger.set_context_estimate(device, wanted);
@@ -679,7 +679,7 @@ impl Slice {
 
     /// What a new context is charged before it exists: what a context was last measured
     /// to take in this slice, or a default.
-    pub fn context_estimate(&self, device: usize) -> u64 {
+    pub fn context_estimate(&self, device: DeviceSlot) -> u64 {
         self.ledger
             .context_estimate(device)
             .unwrap_or(DEFAULT_CONTEXT_ESTIMATE)
@@ -692,7 +692,7 @@ impl Slice {
     /// report.
     pub fn reserve_context(
         &self,
-        device: usize,
+        device: DeviceSlot,
     ) -> Result<ContextCharge, gpuslice_ledger::Refusal> {
         let bytes = self.context_estimate(device);
         let mut last = None;
@@ -711,7 +711,7 @@ impl Slice {
             let _guard = lock(&self.overhead_lock);
             match self.ledger.try_charge_uncounted(self.entry, device, bytes) {
                 Ok(()) => {
-                    self.pending_contexts[device].fetch_add(bytes, Relaxed);
+                    self.pending_contexts[device.index()].fetch_add(bytes, Relaxed);
                     return Ok(ContextCharge { device, bytes });
                 }
                 Err(refusal) => last = Some(refusal),
@@ -728,7 +728,7 @@ impl Slice {
     /// The driver did not create the context: its charge is given back.
     pub fn cancel_context(&self, charge: ContextCharge) {
         let _guard = lock(&self.overhead_lock);
-        self.pending_contexts[charge.device].fetch_sub(charge.bytes, Relaxed);
+        self.pending_contexts[charge.device.index()].fetch_sub(charge.bytes, Relaxed);
         self.ledger.release(self.entry, charge.device, charge.bytes);
     }
 
@@ -739,8 +739,9 @@ impl Slice {
         let device = charge.device;
         {
             let _guard = lock(&self.overhead_lock);
-            self.pending_contexts[device].fetch_sub(charge.bytes, Relaxed);
-            let total = self.overhead[device].fetch_add(charge.bytes, Relaxed) + charge.bytes;
+            self.pending_contexts[device.index()].fetch_sub(charge.bytes, Relaxed);
+            let total =
+                self.overhead[device.index()].fetch_add(charge.bytes, Relaxed) + charge.bytes;
             self.ledger.set_context_bytes(self.entry, device, total);
         }
         // Measured now only when the slice is nearly full. A slice that has not learned
@@ -758,21 +759,21 @@ impl Slice {
 
     /// A context charged with `bytes` was destroyed: the charge is given back (at most
     /// what context memory is still charged).
-    pub fn context_gone(&self, device: usize, bytes: u64) {
+    pub fn context_gone(&self, device: DeviceSlot, bytes: u64) {
         let _guard = lock(&self.overhead_lock);
-        let current = self.overhead[device].load(Relaxed);
+        let current = self.overhead[device.index()].load(Relaxed);
         let give = bytes.min(current);
         if give > 0 {
             self.ledger.release(self.entry, device, give);
-            self.overhead[device].store(current - give, Relaxed);
+            self.overhead[device.index()].store(current - give, Relaxed);
             self.ledger
                 .set_context_bytes(self.entry, device, current - give);
         }
     }
 
     /// Before a retain of the primary context: whether this retain must charge it.
-    pub fn claim_primary_context(&self, device: usize) -> PrimaryClaim {
-        match self.primary[device].compare_exchange(0, PRIMARY_CLAIMED, AcqRel, Acquire) {
+    pub fn claim_primary_context(&self, device: DeviceSlot) -> PrimaryClaim {
+        match self.primary[device.index()].compare_exchange(0, PRIMARY_CLAIMED, AcqRel, Acquire) {
             Ok(_) => PrimaryClaim::Mine,
             Err(PRIMARY_CLAIMED) => PrimaryClaim::Pending,
             Err(_) => PrimaryClaim::Charged,
@@ -783,8 +784,8 @@ impl Slice {
     /// context bytes), kept to be given back when the context goes. Never left at
     /// [`PRIMARY_CLAIMED`] (threads waiting for the charge would wait for ever), even when
     /// a measurement made the growth nothing.
-    pub fn note_primary_charge(&self, device: usize, bytes: u64) {
-        let _ = self.primary[device].compare_exchange(
+    pub fn note_primary_charge(&self, device: DeviceSlot, bytes: u64) {
+        let _ = self.primary[device.index()].compare_exchange(
             PRIMARY_CLAIMED,
             bytes.max(PRIMARY_CLAIMED + 1),
             AcqRel,
@@ -793,19 +794,19 @@ impl Slice {
     }
 
     /// The claim on a primary context whose charge failed.
-    pub fn unclaim_primary_context(&self, device: usize) {
-        let _ = self.primary[device].compare_exchange(PRIMARY_CLAIMED, 0, AcqRel, Acquire);
+    pub fn unclaim_primary_context(&self, device: DeviceSlot) {
+        let _ = self.primary[device.index()].compare_exchange(PRIMARY_CLAIMED, 0, AcqRel, Acquire);
     }
 
     /// Bytes this process has charged for context and module memory on a device entry.
-    pub fn context_bytes(&self, device: usize) -> u64 {
-        self.overhead[device].load(Relaxed)
+    pub fn context_bytes(&self, device: DeviceSlot) -> u64 {
+        self.overhead[device.index()].load(Relaxed)
     }
 
     /// The driver destroyed this process's primary context on a device entry: its
     /// charge is given back (at most what context memory is still charged).
-    pub fn primary_context_gone(&self, device: usize) {
-        let bytes = self.primary[device].swap(0, AcqRel);
+    pub fn primary_context_gone(&self, device: DeviceSlot) {
+        let bytes = self.primary[device.index()].swap(0, AcqRel);
         if bytes != 0 {
             self.context_gone(device, bytes);
         }
@@ -814,7 +815,7 @@ impl Slice {
     /// Re-measures context and module memory (at most four times a second) when less
     /// than `bytes` plus a margin is left in the slice: elsewhere a small error in the
     /// estimate cannot take the slice past its limit, and NVML stays unloaded.
-    pub fn refresh_overhead_if_tight(&self, device: usize, bytes: u64) {
+    pub fn refresh_overhead_if_tight(&self, device: DeviceSlot, bytes: u64) {
         let room = self.ledger.limit(device).saturating_sub(self.used(device));
         if room < bytes.saturating_add(TIGHT_ROOM) {
             self.maybe_refresh_overhead(device, false);
@@ -822,7 +823,7 @@ impl Slice {
     }
 
     /// [`Slice::refresh_overhead`] at most four times a second.
-    pub fn maybe_refresh_overhead(&self, device: usize, force: bool) {
+    pub fn maybe_refresh_overhead(&self, device: DeviceSlot, force: bool) {
         let now = self.started.elapsed().as_millis() as u64 + 1;
         let last = self.last_overhead_check_ms.load(Relaxed);
         if !force && last != 0 && now.saturating_sub(last) < 250 {
@@ -881,8 +882,8 @@ impl Slice {
 /// counted in the ledger).
 pub fn set_tracked(
     ledger: &Ledger,
-    entry: usize,
-    tracked: Option<&mut (usize, u64)>,
+    entry: ProcessSlot,
+    tracked: Option<&mut (DeviceSlot, u64)>,
     target: u64,
     force: bool,
 ) -> bool {

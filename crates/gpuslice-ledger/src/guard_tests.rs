@@ -38,7 +38,7 @@ fn worker_dir() -> Option<PathBuf> {
 
 /// A ledger with one device and this process registered with 100 MiB: the ledger, the
 /// device entry and the file's bytes.
-fn a_ledger(path: &Path) -> (Ledger, usize, Vec<u8>) {
+fn a_ledger(path: &Path) -> (Ledger, DeviceSlot, Vec<u8>) {
     let spec = LedgerSpec {
         name: "guarded".into(),
         default_limit: None,
@@ -115,7 +115,7 @@ fn worker_cut_short() {
     fs::write(&path, &image).unwrap();
     let reader = Ledger::open(&path).unwrap();
     cut_short(&path, 4096);
-    let last = MAX_PROCESSES - 1;
+    let last = ProcessSlot(MAX_PROCESSES - 1);
     assert_eq!(reader.charged(last, dev), 0);
     assert!(reader.intact().is_err());
 
@@ -171,7 +171,11 @@ fn worker_truncation_loop() {
     while start.elapsed() < Duration::from_millis(1500) {
         match Ledger::open(&path) {
             Ok(ledger) => {
-                let _ = (ledger.processes(), ledger.devices(), ledger.used(0));
+                let _ = (
+                    ledger.processes(),
+                    ledger.devices(),
+                    ledger.used(DeviceSlot::new(0)),
+                );
                 ledger.sweep_dead();
                 match ledger.intact() {
                     Ok(()) => whole += 1,

@@ -169,6 +169,43 @@ impl LedgerError {
     }
 }
 
+/// A process entry of a ledger: what [`Ledger::register`] hands out and the charging
+/// methods take. Only the ledger makes one, so a process entry cannot be mistaken for a
+/// device entry or an arbitrary number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessSlot(usize);
+
+impl ProcessSlot {
+    /// The entry's index in the ledger's process table (below [`MAX_PROCESSES`]), for
+    /// display and for a caller's own per-process arrays.
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
+/// A device entry of a ledger: what [`Ledger::device_slot`] finds or adds and the
+/// per-device methods take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeviceSlot(usize);
+
+impl DeviceSlot {
+    /// The device entry at `index`, for a caller that kept an entry's [`index`] (a cache)
+    /// or knows the order of the spec the ledger was made from (its n-th device has
+    /// entry n). The ledger's methods panic on an index of [`MAX_DEVICES`] or more.
+    ///
+    /// [`index`]: DeviceSlot::index
+    pub const fn new(index: usize) -> Self {
+        Self(index)
+    }
+
+    /// The entry's index in the ledger's device table (below [`MAX_DEVICES`]), for
+    /// display, for a caller's own per-device arrays, and for indexing
+    /// [`ProcessInfo::charges`] and [`ProcessInfo::context`].
+    pub fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// A refused reservation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -183,8 +220,8 @@ pub struct Refusal {
 /// A device as the ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
-    /// Index of the device entry in this ledger.
-    pub slot: usize,
+    /// The device entry in this ledger.
+    pub slot: DeviceSlot,
     /// The GPU's UUID.
     pub uuid: String,
     /// Limit in bytes.
@@ -207,8 +244,8 @@ pub enum Liveness {
 /// A process entry as the ledger records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcessInfo {
-    /// Index of the process entry.
-    pub slot: usize,
+    /// The process entry.
+    pub slot: ProcessSlot,
     /// PID, in the process's own PID namespace.
     pub pid: u32,
     /// Inode of that PID namespace.
@@ -217,7 +254,7 @@ pub struct ProcessInfo {
     pub start_time: u64,
     /// Whether it still runs.
     pub liveness: Liveness,
-    /// Bytes charged per device entry (index = device slot).
+    /// Bytes charged per device entry (index: [`DeviceSlot::index`]).
     pub charges: Vec<u64>,
     /// Of those, bytes of context and module memory.
     pub context: Vec<u64>,
@@ -512,7 +549,7 @@ impl Ledger {
         &self,
         uuid: &str,
         config_limit: Option<u64>,
-    ) -> Result<Option<usize>, LedgerError> {
+    ) -> Result<Option<DeviceSlot>, LedgerError> {
         let me = std::process::id();
         let deadline = std::time::Instant::now() + CLAIM_WAIT;
         let corrupt = |reason: String| LedgerError::Corrupt {
@@ -543,7 +580,7 @@ impl Ledger {
                             });
                         }
                         self.cap(slot, limit);
-                        return Ok(Some(slot));
+                        return Ok(Some(DeviceSlot(slot)));
                     }
                     slot += 1;
                     continue;
@@ -588,7 +625,7 @@ impl Ledger {
             entry.limit.store(limit, SeqCst);
             entry.state.store(DEVICE_READY, Release);
             self.cap(slot, limit);
-            return Ok(Some(slot));
+            return Ok(Some(DeviceSlot(slot)));
         }
         Err(LedgerError::Full {
             path: self.path.clone(),
@@ -631,47 +668,50 @@ impl Ledger {
 
     /// The compute budget's shared words of a device entry: the theoretical arrival
     /// time and the total busy time.
-    pub fn compute_cells(&self, device: usize) -> (&AtomicU64, &AtomicU64) {
-        let d = self.device(device);
+    pub fn compute_cells(&self, device: DeviceSlot) -> (&AtomicU64, &AtomicU64) {
+        let d = self.device(device.0);
         (&d.compute_tat, &d.compute_busy)
     }
 
     /// GPU busy time charged to the slice on a device entry, in ns.
-    pub fn compute_busy_ns(&self, device: usize) -> u64 {
-        self.device(device).compute_busy.load(Relaxed)
+    pub fn compute_busy_ns(&self, device: DeviceSlot) -> u64 {
+        self.device(device.0).compute_busy.load(Relaxed)
     }
 
     /// Allocations refused on a device entry since the ledger was made (counted by
     /// [`Ledger::try_charge`] and by [`Ledger::count_refusal`]).
-    pub fn refused_allocations(&self, device: usize) -> u64 {
-        self.device(device).refused_allocations.load(Relaxed)
+    pub fn refused_allocations(&self, device: DeviceSlot) -> u64 {
+        self.device(device.0).refused_allocations.load(Relaxed)
     }
 
     /// Counts one refusal that [`Ledger::try_charge`] did not count (one whose last
     /// attempt was [`Ledger::try_charge_uncounted`], or that another check made). One
     /// atomic add.
-    pub fn count_refusal(&self, device: usize) {
-        self.device(device)
+    pub fn count_refusal(&self, device: DeviceSlot) {
+        self.device(device.0)
             .refused_allocations
             .fetch_add(1, Relaxed);
     }
 
     /// Time the slice's processes spent held back by the compute gate on a device
     /// entry, in ns.
-    pub fn throttled_ns(&self, device: usize) -> u64 {
-        self.device(device).throttled_ns.load(Relaxed)
+    pub fn throttled_ns(&self, device: DeviceSlot) -> u64 {
+        self.device(device.0).throttled_ns.load(Relaxed)
     }
 
     /// The word that counts time held back by the compute gate on a device entry, for
     /// the gate to add to (one atomic add per rest).
-    pub fn throttled_cell(&self, device: usize) -> &AtomicU64 {
-        &self.device(device).throttled_ns
+    pub fn throttled_cell(&self, device: DeviceSlot) -> &AtomicU64 {
+        &self.device(device.0).throttled_ns
     }
 
     /// The limit of a device entry.
-    pub fn limit(&self, device: usize) -> u64 {
-        let cap = self.caps.get(device).map_or(u64::MAX, |c| c.load(Relaxed));
-        self.device(device).limit.load(Relaxed).min(cap)
+    pub fn limit(&self, device: DeviceSlot) -> u64 {
+        let cap = self
+            .caps
+            .get(device.0)
+            .map_or(u64::MAX, |c| c.load(Relaxed));
+        self.device(device.0).limit.load(Relaxed).min(cap)
     }
 
     fn cap(&self, device: usize, limit: u64) {
@@ -682,19 +722,19 @@ impl Ledger {
 
     /// What a CUDA context (with its modules) was last measured to take on this device
     /// by any process of the slice, if anyone measured it yet.
-    pub fn context_estimate(&self, device: usize) -> Option<u64> {
-        let v = self.device(device).context_estimate.load(Relaxed);
+    pub fn context_estimate(&self, device: DeviceSlot) -> Option<u64> {
+        let v = self.device(device.0).context_estimate.load(Relaxed);
         (v != 0).then_some(v)
     }
 
     /// Records a measured context size for later processes to start from.
-    pub fn set_context_estimate(&self, device: usize, bytes: u64) {
-        self.device(device).context_estimate.store(bytes, Relaxed);
+    pub fn set_context_estimate(&self, device: DeviceSlot, bytes: u64) {
+        self.device(device.0).context_estimate.store(bytes, Relaxed);
     }
 
     /// The UUID of a device entry.
-    pub fn uuid(&self, device: usize) -> String {
-        layout::read_uuid(self.device(device))
+    pub fn uuid(&self, device: DeviceSlot) -> String {
+        layout::read_uuid(self.device(device.0))
     }
 
     /// All device entries with their usage.
@@ -702,10 +742,10 @@ impl Ledger {
         (0..MAX_DEVICES)
             .filter(|&slot| self.device(slot).state.load(Acquire) == DEVICE_READY)
             .map(|slot| DeviceInfo {
-                slot,
-                uuid: self.uuid(slot),
-                limit: self.limit(slot),
-                used: self.used(slot),
+                slot: DeviceSlot(slot),
+                uuid: self.uuid(DeviceSlot(slot)),
+                limit: self.limit(DeviceSlot(slot)),
+                used: self.used(DeviceSlot(slot)),
             })
             .collect()
     }
@@ -715,14 +755,14 @@ impl Ledger {
     }
 
     /// Sum of all charges on a device entry.
-    pub fn used(&self, device: usize) -> u64 {
+    pub fn used(&self, device: DeviceSlot) -> u64 {
         (0..self.high_water())
             .map(|slot| {
                 let p = self.process(slot);
                 if p.owner.load(SeqCst) == OWNER_FREE {
                     0
                 } else {
-                    p.charge[device].load(SeqCst)
+                    p.charge[device.0].load(SeqCst)
                 }
             })
             .fold(0u64, u64::saturating_add)
@@ -732,7 +772,7 @@ impl Ledger {
     ///
     /// Entries left by an earlier program image of this same process (before `exec`)
     /// are swept first: the driver freed that image's memory when it exec'ed.
-    pub fn register(&self) -> Result<usize, LedgerError> {
+    pub fn register(&self) -> Result<ProcessSlot, LedgerError> {
         let me = current_identity();
         self.sweep_where(
             |p, _owner| {
@@ -761,7 +801,7 @@ impl Ledger {
             p.pid_ns.store(me.pid_ns, SeqCst);
             self.header().high_water.fetch_max(slot as u32 + 1, SeqCst);
             p.owner.store(OWNER_ACTIVE | me.pid as u64, SeqCst);
-            return Ok(slot);
+            return Ok(ProcessSlot(slot));
         }
         Err(LedgerError::Full {
             path: self.path.clone(),
@@ -771,8 +811,8 @@ impl Ledger {
     }
 
     /// Gives a process entry back (normal exit), dropping whatever it still has charged.
-    pub fn unregister(&self, slot: usize) {
-        let p = self.process(slot);
+    pub fn unregister(&self, slot: ProcessSlot) {
+        let p = self.process(slot.0);
         for d in 0..MAX_DEVICES {
             p.charge[d].store(0, SeqCst);
             p.context[d].store(0, SeqCst);
@@ -782,7 +822,12 @@ impl Ledger {
 
     /// Reserves `bytes` on `device` for process entry `slot`, unless that would take the
     /// device past its limit. A refusal is counted ([`Ledger::refused_allocations`]).
-    pub fn try_charge(&self, slot: usize, device: usize, bytes: u64) -> Result<(), Refusal> {
+    pub fn try_charge(
+        &self,
+        slot: ProcessSlot,
+        device: DeviceSlot,
+        bytes: u64,
+    ) -> Result<(), Refusal> {
         self.try_charge_uncounted(slot, device, bytes)
             .inspect_err(|_| self.count_refusal(device))
     }
@@ -793,12 +838,12 @@ impl Ledger {
     /// [`Ledger::count_refusal`]).
     pub fn try_charge_uncounted(
         &self,
-        slot: usize,
-        device: usize,
+        slot: ProcessSlot,
+        device: DeviceSlot,
         bytes: u64,
     ) -> Result<(), Refusal> {
         let limit = self.limit(device);
-        let mine = &self.process(slot).charge[device];
+        let mine = &self.process(slot.0).charge[device.0];
         let mut attempt = 0u32;
         loop {
             let before = self.used(device);
@@ -825,31 +870,31 @@ impl Ledger {
                     requested: bytes,
                 });
             }
-            backoff(attempt, slot);
+            backoff(attempt, slot.0);
         }
     }
 
     /// Adds a charge without checking the limit: for memory that already exists (a
     /// context, a pool that grew) and must be counted whatever the limit says.
-    pub fn force_charge(&self, slot: usize, device: usize, bytes: u64) {
-        self.process(slot).charge[device].fetch_add(bytes, SeqCst);
+    pub fn force_charge(&self, slot: ProcessSlot, device: DeviceSlot, bytes: u64) {
+        self.process(slot.0).charge[device.0].fetch_add(bytes, SeqCst);
     }
 
     /// Takes back a charge.
-    pub fn release(&self, slot: usize, device: usize, bytes: u64) {
-        let _ = self.process(slot).charge[device]
+    pub fn release(&self, slot: ProcessSlot, device: DeviceSlot, bytes: u64) {
+        let _ = self.process(slot.0).charge[device.0]
             .fetch_update(SeqCst, SeqCst, |v| Some(v.saturating_sub(bytes)));
     }
 
     /// What a process entry has charged on a device.
-    pub fn charged(&self, slot: usize, device: usize) -> u64 {
-        self.process(slot).charge[device].load(SeqCst)
+    pub fn charged(&self, slot: ProcessSlot, device: DeviceSlot) -> u64 {
+        self.process(slot.0).charge[device.0].load(SeqCst)
     }
 
     /// Records how much of a process's charge is context and module memory (shown by
     /// `gpuslice status`; it does not change the charge).
-    pub fn set_context_bytes(&self, slot: usize, device: usize, bytes: u64) {
-        self.process(slot).context[device].store(bytes, Relaxed);
+    pub fn set_context_bytes(&self, slot: ProcessSlot, device: DeviceSlot, bytes: u64) {
+        self.process(slot.0).context[device.0].store(bytes, Relaxed);
     }
 
     /// Zeroes the entries of processes that are gone. Returns how many were swept.
@@ -946,7 +991,7 @@ impl Ledger {
                     Liveness::Dead
                 };
                 Some(ProcessInfo {
-                    slot,
+                    slot: ProcessSlot(slot),
                     pid,
                     pid_ns: p.pid_ns.load(Relaxed),
                     start_time: p.start_time.load(Relaxed),

@@ -159,7 +159,7 @@ fn base_image(path: &Path) -> Vec<u8> {
     let reclaiming = ledger.register().unwrap();
     ledger.try_charge(reclaiming, other, 10 * MIB).unwrap();
     ledger
-        .process(reclaiming)
+        .process(reclaiming.0)
         .owner
         .store(OWNER_RECLAIMING | crate::tests::dead_pid() as u64, SeqCst);
     let me = ledger.register().unwrap();

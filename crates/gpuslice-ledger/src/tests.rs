@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
 const UUID: &str = "GPU-00000000-0000-4000-8000-000000000000";
+/// The entry of the spec's only device.
+const DEV: DeviceSlot = DeviceSlot::new(0);
 
 fn spec(limit: u64) -> LedgerSpec {
     LedgerSpec {
@@ -30,8 +32,8 @@ pub(crate) fn dead_pid() -> u32 {
 
 impl Ledger {
     /// Test helper: pretend that entry `slot` belongs to `pid`.
-    pub(crate) fn forge_owner(&self, slot: usize, pid: u32) {
-        self.process(slot)
+    pub(crate) fn forge_owner(&self, slot: ProcessSlot, pid: u32) {
+        self.process(slot.0)
             .owner
             .store(OWNER_ACTIVE | pid as u64, SeqCst);
     }
@@ -44,11 +46,11 @@ fn create_then_open_sees_the_same_slice() {
     let ledger = Ledger::create_or_open(&path, &spec(4 * GIB)).unwrap();
     assert_eq!(ledger.name(), "test");
     let again = Ledger::open(&path).unwrap();
-    assert_eq!(again.device_slot(UUID, None).unwrap(), Some(0));
-    assert_eq!(again.limit(0), 4 * GIB);
+    assert_eq!(again.device_slot(UUID, None).unwrap(), Some(DEV));
+    assert_eq!(again.limit(DEV), 4 * GIB);
     // A second create does not overwrite.
     let third = Ledger::create_or_open(&path, &spec(GIB)).unwrap();
-    assert_eq!(third.limit(0), 4 * GIB);
+    assert_eq!(third.limit(DEV), 4 * GIB);
     // No temporary files are left behind.
     let names: Vec<_> = fs::read_dir(path.parent().unwrap()).unwrap().collect();
     assert_eq!(names.len(), 1);
@@ -96,8 +98,8 @@ fn limits_hold_to_the_byte() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec(GIB)).unwrap();
     let me = ledger.register().unwrap();
-    ledger.try_charge(me, 0, GIB - MIB).unwrap();
-    let refusal = ledger.try_charge(me, 0, MIB + 1).unwrap_err();
+    ledger.try_charge(me, DEV, GIB - MIB).unwrap();
+    let refusal = ledger.try_charge(me, DEV, MIB + 1).unwrap_err();
     assert_eq!(
         refusal,
         Refusal {
@@ -106,17 +108,17 @@ fn limits_hold_to_the_byte() {
             requested: MIB + 1
         }
     );
-    ledger.try_charge(me, 0, MIB).unwrap();
-    assert_eq!(ledger.used(0), GIB);
-    assert!(ledger.try_charge(me, 0, 1).is_err());
-    ledger.release(me, 0, GIB);
-    assert_eq!(ledger.used(0), 0);
+    ledger.try_charge(me, DEV, MIB).unwrap();
+    assert_eq!(ledger.used(DEV), GIB);
+    assert!(ledger.try_charge(me, DEV, 1).is_err());
+    ledger.release(me, DEV, GIB);
+    assert_eq!(ledger.used(DEV), 0);
     // Releasing more than was charged never wraps around.
-    ledger.release(me, 0, 5);
-    assert_eq!(ledger.used(0), 0);
-    ledger.force_charge(me, 0, 2 * GIB);
-    assert_eq!(ledger.used(0), 2 * GIB);
-    assert!(ledger.try_charge(me, 0, 1).is_err());
+    ledger.release(me, DEV, 5);
+    assert_eq!(ledger.used(DEV), 0);
+    ledger.force_charge(me, DEV, 2 * GIB);
+    assert_eq!(ledger.used(DEV), 2 * GIB);
+    assert!(ledger.try_charge(me, DEV, 1).is_err());
 }
 
 #[test]
@@ -125,26 +127,26 @@ fn refusals_and_throttled_time_are_counted_in_the_ledger_for_every_process() {
     let path = dir.path().join("l");
     let ledger = Ledger::create_or_open(&path, &spec(GIB)).unwrap();
     let me = ledger.register().unwrap();
-    assert_eq!(ledger.refused_allocations(0), 0);
-    ledger.try_charge(me, 0, GIB).unwrap();
-    assert!(ledger.try_charge(me, 0, 1).is_err());
-    assert!(ledger.try_charge(me, 0, MIB).is_err());
-    ledger.count_refusal(0);
+    assert_eq!(ledger.refused_allocations(DEV), 0);
+    ledger.try_charge(me, DEV, GIB).unwrap();
+    assert!(ledger.try_charge(me, DEV, 1).is_err());
+    assert!(ledger.try_charge(me, DEV, MIB).is_err());
+    ledger.count_refusal(DEV);
     ledger
-        .throttled_cell(0)
+        .throttled_cell(DEV)
         .fetch_add(1_500, std::sync::atomic::Ordering::Relaxed);
     // Another process's view of the same file sees the same counts.
     let other = Ledger::open(&path).unwrap();
-    assert_eq!(other.refused_allocations(0), 3);
-    assert_eq!(other.throttled_ns(0), 1_500);
+    assert_eq!(other.refused_allocations(DEV), 3);
+    assert_eq!(other.throttled_ns(DEV), 1_500);
     // A charge that fits counts nothing.
-    ledger.release(me, 0, GIB);
-    ledger.try_charge(me, 0, MIB).unwrap();
-    assert_eq!(other.refused_allocations(0), 3);
+    ledger.release(me, DEV, GIB);
+    ledger.try_charge(me, DEV, MIB).unwrap();
+    assert_eq!(other.refused_allocations(DEV), 3);
     // A first attempt that the caller retries counts nothing; it counts the last.
-    ledger.try_charge(me, 0, GIB - MIB).unwrap();
-    assert!(ledger.try_charge_uncounted(me, 0, 1).is_err());
-    assert_eq!(other.refused_allocations(0), 3);
+    ledger.try_charge(me, DEV, GIB - MIB).unwrap();
+    assert!(ledger.try_charge_uncounted(me, DEV, 1).is_err());
+    assert_eq!(other.refused_allocations(DEV), 3);
 }
 
 #[test]
@@ -153,7 +155,7 @@ fn limit_mismatch_is_refused() {
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec(GIB)).unwrap();
     let err = ledger.device_slot(UUID, Some(2 * GIB)).unwrap_err();
     assert!(matches!(err, LedgerError::LimitMismatch { .. }), "{err}");
-    assert_eq!(ledger.device_slot(UUID, Some(GIB)).unwrap(), Some(0));
+    assert_eq!(ledger.device_slot(UUID, Some(GIB)).unwrap(), Some(DEV));
 }
 
 #[test]
@@ -165,7 +167,7 @@ fn a_limit_raised_in_the_file_frees_no_process_that_agreed_to_less() {
     let me = ledger.register().unwrap();
     // Another process, writing the file directly, raises the limit.
     let other = Ledger::open(&path).unwrap();
-    other.device(dev).limit.store(1000 * GIB, SeqCst);
+    other.device(dev.0).limit.store(1000 * GIB, SeqCst);
     assert_eq!(
         other.limit(dev),
         1000 * GIB,
@@ -175,7 +177,7 @@ fn a_limit_raised_in_the_file_frees_no_process_that_agreed_to_less() {
     assert!(ledger.try_charge(me, dev, 2 * GIB).is_err());
     ledger.try_charge(me, dev, GIB).unwrap();
     // Lowering it applies.
-    other.device(dev).limit.store(GIB / 2, SeqCst);
+    other.device(dev.0).limit.store(GIB / 2, SeqCst);
     assert_eq!(ledger.limit(dev), GIB / 2);
 }
 
@@ -189,9 +191,12 @@ fn devices_are_added_lazily_with_the_default_limit() {
         compute: None,
     };
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec).unwrap();
-    assert_eq!(ledger.device_slot("GPU-a", None).unwrap(), Some(0));
-    assert_eq!(ledger.device_slot("GPU-b", Some(GIB)).unwrap(), Some(1));
-    assert_eq!(ledger.device_slot("GPU-a", None).unwrap(), Some(0));
+    assert_eq!(ledger.device_slot("GPU-a", None).unwrap(), Some(DEV));
+    assert_eq!(
+        ledger.device_slot("GPU-b", Some(GIB)).unwrap(),
+        Some(DeviceSlot::new(1))
+    );
+    assert_eq!(ledger.device_slot("GPU-a", None).unwrap(), Some(DEV));
     let devices = ledger.devices();
     assert_eq!(devices.len(), 2);
     assert_eq!(devices[1].uuid, "GPU-b");
@@ -262,14 +267,14 @@ fn racing_threads_never_commit_past_the_limit() {
                 let ledger = Ledger::open(&path).unwrap();
                 for i in 0..3000u64 {
                     let bytes = ((t * 7 + i * 13) % 9 + 1) * 3 * MIB;
-                    if ledger.try_charge(me, 0, bytes).is_ok() {
+                    if ledger.try_charge(me, DEV, bytes).is_ok() {
                         let now = committed.fetch_add(bytes, SeqCst) + bytes;
                         if now > limit {
                             over.store(true, SeqCst);
                         }
                         successes.fetch_add(1, SeqCst);
                         committed.fetch_sub(bytes, SeqCst);
-                        ledger.release(me, 0, bytes);
+                        ledger.release(me, DEV, bytes);
                     }
                 }
             })
@@ -285,7 +290,7 @@ fn racing_threads_never_commit_past_the_limit() {
         successes.load(SeqCst)
     );
     let ledger = Ledger::open(&path).unwrap();
-    assert_eq!(ledger.used(0), 0);
+    assert_eq!(ledger.used(DEV), 0);
     ledger.unregister(me);
 }
 
@@ -296,19 +301,19 @@ fn dead_processes_are_swept_and_live_ones_kept() {
     // Registering twice from one process looks like an exec; forge the first entry's
     // owner before the second registration.
     let dead = ledger.register().unwrap();
-    ledger.try_charge(dead, 0, 800 * MIB).unwrap();
+    ledger.try_charge(dead, DEV, 800 * MIB).unwrap();
     ledger.forge_owner(dead, dead_pid());
     let live = ledger.register().unwrap();
-    ledger.try_charge(live, 0, 100 * MIB).unwrap();
-    assert!(ledger.try_charge(live, 0, 200 * MIB).is_err());
+    ledger.try_charge(live, DEV, 100 * MIB).unwrap();
+    assert!(ledger.try_charge(live, DEV, 200 * MIB).is_err());
     let info = ledger.processes();
     assert_eq!(
         info.iter().filter(|p| p.liveness == Liveness::Dead).count(),
         1
     );
     assert_eq!(ledger.sweep_dead(), 1);
-    assert_eq!(ledger.used(0), 100 * MIB);
-    ledger.try_charge(live, 0, 200 * MIB).unwrap();
+    assert_eq!(ledger.used(DEV), 100 * MIB);
+    ledger.try_charge(live, DEV, 200 * MIB).unwrap();
     assert_eq!(ledger.processes().len(), 1);
     let me = current_identity();
     let entry = &ledger.processes()[0];
@@ -323,11 +328,11 @@ fn a_reused_pid_is_not_mistaken_for_the_owner() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec(GIB)).unwrap();
     let slot = ledger.register().unwrap();
-    ledger.try_charge(slot, 0, MIB).unwrap();
+    ledger.try_charge(slot, DEV, MIB).unwrap();
     // Same (live) PID, different start time: the owner is gone and the PID was reused.
-    ledger.process(slot).start_time.store(1, SeqCst);
+    ledger.process(slot.0).start_time.store(1, SeqCst);
     assert_eq!(ledger.sweep_dead(), 1);
-    assert_eq!(ledger.used(0), 0);
+    assert_eq!(ledger.used(DEV), 0);
 }
 
 #[test]
@@ -335,10 +340,10 @@ fn registering_again_after_exec_drops_the_old_image_entry() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec(GIB)).unwrap();
     let before_exec = ledger.register().unwrap();
-    ledger.try_charge(before_exec, 0, 300 * MIB).unwrap();
+    ledger.try_charge(before_exec, DEV, 300 * MIB).unwrap();
     // Same PID and start time registering again is a new program image of this process.
     let after_exec = ledger.register().unwrap();
-    assert_eq!(ledger.used(0), 0);
+    assert_eq!(ledger.used(DEV), 0);
     assert_eq!(ledger.processes().len(), 1);
     assert_eq!(ledger.processes()[0].slot, after_exec);
 }
@@ -348,13 +353,13 @@ fn an_interrupted_sweep_is_finished_by_the_next_sweeper() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = Ledger::create_or_open(&dir.path().join("l"), &spec(GIB)).unwrap();
     let slot = ledger.register().unwrap();
-    ledger.try_charge(slot, 0, 10 * MIB).unwrap();
+    ledger.try_charge(slot, DEV, 10 * MIB).unwrap();
     ledger
-        .process(slot)
+        .process(slot.0)
         .owner
         .store(OWNER_RECLAIMING | dead_pid() as u64, SeqCst);
     assert_eq!(ledger.sweep_dead(), 1);
-    assert_eq!(ledger.used(0), 0);
+    assert_eq!(ledger.used(DEV), 0);
 }
 
 /// Worker for the multi-process test: runs only when the parent test starts it.
@@ -375,22 +380,22 @@ fn ledger_worker_process() {
     let counter_map = unsafe { memmap2::MmapMut::map_mut(&counter_file) }.unwrap();
     // SAFETY: the mapping is page aligned and 16 bytes long: two u64 atomics.
     let counters = unsafe { &*(counter_map.as_ptr() as *const [AtomicU64; 2]) };
-    let limit = ledger.limit(0);
+    let limit = ledger.limit(DEV);
     let me = ledger.register().unwrap();
     let salt = std::process::id() as u64;
     for i in 0..2000u64 {
         let bytes = ((salt + i * 13) % 9 + 1) * 3 * MIB;
-        if ledger.try_charge(me, 0, bytes).is_ok() {
+        if ledger.try_charge(me, DEV, bytes).is_ok() {
             let now = counters[0].fetch_add(bytes, SeqCst) + bytes;
             if now > limit {
                 counters[1].store(1, SeqCst);
             }
             counters[0].fetch_sub(bytes, SeqCst);
-            ledger.release(me, 0, bytes);
+            ledger.release(me, DEV, bytes);
         }
     }
     // Keep a charge and die without unregistering: the parent must sweep it.
-    ledger.try_charge(me, 0, 3 * MIB).unwrap_or(());
+    ledger.try_charge(me, DEV, 3 * MIB).unwrap_or(());
 }
 
 #[test]
@@ -429,9 +434,9 @@ fn racing_processes_never_commit_past_the_limit() {
     );
     let ledger = Ledger::open(&path).unwrap();
     assert!(
-        ledger.used(0) > 0,
+        ledger.used(DEV) > 0,
         "the dead workers' last charges should still be there"
     );
     assert_eq!(ledger.sweep_dead(), 4);
-    assert_eq!(ledger.used(0), 0);
+    assert_eq!(ledger.used(DEV), 0);
 }

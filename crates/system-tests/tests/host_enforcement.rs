@@ -291,7 +291,7 @@ fn ledger_of(world: &World, name: &str) -> (u64, Vec<u32>) {
     let ledger = gpuslice_ledger::Ledger::open(&world.state.join(format!("slices/{name}/ledger")))
         .expect("the slice's ledger");
     let pids = ledger.processes().iter().map(|p| p.pid).collect();
-    (ledger.used(0), pids)
+    (ledger.used(gpuslice_ledger::DeviceSlot::new(0)), pids)
 }
 
 #[test]

@@ -280,8 +280,8 @@ impl World {
         let charges = ledger
             .processes()
             .into_iter()
-            .filter(|p| p.charges[dev.slot] > 0)
-            .map(|p| (p.pid, p.charges[dev.slot]))
+            .filter(|p| p.charges[dev.slot.index()] > 0)
+            .map(|p| (p.pid, p.charges[dev.slot.index()]))
             .collect();
         (dev.limit, dev.used, charges)
     }

@@ -292,6 +292,9 @@ mod tests {
     use gpuslice_config::ComputeShares;
     use std::os::unix::fs::MetadataExt;
 
+    /// The device entry of the ledger's first GPU.
+    const GPU0: gpuslice_ledger::DeviceSlot = gpuslice_ledger::DeviceSlot::new(0);
+
     const GIB: u64 = 1 << 30;
     const U0: &str = "GPU-aaaa1111-0000-4000-8000-000000000000";
 
@@ -358,10 +361,10 @@ mod tests {
 
         // Running again keeps the ledger (and its usage).
         let slot = ledger.register().unwrap();
-        ledger.try_charge(slot, 0, GIB).unwrap();
+        ledger.try_charge(slot, GPU0, GIB).unwrap();
         let report = prepare(&layout, &[slice(8 * GIB)]).unwrap();
         assert!(report[0].contains("kept"), "{report:?}");
-        assert_eq!(Ledger::open(&ledger_path).unwrap().used(0), GIB);
+        assert_eq!(Ledger::open(&ledger_path).unwrap().used(GPU0), GIB);
 
         // Other limits while a process is registered: refused, naming the slice, its
         // process and the command that frees dead entries, and nothing changes.
@@ -386,7 +389,7 @@ mod tests {
         assert!(report[0].contains("replaced"), "{report:?}");
         let ledger = Ledger::open(&ledger_path).unwrap();
         assert_eq!(ledger.devices()[0].limit, 4 * GIB);
-        assert_eq!(ledger.used(0), 0);
+        assert_eq!(ledger.used(GPU0), 0);
         assert_eq!(mode(&ledger_path), ledger_mode());
     }
 
