@@ -587,22 +587,19 @@ fn capturing(stream: CUstream) -> Option<bool> {
 }
 
 /// Adds the part of a wait from `from_ns` to `to_ns` that no other wait of this process
-/// counted already to `cell`: several threads of a process resting at once are held
-/// back once, not once each.
-fn count_throttled(cell: &std::sync::atomic::AtomicU64, from_ns: u64, to_ns: u64) {
+/// counted already to `cell` (none: the wait was not throttling): several threads of a
+/// process resting at once are held back once, not once each.
+fn count_throttled(cell: Option<&std::sync::atomic::AtomicU64>, from_ns: u64, to_ns: u64) {
     static COUNTED_UNTIL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    if std::ptr::eq(cell, &NOT_THROTTLED) {
+    let Some(cell) = cell else {
         return;
-    }
+    };
     let before = COUNTED_UNTIL.fetch_max(to_ns, Relaxed);
     let start = from_ns.max(before);
     if to_ns > start {
         cell.fetch_add(to_ns - start, Relaxed);
     }
 }
-
-/// Where waits that are not throttling are counted (nowhere: never read).
-static NOT_THROTTLED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// What a launch is, for the meter's times per kind of launch: a kernel with its grid
 /// and block sizes (the same kernel on a larger grid is another kind), or a graph.
@@ -720,11 +717,7 @@ pub fn gated(
         // (its ledger counts it for /metrics and `top`); waiting for a full queue to
         // drain is not.
         let waited_from = clock().now_ns();
-        let throttled: &std::sync::atomic::AtomicU64 = if cc.gate.resting() {
-            cc.throttled
-        } else {
-            &NOT_THROTTLED
-        };
+        let throttled = cc.gate.resting().then_some(cc.throttled);
         match step {
             Step::Go => {
                 let joined = match &mut cc.meter {
@@ -758,7 +751,7 @@ pub fn gated(
                 // Waits for another process to give the GPU up; nothing of this
                 // process's own is waited for, so the lock can stay held.
                 cc.gate.wait_turn(seen, timeout_ns, clock());
-                count_throttled(cc.throttled, waited_from, clock().now_ns());
+                count_throttled(Some(cc.throttled), waited_from, clock().now_ns());
             }
             Step::WaitOldest | Step::WaitAll => {
                 drop(map);
@@ -1091,15 +1084,14 @@ mod tests {
     fn waits_of_several_threads_at_once_are_throttled_time_once() {
         let cell = AtomicU64::new(0);
         // Two threads rest over the same 1 000 ns, a third 500 ns later on.
-        count_throttled(&cell, 10_000, 11_000);
-        count_throttled(&cell, 10_000, 11_000);
-        count_throttled(&cell, 10_500, 11_500);
+        count_throttled(Some(&cell), 10_000, 11_000);
+        count_throttled(Some(&cell), 10_000, 11_000);
+        count_throttled(Some(&cell), 10_500, 11_500);
         assert_eq!(cell.load(Relaxed), 1_500);
         // A wait that is not throttling counts nowhere and hides nothing.
-        count_throttled(&NOT_THROTTLED, 12_000, 13_000);
-        count_throttled(&cell, 12_000, 13_000);
+        count_throttled(None, 12_000, 13_000);
+        count_throttled(Some(&cell), 12_000, 13_000);
         assert_eq!(cell.load(Relaxed), 2_500);
-        assert_eq!(NOT_THROTTLED.load(Relaxed), 0);
     }
 
     #[test]

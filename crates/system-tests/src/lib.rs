@@ -486,6 +486,17 @@ pub fn http_get(addr: &str, path: &str) -> (String, String) {
     (head.to_string(), body.to_string())
 }
 
+/// Device nodes standing for the GPU's under `host`/root/dev (links to `/dev/null`), as
+/// CDI specs and the node name them; returns that folder.
+pub fn fake_device_nodes(host: &Path) -> PathBuf {
+    let dev = host.join("root/dev");
+    std::fs::create_dir_all(&dev).unwrap();
+    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
+        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
+    }
+    dev
+}
+
 /// The address `gpuslice agent` logged (in the file `log`) for its `/metrics`.
 pub fn metrics_addr(log: &Path) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

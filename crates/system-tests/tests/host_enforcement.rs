@@ -128,11 +128,7 @@ fn world() -> World {
     let bench = Bench::new();
     let host = bench.dir.path().to_path_buf();
     let s = |p: &Path| p.display().to_string();
-    let dev = host.join("root/dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-    }
+    system_tests::fake_device_nodes(&host);
     let state = host.join("state");
     let r = run(bench
         .plain(&bench.build.join("gpuslice"))

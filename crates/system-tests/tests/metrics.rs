@@ -107,11 +107,7 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
     let bench = Bench::new();
     let host = bench.dir.path().to_path_buf();
     let s = |p: &Path| p.display().to_string();
-    let dev = host.join("root/dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-    }
+    system_tests::fake_device_nodes(&host);
     let state = host.join("state");
     let r = run(bench
         .plain(&bench.build.join("gpuslice"))
@@ -332,11 +328,7 @@ impl MetricsHost {
     fn new(bench: Bench, slices: &[&str]) -> Self {
         let host = bench.dir.path().to_path_buf();
         let s = |p: &Path| p.display().to_string();
-        let dev = host.join("root/dev");
-        std::fs::create_dir_all(&dev).unwrap();
-        for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-            std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-        }
+        system_tests::fake_device_nodes(&host);
         let state = host.join("state");
         let mut generate = bench.plain(&bench.build.join("gpuslice"));
         generate.args(["cdi", "generate", "--driver-libs", "off"]);

@@ -57,18 +57,33 @@ fn scrape(addr: &str) -> (String, Exposition) {
     (body, m)
 }
 
+/// `gpuslice node` on the fake GPU of `bench`'s folder, with `config`, the kubelet folder
+/// `kubelet_dir` and `/metrics` on any free port.
+fn node_command(bench: &Bench, config: &Path, kubelet_dir: &Path) -> Command {
+    let host = bench.dir.path();
+    let s = |p: &Path| p.display().to_string();
+    let mut cmd = bench.plain(&bench.build.join("gpuslice"));
+    cmd.arg("node")
+        .arg("--config")
+        .arg(config)
+        .args(["--node-name", "node-1", "--no-probe"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(["--agent-socket", &s(&host.join("agent/agent.sock"))])
+        .args(["--kubelet-dir", &s(kubelet_dir)])
+        .args(["--state-dir", &s(&host.join("state"))])
+        .args(["--cdi-dir", &s(&host.join("cdi"))])
+        .args(["--driver-root", &s(&host.join("root"))])
+        .args(["--lib", &s(&bench.interposer())]);
+    cmd
+}
+
 #[test]
 fn metrics_name_the_pod_container_and_namespace_of_a_device_plugin_slice() {
     let bench = Bench::new();
     let host = bench.dir.path();
-    let s = |p: &Path| p.display().to_string();
     let config = host.join("config.yaml");
     std::fs::write(&config, CONFIG).unwrap();
-    let dev = host.join("root/dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-    }
+    system_tests::fake_device_nodes(&host);
     let kubelet_dir = host.join("kubelet");
     let plugins = kubelet_dir.join("device-plugins");
     let pod_resources = kubelet_dir.join("pod-resources");
@@ -85,19 +100,8 @@ fn metrics_name_the_pod_container_and_namespace_of_a_device_plugin_slice() {
         let mut lister = FakePodResources::start(&pod_resources.join("kubelet.sock"))
             .await
             .unwrap();
-        let mut cmd: Command = bench.plain(&bench.build.join("gpuslice"));
-        cmd.arg("node")
-            .arg("--config")
-            .arg(&config)
-            .args(["--node-name", "node-1", "--no-probe"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--agent-socket", &s(&host.join("agent/agent.sock"))])
-            .args(["--kubelet-dir", &s(&kubelet_dir)])
-            .args(["--state-dir", &s(&host.join("state"))])
-            .args(["--cdi-dir", &s(&host.join("cdi"))])
-            .args(["--driver-root", &s(&host.join("root"))])
-            .args(["--lib", &s(&bench.interposer())])
-            .stdout(Stdio::null())
+        let mut cmd = node_command(&bench, &config, &kubelet_dir);
+        cmd.stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         let mut node = Node(cmd.spawn().expect("start gpuslice node"));
         let mut plugin = kubelet
@@ -213,14 +217,9 @@ async fn scrape_until_named(
 fn metrics_name_the_pod_and_claim_of_a_dra_slice_found_through_get() {
     let bench = Bench::new();
     let host = bench.dir.path();
-    let s = |p: &Path| p.display().to_string();
     let config = host.join("config.yaml");
     std::fs::write(&config, "default:\n  mode: dra\n").unwrap();
-    let dev = host.join("root/dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-    }
+    system_tests::fake_device_nodes(&host);
     let kubelet_dir = host.join("kubelet");
     for dir in ["device-plugins", "plugins_registry", "pod-resources"] {
         std::fs::create_dir_all(kubelet_dir.join(dir)).unwrap();
@@ -240,19 +239,8 @@ fn metrics_name_the_pod_and_claim_of_a_dra_slice_found_through_get() {
             .await
             .unwrap();
         lister.list_without_claims(true);
-        let mut cmd: Command = bench.plain(&bench.build.join("gpuslice"));
-        cmd.arg("node")
-            .arg("--config")
-            .arg(&config)
-            .args(["--node-name", "node-1", "--no-probe"])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--agent-socket", &s(&host.join("agent/agent.sock"))])
-            .args(["--kubelet-dir", &s(&kubelet_dir)])
-            .args(["--state-dir", &s(&host.join("state"))])
-            .args(["--cdi-dir", &s(&host.join("cdi"))])
-            .args(["--driver-root", &s(&host.join("root"))])
-            .args(["--lib", &s(&bench.interposer())])
-            .arg("--kubeconfig")
+        let mut cmd = node_command(&bench, &config, &kubelet_dir);
+        cmd.arg("--kubeconfig")
             .arg(&kubeconfig)
             .env("HOME", host.join("home"))
             .env_remove("KUBECONFIG")

@@ -143,11 +143,7 @@ fn a_slice_allocated_through_the_kubelet_holds_in_a_real_container() {
     };
     let host = bench.dir.path();
     let s = |p: &Path| p.display().to_string();
-    let dev = host.join("root/dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-    }
+    system_tests::fake_device_nodes(&host);
 
     let names = allocate_through_the_kubelet(host, &bench);
     let first = slice_name(&format!("{}::1g-0", fake_uuid(0)));

@@ -30,11 +30,7 @@ fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
 
     // The host: fake device nodes (links to /dev/null, which the runtime copies) and the
     // spec, written by the real binary on the fake NVML.
-    let dev = host.join("root/dev");
-    std::fs::create_dir_all(&dev).unwrap();
-    for node in ["nvidia0", "nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"] {
-        std::os::unix::fs::symlink("/dev/null", dev.join(node)).unwrap();
-    }
+    system_tests::fake_device_nodes(&host);
     let r = run(bench
         .plain(&bench.build.join("gpuslice"))
         .args([
