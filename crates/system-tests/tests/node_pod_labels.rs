@@ -83,7 +83,7 @@ fn metrics_name_the_pod_container_and_namespace_of_a_device_plugin_slice() {
     let host = bench.dir.path();
     let config = host.join("config.yaml");
     std::fs::write(&config, CONFIG).unwrap();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let kubelet_dir = host.join("kubelet");
     let plugins = kubelet_dir.join("device-plugins");
     let pod_resources = kubelet_dir.join("pod-resources");
@@ -219,7 +219,7 @@ fn metrics_name_the_pod_and_claim_of_a_dra_slice_found_through_get() {
     let host = bench.dir.path();
     let config = host.join("config.yaml");
     std::fs::write(&config, "default:\n  mode: dra\n").unwrap();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let kubelet_dir = host.join("kubelet");
     for dir in ["device-plugins", "plugins_registry", "pod-resources"] {
         std::fs::create_dir_all(kubelet_dir.join(dir)).unwrap();
