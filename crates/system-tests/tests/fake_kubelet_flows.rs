@@ -108,7 +108,7 @@ fn device_plugin_flow_against_gpuslice_node_on_the_fake_gpu() {
          - {name: 4g-70, memory: 4GiB, compute: 70, count: 1}\n  gpus: [0]\n",
     )
     .unwrap();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let kubelet_dir = host.join("kubelet");
     let out = host.join("allocations.json");
     let path = |p: &Path| p.display().to_string();
@@ -193,7 +193,7 @@ fn dra_flow_against_gpuslice_node_on_the_fake_gpu() {
     let path = |p: &Path| p.display().to_string();
     let config = host.join("config.yaml");
     std::fs::write(&config, "default:\n  mode: dra\n  gpus: [0]\n").unwrap();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let kubelet_dir = host.join("kubelet");
     let (cdi, state) = (host.join("cdi"), host.join("state"));
     let kubeconfig = host.join("kubeconfig.yaml");

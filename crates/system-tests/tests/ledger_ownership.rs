@@ -327,7 +327,7 @@ fn host_users_cannot_reach_the_ledgers_of_cdi_slices() {
     require_two_users!("host_users_cannot_reach_the_ledgers_of_cdi_slices");
     let bench = shared_bench();
     let host = bench.dir.path();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let state = host.join("state");
     let out = bounded(&bench, None, &bench.build.join("gpuslice"))
         .args([

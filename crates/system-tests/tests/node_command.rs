@@ -75,7 +75,7 @@ fn the_node_registers_with_the_kubelet_hands_out_a_slice_and_stops_on_sigterm() 
     let host = bench.dir.path();
     let config = host.join("config.yaml");
     std::fs::write(&config, CONFIG).unwrap();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let plugins = host.join("kubelet/device-plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -143,7 +143,7 @@ fn a_slice_allocated_through_the_kubelet_holds_in_a_real_container() {
     };
     let host = bench.dir.path();
     let s = |p: &Path| p.display().to_string();
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
 
     let names = allocate_through_the_kubelet(host, &bench);
     let first = slice_name(&format!("{}::1g-0", fake_uuid(0)));

@@ -30,7 +30,7 @@ fn a_cdi_slice_holds_inside_a_real_container_even_when_its_variables_change() {
 
     // The host: fake device nodes (links to /dev/null, which the runtime copies) and the
     // spec, written by the real binary on the fake NVML.
-    system_tests::fake_device_nodes(&host);
+    system_tests::fake_device_nodes(host);
     let r = run(bench
         .plain(&bench.build.join("gpuslice"))
         .args([
