@@ -25,5 +25,5 @@ pub mod turns;
 pub use budget::Budget;
 pub use clock::{Clock, MonotonicClock};
 pub use gate::{Gate, GateConfig, Step, admit};
-pub use meter::{BusyMeter, EventMeter, Harvest, Timeline};
+pub use meter::{BusyMeter, EventMeter, Harvest, MeterStats, Timeline};
 pub use turns::{GpuTurns, Hold, TurnError};

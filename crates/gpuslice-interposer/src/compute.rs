@@ -323,14 +323,19 @@ impl ContextCompute {
         }
         let busy = self.gate.budget().busy_total_ns();
         let span = now_ns - self.report_since_ns;
-        let (lost, events) = match &self.meter {
-            Meter::Events(m) => (m.lost(), m.events_recorded()),
-            Meter::Nvml(_) => (0, 0),
+        let (lost, events, stats) = match &mut self.meter {
+            Meter::Events(m) => (m.lost(), m.events_recorded(), Some(m.take_stats())),
+            Meter::Nvml(_) => (0, 0, None),
+        };
+        // The meter's own account, at `debug` level: spans, bounds and probes.
+        let stats = match stats {
+            Some(s) if crate::log::enabled(gpuslice_config::LogLevel::Debug) => format!("; {s}"),
+            _ => String::new(),
         };
         crate::log::line(
             gpuslice_config::LogLevel::Info,
             format_args!(
-                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} full gate checks, {} rests, {} timing events, {} unmeasured)",
+                "{}: the slice used {:.1}% of the GPU over the last {:.1} s ({} launches from this process, {} full gate checks, {} rests, {} timing events, {} unmeasured{})",
                 self.name,
                 (busy - self.report_busy_ns) as f64 * 100.0 / span as f64,
                 span as f64 / 1e9,
@@ -338,7 +343,8 @@ impl ContextCompute {
                 self.gate.full_checks() - self.report_checks,
                 self.gate.rests() - self.report_rests,
                 events - self.report_events,
-                lost
+                lost,
+                stats
             ),
         );
         self.report_checks = self.gate.full_checks();
