@@ -54,11 +54,13 @@ struct DriverClock {
 
 impl Clock for DriverClock {
     fn now_ns(&self) -> u64 {
-        // SAFETY: a function of this signature exported by the loaded driver.
+        // SAFETY: `now` is the fake driver's `fakeCudaClockNow()`, which takes nothing
+        // and reads its virtual clock.
         unsafe { (self.now)() }
     }
     fn sleep_ns(&self, ns: u64) {
-        // SAFETY: as above.
+        // SAFETY: `sleep` is the fake driver's `fakeCudaClockSleep(u64)`, which only
+        // advances its virtual clock; any value is valid.
         unsafe { (self.sleep)(ns) }
     }
 }
@@ -67,17 +69,15 @@ fn clock() -> &'static (dyn Clock + Send + Sync) {
     static CLOCK: std::sync::OnceLock<Box<dyn Clock + Send + Sync>> = std::sync::OnceLock::new();
     CLOCK
         .get_or_init(|| {
-            let now = crate::real::driver_symbol(crate::table::Library::Cuda, c"fakeCudaClockNow");
-            let sleep =
-                crate::real::driver_symbol(crate::table::Library::Cuda, c"fakeCudaClockSleep");
-            if !now.is_null() && !sleep.is_null() {
-                // SAFETY: the fake driver exports these with exactly these signatures.
-                let clock = unsafe {
-                    DriverClock {
-                        now: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(now),
-                        sleep: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64)>(sleep),
-                    }
-                };
+            // SAFETY: the fake driver exports these with exactly these signatures.
+            let (now, sleep) = unsafe {
+                (
+                    crate::real::symbol(crate::table::Library::Cuda, c"fakeCudaClockNow"),
+                    crate::real::symbol(crate::table::Library::Cuda, c"fakeCudaClockSleep"),
+                )
+            };
+            if let (Some(now), Some(sleep)) = (now, sleep) {
+                let clock = DriverClock { now, sleep };
                 if clock.now_ns() != 0 {
                     return Box::new(clock);
                 }

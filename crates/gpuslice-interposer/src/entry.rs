@@ -6,14 +6,138 @@
 //! Both ask the real driver first and substitute a hook only when the real answer is
 //! exactly the real function that hook wraps, so versions, flags and `symbolStatus` are
 //! the driver's own.
+//!
+//! This is the top floor: the one file that names every hook, in [`HOOKS`] (the address
+//! of the hook of each table entry that has one).
 
 #![allow(non_snake_case)]
 
 use std::ffi::{CStr, c_char, c_int, c_void};
+use std::ptr::null_mut;
 
+use crate::compute as c;
 use crate::ffi::{CUDA_SUCCESS, CUresult};
-use crate::real::{real, real_dlsym, real_dlsym_ptr};
-use crate::table::{hook_address, hooked_id_by_name, id};
+use crate::hooks as h;
+use crate::nvml_view as v;
+use crate::real::{call_driver, real, real_dlsym, real_dlsym_ptr};
+use crate::table::{COUNT, Library, id, ids_by_name, library_of};
+
+/// A hook's address in a static table.
+struct HookAddress(*mut c_void);
+// SAFETY: the addresses are of functions, immutable and valid in every thread.
+unsafe impl Sync for HookAddress {}
+
+/// Fills [`HOOKS`]: table entry => the function that hooks it.
+macro_rules! hooks {
+    ($($entry:ident => $hook:path;)*) => {
+        /// The hook of each table entry, null where the function is only called.
+        static HOOKS: [HookAddress; COUNT] = {
+            let mut table = [const { HookAddress(null_mut()) }; COUNT];
+            $( table[id::$entry] = HookAddress($hook as *mut c_void); )*
+            table
+        };
+    };
+}
+
+hooks! {
+    cuGetProcAddress => cuGetProcAddress;
+    cuGetProcAddress_v2 => cuGetProcAddress_v2;
+    cuInit => h::cuInit;
+    cuMemAlloc_v2 => h::cuMemAlloc_v2;
+    cuMemAllocPitch_v2 => h::cuMemAllocPitch_v2;
+    cuMemAllocManaged => h::cuMemAllocManaged;
+    cuMemFree_v2 => h::cuMemFree_v2;
+    cuMemGetInfo_v2 => h::cuMemGetInfo_v2;
+    cuDeviceTotalMem_v2 => h::cuDeviceTotalMem_v2;
+    cuMemAllocAsync => h::cuMemAllocAsync;
+    cuMemAllocAsync_ptsz => h::cuMemAllocAsync_ptsz;
+    cuMemAllocFromPoolAsync => h::cuMemAllocFromPoolAsync;
+    cuMemAllocFromPoolAsync_ptsz => h::cuMemAllocFromPoolAsync_ptsz;
+    cuMemFreeAsync => h::cuMemFreeAsync;
+    cuMemFreeAsync_ptsz => h::cuMemFreeAsync_ptsz;
+    cuMemPoolCreate => h::cuMemPoolCreate;
+    cuMemPoolDestroy => h::cuMemPoolDestroy;
+    cuMemPoolTrimTo => h::cuMemPoolTrimTo;
+    cuMemCreate => h::cuMemCreate;
+    cuMemRelease => h::cuMemRelease;
+    cuArrayCreate_v2 => h::cuArrayCreate_v2;
+    cuArray3DCreate_v2 => h::cuArray3DCreate_v2;
+    cuArrayDestroy => h::cuArrayDestroy;
+    cuMipmappedArrayCreate => h::cuMipmappedArrayCreate;
+    cuMipmappedArrayDestroy => h::cuMipmappedArrayDestroy;
+    cuDevicePrimaryCtxRetain => h::cuDevicePrimaryCtxRetain;
+    cuDevicePrimaryCtxRelease_v2 => h::cuDevicePrimaryCtxRelease_v2;
+    cuDevicePrimaryCtxRelease => h::cuDevicePrimaryCtxRelease;
+    cuDevicePrimaryCtxReset_v2 => h::cuDevicePrimaryCtxReset_v2;
+    cuDevicePrimaryCtxReset => h::cuDevicePrimaryCtxReset;
+    cuCtxCreate => h::cuCtxCreate;
+    cuCtxCreate_v2 => h::cuCtxCreate_v2;
+    cuCtxCreate_v3 => h::cuCtxCreate_v3;
+    cuCtxCreate_v4 => h::cuCtxCreate_v4;
+    cuGraphInstantiateWithFlags => h::cuGraphInstantiateWithFlags;
+    cuGraphInstantiateWithParams => h::cuGraphInstantiateWithParams;
+    cuGraphInstantiateWithParams_ptsz => h::cuGraphInstantiateWithParams_ptsz;
+    cuGraphInstantiate_v2 => h::cuGraphInstantiate_v2;
+    cuGraphLaunch => h::cuGraphLaunch;
+    cuGraphLaunch_ptsz => h::cuGraphLaunch_ptsz;
+    cuGraphUpload => h::cuGraphUpload;
+    cuGraphUpload_ptsz => h::cuGraphUpload_ptsz;
+    cuGraphExecDestroy => h::cuGraphExecDestroy;
+    cuDeviceGraphMemTrim => h::cuDeviceGraphMemTrim;
+    cuStreamSynchronize => c::cuStreamSynchronize;
+    cuStreamSynchronize_ptsz => c::cuStreamSynchronize_ptsz;
+    cuCtxSynchronize => c::cuCtxSynchronize;
+    cuLaunchKernel => c::cuLaunchKernel;
+    cuLaunchKernel_ptsz => c::cuLaunchKernel_ptsz;
+    cuLaunchKernelEx => c::cuLaunchKernelEx;
+    cuLaunchKernelEx_ptsz => c::cuLaunchKernelEx_ptsz;
+    cuLaunchCooperativeKernel => c::cuLaunchCooperativeKernel;
+    cuLaunchCooperativeKernel_ptsz => c::cuLaunchCooperativeKernel_ptsz;
+    cuEventSynchronize => c::cuEventSynchronize;
+    cuStreamDestroy => c::cuStreamDestroy;
+    cuStreamDestroy_v2 => c::cuStreamDestroy_v2;
+    cuCtxDestroy_v2 => c::cuCtxDestroy_v2;
+    cuCtxDestroy => c::cuCtxDestroy;
+    nvmlView_GetMemoryInfo => v::nvmlDeviceGetMemoryInfo;
+    nvmlView_GetMemoryInfo_v2 => v::nvmlDeviceGetMemoryInfo_v2;
+    nvmlView_GetUtilizationRates => v::nvmlDeviceGetUtilizationRates;
+    nvmlView_ComputeRunningProcesses => v::nvmlDeviceGetComputeRunningProcesses;
+    nvmlView_ComputeRunningProcesses_v2 => v::nvmlDeviceGetComputeRunningProcesses_v2;
+    nvmlView_ComputeRunningProcesses_v3 => v::nvmlDeviceGetComputeRunningProcesses_v3;
+    nvmlView_GraphicsRunningProcesses => v::nvmlDeviceGetGraphicsRunningProcesses;
+    nvmlView_GraphicsRunningProcesses_v2 => v::nvmlDeviceGetGraphicsRunningProcesses_v2;
+    nvmlView_GraphicsRunningProcesses_v3 => v::nvmlDeviceGetGraphicsRunningProcesses_v3;
+    nvmlView_MPSComputeRunningProcesses => v::nvmlDeviceGetMPSComputeRunningProcesses;
+    nvmlView_MPSComputeRunningProcesses_v2 => v::nvmlDeviceGetMPSComputeRunningProcesses_v2;
+    nvmlView_MPSComputeRunningProcesses_v3 => v::nvmlDeviceGetMPSComputeRunningProcesses_v3;
+    nvmlView_GetRunningProcessDetailList => v::nvmlDeviceGetRunningProcessDetailList;
+    nvmlView_GetProcessUtilization => v::nvmlDeviceGetProcessUtilization;
+    nvmlView_GetProcessesUtilizationInfo => v::nvmlDeviceGetProcessesUtilizationInfo;
+    nvmlView_GetAccountingPids => v::nvmlDeviceGetAccountingPids;
+    nvmlView_GetAccountingStats => v::nvmlDeviceGetAccountingStats;
+    nvmlView_GetEncoderSessions => v::nvmlDeviceGetEncoderSessions;
+    nvmlView_GetFBCSessions => v::nvmlDeviceGetFBCSessions;
+}
+
+/// The hook for entry `id`, or null when the function is only called, not hooked.
+pub fn hook_address(id: usize) -> *mut c_void {
+    HOOKS.get(id).map(|h| h.0).unwrap_or(null_mut())
+}
+
+/// The hooked entry whose symbol is `name`, if any.
+fn hooked_id_by_name(name: &CStr) -> Option<usize> {
+    ids_by_name(name).find(|&id| !hook_address(id).is_null())
+}
+
+/// Which hooked CUDA function has the real address `p`, if any. Only hooked CUDA
+/// entries are compared, so this never loads NVML.
+fn hook_id_of_real(p: *mut c_void) -> Option<usize> {
+    if p.is_null() {
+        return None;
+    }
+    (0..COUNT)
+        .find(|&id| library_of(id) == Library::Cuda && !hook_address(id).is_null() && real(id) == p)
+}
 
 /// Our `dlsym`. For the special handles `RTLD_DEFAULT` and `RTLD_NEXT`, whose meaning
 /// depends on the caller's position in the search order, it tail-jumps into the real
@@ -84,7 +208,7 @@ fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int,
     // SAFETY: the driver just wrote a function pointer there.
     let found = unsafe { *pfn };
     let mut hooked = false;
-    if let Some(hook) = crate::real::hook_id_of_real(found)
+    if let Some(hook) = hook_id_of_real(found)
         && (!crate::compute::is_launch_hook(hook) || crate::state::launch_hooks_wanted())
     {
         let addr = hook_address(hook);
@@ -122,14 +246,14 @@ pub unsafe extern "C" fn cuGetProcAddress(
     cuda_version: c_int,
     flags: u64,
 ) -> CUresult {
-    let p = real(id::cuGetProcAddress);
-    if p.is_null() {
-        return crate::ffi::CUDA_ERROR_NOT_FOUND;
-    }
-    // SAFETY: the real function of this signature.
-    let f: GetProcV1 = unsafe { std::mem::transmute::<*mut c_void, GetProcV1>(p) };
-    // SAFETY: forwarding the caller's arguments.
-    let r = unsafe { f(symbol, pfn, cuda_version, flags) };
+    let r = call_driver!(
+        id::cuGetProcAddress,
+        GetProcV1,
+        symbol,
+        pfn,
+        cuda_version,
+        flags
+    );
     if r == CUDA_SUCCESS {
         substitute(symbol, pfn, cuda_version, flags);
     }
@@ -148,14 +272,15 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     flags: u64,
     symbol_status: *mut c_int,
 ) -> CUresult {
-    let p = real(id::cuGetProcAddress_v2);
-    if p.is_null() {
-        return crate::ffi::CUDA_ERROR_NOT_FOUND;
-    }
-    // SAFETY: the real function of this signature.
-    let f: GetProcV2 = unsafe { std::mem::transmute::<*mut c_void, GetProcV2>(p) };
-    // SAFETY: forwarding the caller's arguments.
-    let r = unsafe { f(symbol, pfn, cuda_version, flags, symbol_status) };
+    let r = call_driver!(
+        id::cuGetProcAddress_v2,
+        GetProcV2,
+        symbol,
+        pfn,
+        cuda_version,
+        flags,
+        symbol_status
+    );
     if r == CUDA_SUCCESS {
         substitute(symbol, pfn, cuda_version, flags);
     }

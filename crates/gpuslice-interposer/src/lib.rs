@@ -11,6 +11,7 @@ mod compute;
 mod entry;
 mod ffi;
 mod hooks;
+mod lock;
 mod log;
 mod nvml;
 mod nvml_view;

@@ -20,7 +20,7 @@
 
 #![allow(non_snake_case)]
 
-use std::ffi::{c_char, c_uint, c_void};
+use std::ffi::{c_char, c_uint};
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
@@ -30,26 +30,9 @@ use gpuslice_ledger::Liveness;
 use crate::agent_client;
 use crate::ffi::*;
 use crate::log::log_at;
-use crate::real::real;
+use crate::real::call_nvml;
 use crate::state::{Access, Slice};
 use crate::table::id;
-
-/// Calls the real NVML function with table id `$id` and C signature `$ty`.
-macro_rules! real_nvml {
-    ($id:expr, $ty:ty, $($arg:expr),*) => {{
-        let p = real($id);
-        if p.is_null() {
-            NVML_ERROR_FUNCTION_NOT_FOUND
-        } else {
-            // SAFETY: `p` is NVML's own function with table id `$id`, and `$ty` is its C
-            // signature.
-            let f = unsafe { std::mem::transmute::<*mut c_void, $ty>(p) };
-            // SAFETY: the arguments follow NVML's contract for this function (they are
-            // the caller's own, or buffers of the documented size).
-            unsafe { f($($arg),*) }
-        }
-    }};
-}
 
 type UuidFn = unsafe extern "C" fn(NvmlDevice, *mut c_char, c_uint) -> NvmlReturn;
 type IndexFn = unsafe extern "C" fn(NvmlDevice, *mut c_uint) -> NvmlReturn;
@@ -96,7 +79,7 @@ fn who() -> Who {
 /// The UUID of an NVML device handle (validates the handle).
 fn handle_uuid(device: NvmlDevice) -> Result<String, NvmlReturn> {
     let mut buf = [0 as c_char; 96];
-    let r = real_nvml!(
+    let r = call_nvml!(
         id::nvmlView_GetUUID,
         UuidFn,
         device,
@@ -116,7 +99,7 @@ fn handle_uuid(device: NvmlDevice) -> Result<String, NvmlReturn> {
 
 fn handle_index(device: NvmlDevice) -> Option<u32> {
     let mut index: c_uint = 0;
-    let r = real_nvml!(id::nvmlDeviceGetIndex, IndexFn, device, &mut index);
+    let r = call_nvml!(id::nvmlDeviceGetIndex, IndexFn, device, &mut index);
     (r == NVML_SUCCESS).then_some(index)
 }
 
@@ -315,7 +298,7 @@ fn read_list<T: Default + Clone>(
 
 /// The real process list of table entry `id` as (pid, memory).
 fn real_list<T: Record>(real_id: usize, device: NvmlDevice) -> Result<Vec<(u32, u64)>, NvmlReturn> {
-    let list = read_list::<T>(|count, out| real_nvml!(real_id, ListFn<T>, device, count, out))?;
+    let list = read_list::<T>(|count, out| call_nvml!(real_id, ListFn<T>, device, count, out))?;
     Ok(list.iter().map(|r| (r.pid(), r.mem())).collect())
 }
 
@@ -400,7 +383,7 @@ unsafe fn list_hook<T: Record>(
     infos: *mut T,
 ) -> NvmlReturn {
     match who() {
-        Who::Real => real_nvml!(real_id, ListFn<T>, device, count, infos),
+        Who::Real => call_nvml!(real_id, ListFn<T>, device, count, infos),
         Who::Refuse => NVML_ERROR_NO_PERMISSION,
         Who::Slice(slice) => match own_processes::<T>(slice, device, real_id, kind) {
             // SAFETY: the caller's arguments, by NVML's contract.
@@ -425,7 +408,7 @@ fn own_samples(
             .collect());
     }
     let raw = read_list::<NvmlProcessUtilizationSample>(|count, out| {
-        real_nvml!(
+        call_nvml!(
             id::nvmlView_GetProcessUtilization,
             SamplesFn,
             device,
@@ -483,7 +466,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo(
     device: NvmlDevice,
     memory: *mut NvmlMemory,
 ) -> NvmlReturn {
-    let r = real_nvml!(id::nvmlView_GetMemoryInfo, MemFn, device, memory);
+    let r = call_nvml!(id::nvmlView_GetMemoryInfo, MemFn, device, memory);
     let slice = match who() {
         Who::Real => return r,
         Who::Refuse => return NVML_ERROR_NO_PERMISSION,
@@ -514,7 +497,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
     device: NvmlDevice,
     memory: *mut NvmlMemoryV2,
 ) -> NvmlReturn {
-    let r = real_nvml!(id::nvmlView_GetMemoryInfo_v2, MemV2Fn, device, memory);
+    let r = call_nvml!(id::nvmlView_GetMemoryInfo_v2, MemV2Fn, device, memory);
     let slice = match who() {
         Who::Real => return r,
         Who::Refuse => return NVML_ERROR_NO_PERMISSION,
@@ -548,7 +531,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     device: NvmlDevice,
     utilization: *mut NvmlUtilization,
 ) -> NvmlReturn {
-    let r = real_nvml!(
+    let r = call_nvml!(
         id::nvmlView_GetUtilizationRates,
         UtilFn,
         device,
@@ -611,7 +594,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
 ) -> NvmlReturn {
     let slice = match who() {
         Who::Real => {
-            return real_nvml!(
+            return call_nvml!(
                 id::nvmlView_GetRunningProcessDetailList,
                 DetailFn,
                 device,
@@ -655,7 +638,7 @@ pub unsafe extern "C" fn nvmlDeviceGetRunningProcessDetailList(
                 num_proc_array_entries: unsafe { *count },
                 proc_array: out,
             };
-            let r = real_nvml!(
+            let r = call_nvml!(
                 id::nvmlView_GetRunningProcessDetailList,
                 DetailFn,
                 device,
@@ -695,7 +678,7 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
 ) -> NvmlReturn {
     let slice = match who() {
         Who::Real => {
-            return real_nvml!(
+            return call_nvml!(
                 id::nvmlView_GetProcessUtilization,
                 SamplesFn,
                 device,
@@ -745,7 +728,7 @@ pub unsafe extern "C" fn nvmlDeviceGetProcessesUtilizationInfo(
 ) -> NvmlReturn {
     let slice = match who() {
         Who::Real => {
-            return real_nvml!(
+            return call_nvml!(
                 id::nvmlView_GetProcessesUtilizationInfo,
                 InfoFn,
                 device,
@@ -807,7 +790,7 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingPids(
 ) -> NvmlReturn {
     let slice = match who() {
         Who::Real => {
-            return real_nvml!(id::nvmlView_GetAccountingPids, PidsFn, device, count, pids);
+            return call_nvml!(id::nvmlView_GetAccountingPids, PidsFn, device, count, pids);
         }
         Who::Refuse => return NVML_ERROR_NO_PERMISSION,
         Who::Slice(s) => s,
@@ -821,7 +804,7 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingPids(
         gpu.accounting.iter().map(|a| a.pid).collect()
     } else if driver_host_data_usable() {
         let raw = match read_list::<c_uint>(|c, out| {
-            real_nvml!(id::nvmlView_GetAccountingPids, PidsFn, device, c, out)
+            call_nvml!(id::nvmlView_GetAccountingPids, PidsFn, device, c, out)
         }) {
             Ok(r) => r,
             Err(e) => return e,
@@ -849,7 +832,7 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
 ) -> NvmlReturn {
     let slice = match who() {
         Who::Real => {
-            return real_nvml!(id::nvmlView_GetAccountingStats, StatsFn, device, pid, stats);
+            return call_nvml!(id::nvmlView_GetAccountingStats, StatsFn, device, pid, stats);
         }
         Who::Refuse => return NVML_ERROR_NO_PERMISSION,
         Who::Slice(s) => s,
@@ -881,7 +864,7 @@ pub unsafe extern "C" fn nvmlDeviceGetAccountingStats(
         };
     }
     if driver_host_data_usable() && members(slice, &uuid).iter().any(|&(m, _)| m == pid) {
-        return real_nvml!(id::nvmlView_GetAccountingStats, StatsFn, device, pid, stats);
+        return call_nvml!(id::nvmlView_GetAccountingStats, StatsFn, device, pid, stats);
     }
     NVML_ERROR_NOT_FOUND
 }
@@ -892,14 +875,14 @@ fn real_sessions<T: Default + Clone>(
     device: NvmlDevice,
 ) -> Result<Vec<T>, NvmlReturn> {
     let mut n: c_uint = 0;
-    let r = real_nvml!(real_id, ListFn<T>, device, &mut n, std::ptr::null_mut());
+    let r = call_nvml!(real_id, ListFn<T>, device, &mut n, std::ptr::null_mut());
     if r != NVML_SUCCESS {
         return Err(r);
     }
     if n == 0 {
         return Ok(Vec::new());
     }
-    read_list::<T>(|count, out| real_nvml!(real_id, ListFn<T>, device, count, out))
+    read_list::<T>(|count, out| call_nvml!(real_id, ListFn<T>, device, count, out))
 }
 
 /// Writes a session list: a count of 0 on input asks for the count.
@@ -941,7 +924,7 @@ unsafe fn session_hook<T: Default + Clone + Copy>(
     pid_of: impl Fn(&T) -> u32,
 ) -> NvmlReturn {
     let slice = match who() {
-        Who::Real => return real_nvml!(real_id, ListFn<T>, device, count, infos),
+        Who::Real => return call_nvml!(real_id, ListFn<T>, device, count, infos),
         Who::Refuse => return NVML_ERROR_NO_PERMISSION,
         Who::Slice(s) => s,
     };

@@ -7,7 +7,6 @@
 //! builds its own on first use, under its own PID.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
 use std::time::Instant;
@@ -17,8 +16,6 @@ use gpuslice_ledger::{DeviceSlot, Ledger, LedgerSpec, Owners, ProcessSlot};
 
 use crate::ffi::*;
 use crate::log::log_at;
-use crate::real::real;
-use crate::table::id;
 
 const MODE_UNKNOWN: u8 = 0;
 const MODE_INERT: u8 = 1;
@@ -904,90 +901,6 @@ pub fn set_tracked(
     true
 }
 
-/// Locks a mutex, recovering it if a panicking thread poisoned it (panics abort here,
-/// so this only matters in theory).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
-type UuidFn = unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult;
-type PoolAttrFn = unsafe extern "C" fn(CUmemoryPool, std::ffi::c_int, *mut c_void) -> CUresult;
-type GraphAttrFn = unsafe extern "C" fn(CUdevice, std::ffi::c_int, *mut c_void) -> CUresult;
-
-/// Calls a function from the table by id with a given signature.
-macro_rules! call_driver {
-    ($id:expr, $ty:ty, $($arg:expr),*) => {{
-        let p = crate::real::real($id);
-        if p.is_null() {
-            crate::ffi::CUDA_ERROR_NOT_FOUND
-        } else {
-            // SAFETY: `p` is the driver's own implementation of the function with id
-            // `$id`, and `$ty` is that function's C signature.
-            let f = unsafe { std::mem::transmute::<*mut std::ffi::c_void, $ty>(p) };
-            // SAFETY: the arguments follow the driver's contract for this function.
-            unsafe { f($($arg),*) }
-        }
-    }};
-}
-pub(crate) use call_driver;
-
-/// The device of the current context.
-pub fn current_cuda_device() -> Result<CUdevice, CUresult> {
-    let mut dev: CUdevice = 0;
-    let r = call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev);
-    if r == CUDA_SUCCESS { Ok(dev) } else { Err(r) }
-}
-
-/// The UUID of a CUDA device as `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-pub fn device_uuid(dev: CUdevice) -> Result<String, CUresult> {
-    let mut raw = [0u8; 16];
-    let mut r = call_driver!(id::cuDeviceGetUuid_v2, UuidFn, &mut raw, dev);
-    if r == CUDA_ERROR_NOT_FOUND {
-        r = call_driver!(id::cuDeviceGetUuid, UuidFn, &mut raw, dev);
-    }
-    if r != CUDA_SUCCESS {
-        return Err(r);
-    }
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
-}
-
-/// A u64 attribute of a memory pool.
-pub fn pool_attribute(pool: CUmemoryPool, attr: std::ffi::c_int) -> Option<u64> {
-    let mut v: u64 = 0;
-    let r = call_driver!(
-        id::cuMemPoolGetAttribute,
-        PoolAttrFn,
-        pool,
-        attr,
-        (&mut v as *mut u64).cast()
-    );
-    (r == CUDA_SUCCESS).then_some(v)
-}
-
-/// A u64 graph-memory attribute of a device.
-pub fn graph_mem_attribute(dev: CUdevice, attr: std::ffi::c_int) -> Option<u64> {
-    let mut v: u64 = 0;
-    let r = call_driver!(
-        id::cuDeviceGetGraphMemAttribute,
-        GraphAttrFn,
-        dev,
-        attr,
-        (&mut v as *mut u64).cast()
-    );
-    (r == CUDA_SUCCESS).then_some(v)
-}
-
-/// Whether the real function behind id exists (for tests of the table).
-#[allow(dead_code)]
-pub fn has_real(id: usize) -> bool {
-    !real(id).is_null()
-}
+pub use crate::lock::lock;
+pub(crate) use crate::real::call_driver;
+pub use crate::real::{current_cuda_device, device_uuid, graph_mem_attribute, pool_attribute};
