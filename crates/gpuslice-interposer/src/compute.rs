@@ -1,12 +1,11 @@
-//! Compute slices inside the process: the gate in front of every kernel and graph
-//! launch, and the CUDA events that measure this process's GPU busy time (the
-//! controller itself lives in the `gpuslice-compute` crate).
+//! Compute slices inside the process: the per-context gate in front of every kernel and
+//! graph launch, and the CUDA events that measure this process's GPU busy time (the
+//! controller itself lives in the `gpuslice-compute` crate). Built from plain values
+//! ([`ComputeSettings`], the ledger's cells); the launch hooks that use it are in
+//! `launch.rs`.
 //!
-//! Launch hooks are handed out only to processes whose slice has a compute limit, so
-//! every other process launches straight into the driver. Launches into a stream that
-//! is being captured are not gated (they run later, as a graph, whose launch is).
-
-#![allow(non_snake_case)]
+//! Launches into a stream that is being captured are not gated (they run later, as a
+//! graph, whose launch is).
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
@@ -19,10 +18,12 @@ use gpuslice_compute::{
     Step, Timeline,
 };
 use gpuslice_config::{ComputeMethod, SliceConfig};
+use gpuslice_ledger::{DeviceSlot, Ledger};
 
 use crate::ffi::*;
+use crate::lock::lock;
 use crate::log::log_at;
-use crate::state::{Access, Slice, access, call_driver, lock};
+use crate::real::call_driver;
 use crate::table::id;
 
 type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
@@ -32,7 +33,6 @@ type StreamFn = unsafe extern "C" fn(CUstream) -> CUresult;
 type ElapsedFn = unsafe extern "C" fn(*mut f32, CUevent, CUevent) -> CUresult;
 type StreamCreateFn = unsafe extern "C" fn(*mut CUstream, c_uint) -> CUresult;
 type CtxGetCurrentFn = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
-type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
 type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CUresult;
 type IsCapturingFn = unsafe extern "C" fn(CUstream, *mut c_int) -> CUresult;
 
@@ -293,7 +293,7 @@ impl Meter {
 
 /// One CUDA context's gate and meter. The meter's events and private stream belong to
 /// the context: they must not be used once the driver has destroyed it.
-struct ContextCompute {
+pub struct ContextCompute {
     gate: Gate<'static>,
     meter: Meter,
     /// The slice's ledger word counting time held back by the gate on this device.
@@ -356,25 +356,56 @@ unsafe impl Send for ContextCompute {}
 
 /// The compute side of a process's slice.
 pub struct Compute {
-    limits: Option<(u32, Option<u32>)>,
-    method: ComputeMethod,
-    gpu_dir: std::path::PathBuf,
-    slice_tag: u64,
+    settings: ComputeSettings,
     /// Context -> its gate, or `None` when its device is not limited.
     contexts: Mutex<HashMap<usize, Option<ContextCompute>>>,
     /// Device -> its primary context, as `cuDevicePrimaryCtxRetain` handed it out.
     primaries: Mutex<HashMap<CUdevice, usize>>,
 }
 
-impl Compute {
-    /// The compute state for a slice configured by `config`, whose ledger is `ledger`.
-    pub fn new(config: &SliceConfig, ledger: &std::path::Path) -> Self {
-        let limits = config.compute.shares.map(|s| s.to_pair());
-        Compute {
-            limits,
+/// What a process's compute side is made of: plain values from the slice's
+/// configuration and ledger.
+pub struct ComputeSettings {
+    /// The hard limit and burst, in percent; `None`: launches are not gated.
+    pub limits: Option<(u32, Option<u32>)>,
+    /// How busy time is measured.
+    pub method: ComputeMethod,
+    /// The folder of the GPUs' turn files.
+    pub gpu_dir: std::path::PathBuf,
+    /// A tag equal for all processes of the slice on this host.
+    pub slice_tag: u64,
+    /// `GPUSLICE_COMPUTE_BAND_MS`, `_QUEUE_MS`, `_ALONE_RESUME_MS`.
+    pub band_ms: Option<u32>,
+    /// See `band_ms`.
+    pub queue_ms: Option<u32>,
+    /// See `band_ms`.
+    pub alone_resume_ms: Option<u32>,
+    /// The slice's name, for messages.
+    pub slice_name: String,
+}
+
+impl ComputeSettings {
+    /// The settings of the slice configured by `config`, whose ledger file is `ledger`
+    /// and whose name is `slice_name`.
+    pub fn of(config: &SliceConfig, ledger: &std::path::Path, slice_name: &str) -> Self {
+        ComputeSettings {
+            limits: config.compute.shares.map(|s| s.to_pair()),
             method: config.compute.method,
             gpu_dir: config.gpu_dir.clone().into(),
             slice_tag: slice_tag(ledger),
+            band_ms: config.compute.band_ms,
+            queue_ms: config.compute.queue_ms,
+            alone_resume_ms: config.compute.alone_resume_ms,
+            slice_name: slice_name.to_string(),
+        }
+    }
+}
+
+impl Compute {
+    /// The compute side of a process's slice.
+    pub fn new(settings: ComputeSettings) -> Self {
+        Compute {
+            settings,
             contexts: Mutex::new(HashMap::new()),
             primaries: Mutex::new(HashMap::new()),
         }
@@ -382,17 +413,20 @@ impl Compute {
 
     /// Whether launches are gated at all.
     pub fn enabled(&self) -> bool {
-        self.limits.is_some()
+        self.settings.limits.is_some()
     }
 
-    fn build(&self, s: &'static Slice, ctx: usize) -> Option<ContextCompute> {
-        let (hard, burst) = self.limits?;
-        let mut dev: CUdevice = 0;
-        if call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev) != CUDA_SUCCESS {
-            return None;
-        }
-        let slot = s.device_entry(dev).ok().flatten()?;
-        let uuid = s.ledger.uuid(slot);
+    /// The gate and meter of context `ctx`, on CUDA device `dev` whose entry in the
+    /// slice's `ledger` is `slot`; `None` when launches are not gated.
+    pub fn context_gate(
+        &self,
+        ledger: &'static Ledger,
+        dev: CUdevice,
+        slot: DeviceSlot,
+        ctx: usize,
+    ) -> Option<ContextCompute> {
+        let (hard, burst) = self.settings.limits?;
+        let uuid = ledger.uuid(slot);
         let now = clock().now_ns();
         // The turn file is shared with every compute slice of the host, any of which can
         // cut it short: guard the mapping, so that this process survives that (and takes
@@ -403,29 +437,35 @@ impl Compute {
                 "{e}; a process that cuts the GPU's turn file short could end this one"
             ));
         }
-        let turns = match GpuTurns::open(&self.gpu_dir, &uuid, self.slice_tag, process_key(), now) {
+        let turns = match GpuTurns::open(
+            &self.settings.gpu_dir,
+            &uuid,
+            self.settings.slice_tag,
+            process_key(),
+            now,
+        ) {
             Ok(t) => Some(t),
             Err(e) => {
                 warn_once(format_args!(
                     "{e}; slice '{}' is held to its compute limit but cannot take turns with other slices on {uuid}",
-                    s.name
+                    self.settings.slice_name
                 ));
                 None
             }
         };
-        let (tat, busy) = s.ledger.compute_cells(slot);
+        let (tat, busy) = ledger.compute_cells(slot);
         let mut gate_config = GateConfig::new(hard, burst);
-        if let Some(ms) = s.config.compute.band_ms {
+        if let Some(ms) = self.settings.band_ms {
             gate_config.band_ns = u64::from(ms) * 1_000_000;
         }
-        if let Some(ms) = s.config.compute.queue_ms {
+        if let Some(ms) = self.settings.queue_ms {
             gate_config.max_inflight_ns = u64::from(ms) * 1_000_000;
         }
-        if let Some(ms) = s.config.compute.alone_resume_ms {
+        if let Some(ms) = self.settings.alone_resume_ms {
             gate_config.alone_resume_ns = Some(u64::from(ms) * 1_000_000);
         }
         let gate = Gate::new(gate_config, Budget::new(tat, busy), turns);
-        let meter = match self.method {
+        let meter = match self.settings.method {
             ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(
                 CudaTimeline {
                     private: std::ptr::null_mut(),
@@ -442,15 +482,14 @@ impl Compute {
         log_at!(
             Info,
             "slice '{}': context {ctx:#x} on {uuid} limited to {hard}% of the GPU{}",
-            s.name,
+            self.settings.slice_name,
             burst.map(|b| format!(" (burst {b}%)")).unwrap_or_default()
         );
         let report_busy_ns = gate.budget().busy_total_ns();
-        register_exit_handler();
         Some(ContextCompute {
             gate,
             meter,
-            throttled: s.ledger.throttled_cell(slot),
+            throttled: ledger.throttled_cell(slot),
             device: dev,
             report_since_ns: now,
             report_busy_ns,
@@ -458,7 +497,7 @@ impl Compute {
             report_rests: 0,
             report_events: 0,
             launches: 0,
-            name: format!("slice '{}' on {uuid}", s.name),
+            name: format!("slice '{}' on {uuid}", self.settings.slice_name),
         })
     }
 
@@ -483,7 +522,7 @@ impl Compute {
 
     /// After `cuDevicePrimaryCtxRetain` handed out `ctx` as `dev`'s primary context.
     pub fn note_primary(&self, dev: CUdevice, ctx: CUcontext) {
-        if self.limits.is_some() && !ctx.is_null() {
+        if self.settings.limits.is_some() && !ctx.is_null() {
             lock(&self.primaries).insert(dev, ctx as usize);
         }
     }
@@ -494,7 +533,7 @@ impl Compute {
     /// usual time. Called from the CUDA runtime's own teardown at exit too: the exit
     /// handler must then find nothing of that context left to touch.
     pub fn primary_gone(&self, dev: CUdevice) {
-        if self.limits.is_none() {
+        if self.settings.limits.is_none() {
             return;
         }
         let Some(ctx) = lock(&self.primaries).remove(&dev) else {
@@ -512,7 +551,7 @@ impl Compute {
     /// so that no later call reaches its events, and a new context given the same
     /// address starts afresh.
     pub fn before_context_destroy(&self, ctx: CUcontext) {
-        if self.limits.is_none() || ctx.is_null() {
+        if self.settings.limits.is_none() || ctx.is_null() {
             return;
         }
         lock(&self.primaries).retain(|_, c| *c != ctx as usize);
@@ -542,7 +581,7 @@ impl Compute {
     /// Runs `f` on the event meter of the current context, if it is compute-limited and
     /// has one, in relaxed capture mode.
     fn with_current_meter(&self, f: impl FnOnce(&mut EventMeter<CudaTimeline>)) {
-        if self.limits.is_none() {
+        if self.settings.limits.is_none() {
             return;
         }
         let mut ctx: CUcontext = std::ptr::null_mut();
@@ -621,142 +660,144 @@ pub fn graph_kind(exec: *mut c_void) -> u64 {
     (exec as u64).rotate_left(32) ^ 0x6772_6170_6800_0000
 }
 
-/// Runs a launch of `kind` on `stream` through the slice's gate: waits while the slice
-/// is over its share, launches, and measures the launch.
-///
-/// The common case costs no driver call besides `cuCtxGetCurrent`: while the gate's
-/// allowance lasts ([`Gate::fast_go`]) and the stream has an open group to join
-/// ([`EventMeter::try_join`]), the launch only counts. Everything that calls the driver
-/// (whether the stream is being captured, the timing events, the relaxed capture mode
-/// they need) happens once per group or per full check.
-pub fn gated(
-    stream: CUstream,
-    per_thread: bool,
-    kind: u64,
-    call: impl FnOnce() -> CUresult,
-) -> CUresult {
-    let s = match access() {
-        Access::PassThrough => return call(),
-        Access::Refuse(code) => return code,
-        Access::Slice(s) => s,
-    };
-    if !s.compute.enabled() {
-        return call();
-    }
-    let handle = if stream.is_null() && per_thread {
-        PER_THREAD_STREAM as CUstream
-    } else {
-        stream
-    };
-    let mut ctx: CUcontext = std::ptr::null_mut();
-    if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS || ctx.is_null()
-    {
-        return call();
-    }
-    let key = stream_key(handle);
-    let mut call = Some(call);
-    let mut checked_capture = false;
-    loop {
-        let mut map = lock(&s.compute.contexts);
-        let entry = map
-            .entry(ctx as usize)
-            .or_insert_with(|| s.compute.build(s, ctx as usize));
-        let Some(cc) = entry.as_mut() else {
-            drop(map);
-            return call.take().map_or(CUDA_SUCCESS, |c| c());
-        };
-        let now = clock().now_ns();
-        let fast = cc.gate.fast_go(now);
-        if fast {
-            let joined = match &mut cc.meter {
-                Meter::Events(meter) => meter.try_join(key, kind, now),
-                Meter::Nvml(_) => true,
-            };
-            if joined {
-                // A launch into a stream that began a capture after its group opened
-                // joins the group too: the group's end is then timed once the capture
-                // is over (`CudaTimeline::record` refuses a capturing stream).
-                cc.launches += 1;
-                return call.take().map_or(CUDA_SUCCESS, |c| c());
-            }
+impl Compute {
+    /// Runs a launch of `kind` on `stream` through the gate of the current context (made
+    /// by `context_gate` the first time the context launches): waits while the slice is
+    /// over its share, launches, and measures the launch.
+    ///
+    /// The common case costs no driver call besides `cuCtxGetCurrent`: while the gate's
+    /// allowance lasts ([`Gate::fast_go`]) and the stream has an open group to join
+    /// ([`EventMeter::try_join`]), the launch only counts. Everything that calls the driver
+    /// (whether the stream is being captured, the timing events, the relaxed capture mode
+    /// they need) happens once per group or per full check.
+    #[inline]
+    pub fn gated(
+        &self,
+        stream: CUstream,
+        per_thread: bool,
+        kind: u64,
+        context_gate: impl Fn(usize) -> Option<ContextCompute>,
+        call: impl FnOnce() -> CUresult,
+    ) -> CUresult {
+        if !self.enabled() {
+            return call();
         }
-        // The full path: launches into a stream being captured are not gated (they run
-        // later, as a graph, whose launch is).
-        if !checked_capture {
-            checked_capture = true;
-            if capturing(handle) != Some(false) {
+        let handle = if stream.is_null() && per_thread {
+            PER_THREAD_STREAM as CUstream
+        } else {
+            stream
+        };
+        let mut ctx: CUcontext = std::ptr::null_mut();
+        if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS
+            || ctx.is_null()
+        {
+            return call();
+        }
+        let key = stream_key(handle);
+        let mut call = Some(call);
+        let mut checked_capture = false;
+        loop {
+            let mut map = lock(&self.contexts);
+            let entry = map
+                .entry(ctx as usize)
+                .or_insert_with(|| context_gate(ctx as usize));
+            let Some(cc) = entry.as_mut() else {
                 drop(map);
                 return call.take().map_or(CUDA_SUCCESS, |c| c());
-            }
-        }
-        let step = if fast {
-            Step::Go
-        } else {
-            relaxed(|| {
-                let unblocked = cc.gate.unblocked();
-                let step = cc.gate.step(now, cc.meter.as_dyn());
-                if cc.gate.turns_truncated() {
-                    warn_once(format_args!(
-                        "{}: the GPU's turn file was cut short by another process; this slice stays within its share but no longer takes turns with the others",
-                        cc.name
-                    ));
-                }
-                if cc.gate.unblocked() > unblocked {
-                    warn_once(format_args!(
-                        "{}: this process's queued GPU work stopped completing while a launch waited for it; the launch goes, in case that work waits for it",
-                        cc.name
-                    ));
-                }
-                cc.report(now);
-                step
-            })
-        };
-        // Waits happen without the lock, so that another thread of this process can
-        // submit the work this one's queue may depend on. The time spent resting over
-        // the share or waiting for another slice's turn is the slice's throttled time
-        // (its ledger counts it for /metrics and `top`); waiting for a full queue to
-        // drain is not.
-        let waited_from = clock().now_ns();
-        let throttled = cc.gate.resting().then_some(cc.throttled);
-        match step {
-            Step::Go => {
+            };
+            let now = clock().now_ns();
+            let fast = cc.gate.fast_go(now);
+            if fast {
                 let joined = match &mut cc.meter {
                     Meter::Events(meter) => meter.try_join(key, kind, now),
                     Meter::Nvml(_) => true,
                 };
                 if joined {
+                    // A launch into a stream that began a capture after its group opened
+                    // joins the group too: the group's end is then timed once the capture
+                    // is over (`CudaTimeline::record` refuses a capturing stream).
                     cc.launches += 1;
                     return call.take().map_or(CUDA_SUCCESS, |c| c());
                 }
-                if let Meter::Events(meter) = &mut cc.meter {
-                    relaxed(|| meter.before_launch(key));
+            }
+            // The full path: launches into a stream being captured are not gated (they run
+            // later, as a graph, whose launch is).
+            if !checked_capture {
+                checked_capture = true;
+                if capturing(handle) != Some(false) {
+                    drop(map);
+                    return call.take().map_or(CUDA_SUCCESS, |c| c());
                 }
-                let submitted = clock().now_ns();
-                let r = call.take().map_or(CUDA_SUCCESS, |c| c());
-                let call_ns = clock().now_ns().saturating_sub(submitted);
-                cc.launches += 1;
-                if r == CUDA_SUCCESS
-                    && let Meter::Events(meter) = &mut cc.meter
-                {
-                    relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
+            }
+            let step = if fast {
+                Step::Go
+            } else {
+                relaxed(|| {
+                    let unblocked = cc.gate.unblocked();
+                    let step = cc.gate.step(now, cc.meter.as_dyn());
+                    if cc.gate.turns_truncated() {
+                        warn_once(format_args!(
+                            "{}: the GPU's turn file was cut short by another process; this slice stays within its share but no longer takes turns with the others",
+                            cc.name
+                        ));
+                    }
+                    if cc.gate.unblocked() > unblocked {
+                        warn_once(format_args!(
+                            "{}: this process's queued GPU work stopped completing while a launch waited for it; the launch goes, in case that work waits for it",
+                            cc.name
+                        ));
+                    }
+                    cc.report(now);
+                    step
+                })
+            };
+            // Waits happen without the lock, so that another thread of this process can
+            // submit the work this one's queue may depend on. The time spent resting over
+            // the share or waiting for another slice's turn is the slice's throttled time
+            // (its ledger counts it for /metrics and `top`); waiting for a full queue to
+            // drain is not.
+            let waited_from = clock().now_ns();
+            let throttled = cc.gate.resting().then_some(cc.throttled);
+            match step {
+                Step::Go => {
+                    let joined = match &mut cc.meter {
+                        Meter::Events(meter) => meter.try_join(key, kind, now),
+                        Meter::Nvml(_) => true,
+                    };
+                    if joined {
+                        cc.launches += 1;
+                        return call.take().map_or(CUDA_SUCCESS, |c| c());
+                    }
+                    if let Meter::Events(meter) = &mut cc.meter {
+                        relaxed(|| meter.before_launch(key));
+                    }
+                    let submitted = clock().now_ns();
+                    let r = call.take().map_or(CUDA_SUCCESS, |c| c());
+                    let call_ns = clock().now_ns().saturating_sub(submitted);
+                    cc.launches += 1;
+                    if r == CUDA_SUCCESS
+                        && let Meter::Events(meter) = &mut cc.meter
+                    {
+                        relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
+                    }
+                    return r;
                 }
-                return r;
-            }
-            Step::Sleep(ns) => {
-                drop(map);
-                clock().sleep_ns(ns);
-                count_throttled(throttled, waited_from, clock().now_ns());
-            }
-            Step::WaitTurn { seen, timeout_ns } => {
-                // Waits for another process to give the GPU up; nothing of this
-                // process's own is waited for, so the lock can stay held.
-                cc.gate.wait_turn(seen, timeout_ns, clock());
-                count_throttled(Some(cc.throttled), waited_from, clock().now_ns());
-            }
-            Step::WaitOldest | Step::WaitAll => {
-                drop(map);
-                clock().sleep_ns(WAIT_POLL_NS);
-                count_throttled(throttled, waited_from, clock().now_ns());
+                Step::Sleep(ns) => {
+                    drop(map);
+                    clock().sleep_ns(ns);
+                    count_throttled(throttled, waited_from, clock().now_ns());
+                }
+                Step::WaitTurn { seen, timeout_ns } => {
+                    // Waits for another process to give the GPU up; nothing of this
+                    // process's own is waited for, so the lock can stay held.
+                    cc.gate.wait_turn(seen, timeout_ns, clock());
+                    count_throttled(Some(cc.throttled), waited_from, clock().now_ns());
+                }
+                Step::WaitOldest | Step::WaitAll => {
+                    drop(map);
+                    clock().sleep_ns(WAIT_POLL_NS);
+                    count_throttled(throttled, waited_from, clock().now_ns());
+                }
             }
         }
     }
@@ -788,292 +829,8 @@ fn relaxed<R>(f: impl FnOnce() -> R) -> R {
 /// of a compute slice ends within this (plus its own teardown) of its program's end.
 const EXIT_WAIT_NS: u64 = 1_500_000_000;
 
-static EXIT_HANDLER: AtomicU32 = AtomicU32::new(0);
-
-/// Registers [`settle_at_exit`] once per process (a forked child inherits both the
-/// handler and the flag), when the first context gets a gate. Exit handlers run in the
-/// reverse order of registration, so this one runs before those of the libraries that
-/// were initialised before the process's first launch, the CUDA runtime's teardown among
-/// them: the contexts it settles still exist. The slice's own handler (registered when
-/// the slice was built, earlier) runs after it.
-fn register_exit_handler() {
-    if EXIT_HANDLER.swap(1, Relaxed) == 0 {
-        // SAFETY: registers a plain extern "C" function with no arguments; atexit only
-        // stores the pointer.
-        unsafe {
-            libc::atexit(settle_at_exit);
-        }
-    }
-}
-
-/// At exit: charges what the process's contexts still have queued, and gives their
-/// turns back (see [`Compute::leave`]). Never builds a slice.
-extern "C" fn settle_at_exit() {
-    if let Some(s) = crate::state::existing() {
-        s.compute.leave();
-    }
-}
-
 /// How often a launch waiting for this process's queued work to drain checks again.
 const WAIT_POLL_NS: u64 = 50_000;
-
-type LaunchKernelFn = unsafe extern "C" fn(
-    *mut c_void,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    CUstream,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> CUresult;
-type LaunchCoopFn = unsafe extern "C" fn(
-    *mut c_void,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    CUstream,
-    *mut *mut c_void,
-) -> CUresult;
-type LaunchExFn = unsafe extern "C" fn(
-    *const LaunchConfigHead,
-    *mut c_void,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> CUresult;
-
-/// The head of `CUlaunchConfig`: grid and block dimensions, shared memory, then the
-/// stream (the attributes that follow are not read).
-#[repr(C)]
-pub struct LaunchConfigHead {
-    dims: [c_uint; 6],
-    shared_mem_bytes: c_uint,
-    stream: CUstream,
-}
-
-macro_rules! launch_kernel_hook {
-    ($name:ident, $id:expr, $per_thread:expr) => {
-        /// Gated kernel launch.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name(
-            f: *mut c_void,
-            gx: c_uint,
-            gy: c_uint,
-            gz: c_uint,
-            bx: c_uint,
-            by: c_uint,
-            bz: c_uint,
-            shared: c_uint,
-            stream: CUstream,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            let kind = kernel_kind(f, [gx, gy, gz], [bx, by, bz]);
-            gated(stream, $per_thread, kind, || {
-                call_driver!(
-                    $id,
-                    LaunchKernelFn,
-                    f,
-                    gx,
-                    gy,
-                    gz,
-                    bx,
-                    by,
-                    bz,
-                    shared,
-                    stream,
-                    params,
-                    extra
-                )
-            })
-        }
-    };
-}
-
-launch_kernel_hook!(cuLaunchKernel, id::cuLaunchKernel, false);
-launch_kernel_hook!(cuLaunchKernel_ptsz, id::cuLaunchKernel_ptsz, true);
-
-macro_rules! launch_coop_hook {
-    ($name:ident, $id:expr, $per_thread:expr) => {
-        /// Gated cooperative kernel launch.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name(
-            f: *mut c_void,
-            gx: c_uint,
-            gy: c_uint,
-            gz: c_uint,
-            bx: c_uint,
-            by: c_uint,
-            bz: c_uint,
-            shared: c_uint,
-            stream: CUstream,
-            params: *mut *mut c_void,
-        ) -> CUresult {
-            let kind = kernel_kind(f, [gx, gy, gz], [bx, by, bz]);
-            gated(stream, $per_thread, kind, || {
-                call_driver!(
-                    $id,
-                    LaunchCoopFn,
-                    f,
-                    gx,
-                    gy,
-                    gz,
-                    bx,
-                    by,
-                    bz,
-                    shared,
-                    stream,
-                    params
-                )
-            })
-        }
-    };
-}
-
-launch_coop_hook!(
-    cuLaunchCooperativeKernel,
-    id::cuLaunchCooperativeKernel,
-    false
-);
-launch_coop_hook!(
-    cuLaunchCooperativeKernel_ptsz,
-    id::cuLaunchCooperativeKernel_ptsz,
-    true
-);
-
-macro_rules! launch_ex_hook {
-    ($name:ident, $id:expr, $per_thread:expr) => {
-        /// Gated extensible kernel launch (the stream is in the launch configuration).
-        ///
-        /// # Safety
-        /// Driver contract: `config` points to a valid `CUlaunchConfig`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            config: *const LaunchConfigHead,
-            f: *mut c_void,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            let call = || call_driver!($id, LaunchExFn, config, f, params, extra);
-            if config.is_null() {
-                return call();
-            }
-            // SAFETY: the caller's valid launch configuration.
-            let (stream, dims) = unsafe { ((*config).stream, (*config).dims) };
-            let kind = kernel_kind(f, [dims[0], dims[1], dims[2]], [dims[3], dims[4], dims[5]]);
-            gated(stream, $per_thread, kind, call)
-        }
-    };
-}
-
-launch_ex_hook!(cuLaunchKernelEx, id::cuLaunchKernelEx, false);
-launch_ex_hook!(cuLaunchKernelEx_ptsz, id::cuLaunchKernelEx_ptsz, true);
-
-/// Closes the current context's open groups before a synchronisation (see
-/// [`Compute::before_wait`]).
-fn before_wait() {
-    if let Access::Slice(s) = access() {
-        s.compute.before_wait();
-    }
-}
-
-type VoidFn = unsafe extern "C" fn() -> CUresult;
-
-/// `cuStreamDestroy` (the first version, same arguments).
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamDestroy(stream: CUstream) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_stream_destroy(stream);
-    }
-    call_driver!(id::cuStreamDestroy, StreamFn, stream)
-}
-
-/// `cuStreamDestroy_v2`: the stream's open group is closed while the stream exists.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_stream_destroy(stream);
-    }
-    call_driver!(id::cuStreamDestroy_v2, StreamFn, stream)
-}
-
-/// `cuStreamSynchronize`: open groups are closed first.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    before_wait();
-    call_driver!(id::cuStreamSynchronize, StreamFn, stream)
-}
-
-/// `cuStreamSynchronize_ptsz`.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
-    before_wait();
-    call_driver!(id::cuStreamSynchronize_ptsz, StreamFn, stream)
-}
-
-/// `cuCtxSynchronize`.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    before_wait();
-    call_driver!(id::cuCtxSynchronize, VoidFn,)
-}
-
-/// `cuEventSynchronize`.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    before_wait();
-    call_driver!(id::cuEventSynchronize, EventFn, event)
-}
-
-type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
-
-/// `cuCtxDestroy_v2`: the context's queued work is charged while the context exists.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_context_destroy(ctx);
-    }
-    call_driver!(id::cuCtxDestroy_v2, CtxDestroyFn, ctx)
-}
-
-/// `cuCtxDestroy` (the name before CUDA 4, same arguments).
-#[unsafe(no_mangle)]
-pub extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_context_destroy(ctx);
-    }
-    call_driver!(id::cuCtxDestroy, CtxDestroyFn, ctx)
-}
-
-/// Whether a table entry is a hook handed out only to compute-limited slices: the
-/// launches, the synchronisations that close open groups, and the destructions of
-/// streams and contexts that close them out.
-pub fn is_launch_hook(entry: usize) -> bool {
-    [
-        id::cuLaunchKernel,
-        id::cuLaunchKernel_ptsz,
-        id::cuLaunchKernelEx,
-        id::cuLaunchKernelEx_ptsz,
-        id::cuLaunchCooperativeKernel,
-        id::cuLaunchCooperativeKernel_ptsz,
-        id::cuStreamSynchronize,
-        id::cuStreamSynchronize_ptsz,
-        id::cuCtxSynchronize,
-        id::cuEventSynchronize,
-        id::cuStreamDestroy,
-        id::cuStreamDestroy_v2,
-        id::cuCtxDestroy,
-        id::cuCtxDestroy_v2,
-    ]
-    .contains(&entry)
-}
 
 #[cfg(test)]
 mod tests {

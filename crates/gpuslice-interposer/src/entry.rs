@@ -15,9 +15,9 @@
 use std::ffi::{CStr, c_char, c_int, c_void};
 use std::ptr::null_mut;
 
-use crate::compute as c;
 use crate::ffi::{CUDA_SUCCESS, CUresult};
 use crate::hooks as h;
+use crate::launch as c;
 use crate::nvml_view as v;
 use crate::real::{call_driver, real, real_dlsym, real_dlsym_ptr};
 use crate::table::{COUNT, Library, id, ids_by_name, library_of};
@@ -190,9 +190,9 @@ extern "C" fn dlsym_on_handle(handle: *mut c_void, symbol: *const c_char) -> *mu
     match hooked_id_by_name(name) {
         Some(hook)
             if real(hook) == found
-                && crate::state::hooks_wanted()
-                && (!crate::compute::is_launch_hook(hook)
-                    || crate::state::launch_hooks_wanted()) =>
+                && crate::process::hooks_wanted()
+                && (!crate::launch::is_launch_hook(hook)
+                    || crate::process::launch_hooks_wanted()) =>
         {
             hook_address(hook)
         }
@@ -202,14 +202,14 @@ extern "C" fn dlsym_on_handle(handle: *mut c_void, symbol: *const c_char) -> *mu
 
 /// Replaces a real driver entry point with our hook where we have one.
 fn substitute(symbol: *const c_char, pfn: *mut *mut c_void, cuda_version: c_int, flags: u64) {
-    if pfn.is_null() || !crate::state::hooks_wanted() {
+    if pfn.is_null() || !crate::process::hooks_wanted() {
         return;
     }
     // SAFETY: the driver just wrote a function pointer there.
     let found = unsafe { *pfn };
     let mut hooked = false;
     if let Some(hook) = hook_id_of_real(found)
-        && (!crate::compute::is_launch_hook(hook) || crate::state::launch_hooks_wanted())
+        && (!crate::launch::is_launch_hook(hook) || crate::process::launch_hooks_wanted())
     {
         let addr = hook_address(hook);
         if !addr.is_null() {

@@ -11,11 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use gpuslice_ledger::DeviceSlot;
 
 use crate::ffi::*;
+use crate::lock::lock;
 use crate::log::log_at;
-use crate::state::{
-    Access, Charge, Holding, Key, PrimaryClaim, Slice, access, call_driver, graph_mem_attribute,
-    lock, pool_attribute, set_tracked,
-};
+use crate::process::{Access, access};
+use crate::real::{call_driver, graph_mem_attribute, pool_attribute};
+use crate::slice::{Charge, Holding, Key, PrimaryClaim, Slice, set_tracked};
 use crate::table::id;
 
 /// What one physical allocation costs at least: device memory comes in 2 MiB pages.
@@ -349,7 +349,7 @@ unsafe fn alloc_async(
         given_pool.and_then(|p| lock(&s.pools).device_of.get(&(p as usize)).copied());
     let dev = match known_device
         .map(Ok)
-        .unwrap_or_else(crate::state::current_cuda_device)
+        .unwrap_or_else(crate::real::current_cuda_device)
     {
         Ok(d) => d,
         Err(e) => return e,
@@ -715,7 +715,7 @@ fn create_array(
     if r != CUDA_SUCCESS {
         return r;
     }
-    let Ok(dev) = crate::state::current_cuda_device() else {
+    let Ok(dev) = crate::real::current_cuda_device() else {
         return r;
     };
     let mut req = CudaArrayMemoryRequirements::default();
@@ -927,7 +927,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(ctx: *mut CUcontext, dev: CUde
     }
     let r = with_slice!(|s| retain_primary_charged(s, dev, retain), else retain());
     if r == CUDA_SUCCESS
-        && let Some(s) = crate::state::existing()
+        && let Some(s) = crate::process::existing()
     {
         // SAFETY: `ctx` is not null (checked above), and the driver wrote the primary
         // context there since the retain succeeded.
@@ -996,7 +996,7 @@ fn after_primary_release(r: CUresult, dev: CUdevice) -> CUresult {
     }
     if state == CUDA_SUCCESS
         && active == 0
-        && let Some(s) = crate::state::existing()
+        && let Some(s) = crate::process::existing()
     {
         s.compute.primary_gone(dev);
     }
@@ -1408,7 +1408,7 @@ fn launch_graph(exec: CUgraphExec, call: impl FnOnce() -> CUresult) -> CUresult 
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult {
     launch_graph(exec, || {
-        crate::compute::gated(stream, false, crate::compute::graph_kind(exec), || {
+        crate::launch::gated(stream, false, crate::compute::graph_kind(exec), || {
             call_driver!(id::cuGraphLaunch, LaunchFn, exec, stream)
         })
     })
@@ -1418,7 +1418,7 @@ pub extern "C" fn cuGraphLaunch(exec: CUgraphExec, stream: CUstream) -> CUresult
 #[unsafe(no_mangle)]
 pub extern "C" fn cuGraphLaunch_ptsz(exec: CUgraphExec, stream: CUstream) -> CUresult {
     launch_graph(exec, || {
-        crate::compute::gated(stream, true, crate::compute::graph_kind(exec), || {
+        crate::launch::gated(stream, true, crate::compute::graph_kind(exec), || {
             call_driver!(id::cuGraphLaunch_ptsz, LaunchFn, exec, stream)
         })
     })

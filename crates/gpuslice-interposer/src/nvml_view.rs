@@ -30,8 +30,9 @@ use gpuslice_ledger::Liveness;
 use crate::agent_client;
 use crate::ffi::*;
 use crate::log::log_at;
+use crate::process::Access;
 use crate::real::call_nvml;
-use crate::state::{Access, Slice};
+use crate::slice::Slice;
 use crate::table::id;
 
 type UuidFn = unsafe extern "C" fn(NvmlDevice, *mut c_char, c_uint) -> NvmlReturn;
@@ -67,7 +68,7 @@ enum Who {
 }
 
 fn who() -> Who {
-    match crate::state::access() {
+    match crate::process::access() {
         Access::PassThrough => Who::Real,
         Access::Slice(s) => Who::Slice(s),
         Access::Refuse(_) => Who::Refuse,

@@ -1,207 +1,24 @@
-//! This process's view of its slice: the configuration (read once from the
-//! environment), the ledger entry it charges, the devices it has met, and the books of
-//! what it allocated so that frees give charges back.
+//! The slice as this process sees it: the ledger entry it charges, the devices it has
+//! met, the books of what it allocated (so that frees give charges back), and the
+//! accounting policy: what a new context is charged, when context and module memory is
+//! re-measured, how pools and graph memory are reconciled, how room is made before a
+//! refusal.
 //!
-//! Nothing here runs in a constructor: the state is built by the first hook that needs
-//! it. After `fork` the child drops the parent's state (a `pthread_atfork` handler) and
-//! builds its own on first use, under its own PID.
+//! The policy asks the driver only through [`DriverQueries`]: [`RealDriver`] in the
+//! process, a scripted one in this file's unit tests.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::*};
 use std::time::Instant;
 
 use gpuslice_config::{SliceConfig, human_size};
 use gpuslice_ledger::{DeviceSlot, Ledger, LedgerSpec, Owners, ProcessSlot};
 
+use crate::compute::ComputeSettings;
 use crate::ffi::*;
-use crate::log::log_at;
-
-const MODE_UNKNOWN: u8 = 0;
-const MODE_INERT: u8 = 1;
-const MODE_SLICED: u8 = 2;
-const MODE_BROKEN: u8 = 3;
-static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
-static CONFIG: AtomicPtr<Result<SliceConfig, String>> = AtomicPtr::new(std::ptr::null_mut());
-
-fn config() -> &'static Result<SliceConfig, String> {
-    let p = CONFIG.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: published once below and never freed.
-        return unsafe { &*p };
-    }
-    let parsed = SliceConfig::from_process_env().map_err(|e| e.to_string());
-    if let Ok(cfg) = &parsed {
-        crate::log::set_level(cfg.log_level);
-    }
-    let boxed = Box::into_raw(Box::new(parsed));
-    match CONFIG.compare_exchange(std::ptr::null_mut(), boxed, AcqRel, Acquire) {
-        // SAFETY: we just published it.
-        Ok(_) => unsafe { &*boxed },
-        Err(existing) => {
-            // SAFETY: we own `boxed`, nobody saw it.
-            drop(unsafe { Box::from_raw(boxed) });
-            // SAFETY: published by the winner and never freed.
-            unsafe { &*existing }
-        }
-    }
-}
-
-fn mode() -> u8 {
-    let m = MODE.load(Relaxed);
-    if m != MODE_UNKNOWN {
-        return m;
-    }
-    let m = match config() {
-        Ok(cfg) if cfg.is_sliced() => MODE_SLICED,
-        Ok(_) => MODE_INERT,
-        Err(_) => MODE_BROKEN,
-    };
-    MODE.store(m, Relaxed);
-    m
-}
-
-/// Whether entry points should hand out hooks. A process outside any slice gets the
-/// real driver untouched, so it pays nothing; a broken configuration still gets hooks,
-/// so that they can refuse.
-pub fn hooks_wanted() -> bool {
-    mode() != MODE_INERT
-}
-
-/// Whether launch hooks should be handed out: only to a slice with a compute limit (or
-/// a broken configuration, so that it can refuse), so that no other process pays for
-/// them.
-pub fn launch_hooks_wanted() -> bool {
-    match config() {
-        Ok(c) => c.compute.is_limited(),
-        Err(_) => true,
-    }
-}
-
-/// `GPUSLICE_SMI_IOCTL` as this process's configuration has it; the configuration's
-/// error when it is broken.
-pub fn configured_smi_ioctl() -> Result<Option<gpuslice_config::SmiIoctl>, &'static str> {
-    config()
-        .as_ref()
-        .map(|c| c.smi_ioctl)
-        .map_err(String::as_str)
-}
-
-/// What a hook should do.
-pub enum Access {
-    /// No slice: call the driver and do nothing else.
-    PassThrough,
-    /// Enforce this slice.
-    Slice(&'static Slice),
-    /// Refuse with this code (the configuration or the ledger is unusable).
-    Refuse(CUresult),
-}
-
-/// The slice of this process, building it on first use.
-pub fn access() -> Access {
-    match mode() {
-        MODE_INERT => return Access::PassThrough,
-        MODE_BROKEN => {
-            if let Err(message) = config() {
-                report_broken_once(message);
-            }
-            return Access::Refuse(CUDA_ERROR_NOT_PERMITTED);
-        }
-        _ => {}
-    }
-    match slice() {
-        Ok(s) => Access::Slice(s),
-        Err(message) => {
-            report_broken_once(message);
-            Access::Refuse(CUDA_ERROR_NOT_PERMITTED)
-        }
-    }
-}
-
-static BROKEN_REPORTED: AtomicU32 = AtomicU32::new(0);
-
-fn report_broken_once(message: &str) {
-    let pid = std::process::id();
-    if BROKEN_REPORTED.swap(pid, Relaxed) != pid {
-        crate::log::line(
-            gpuslice_config::LogLevel::Error,
-            format_args!(
-                "{message}; refusing to use the GPU rather than run without the slice's limits"
-            ),
-        );
-    }
-}
-
-static SLICE: AtomicPtr<Result<Slice, String>> = AtomicPtr::new(std::ptr::null_mut());
-static SLICE_INIT_LOCK: AtomicU32 = AtomicU32::new(0);
-static ATFORK_REGISTERED: AtomicU32 = AtomicU32::new(0);
-
-fn slice() -> Result<&'static Slice, &'static str> {
-    let p = SLICE.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: published below; only replaced (never freed) in a forked child.
-        return unsafe { &*p }.as_ref().map_err(String::as_str);
-    }
-    while SLICE_INIT_LOCK
-        .compare_exchange(0, 1, Acquire, Relaxed)
-        .is_err()
-    {
-        std::thread::yield_now();
-    }
-    let mut p = SLICE.load(Acquire);
-    if p.is_null() {
-        let built = Slice::build();
-        p = Box::into_raw(Box::new(built));
-        SLICE.store(p, Release);
-        if ATFORK_REGISTERED.swap(1, Relaxed) == 0 {
-            // SAFETY: registering plain extern "C" functions.
-            unsafe {
-                libc::pthread_atfork(None, None, Some(after_fork_in_child));
-                libc::atexit(at_exit);
-            }
-        }
-    }
-    SLICE_INIT_LOCK.store(0, Release);
-    // SAFETY: `p` came from Box::into_raw above (or from another thread's, published
-    // with Release and read with Acquire under the init lock); it is never freed, only
-    // replaced in a forked child, so the reference lives for the process.
-    unsafe { &*p }.as_ref().map_err(String::as_str)
-}
-
-/// The slice of this process if it was built already (and built without error); never
-/// builds one. For exit handlers, which must not start a slice in a process that never
-/// used the GPU.
-pub fn existing() -> Option<&'static Slice> {
-    let p = SLICE.load(Acquire);
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: published by `slice`; only replaced (never freed) in a forked child.
-    let slice = unsafe { &*p }.as_ref().ok()?;
-    (slice.pid == std::process::id()).then_some(slice)
-}
-
-/// In a forked child: forget the parent's slice state (its ledger entry, books and
-/// locks belong to the parent). The child builds its own on first use.
-extern "C" fn after_fork_in_child() {
-    SLICE.store(std::ptr::null_mut(), Release);
-    SLICE_INIT_LOCK.store(0, Release);
-}
-
-/// On normal exit: give the ledger entry back now instead of waiting for a sweep.
-extern "C" fn at_exit() {
-    let p = SLICE.load(Acquire);
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: published state, never freed.
-    if let Ok(slice) = unsafe { &*p }
-        && slice.pid == std::process::id()
-    {
-        slice.compute.leave();
-        slice.ledger.unregister(slice.entry);
-    }
-}
+use crate::lock::lock;
+use crate::log::{log_at, report_broken_once};
 
 /// Which book's lock a caller of [`Slice::reserve_holding`] holds.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -307,8 +124,57 @@ const DEVICE_UNRESOLVED: i32 = -2;
 const DEVICE_UNLIMITED: i32 = -1;
 const MAX_ORDINALS: usize = 64;
 
+/// The driver queries the slice's accounting makes: all it asks the CUDA driver and
+/// NVML. [`RealDriver`] asks the real ones; generic, so that a hook pays no dispatch.
+pub trait DriverQueries {
+    /// The CUDA device of the current context.
+    fn current_device(&self) -> Result<CUdevice, CUresult>;
+    /// The UUID of CUDA device `dev` (`GPU-...`).
+    fn device_uuid(&self, dev: CUdevice) -> Result<String, CUresult>;
+    /// Initialises NVML; false when there is none.
+    fn nvml_init(&self) -> bool;
+    /// NVML's index of the GPU with `uuid`.
+    fn nvml_index(&self, uuid: &str) -> Option<u32>;
+    /// Device memory NVML attributes to process `pid` on the GPU with `uuid` (contexts
+    /// and modules included); `None` when NVML cannot say.
+    fn process_memory(&self, uuid: &str, pid: u32) -> Option<u64>;
+    /// The memory a stream-ordered pool reserves from its device now.
+    fn pool_reserved(&self, pool: usize) -> Option<u64>;
+    /// The memory the graph memory pool of CUDA device `dev` reserves now.
+    fn graph_reserved(&self, dev: CUdevice) -> Option<u64>;
+}
+
+/// The real CUDA driver and NVML, through `real.rs` and `nvml.rs`.
+#[derive(Clone, Copy, Default)]
+pub struct RealDriver;
+
+impl DriverQueries for RealDriver {
+    #[inline]
+    fn current_device(&self) -> Result<CUdevice, CUresult> {
+        crate::real::current_cuda_device()
+    }
+    fn device_uuid(&self, dev: CUdevice) -> Result<String, CUresult> {
+        crate::real::device_uuid(dev)
+    }
+    fn nvml_init(&self) -> bool {
+        crate::nvml::init()
+    }
+    fn nvml_index(&self, uuid: &str) -> Option<u32> {
+        crate::nvml::index_of(uuid)
+    }
+    fn process_memory(&self, uuid: &str, pid: u32) -> Option<u64> {
+        crate::nvml::process_memory(uuid, pid)
+    }
+    fn pool_reserved(&self, pool: usize) -> Option<u64> {
+        crate::real::pool_attribute(pool as CUmemoryPool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+    }
+    fn graph_reserved(&self, dev: CUdevice) -> Option<u64> {
+        crate::real::graph_mem_attribute(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT)
+    }
+}
+
 /// The slice as this process sees it.
-pub struct Slice {
+pub struct Slice<D: DriverQueries = RealDriver> {
     /// The configuration.
     pub config: SliceConfig,
     /// The shared ledger.
@@ -343,14 +209,14 @@ pub struct Slice {
     last_overhead_check_ms: AtomicU64,
     started: Instant,
     nvml_ready: AtomicU8,
+    /// What the policy asks the driver.
+    driver: D,
 }
 
 impl Slice {
-    fn build() -> Result<Slice, String> {
-        let config = match config() {
-            Ok(c) => c.clone(),
-            Err(e) => return Err(e.clone()),
-        };
+    /// Joins the slice `config` describes: checks the GPUs it names are present, opens
+    /// (or creates) its ledger and registers this process in it.
+    pub fn build(config: SliceConfig) -> Result<Slice, String> {
         crate::presence::check(&config)?;
         let path = match &config.ledger_path {
             Some(p) => std::path::PathBuf::from(p),
@@ -404,8 +270,25 @@ impl Slice {
             name,
             path.display()
         );
-        let compute = crate::compute::Compute::new(&config, &path);
-        Ok(Slice {
+        let compute = crate::compute::Compute::new(ComputeSettings::of(&config, &path, &name));
+        Ok(Slice::from_parts(
+            config, ledger, entry, name, compute, RealDriver,
+        ))
+    }
+}
+
+impl<D: DriverQueries> Slice<D> {
+    /// A slice of this process from its parts: `entry` is this process's entry in
+    /// `ledger`, and `driver` answers the policy's queries.
+    pub fn from_parts(
+        config: SliceConfig,
+        ledger: Ledger,
+        entry: ProcessSlot,
+        name: String,
+        compute: crate::compute::Compute,
+        driver: D,
+    ) -> Self {
+        Slice {
             config,
             ledger,
             entry,
@@ -424,7 +307,8 @@ impl Slice {
             last_overhead_check_ms: AtomicU64::new(0),
             started: Instant::now(),
             nvml_ready: AtomicU8::new(0),
-        })
+            driver,
+        }
     }
 
     /// The ledger device entry of CUDA device `dev`, `None` when the slice does not limit
@@ -438,10 +322,10 @@ impl Slice {
             DEVICE_UNRESOLVED => {}
             slot => return Ok(Some(DeviceSlot::new(slot as usize))),
         }
-        let uuid = device_uuid(dev)?;
+        let uuid = self.driver.device_uuid(dev)?;
         let index = if self.config.memory.has_index_selectors() {
             self.ensure_nvml();
-            match crate::nvml::index_of(&uuid) {
+            match self.driver.nvml_index(&uuid) {
                 Some(i) => Some(i),
                 None => {
                     report_broken_once(&format!(
@@ -496,7 +380,7 @@ impl Slice {
 
     /// The ledger device entry of the current context's device.
     pub fn current_device(&self) -> Result<(CUdevice, Option<DeviceSlot>), CUresult> {
-        let dev = current_cuda_device()?;
+        let dev = self.driver.current_device()?;
         Ok((dev, self.device_entry(dev)?))
     }
 
@@ -602,7 +486,7 @@ impl Slice {
             1 => true,
             2 => false,
             _ => {
-                let ok = crate::nvml::init();
+                let ok = self.driver.nvml_init();
                 self.nvml_ready.store(if ok { 1 } else { 2 }, Relaxed);
                 ok
             }
@@ -618,7 +502,7 @@ impl Slice {
             return true;
         }
         let uuid = self.ledger.uuid(device);
-        let Some(measured) = crate::nvml::process_memory(&uuid, self.pid) else {
+        let Some(measured) = self.driver.process_memory(&uuid, self.pid) else {
             log_at!(Debug, "NVML does not list process {} on {uuid}", self.pid);
             return true;
         };
@@ -841,9 +725,7 @@ impl Slice {
         let mut book = lock(&self.pools);
         let pools: Vec<usize> = book.charged.keys().copied().collect();
         for pool in pools {
-            if let Some(reserved) =
-                pool_attribute(pool as CUmemoryPool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
-            {
+            if let Some(reserved) = self.driver.pool_reserved(pool) {
                 set_tracked(
                     &self.ledger,
                     self.entry,
@@ -860,8 +742,7 @@ impl Slice {
         let mut book = lock(&self.graphs);
         let devices: Vec<CUdevice> = book.charged.keys().copied().collect();
         for dev in devices {
-            if let Some(reserved) = graph_mem_attribute(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT)
-            {
+            if let Some(reserved) = self.driver.graph_reserved(dev) {
                 set_tracked(
                     &self.ledger,
                     self.entry,
@@ -901,6 +782,244 @@ pub fn set_tracked(
     true
 }
 
-pub use crate::lock::lock;
-pub(crate) use crate::real::call_driver;
-pub use crate::real::{current_cuda_device, device_uuid, graph_mem_attribute, pool_attribute};
+#[cfg(test)]
+mod tests {
+    //! The accounting policy against a scripted driver: what NVML says a process uses,
+    //! what pools and the graph memory pool reserve.
+
+    use super::*;
+    use crate::compute::Compute;
+    use gpuslice_config::{ComputeLimits, LogLevel, MemoryLimits};
+    use std::sync::atomic::AtomicU32;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+    const UUID: &str = "GPU-00000000-1111-2222-3333-444444444444";
+
+    /// A driver whose answers the test sets; it counts the NVML measurements.
+    #[derive(Default)]
+    struct ScriptedDriver {
+        /// What NVML says this process uses (`None`: it does not list the process).
+        process_memory: Mutex<Option<u64>>,
+        measurements: AtomicU32,
+        pool_reserved: Mutex<HashMap<usize, u64>>,
+        graph_reserved: Mutex<HashMap<CUdevice, u64>>,
+    }
+
+    impl DriverQueries for ScriptedDriver {
+        fn current_device(&self) -> Result<CUdevice, CUresult> {
+            Ok(0)
+        }
+        fn device_uuid(&self, dev: CUdevice) -> Result<String, CUresult> {
+            if dev == 0 {
+                Ok(UUID.to_string())
+            } else {
+                Err(CUDA_ERROR_INVALID_VALUE)
+            }
+        }
+        fn nvml_init(&self) -> bool {
+            true
+        }
+        fn nvml_index(&self, _uuid: &str) -> Option<u32> {
+            Some(0)
+        }
+        fn process_memory(&self, uuid: &str, pid: u32) -> Option<u64> {
+            assert_eq!((uuid, pid), (UUID, std::process::id()));
+            self.measurements.fetch_add(1, Relaxed);
+            *lock(&self.process_memory)
+        }
+        fn pool_reserved(&self, pool: usize) -> Option<u64> {
+            lock(&self.pool_reserved).get(&pool).copied()
+        }
+        fn graph_reserved(&self, dev: CUdevice) -> Option<u64> {
+            lock(&self.graph_reserved).get(&dev).copied()
+        }
+    }
+
+    /// A slice limited to `limit` bytes on device 0, in a ledger of its own; the folder
+    /// goes when the returned guard does.
+    fn slice(limit: u64) -> (tempfile::TempDir, Slice<ScriptedDriver>, DeviceSlot) {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("test.ledger");
+        let spec = LedgerSpec {
+            name: "test".into(),
+            default_limit: Some(limit),
+            devices: Vec::new(),
+            compute: None,
+        };
+        let ledger = Ledger::create_or_open_as(&path, &spec, Owners::Mine).expect("a ledger");
+        let entry = ledger.register().expect("a process entry");
+        let config = SliceConfig {
+            memory: MemoryLimits {
+                all_devices: Some(limit),
+                per_device: Vec::new(),
+            },
+            ledger_path: Some(path.display().to_string()),
+            ledger_dir: None,
+            slice_name: Some("test".into()),
+            log_level: LogLevel::Off,
+            memory_source: "the test".into(),
+            compute: ComputeLimits::default(),
+            gpu_dir: dir.path().display().to_string(),
+            pinned_file: None,
+            smi_ioctl: None,
+        };
+        let compute = Compute::new(ComputeSettings::of(&config, &path, "test"));
+        let s = Slice::from_parts(
+            config,
+            ledger,
+            entry,
+            "test".into(),
+            compute,
+            ScriptedDriver::default(),
+        );
+        let device = s
+            .device_entry(0)
+            .expect("device 0 resolves")
+            .expect("device 0 is limited");
+        (dir, s, device)
+    }
+
+    /// Charges and records an allocation of `bytes`, as the allocation hooks do.
+    fn allocate(
+        s: &Slice<ScriptedDriver>,
+        device: DeviceSlot,
+        key: u64,
+        bytes: u64,
+        visible: bool,
+    ) {
+        s.reserve(device, bytes, "test allocation").expect("fits");
+        s.remember(
+            Key::Pointer(key),
+            Charge {
+                device,
+                bytes,
+                visible_to_nvml: visible,
+            },
+        );
+    }
+
+    #[test]
+    fn a_new_context_is_charged_the_default_estimate_until_one_is_measured() {
+        let (_dir, s, device) = slice(8 * GIB);
+        assert_eq!(s.context_estimate(device), DEFAULT_CONTEXT_ESTIMATE);
+        let charge = s.reserve_context(device).expect("fits");
+        assert_eq!(charge.bytes, DEFAULT_CONTEXT_ESTIMATE);
+        assert_eq!(s.used(device), DEFAULT_CONTEXT_ESTIMATE);
+        // Far from the limit, the new context is not measured.
+        assert!(s.context_created(&charge));
+        assert_eq!(s.driver.measurements.load(Relaxed), 0);
+        assert_eq!(s.context_bytes(device), DEFAULT_CONTEXT_ESTIMATE);
+    }
+
+    #[test]
+    fn a_context_the_driver_did_not_create_gives_its_charge_back() {
+        let (_dir, s, device) = slice(8 * GIB);
+        let charge = s.reserve_context(device).expect("fits");
+        s.cancel_context(charge);
+        assert_eq!(s.used(device), 0);
+        assert_eq!(s.context_bytes(device), 0);
+    }
+
+    #[test]
+    fn a_measurement_charges_what_the_books_do_not_explain_and_teaches_the_estimate() {
+        let (_dir, s, device) = slice(8 * GIB);
+        allocate(&s, device, 0x1000, GIB, true);
+        // Managed memory is charged but NVML never shows it: not context memory.
+        allocate(&s, device, 0x2000, 256 * MIB, false);
+        *lock(&s.driver.process_memory) = Some(GIB + 300 * MIB);
+        assert!(s.refresh_overhead(device, true));
+        assert_eq!(s.context_bytes(device), 300 * MIB);
+        assert_eq!(s.charged(device), GIB + 256 * MIB + 300 * MIB);
+        assert_eq!(s.ledger.context_estimate(device), Some(300 * MIB));
+        // The next context is charged what this one was measured to take.
+        let charge = s.reserve_context(device).expect("fits");
+        assert_eq!(charge.bytes, 300 * MIB);
+        s.cancel_context(charge);
+        // Context memory that went away is given back at the next measurement.
+        *lock(&s.driver.process_memory) = Some(GIB + 100 * MIB);
+        assert!(s.refresh_overhead(device, true));
+        assert_eq!(s.context_bytes(device), 100 * MIB);
+        assert_eq!(s.charged(device), GIB + 256 * MIB + 100 * MIB);
+    }
+
+    #[test]
+    fn a_process_nvml_does_not_list_keeps_its_charges() {
+        let (_dir, s, device) = slice(8 * GIB);
+        allocate(&s, device, 0x1000, GIB, true);
+        assert!(s.refresh_overhead(device, true));
+        assert_eq!(s.driver.measurements.load(Relaxed), 1);
+        assert_eq!(s.context_bytes(device), 0);
+        assert_eq!(s.charged(device), GIB);
+    }
+
+    #[test]
+    fn near_the_limit_a_new_context_is_measured_and_refused_when_it_does_not_fit() {
+        let (_dir, s, device) = slice(GIB);
+        let charge = s.reserve_context(device).expect("the estimate fits");
+        // NVML shows the context three times larger than the estimate.
+        *lock(&s.driver.process_memory) = Some(3 * DEFAULT_CONTEXT_ESTIMATE);
+        assert!(!s.context_created(&charge));
+        // Measured once; the growth tried twice, with room made in between, and the
+        // refusal counted once.
+        assert_eq!(s.driver.measurements.load(Relaxed), 1);
+        assert_eq!(s.ledger.refused_allocations(device), 1);
+        // The caller destroys the context and gives its charge back.
+        s.context_gone(device, charge.bytes);
+        assert_eq!(s.used(device), 0);
+    }
+
+    #[test]
+    fn a_pool_is_charged_what_it_reserves() {
+        let (_dir, s, device) = slice(8 * GIB);
+        lock(&s.pools).charged.insert(7, (device, 0));
+        lock(&s.driver.pool_reserved).insert(7, 64 * MIB);
+        s.reconcile_pools();
+        assert_eq!(s.charged(device), 64 * MIB);
+        lock(&s.driver.pool_reserved).insert(7, 32 * MIB);
+        s.reconcile_pools();
+        assert_eq!(s.charged(device), 32 * MIB);
+        assert_eq!(lock(&s.pools).charged[&7], (device, 32 * MIB));
+    }
+
+    #[test]
+    fn graph_memory_is_charged_what_the_graph_pool_reserves() {
+        let (_dir, s, device) = slice(8 * GIB);
+        lock(&s.graphs).charged.insert(0, (device, 0));
+        lock(&s.driver.graph_reserved).insert(0, 128 * MIB);
+        s.reconcile_graph_memory();
+        assert_eq!(s.charged(device), 128 * MIB);
+    }
+
+    #[test]
+    fn a_refused_charge_first_makes_room_from_pools_that_shrank() {
+        let (_dir, s, device) = slice(GIB);
+        lock(&s.pools).charged.insert(7, (device, 0));
+        lock(&s.driver.pool_reserved).insert(7, 900 * MIB);
+        s.reconcile_pools();
+        // The pool was trimmed since: only re-reading it makes room for the request.
+        lock(&s.driver.pool_reserved).insert(7, 100 * MIB);
+        assert_eq!(s.reserve(device, 512 * MIB, "test allocation"), Ok(()));
+        assert_eq!(s.used(device), 612 * MIB);
+        assert_eq!(s.ledger.refused_allocations(device), 0);
+        // What does not fit even then is refused as a full GPU would, and counted once.
+        assert_eq!(
+            s.reserve(device, 512 * MIB, "test allocation"),
+            Err(CUDA_ERROR_OUT_OF_MEMORY)
+        );
+        assert_eq!(s.ledger.refused_allocations(device), 1);
+        assert_eq!(s.used(device), 612 * MIB);
+    }
+
+    #[test]
+    fn a_freed_allocation_gives_its_charge_back() {
+        let (_dir, s, device) = slice(8 * GIB);
+        allocate(&s, device, 0x1000, 2 * MIB, true);
+        allocate(&s, device, 0x2000, 4 * MIB, false);
+        s.forget(Key::Pointer(0x2000));
+        s.forget(Key::Pointer(0x1000));
+        s.forget(Key::Pointer(0x1000));
+        assert_eq!(s.used(device), 0);
+        assert_eq!(s.invisible[device.index()].load(Relaxed), 0);
+    }
+}
