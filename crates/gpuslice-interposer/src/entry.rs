@@ -98,25 +98,25 @@ hooks! {
     cuStreamDestroy_v2 => c::cuStreamDestroy_v2;
     cuCtxDestroy_v2 => c::cuCtxDestroy_v2;
     cuCtxDestroy => c::cuCtxDestroy;
-    nvmlView_GetMemoryInfo => v::nvmlDeviceGetMemoryInfo;
-    nvmlView_GetMemoryInfo_v2 => v::nvmlDeviceGetMemoryInfo_v2;
-    nvmlView_GetUtilizationRates => v::nvmlDeviceGetUtilizationRates;
-    nvmlView_ComputeRunningProcesses => v::nvmlDeviceGetComputeRunningProcesses;
-    nvmlView_ComputeRunningProcesses_v2 => v::nvmlDeviceGetComputeRunningProcesses_v2;
-    nvmlView_ComputeRunningProcesses_v3 => v::nvmlDeviceGetComputeRunningProcesses_v3;
-    nvmlView_GraphicsRunningProcesses => v::nvmlDeviceGetGraphicsRunningProcesses;
-    nvmlView_GraphicsRunningProcesses_v2 => v::nvmlDeviceGetGraphicsRunningProcesses_v2;
-    nvmlView_GraphicsRunningProcesses_v3 => v::nvmlDeviceGetGraphicsRunningProcesses_v3;
-    nvmlView_MPSComputeRunningProcesses => v::nvmlDeviceGetMPSComputeRunningProcesses;
-    nvmlView_MPSComputeRunningProcesses_v2 => v::nvmlDeviceGetMPSComputeRunningProcesses_v2;
-    nvmlView_MPSComputeRunningProcesses_v3 => v::nvmlDeviceGetMPSComputeRunningProcesses_v3;
-    nvmlView_GetRunningProcessDetailList => v::nvmlDeviceGetRunningProcessDetailList;
-    nvmlView_GetProcessUtilization => v::nvmlDeviceGetProcessUtilization;
-    nvmlView_GetProcessesUtilizationInfo => v::nvmlDeviceGetProcessesUtilizationInfo;
-    nvmlView_GetAccountingPids => v::nvmlDeviceGetAccountingPids;
-    nvmlView_GetAccountingStats => v::nvmlDeviceGetAccountingStats;
-    nvmlView_GetEncoderSessions => v::nvmlDeviceGetEncoderSessions;
-    nvmlView_GetFBCSessions => v::nvmlDeviceGetFBCSessions;
+    nvmlView_GetMemoryInfo => v::memory::nvmlDeviceGetMemoryInfo;
+    nvmlView_GetMemoryInfo_v2 => v::memory::nvmlDeviceGetMemoryInfo_v2;
+    nvmlView_GetUtilizationRates => v::utilization::nvmlDeviceGetUtilizationRates;
+    nvmlView_ComputeRunningProcesses => v::processes::nvmlDeviceGetComputeRunningProcesses;
+    nvmlView_ComputeRunningProcesses_v2 => v::processes::nvmlDeviceGetComputeRunningProcesses_v2;
+    nvmlView_ComputeRunningProcesses_v3 => v::processes::nvmlDeviceGetComputeRunningProcesses_v3;
+    nvmlView_GraphicsRunningProcesses => v::processes::nvmlDeviceGetGraphicsRunningProcesses;
+    nvmlView_GraphicsRunningProcesses_v2 => v::processes::nvmlDeviceGetGraphicsRunningProcesses_v2;
+    nvmlView_GraphicsRunningProcesses_v3 => v::processes::nvmlDeviceGetGraphicsRunningProcesses_v3;
+    nvmlView_MPSComputeRunningProcesses => v::processes::nvmlDeviceGetMPSComputeRunningProcesses;
+    nvmlView_MPSComputeRunningProcesses_v2 => v::processes::nvmlDeviceGetMPSComputeRunningProcesses_v2;
+    nvmlView_MPSComputeRunningProcesses_v3 => v::processes::nvmlDeviceGetMPSComputeRunningProcesses_v3;
+    nvmlView_GetRunningProcessDetailList => v::processes::nvmlDeviceGetRunningProcessDetailList;
+    nvmlView_GetProcessUtilization => v::utilization::nvmlDeviceGetProcessUtilization;
+    nvmlView_GetProcessesUtilizationInfo => v::utilization::nvmlDeviceGetProcessesUtilizationInfo;
+    nvmlView_GetAccountingPids => v::accounting::nvmlDeviceGetAccountingPids;
+    nvmlView_GetAccountingStats => v::accounting::nvmlDeviceGetAccountingStats;
+    nvmlView_GetEncoderSessions => v::accounting::nvmlDeviceGetEncoderSessions;
+    nvmlView_GetFBCSessions => v::accounting::nvmlDeviceGetFBCSessions;
 }
 
 /// The hook for entry `id`, or null when the function is only called, not hooked.
