@@ -7,6 +7,7 @@
 //! it. A process that belongs to no slice gets the real driver untouched.
 
 mod agent_client;
+mod books;
 mod compute;
 mod entry;
 mod ffi;
@@ -14,6 +15,7 @@ mod hooks;
 mod launch;
 mod lock;
 mod log;
+mod meter;
 mod nvml;
 mod nvml_view;
 mod presence;

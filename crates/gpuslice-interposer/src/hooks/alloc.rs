@@ -9,11 +9,12 @@
 use std::ffi::c_uint;
 
 use super::common::{PAGE, round_up, with_slice};
+use crate::books::{Charge, Key};
 use crate::ffi::*;
 use crate::lock::lock;
 use crate::process::{Access, access};
 use crate::real::call_driver;
-use crate::slice::{Charge, Key, Slice};
+use crate::slice::Slice;
 use crate::table::id;
 
 // Plain allocations.

@@ -8,10 +8,11 @@ use std::ffi::{c_int, c_uint, c_void};
 
 use super::alloc::{adjust, charged_on_current};
 use super::common::{PAGE, round_up, with_slice};
+use crate::books::Key;
 use crate::ffi::*;
 use crate::process::{Access, access};
 use crate::real::call_driver;
-use crate::slice::{Key, Slice};
+use crate::slice::Slice;
 use crate::table::id;
 
 // Arrays: charged by an estimate from the descriptor, then corrected to the driver's

@@ -9,12 +9,13 @@ use std::ffi::{c_int, c_ulonglong, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use super::common::{PAGE, round_up};
+use crate::books::set_tracked;
 use crate::ffi::*;
 use crate::lock::lock;
 use crate::log::log_at;
 use crate::process::{Access, access};
 use crate::real::{call_driver, graph_mem_attribute};
-use crate::slice::{Holding, set_tracked};
+use crate::slice::Holding;
 use crate::table::id;
 
 // CUDA graphs with memory nodes: what an executable graph's allocation nodes need is

@@ -7,11 +7,12 @@
 use std::ffi::c_int;
 
 use super::common::{PAGE, round_up};
+use crate::books::{Key, set_tracked};
 use crate::ffi::*;
 use crate::lock::lock;
 use crate::process::{Access, access};
 use crate::real::{call_driver, pool_attribute};
-use crate::slice::{Holding, Key, set_tracked};
+use crate::slice::Holding;
 use crate::table::id;
 
 // Stream-ordered allocation. A pool's charge is the memory the pool reserves from the

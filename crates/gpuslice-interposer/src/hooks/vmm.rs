@@ -7,10 +7,10 @@
 use std::ffi::c_ulonglong;
 
 use super::common::with_slice;
+use crate::books::{Charge, Key};
 use crate::ffi::*;
 use crate::process::{Access, access};
 use crate::real::call_driver;
-use crate::slice::{Charge, Key};
 use crate::table::id;
 
 // Virtual memory management: physical memory is charged when created. Imported handles
