@@ -10,6 +10,7 @@
 //! This is the top floor: the one file that names every hook, in [`HOOKS`] (the address
 //! of the hook of each table entry that has one).
 
+// The exported entry points carry the driver's own symbol names, which are camelCase.
 #![allow(non_snake_case)]
 
 use std::ffi::{CStr, c_char, c_int, c_void};

@@ -5,6 +5,7 @@
 //! Launch hooks are handed out only to processes whose slice has a compute limit
 //! ([`is_launch_hook`]), so every other process launches straight into the driver.
 
+// The hooks carry the driver's own symbol names, which are camelCase.
 #![allow(non_snake_case)]
 
 use std::ffi::{c_uint, c_void};
