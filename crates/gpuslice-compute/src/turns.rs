@@ -139,7 +139,9 @@ pub struct GpuTurns {
 // SAFETY: the mapping is only accessed through atomics (and immutable header fields
 // checked once), so it can be shared and sent like the atomics themselves.
 unsafe impl Send for GpuTurns {}
-// SAFETY: as above.
+// SAFETY: every access through a shared reference reads or writes the mapping with
+// atomics (the header fields it reads plainly are immutable after the check at open),
+// so several threads may use one `GpuTurns` at once.
 unsafe impl Sync for GpuTurns {}
 
 fn encode(slot: usize, lease_end_ns: u64) -> u64 {

@@ -1,12 +1,11 @@
-//! Compute slices inside the process: the gate in front of every kernel and graph
-//! launch, and the CUDA events that measure this process's GPU busy time (the
-//! controller itself lives in the `gpuslice-compute` crate).
+//! Compute slices inside the process: the per-context gate in front of every kernel and
+//! graph launch, and the CUDA events that measure this process's GPU busy time (the
+//! controller itself lives in the `gpuslice-compute` crate). Built from plain values
+//! ([`ComputeSettings`], the ledger's cells); the launch hooks that use it are in
+//! `launch.rs`.
 //!
-//! Launch hooks are handed out only to processes whose slice has a compute limit, so
-//! every other process launches straight into the driver. Launches into a stream that
-//! is being captured are not gated (they run later, as a graph, whose launch is).
-
-#![allow(non_snake_case)]
+//! Launches into a stream that is being captured are not gated (they run later, as a
+//! graph, whose launch is).
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
@@ -14,286 +13,27 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use gpuslice_compute::turns::process_key;
-use gpuslice_compute::{
-    Budget, BusyMeter, Clock, EventMeter, Gate, GateConfig, GpuTurns, Harvest, MonotonicClock,
-    Step, Timeline,
-};
+use gpuslice_compute::{Budget, BusyMeter, EventMeter, Gate, GateConfig, GpuTurns, Step};
 use gpuslice_config::{ComputeMethod, SliceConfig};
+use gpuslice_ledger::{DeviceSlot, Ledger};
 
 use crate::ffi::*;
+use crate::lock::lock;
 use crate::log::log_at;
-use crate::state::{Access, Slice, access, call_driver, lock};
+use crate::meter::{
+    CudaTimeline, Meter, NvmlMeter, PER_THREAD_STREAM, capturing, clock, stream_key,
+};
+use crate::real::call_driver;
 use crate::table::id;
 
-type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
-type EventRecordFn = unsafe extern "C" fn(CUevent, CUstream) -> CUresult;
-type EventFn = unsafe extern "C" fn(CUevent) -> CUresult;
-type StreamFn = unsafe extern "C" fn(CUstream) -> CUresult;
-type ElapsedFn = unsafe extern "C" fn(*mut f32, CUevent, CUevent) -> CUresult;
-type StreamCreateFn = unsafe extern "C" fn(*mut CUstream, c_uint) -> CUresult;
 type CtxGetCurrentFn = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
-type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
 type ExchangeModeFn = unsafe extern "C" fn(*mut c_int) -> CUresult;
-type IsCapturingFn = unsafe extern "C" fn(CUstream, *mut c_int) -> CUresult;
 
-const CU_EVENT_BLOCKING_SYNC: c_uint = 1;
-const CU_STREAM_NON_BLOCKING: c_uint = 1;
-const CUDA_ERROR_NOT_READY: CUresult = 600;
 const CU_STREAM_CAPTURE_MODE_RELAXED: c_int = 2;
-/// `CU_STREAM_PER_THREAD`.
-const PER_THREAD_STREAM: usize = 2;
-
-/// The clock of the GPU's driver when it has one of its own: the project's fake driver
-/// exports a virtual clock (`fakeCudaClockNow`/`fakeCudaClockSleep`) so that tests of
-/// the controller are exact. The NVIDIA driver has none, and the host's monotonic clock
-/// is used.
-struct DriverClock {
-    now: unsafe extern "C" fn() -> u64,
-    sleep: unsafe extern "C" fn(u64),
-}
-
-impl Clock for DriverClock {
-    fn now_ns(&self) -> u64 {
-        // SAFETY: a function of this signature exported by the loaded driver.
-        unsafe { (self.now)() }
-    }
-    fn sleep_ns(&self, ns: u64) {
-        // SAFETY: as above.
-        unsafe { (self.sleep)(ns) }
-    }
-}
-
-fn clock() -> &'static (dyn Clock + Send + Sync) {
-    static CLOCK: std::sync::OnceLock<Box<dyn Clock + Send + Sync>> = std::sync::OnceLock::new();
-    CLOCK
-        .get_or_init(|| {
-            let now = crate::real::driver_symbol(crate::table::Library::Cuda, c"fakeCudaClockNow");
-            let sleep =
-                crate::real::driver_symbol(crate::table::Library::Cuda, c"fakeCudaClockSleep");
-            if !now.is_null() && !sleep.is_null() {
-                // SAFETY: the fake driver exports these with exactly these signatures.
-                let clock = unsafe {
-                    DriverClock {
-                        now: std::mem::transmute::<*mut c_void, unsafe extern "C" fn() -> u64>(now),
-                        sleep: std::mem::transmute::<*mut c_void, unsafe extern "C" fn(u64)>(sleep),
-                    }
-                };
-                if clock.now_ns() != 0 {
-                    return Box::new(clock);
-                }
-            }
-            Box::new(MonotonicClock)
-        })
-        .as_ref()
-}
-
-/// How a stream is told apart: its handle, and for the per-thread default stream the
-/// thread it belongs to.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub struct StreamKey {
-    handle: usize,
-    thread: u64,
-}
-
-impl StreamKey {
-    /// Whether this thread can name the stream to the driver: any stream but another
-    /// thread's per-thread default stream (the handle means the caller's own).
-    fn reachable(&self) -> bool {
-        // SAFETY: gettid has no preconditions.
-        self.thread == 0 || self.thread == unsafe { libc::gettid() as u64 }
-    }
-}
-
-fn stream_key(handle: CUstream) -> StreamKey {
-    let handle = handle as usize;
-    let thread = if handle == PER_THREAD_STREAM {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::gettid() as u64 }
-    } else {
-        0
-    };
-    StreamKey { handle, thread }
-}
-
-/// The CUDA driver's events, as the meter's [`Timeline`]. Calls are made in the
-/// context that is current in the calling thread: the launch's context.
-struct CudaTimeline {
-    private: CUstream,
-}
-
-impl Timeline for CudaTimeline {
-    type Event = usize;
-    type Stream = StreamKey;
-
-    fn new_event(&mut self) -> Option<usize> {
-        let mut event: CUevent = std::ptr::null_mut();
-        let r = call_driver!(
-            id::cuEventCreate,
-            EventCreateFn,
-            &mut event,
-            CU_EVENT_BLOCKING_SYNC
-        );
-        (r == CUDA_SUCCESS && !event.is_null()).then_some(event as usize)
-    }
-
-    fn record(&mut self, event: usize, stream: StreamKey) -> bool {
-        // An event recorded into a stream being captured would become part of the
-        // user's graph, and one recorded into another thread's per-thread default
-        // stream would land in this thread's: the group it would close is measured as
-        // lost instead (charged its launches' usual time).
-        if !stream.reachable() || capturing(stream.handle as CUstream) != Some(false) {
-            return false;
-        }
-        call_driver!(
-            id::cuEventRecord,
-            EventRecordFn,
-            event as CUevent,
-            stream.handle as CUstream
-        ) == CUDA_SUCCESS
-    }
-
-    fn record_private(&mut self, event: usize) -> bool {
-        if self.private.is_null() {
-            let mut stream: CUstream = std::ptr::null_mut();
-            if call_driver!(
-                id::cuStreamCreate,
-                StreamCreateFn,
-                &mut stream,
-                CU_STREAM_NON_BLOCKING
-            ) != CUDA_SUCCESS
-            {
-                return false;
-            }
-            self.private = stream;
-        }
-        let ok = call_driver!(
-            id::cuEventRecord,
-            EventRecordFn,
-            event as CUevent,
-            self.private
-        ) == CUDA_SUCCESS;
-        if !ok {
-            // The stream may belong to a context that is gone (a reset, or a destroyed
-            // context whose address was reused): the next re-base makes a new one, so
-            // that the meter measures again instead of losing every launch from now on.
-            self.private = std::ptr::null_mut();
-        }
-        ok
-    }
-
-    fn is_done(&mut self, event: usize) -> Option<bool> {
-        match call_driver!(id::cuEventQuery, EventFn, event as CUevent) {
-            CUDA_SUCCESS => Some(true),
-            CUDA_ERROR_NOT_READY => Some(false),
-            _ => None,
-        }
-    }
-
-    fn stream_idle(&mut self, stream: StreamKey) -> Option<bool> {
-        // Querying a stream being captured would invalidate the capture.
-        if !stream.reachable() || capturing(stream.handle as CUstream) != Some(false) {
-            return None;
-        }
-        match call_driver!(id::cuStreamQuery, StreamFn, stream.handle as CUstream) {
-            CUDA_SUCCESS => Some(true),
-            CUDA_ERROR_NOT_READY => Some(false),
-            _ => None,
-        }
-    }
-
-    fn wait(&mut self, event: usize) -> bool {
-        call_driver!(id::cuEventSynchronize, EventFn, event as CUevent) == CUDA_SUCCESS
-    }
-
-    fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
-        let mut ms: f32 = 0.0;
-        let mut r = call_driver!(
-            id::cuEventElapsedTime_v2,
-            ElapsedFn,
-            &mut ms,
-            from as CUevent,
-            to as CUevent
-        );
-        if r == CUDA_ERROR_NOT_FOUND {
-            r = call_driver!(
-                id::cuEventElapsedTime,
-                ElapsedFn,
-                &mut ms,
-                from as CUevent,
-                to as CUevent
-            );
-        }
-        (r == CUDA_SUCCESS).then(|| (f64::from(ms) * 1e6) as i64)
-    }
-}
-
-/// The busy time of this process by the driver's own per-process utilization samples
-/// (NVML): the second candidate, kept for comparison (`GPUSLICE_COMPUTE_METHOD=nvml`).
-/// It sees work only after the driver has sampled it and cannot bound the queue.
-struct NvmlMeter {
-    uuid: String,
-    pid: u32,
-    last_poll_ns: u64,
-    last_sample_us: u64,
-}
-
-const NVML_POLL_NS: u64 = 50_000_000;
-
-impl BusyMeter for NvmlMeter {
-    fn harvest(&mut self, now_ns: u64) -> Harvest {
-        if now_ns.saturating_sub(self.last_poll_ns) < NVML_POLL_NS {
-            return Harvest::default();
-        }
-        self.last_poll_ns = now_ns;
-        let samples = crate::nvml::utilization_samples(&self.uuid, self.last_sample_us);
-        let mut busy_ns = 0u64;
-        for (pid, at_us, sm_percent) in samples {
-            if pid != self.pid || at_us <= self.last_sample_us {
-                continue;
-            }
-            let span_us = if self.last_sample_us == 0 {
-                NVML_POLL_NS / 1000
-            } else {
-                at_us - self.last_sample_us
-            };
-            busy_ns += span_us * 1000 * u64::from(sm_percent.min(100)) / 100;
-            self.last_sample_us = at_us;
-        }
-        Harvest {
-            busy_ns,
-            started_ns: now_ns.saturating_sub(busy_ns),
-        }
-    }
-    fn pending(&self) -> usize {
-        0
-    }
-    fn inflight_estimate_ns(&self) -> u64 {
-        0
-    }
-    fn room(&self, _max_inflight_ns: u64, max_pending: usize) -> usize {
-        max_pending
-    }
-    fn wait_oldest(&mut self) {}
-    fn wait_all(&mut self) {}
-}
-
-enum Meter {
-    Events(Box<EventMeter<CudaTimeline>>),
-    Nvml(NvmlMeter),
-}
-
-impl Meter {
-    fn as_dyn(&mut self) -> &mut dyn BusyMeter {
-        match self {
-            Meter::Events(m) => m.as_mut(),
-            Meter::Nvml(m) => m,
-        }
-    }
-}
 
 /// One CUDA context's gate and meter. The meter's events and private stream belong to
 /// the context: they must not be used once the driver has destroyed it.
-struct ContextCompute {
+pub struct ContextCompute {
     gate: Gate<'static>,
     meter: Meter,
     /// The slice's ledger word counting time held back by the gate on this device.
@@ -362,25 +102,56 @@ unsafe impl Send for ContextCompute {}
 
 /// The compute side of a process's slice.
 pub struct Compute {
-    limits: Option<(u32, Option<u32>)>,
-    method: ComputeMethod,
-    gpu_dir: std::path::PathBuf,
-    slice_tag: u64,
+    settings: ComputeSettings,
     /// Context -> its gate, or `None` when its device is not limited.
     contexts: Mutex<HashMap<usize, Option<ContextCompute>>>,
     /// Device -> its primary context, as `cuDevicePrimaryCtxRetain` handed it out.
     primaries: Mutex<HashMap<CUdevice, usize>>,
 }
 
-impl Compute {
-    /// The compute state for a slice configured by `config`, whose ledger is `ledger`.
-    pub fn new(config: &SliceConfig, ledger: &std::path::Path) -> Self {
-        let limits = config.compute.shares.map(|s| s.to_pair());
-        Compute {
-            limits,
+/// What a process's compute side is made of: plain values from the slice's
+/// configuration and ledger.
+pub struct ComputeSettings {
+    /// The hard limit and burst, in percent; `None`: launches are not gated.
+    pub limits: Option<(u32, Option<u32>)>,
+    /// How busy time is measured.
+    pub method: ComputeMethod,
+    /// The folder of the GPUs' turn files.
+    pub gpu_dir: std::path::PathBuf,
+    /// A tag equal for all processes of the slice on this host.
+    pub slice_tag: u64,
+    /// `GPUSLICE_COMPUTE_BAND_MS`, `_QUEUE_MS`, `_ALONE_RESUME_MS`.
+    pub band_ms: Option<u32>,
+    /// See `band_ms`.
+    pub queue_ms: Option<u32>,
+    /// See `band_ms`.
+    pub alone_resume_ms: Option<u32>,
+    /// The slice's name, for messages.
+    pub slice_name: String,
+}
+
+impl ComputeSettings {
+    /// The settings of the slice configured by `config`, whose ledger file is `ledger`
+    /// and whose name is `slice_name`.
+    pub fn of(config: &SliceConfig, ledger: &std::path::Path, slice_name: &str) -> Self {
+        ComputeSettings {
+            limits: config.compute.shares.map(|s| s.to_pair()),
             method: config.compute.method,
             gpu_dir: config.gpu_dir.clone().into(),
             slice_tag: slice_tag(ledger),
+            band_ms: config.compute.band_ms,
+            queue_ms: config.compute.queue_ms,
+            alone_resume_ms: config.compute.alone_resume_ms,
+            slice_name: slice_name.to_string(),
+        }
+    }
+}
+
+impl Compute {
+    /// The compute side of a process's slice.
+    pub fn new(settings: ComputeSettings) -> Self {
+        Compute {
+            settings,
             contexts: Mutex::new(HashMap::new()),
             primaries: Mutex::new(HashMap::new()),
         }
@@ -388,17 +159,20 @@ impl Compute {
 
     /// Whether launches are gated at all.
     pub fn enabled(&self) -> bool {
-        self.limits.is_some()
+        self.settings.limits.is_some()
     }
 
-    fn build(&self, s: &'static Slice, ctx: usize) -> Option<ContextCompute> {
-        let (hard, burst) = self.limits?;
-        let mut dev: CUdevice = 0;
-        if call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev) != CUDA_SUCCESS {
-            return None;
-        }
-        let slot = s.device_entry(dev).ok().flatten()?;
-        let uuid = s.ledger.uuid(slot);
+    /// The gate and meter of context `ctx`, on CUDA device `dev` whose entry in the
+    /// slice's `ledger` is `slot`; `None` when launches are not gated.
+    pub fn context_gate(
+        &self,
+        ledger: &'static Ledger,
+        dev: CUdevice,
+        slot: DeviceSlot,
+        ctx: usize,
+    ) -> Option<ContextCompute> {
+        let (hard, burst) = self.settings.limits?;
+        let uuid = ledger.uuid(slot);
         let now = clock().now_ns();
         // The turn file is shared with every compute slice of the host, any of which can
         // cut it short: guard the mapping, so that this process survives that (and takes
@@ -409,54 +183,53 @@ impl Compute {
                 "{e}; a process that cuts the GPU's turn file short could end this one"
             ));
         }
-        let turns = match GpuTurns::open(&self.gpu_dir, &uuid, self.slice_tag, process_key(), now) {
+        let turns = match GpuTurns::open(
+            &self.settings.gpu_dir,
+            &uuid,
+            self.settings.slice_tag,
+            process_key(),
+            now,
+        ) {
             Ok(t) => Some(t),
             Err(e) => {
                 warn_once(format_args!(
                     "{e}; slice '{}' is held to its compute limit but cannot take turns with other slices on {uuid}",
-                    s.name
+                    self.settings.slice_name
                 ));
                 None
             }
         };
-        let (tat, busy) = s.ledger.compute_cells(slot);
+        let (tat, busy) = ledger.compute_cells(slot);
         let mut gate_config = GateConfig::new(hard, burst);
-        if let Some(ms) = s.config.compute.band_ms {
+        if let Some(ms) = self.settings.band_ms {
             gate_config.band_ns = u64::from(ms) * 1_000_000;
         }
-        if let Some(ms) = s.config.compute.queue_ms {
+        if let Some(ms) = self.settings.queue_ms {
             gate_config.max_inflight_ns = u64::from(ms) * 1_000_000;
         }
-        if let Some(ms) = s.config.compute.alone_resume_ms {
+        if let Some(ms) = self.settings.alone_resume_ms {
             gate_config.alone_resume_ns = Some(u64::from(ms) * 1_000_000);
         }
         let gate = Gate::new(gate_config, Budget::new(tat, busy), turns);
-        let meter = match self.method {
-            ComputeMethod::Events => Meter::Events(Box::new(EventMeter::new(
-                CudaTimeline {
-                    private: std::ptr::null_mut(),
-                },
-                now,
-            ))),
-            ComputeMethod::Nvml => Meter::Nvml(NvmlMeter {
-                uuid: uuid.clone(),
-                pid: std::process::id(),
-                last_poll_ns: now,
-                last_sample_us: 0,
-            }),
+        let meter = match self.settings.method {
+            ComputeMethod::Events => {
+                Meter::Events(Box::new(EventMeter::new(CudaTimeline::new(), now)))
+            }
+            ComputeMethod::Nvml => {
+                Meter::Nvml(NvmlMeter::new(uuid.clone(), std::process::id(), now))
+            }
         };
         log_at!(
             Info,
             "slice '{}': context {ctx:#x} on {uuid} limited to {hard}% of the GPU{}",
-            s.name,
+            self.settings.slice_name,
             burst.map(|b| format!(" (burst {b}%)")).unwrap_or_default()
         );
         let report_busy_ns = gate.budget().busy_total_ns();
-        register_exit_handler();
         Some(ContextCompute {
             gate,
             meter,
-            throttled: s.ledger.throttled_cell(slot),
+            throttled: ledger.throttled_cell(slot),
             device: dev,
             report_since_ns: now,
             report_busy_ns,
@@ -464,7 +237,7 @@ impl Compute {
             report_rests: 0,
             report_events: 0,
             launches: 0,
-            name: format!("slice '{}' on {uuid}", s.name),
+            name: format!("slice '{}' on {uuid}", self.settings.slice_name),
         })
     }
 
@@ -489,7 +262,7 @@ impl Compute {
 
     /// After `cuDevicePrimaryCtxRetain` handed out `ctx` as `dev`'s primary context.
     pub fn note_primary(&self, dev: CUdevice, ctx: CUcontext) {
-        if self.limits.is_some() && !ctx.is_null() {
+        if self.settings.limits.is_some() && !ctx.is_null() {
             lock(&self.primaries).insert(dev, ctx as usize);
         }
     }
@@ -500,7 +273,7 @@ impl Compute {
     /// usual time. Called from the CUDA runtime's own teardown at exit too: the exit
     /// handler must then find nothing of that context left to touch.
     pub fn primary_gone(&self, dev: CUdevice) {
-        if self.limits.is_none() {
+        if self.settings.limits.is_none() {
             return;
         }
         let Some(ctx) = lock(&self.primaries).remove(&dev) else {
@@ -518,7 +291,7 @@ impl Compute {
     /// so that no later call reaches its events, and a new context given the same
     /// address starts afresh.
     pub fn before_context_destroy(&self, ctx: CUcontext) {
-        if self.limits.is_none() || ctx.is_null() {
+        if self.settings.limits.is_none() || ctx.is_null() {
             return;
         }
         lock(&self.primaries).retain(|_, c| *c != ctx as usize);
@@ -548,7 +321,7 @@ impl Compute {
     /// Runs `f` on the event meter of the current context, if it is compute-limited and
     /// has one, in relaxed capture mode.
     fn with_current_meter(&self, f: impl FnOnce(&mut EventMeter<CudaTimeline>)) {
-        if self.limits.is_none() {
+        if self.settings.limits.is_none() {
             return;
         }
         let mut ctx: CUcontext = std::ptr::null_mut();
@@ -582,14 +355,6 @@ fn slice_tag(ledger: &std::path::Path) -> u64 {
         .map(|m| (m.dev(), m.ino()))
         .unwrap_or((0, 0));
     gpuslice_config::hash::fnv1a(&[&dev.to_ne_bytes(), &ino.to_ne_bytes()]).max(1)
-}
-
-/// Whether a stream is being captured; `None` when the driver will not say (then the
-/// launch is not gated: it would fail the same way in the driver).
-fn capturing(stream: CUstream) -> Option<bool> {
-    let mut status: c_int = CU_STREAM_CAPTURE_STATUS_NONE;
-    let r = call_driver!(id::cuStreamIsCapturing, IsCapturingFn, stream, &mut status);
-    (r == CUDA_SUCCESS).then_some(status != CU_STREAM_CAPTURE_STATUS_NONE)
 }
 
 /// Adds the part of a wait from `from_ns` to `to_ns` that no other wait of this process
@@ -627,142 +392,144 @@ pub fn graph_kind(exec: *mut c_void) -> u64 {
     (exec as u64).rotate_left(32) ^ 0x6772_6170_6800_0000
 }
 
-/// Runs a launch of `kind` on `stream` through the slice's gate: waits while the slice
-/// is over its share, launches, and measures the launch.
-///
-/// The common case costs no driver call besides `cuCtxGetCurrent`: while the gate's
-/// allowance lasts ([`Gate::fast_go`]) and the stream has an open group to join
-/// ([`EventMeter::try_join`]), the launch only counts. Everything that calls the driver
-/// (whether the stream is being captured, the timing events, the relaxed capture mode
-/// they need) happens once per group or per full check.
-pub fn gated(
-    stream: CUstream,
-    per_thread: bool,
-    kind: u64,
-    call: impl FnOnce() -> CUresult,
-) -> CUresult {
-    let s = match access() {
-        Access::PassThrough => return call(),
-        Access::Refuse(code) => return code,
-        Access::Slice(s) => s,
-    };
-    if !s.compute.enabled() {
-        return call();
-    }
-    let handle = if stream.is_null() && per_thread {
-        PER_THREAD_STREAM as CUstream
-    } else {
-        stream
-    };
-    let mut ctx: CUcontext = std::ptr::null_mut();
-    if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS || ctx.is_null()
-    {
-        return call();
-    }
-    let key = stream_key(handle);
-    let mut call = Some(call);
-    let mut checked_capture = false;
-    loop {
-        let mut map = lock(&s.compute.contexts);
-        let entry = map
-            .entry(ctx as usize)
-            .or_insert_with(|| s.compute.build(s, ctx as usize));
-        let Some(cc) = entry.as_mut() else {
-            drop(map);
-            return call.take().map_or(CUDA_SUCCESS, |c| c());
-        };
-        let now = clock().now_ns();
-        let fast = cc.gate.fast_go(now);
-        if fast {
-            let joined = match &mut cc.meter {
-                Meter::Events(meter) => meter.try_join(key, kind, now),
-                Meter::Nvml(_) => true,
-            };
-            if joined {
-                // A launch into a stream that began a capture after its group opened
-                // joins the group too: the group's end is then timed once the capture
-                // is over (`CudaTimeline::record` refuses a capturing stream).
-                cc.launches += 1;
-                return call.take().map_or(CUDA_SUCCESS, |c| c());
-            }
+impl Compute {
+    /// Runs a launch of `kind` on `stream` through the gate of the current context (made
+    /// by `context_gate` the first time the context launches): waits while the slice is
+    /// over its share, launches, and measures the launch.
+    ///
+    /// The common case costs no driver call besides `cuCtxGetCurrent`: while the gate's
+    /// allowance lasts ([`Gate::fast_go`]) and the stream has an open group to join
+    /// ([`EventMeter::try_join`]), the launch only counts. Everything that calls the driver
+    /// (whether the stream is being captured, the timing events, the relaxed capture mode
+    /// they need) happens once per group or per full check.
+    #[inline]
+    pub fn gated(
+        &self,
+        stream: CUstream,
+        per_thread: bool,
+        kind: u64,
+        context_gate: impl Fn(usize) -> Option<ContextCompute>,
+        call: impl FnOnce() -> CUresult,
+    ) -> CUresult {
+        if !self.enabled() {
+            return call();
         }
-        // The full path: launches into a stream being captured are not gated (they run
-        // later, as a graph, whose launch is).
-        if !checked_capture {
-            checked_capture = true;
-            if capturing(handle) != Some(false) {
+        let handle = if stream.is_null() && per_thread {
+            PER_THREAD_STREAM as CUstream
+        } else {
+            stream
+        };
+        let mut ctx: CUcontext = std::ptr::null_mut();
+        if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS
+            || ctx.is_null()
+        {
+            return call();
+        }
+        let key = stream_key(handle);
+        let mut call = Some(call);
+        let mut checked_capture = false;
+        loop {
+            let mut map = lock(&self.contexts);
+            let entry = map
+                .entry(ctx as usize)
+                .or_insert_with(|| context_gate(ctx as usize));
+            let Some(cc) = entry.as_mut() else {
                 drop(map);
                 return call.take().map_or(CUDA_SUCCESS, |c| c());
-            }
-        }
-        let step = if fast {
-            Step::Go
-        } else {
-            relaxed(|| {
-                let unblocked = cc.gate.unblocked();
-                let step = cc.gate.step(now, cc.meter.as_dyn());
-                if cc.gate.turns_truncated() {
-                    warn_once(format_args!(
-                        "{}: the GPU's turn file was cut short by another process; this slice stays within its share but no longer takes turns with the others",
-                        cc.name
-                    ));
-                }
-                if cc.gate.unblocked() > unblocked {
-                    warn_once(format_args!(
-                        "{}: this process's queued GPU work stopped completing while a launch waited for it; the launch goes, in case that work waits for it",
-                        cc.name
-                    ));
-                }
-                cc.report(now);
-                step
-            })
-        };
-        // Waits happen without the lock, so that another thread of this process can
-        // submit the work this one's queue may depend on. The time spent resting over
-        // the share or waiting for another slice's turn is the slice's throttled time
-        // (its ledger counts it for /metrics and `top`); waiting for a full queue to
-        // drain is not.
-        let waited_from = clock().now_ns();
-        let throttled = cc.gate.resting().then_some(cc.throttled);
-        match step {
-            Step::Go => {
+            };
+            let now = clock().now_ns();
+            let fast = cc.gate.fast_go(now);
+            if fast {
                 let joined = match &mut cc.meter {
                     Meter::Events(meter) => meter.try_join(key, kind, now),
                     Meter::Nvml(_) => true,
                 };
                 if joined {
+                    // A launch into a stream that began a capture after its group opened
+                    // joins the group too: the group's end is then timed once the capture
+                    // is over (`CudaTimeline::record` refuses a capturing stream).
                     cc.launches += 1;
                     return call.take().map_or(CUDA_SUCCESS, |c| c());
                 }
-                if let Meter::Events(meter) = &mut cc.meter {
-                    relaxed(|| meter.before_launch(key));
+            }
+            // The full path: launches into a stream being captured are not gated (they run
+            // later, as a graph, whose launch is).
+            if !checked_capture {
+                checked_capture = true;
+                if capturing(handle) != Some(false) {
+                    drop(map);
+                    return call.take().map_or(CUDA_SUCCESS, |c| c());
                 }
-                let submitted = clock().now_ns();
-                let r = call.take().map_or(CUDA_SUCCESS, |c| c());
-                let call_ns = clock().now_ns().saturating_sub(submitted);
-                cc.launches += 1;
-                if r == CUDA_SUCCESS
-                    && let Meter::Events(meter) = &mut cc.meter
-                {
-                    relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
+            }
+            let step = if fast {
+                Step::Go
+            } else {
+                relaxed(|| {
+                    let unblocked = cc.gate.unblocked();
+                    let step = cc.gate.step(now, cc.meter.as_dyn());
+                    if cc.gate.turns_truncated() {
+                        warn_once(format_args!(
+                            "{}: the GPU's turn file was cut short by another process; this slice stays within its share but no longer takes turns with the others",
+                            cc.name
+                        ));
+                    }
+                    if cc.gate.unblocked() > unblocked {
+                        warn_once(format_args!(
+                            "{}: this process's queued GPU work stopped completing while a launch waited for it; the launch goes, in case that work waits for it",
+                            cc.name
+                        ));
+                    }
+                    cc.report(now);
+                    step
+                })
+            };
+            // Waits happen without the lock, so that another thread of this process can
+            // submit the work this one's queue may depend on. The time spent resting over
+            // the share or waiting for another slice's turn is the slice's throttled time
+            // (its ledger counts it for /metrics and `top`); waiting for a full queue to
+            // drain is not.
+            let waited_from = clock().now_ns();
+            let throttled = cc.gate.resting().then_some(cc.throttled);
+            match step {
+                Step::Go => {
+                    let joined = match &mut cc.meter {
+                        Meter::Events(meter) => meter.try_join(key, kind, now),
+                        Meter::Nvml(_) => true,
+                    };
+                    if joined {
+                        cc.launches += 1;
+                        return call.take().map_or(CUDA_SUCCESS, |c| c());
+                    }
+                    if let Meter::Events(meter) = &mut cc.meter {
+                        relaxed(|| meter.before_launch(key));
+                    }
+                    let submitted = clock().now_ns();
+                    let r = call.take().map_or(CUDA_SUCCESS, |c| c());
+                    let call_ns = clock().now_ns().saturating_sub(submitted);
+                    cc.launches += 1;
+                    if r == CUDA_SUCCESS
+                        && let Meter::Events(meter) = &mut cc.meter
+                    {
+                        relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
+                    }
+                    return r;
                 }
-                return r;
-            }
-            Step::Sleep(ns) => {
-                drop(map);
-                clock().sleep_ns(ns);
-                count_throttled(throttled, waited_from, clock().now_ns());
-            }
-            Step::WaitTurn { seen, timeout_ns } => {
-                // Waits for another process to give the GPU up; nothing of this
-                // process's own is waited for, so the lock can stay held.
-                cc.gate.wait_turn(seen, timeout_ns, clock());
-                count_throttled(Some(cc.throttled), waited_from, clock().now_ns());
-            }
-            Step::WaitOldest | Step::WaitAll => {
-                drop(map);
-                clock().sleep_ns(WAIT_POLL_NS);
-                count_throttled(throttled, waited_from, clock().now_ns());
+                Step::Sleep(ns) => {
+                    drop(map);
+                    clock().sleep_ns(ns);
+                    count_throttled(throttled, waited_from, clock().now_ns());
+                }
+                Step::WaitTurn { seen, timeout_ns } => {
+                    // Waits for another process to give the GPU up; nothing of this
+                    // process's own is waited for, so the lock can stay held.
+                    cc.gate.wait_turn(seen, timeout_ns, clock());
+                    count_throttled(Some(cc.throttled), waited_from, clock().now_ns());
+                }
+                Step::WaitOldest | Step::WaitAll => {
+                    drop(map);
+                    clock().sleep_ns(WAIT_POLL_NS);
+                    count_throttled(throttled, waited_from, clock().now_ns());
+                }
             }
         }
     }
@@ -794,292 +561,8 @@ fn relaxed<R>(f: impl FnOnce() -> R) -> R {
 /// of a compute slice ends within this (plus its own teardown) of its program's end.
 const EXIT_WAIT_NS: u64 = 1_500_000_000;
 
-static EXIT_HANDLER: AtomicU32 = AtomicU32::new(0);
-
-/// Registers [`settle_at_exit`] once per process (a forked child inherits both the
-/// handler and the flag), when the first context gets a gate. Exit handlers run in the
-/// reverse order of registration, so this one runs before those of the libraries that
-/// were initialised before the process's first launch, the CUDA runtime's teardown among
-/// them: the contexts it settles still exist. The slice's own handler (registered when
-/// the slice was built, earlier) runs after it.
-fn register_exit_handler() {
-    if EXIT_HANDLER.swap(1, Relaxed) == 0 {
-        // SAFETY: registers a plain extern "C" function with no arguments; atexit only
-        // stores the pointer.
-        unsafe {
-            libc::atexit(settle_at_exit);
-        }
-    }
-}
-
-/// At exit: charges what the process's contexts still have queued, and gives their
-/// turns back (see [`Compute::leave`]). Never builds a slice.
-extern "C" fn settle_at_exit() {
-    if let Some(s) = crate::state::existing() {
-        s.compute.leave();
-    }
-}
-
 /// How often a launch waiting for this process's queued work to drain checks again.
 const WAIT_POLL_NS: u64 = 50_000;
-
-type LaunchKernelFn = unsafe extern "C" fn(
-    *mut c_void,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    CUstream,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> CUresult;
-type LaunchCoopFn = unsafe extern "C" fn(
-    *mut c_void,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    c_uint,
-    CUstream,
-    *mut *mut c_void,
-) -> CUresult;
-type LaunchExFn = unsafe extern "C" fn(
-    *const LaunchConfigHead,
-    *mut c_void,
-    *mut *mut c_void,
-    *mut *mut c_void,
-) -> CUresult;
-
-/// The head of `CUlaunchConfig`: grid and block dimensions, shared memory, then the
-/// stream (the attributes that follow are not read).
-#[repr(C)]
-pub struct LaunchConfigHead {
-    dims: [c_uint; 6],
-    shared_mem_bytes: c_uint,
-    stream: CUstream,
-}
-
-macro_rules! launch_kernel_hook {
-    ($name:ident, $id:expr, $per_thread:expr) => {
-        /// Gated kernel launch.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name(
-            f: *mut c_void,
-            gx: c_uint,
-            gy: c_uint,
-            gz: c_uint,
-            bx: c_uint,
-            by: c_uint,
-            bz: c_uint,
-            shared: c_uint,
-            stream: CUstream,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            let kind = kernel_kind(f, [gx, gy, gz], [bx, by, bz]);
-            gated(stream, $per_thread, kind, || {
-                call_driver!(
-                    $id,
-                    LaunchKernelFn,
-                    f,
-                    gx,
-                    gy,
-                    gz,
-                    bx,
-                    by,
-                    bz,
-                    shared,
-                    stream,
-                    params,
-                    extra
-                )
-            })
-        }
-    };
-}
-
-launch_kernel_hook!(cuLaunchKernel, id::cuLaunchKernel, false);
-launch_kernel_hook!(cuLaunchKernel_ptsz, id::cuLaunchKernel_ptsz, true);
-
-macro_rules! launch_coop_hook {
-    ($name:ident, $id:expr, $per_thread:expr) => {
-        /// Gated cooperative kernel launch.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn $name(
-            f: *mut c_void,
-            gx: c_uint,
-            gy: c_uint,
-            gz: c_uint,
-            bx: c_uint,
-            by: c_uint,
-            bz: c_uint,
-            shared: c_uint,
-            stream: CUstream,
-            params: *mut *mut c_void,
-        ) -> CUresult {
-            let kind = kernel_kind(f, [gx, gy, gz], [bx, by, bz]);
-            gated(stream, $per_thread, kind, || {
-                call_driver!(
-                    $id,
-                    LaunchCoopFn,
-                    f,
-                    gx,
-                    gy,
-                    gz,
-                    bx,
-                    by,
-                    bz,
-                    shared,
-                    stream,
-                    params
-                )
-            })
-        }
-    };
-}
-
-launch_coop_hook!(
-    cuLaunchCooperativeKernel,
-    id::cuLaunchCooperativeKernel,
-    false
-);
-launch_coop_hook!(
-    cuLaunchCooperativeKernel_ptsz,
-    id::cuLaunchCooperativeKernel_ptsz,
-    true
-);
-
-macro_rules! launch_ex_hook {
-    ($name:ident, $id:expr, $per_thread:expr) => {
-        /// Gated extensible kernel launch (the stream is in the launch configuration).
-        ///
-        /// # Safety
-        /// Driver contract: `config` points to a valid `CUlaunchConfig`.
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name(
-            config: *const LaunchConfigHead,
-            f: *mut c_void,
-            params: *mut *mut c_void,
-            extra: *mut *mut c_void,
-        ) -> CUresult {
-            let call = || call_driver!($id, LaunchExFn, config, f, params, extra);
-            if config.is_null() {
-                return call();
-            }
-            // SAFETY: the caller's valid launch configuration.
-            let (stream, dims) = unsafe { ((*config).stream, (*config).dims) };
-            let kind = kernel_kind(f, [dims[0], dims[1], dims[2]], [dims[3], dims[4], dims[5]]);
-            gated(stream, $per_thread, kind, call)
-        }
-    };
-}
-
-launch_ex_hook!(cuLaunchKernelEx, id::cuLaunchKernelEx, false);
-launch_ex_hook!(cuLaunchKernelEx_ptsz, id::cuLaunchKernelEx_ptsz, true);
-
-/// Closes the current context's open groups before a synchronisation (see
-/// [`Compute::before_wait`]).
-fn before_wait() {
-    if let Access::Slice(s) = access() {
-        s.compute.before_wait();
-    }
-}
-
-type VoidFn = unsafe extern "C" fn() -> CUresult;
-
-/// `cuStreamDestroy` (the first version, same arguments).
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamDestroy(stream: CUstream) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_stream_destroy(stream);
-    }
-    call_driver!(id::cuStreamDestroy, StreamFn, stream)
-}
-
-/// `cuStreamDestroy_v2`: the stream's open group is closed while the stream exists.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_stream_destroy(stream);
-    }
-    call_driver!(id::cuStreamDestroy_v2, StreamFn, stream)
-}
-
-/// `cuStreamSynchronize`: open groups are closed first.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    before_wait();
-    call_driver!(id::cuStreamSynchronize, StreamFn, stream)
-}
-
-/// `cuStreamSynchronize_ptsz`.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
-    before_wait();
-    call_driver!(id::cuStreamSynchronize_ptsz, StreamFn, stream)
-}
-
-/// `cuCtxSynchronize`.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    before_wait();
-    call_driver!(id::cuCtxSynchronize, VoidFn,)
-}
-
-/// `cuEventSynchronize`.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    before_wait();
-    call_driver!(id::cuEventSynchronize, EventFn, event)
-}
-
-type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
-
-/// `cuCtxDestroy_v2`: the context's queued work is charged while the context exists.
-#[unsafe(no_mangle)]
-pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_context_destroy(ctx);
-    }
-    call_driver!(id::cuCtxDestroy_v2, CtxDestroyFn, ctx)
-}
-
-/// `cuCtxDestroy` (the name before CUDA 4, same arguments).
-#[unsafe(no_mangle)]
-pub extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
-    if let Access::Slice(s) = access() {
-        s.compute.before_context_destroy(ctx);
-    }
-    call_driver!(id::cuCtxDestroy, CtxDestroyFn, ctx)
-}
-
-/// Whether a table entry is a hook handed out only to compute-limited slices: the
-/// launches, the synchronisations that close open groups, and the destructions of
-/// streams and contexts that close them out.
-pub fn is_launch_hook(entry: usize) -> bool {
-    [
-        id::cuLaunchKernel,
-        id::cuLaunchKernel_ptsz,
-        id::cuLaunchKernelEx,
-        id::cuLaunchKernelEx_ptsz,
-        id::cuLaunchCooperativeKernel,
-        id::cuLaunchCooperativeKernel_ptsz,
-        id::cuStreamSynchronize,
-        id::cuStreamSynchronize_ptsz,
-        id::cuCtxSynchronize,
-        id::cuEventSynchronize,
-        id::cuStreamDestroy,
-        id::cuStreamDestroy_v2,
-        id::cuCtxDestroy,
-        id::cuCtxDestroy_v2,
-    ]
-    .contains(&entry)
-}
 
 #[cfg(test)]
 mod tests {

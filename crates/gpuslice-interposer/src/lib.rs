@@ -7,15 +7,20 @@
 //! it. A process that belongs to no slice gets the real driver untouched.
 
 mod agent_client;
+mod books;
 mod compute;
 mod entry;
 mod ffi;
 mod hooks;
+mod launch;
+mod lock;
 mod log;
+mod meter;
 mod nvml;
 mod nvml_view;
 mod presence;
+mod process;
 mod real;
+mod slice;
 mod smi_ioctl;
-mod state;
 mod table;

@@ -2,7 +2,7 @@
 //! level. Nothing here runs on a hot path except the level check.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed};
 
 use gpuslice_config::LogLevel;
 
@@ -65,3 +65,19 @@ macro_rules! log_at {
     };
 }
 pub(crate) use log_at;
+
+static BROKEN_REPORTED: AtomicU32 = AtomicU32::new(0);
+
+/// Reports, once per process, that the slice's configuration or ledger is unusable and
+/// the GPU is refused.
+pub fn report_broken_once(message: &str) {
+    let pid = std::process::id();
+    if BROKEN_REPORTED.swap(pid, Relaxed) != pid {
+        line(
+            LogLevel::Error,
+            format_args!(
+                "{message}; refusing to use the GPU rather than run without the slice's limits"
+            ),
+        );
+    }
+}

@@ -1,14 +1,14 @@
 //! The little NVML this process needs: its own device memory as the driver counts it
 //! (contexts and modules included), and NVML indices of devices for index-keyed limits.
 
-use std::ffi::{CString, c_uint, c_void};
+use std::ffi::{CString, c_uint};
 use std::ptr::null_mut;
 
 use crate::ffi::{
     NVML_ERROR_INSUFFICIENT_SIZE, NVML_SUCCESS, NvmlDevice, NvmlProcessInfo,
     NvmlProcessUtilizationSample, NvmlReturn,
 };
-use crate::real::real;
+use crate::real::{call_nvml, function};
 use crate::table::id;
 
 type InitFn = unsafe extern "C" fn() -> NvmlReturn;
@@ -18,36 +18,26 @@ type ProcsFn = unsafe extern "C" fn(NvmlDevice, *mut c_uint, *mut NvmlProcessInf
 
 /// Initialises NVML (reference counted by NVML itself). False when there is none.
 pub fn init() -> bool {
-    let p = real(id::nvmlInit_v2);
-    if p.is_null() {
-        return false;
-    }
-    // SAFETY: NVML's nvmlInit_v2 takes no arguments.
-    unsafe { std::mem::transmute::<*mut c_void, InitFn>(p)() == NVML_SUCCESS }
+    call_nvml!(id::nvmlInit_v2, InitFn,) == NVML_SUCCESS
 }
 
 fn device_by_uuid(uuid: &str) -> Option<NvmlDevice> {
-    let p = real(id::nvmlDeviceGetHandleByUUID);
     let name = CString::new(uuid).ok()?;
-    if p.is_null() {
-        return None;
-    }
     let mut dev: NvmlDevice = null_mut();
-    // SAFETY: valid string and out pointer.
-    let r = unsafe { std::mem::transmute::<*mut c_void, ByUuidFn>(p)(name.as_ptr(), &mut dev) };
+    let r = call_nvml!(
+        id::nvmlDeviceGetHandleByUUID,
+        ByUuidFn,
+        name.as_ptr(),
+        &mut dev
+    );
     (r == NVML_SUCCESS).then_some(dev)
 }
 
 /// NVML index of the device with `uuid`.
 pub fn index_of(uuid: &str) -> Option<u32> {
     let dev = device_by_uuid(uuid)?;
-    let p = real(id::nvmlDeviceGetIndex);
-    if p.is_null() {
-        return None;
-    }
     let mut index: c_uint = 0;
-    // SAFETY: valid device handle and out pointer.
-    let r = unsafe { std::mem::transmute::<*mut c_void, IndexFn>(p)(dev, &mut index) };
+    let r = call_nvml!(id::nvmlDeviceGetIndex, IndexFn, dev, &mut index);
     (r == NVML_SUCCESS).then_some(index)
 }
 
@@ -59,22 +49,16 @@ type UuidFn = unsafe extern "C" fn(NvmlDevice, *mut std::ffi::c_char, c_uint) ->
 /// `CUDA_VISIBLE_DEVICES`): its index and UUID. `None` when NVML cannot say. Call
 /// [`init`] first.
 pub fn all_devices() -> Option<Vec<(u32, String)>> {
-    let (count_fn, by_index, uuid_fn) = (
-        real(id::nvmlDeviceGetCount_v2),
-        real(id::nvmlDeviceGetHandleByIndex_v2),
-        real(id::nvmlView_GetUUID),
-    );
-    if count_fn.is_null() || by_index.is_null() || uuid_fn.is_null() {
-        return None;
-    }
-    // SAFETY: these are NVML's nvmlDeviceGetCount_v2, nvmlDeviceGetHandleByIndex_v2 and
-    // nvmlDeviceGetUUID, whose C signatures these types are.
-    let (count_fn, by_index, uuid_fn) = unsafe {
+    // SAFETY: these types are the C signatures of NVML's nvmlDeviceGetCount_v2,
+    // nvmlDeviceGetHandleByIndex_v2 and nvmlDeviceGetUUID.
+    let (Some(count_fn), Some(by_index), Some(uuid_fn)) = (unsafe {
         (
-            std::mem::transmute::<*mut c_void, CountFn>(count_fn),
-            std::mem::transmute::<*mut c_void, ByIndexFn>(by_index),
-            std::mem::transmute::<*mut c_void, UuidFn>(uuid_fn),
+            function::<CountFn>(id::nvmlDeviceGetCount_v2),
+            function::<ByIndexFn>(id::nvmlDeviceGetHandleByIndex_v2),
+            function::<UuidFn>(id::nvmlView_GetUUID),
         )
+    }) else {
+        return None;
     };
     let mut count: c_uint = 0;
     // SAFETY: a valid out pointer.
@@ -108,15 +92,11 @@ pub fn all_devices() -> Option<Vec<(u32, String)>> {
 /// `None` when NVML cannot say (no NVML, PID not listed, value not available).
 pub fn process_memory(uuid: &str, pid: u32) -> Option<u64> {
     let dev = device_by_uuid(uuid)?;
-    let mut p = real(id::nvmlDeviceGetComputeRunningProcesses_v3);
-    if p.is_null() {
-        p = real(id::nvmlDeviceGetComputeRunningProcesses_v2);
-    }
-    if p.is_null() {
-        return None;
-    }
     // SAFETY: the v2 and v3 functions share this signature and struct layout.
-    let f = unsafe { std::mem::transmute::<*mut c_void, ProcsFn>(p) };
+    let f = unsafe {
+        function::<ProcsFn>(id::nvmlDeviceGetComputeRunningProcesses_v3)
+            .or_else(|| function::<ProcsFn>(id::nvmlDeviceGetComputeRunningProcesses_v2))
+    }?;
     let mut infos = vec![NvmlProcessInfo::default(); 64];
     for _ in 0..4 {
         let mut count = infos.len() as c_uint;
@@ -165,12 +145,10 @@ pub fn utilization_samples(uuid: &str, since_us: u64) -> Vec<(u32, u64, u32)> {
     let Some(dev) = device_by_uuid(uuid) else {
         return Vec::new();
     };
-    let p = real(id::nvmlView_GetProcessUtilization);
-    if p.is_null() {
-        return Vec::new();
-    }
     // SAFETY: the real nvmlDeviceGetProcessUtilization has this signature.
-    let f = unsafe { std::mem::transmute::<*mut c_void, UtilFn>(p) };
+    let Some(f) = (unsafe { function::<UtilFn>(id::nvmlView_GetProcessUtilization) }) else {
+        return Vec::new();
+    };
     let mut samples = vec![NvmlProcessUtilizationSample::default(); 64];
     for _ in 0..4 {
         let mut count = samples.len() as c_uint;

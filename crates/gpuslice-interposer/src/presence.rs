@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use gpuslice_config::{DeviceSelector, SliceConfig};
 
 use crate::ffi::CUDA_SUCCESS;
-use crate::state::{call_driver, device_uuid};
+use crate::real::{call_driver, device_uuid};
 use crate::table::id;
 
 type CountFn = unsafe extern "C" fn(*mut std::ffi::c_int) -> crate::ffi::CUresult;

@@ -1,12 +1,17 @@
-//! Finding the real driver: the real `dlsym` (we export our own), the handles of the
-//! real `libcuda.so.1` and `libnvidia-ml.so.1`, and the real address of every function
-//! we hook, resolved once and cached.
+//! The ground floor's one way to the real driver: the real `dlsym` (we export our own),
+//! the handles of the real `libcuda.so.1` and `libnvidia-ml.so.1`, the real address of
+//! every function in the table (resolved once and cached), and the only place where such
+//! an address becomes a callable function: [`function`], and over it the
+//! [`call_driver!`] (CUDA) and [`call_nvml!`] (NVML) macros. The few driver queries that
+//! several floors make (the current device, a device's UUID, pool and graph-memory
+//! attributes) live here too.
 
 use std::ffi::{CStr, c_char, c_void};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicPtr, AtomicU8, Ordering::Acquire, Ordering::Release};
 
-use crate::table::{COUNT, Library, hook_address, library_of, name_of};
+use crate::ffi::{CUDA_ERROR_NOT_FOUND, CUDA_SUCCESS, CUdevice, CUmemoryPool, CUresult};
+use crate::table::{COUNT, Library, id, library_of, name_of};
 
 type DlsymFn = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
 
@@ -38,7 +43,7 @@ pub fn real_dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void {
         return null_mut();
     }
     // SAFETY: `p` is glibc's dlsym, which has exactly this signature.
-    let f: DlsymFn = unsafe { std::mem::transmute::<*mut c_void, DlsymFn>(p) };
+    let f: DlsymFn = unsafe { as_function(p) };
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { f(handle, symbol) }
 }
@@ -119,12 +124,130 @@ pub fn real(id: usize) -> *mut c_void {
     p
 }
 
-/// Which hooked CUDA function has the real address `p`, if any. Only hooked CUDA
-/// entries are compared, so this never loads NVML.
-pub fn hook_id_of_real(p: *mut c_void) -> Option<usize> {
-    if p.is_null() {
-        return None;
+/// A function pointer type (`unsafe extern "C" fn(...) -> ...`) made from an address.
+///
+/// # Safety
+/// `p` is non-null and is the address of a function whose C signature is `F`.
+#[inline(always)]
+pub unsafe fn as_function<F: Copy>(p: *mut c_void) -> F {
+    const { assert!(std::mem::size_of::<F>() == std::mem::size_of::<*mut c_void>()) };
+    // SAFETY: `F` is a function pointer type of the same size as `p` (checked above at
+    // compile time), and the caller guarantees `p` is a function of that signature.
+    unsafe { std::mem::transmute_copy::<*mut c_void, F>(&p) }
+}
+
+/// The real function of table entry `id` as the function pointer type `F`; `None` when
+/// the driver lacks it.
+///
+/// # Safety
+/// `F` is the C signature of the function the table names by `id`.
+#[inline(always)]
+pub unsafe fn function<F: Copy>(id: usize) -> Option<F> {
+    let p = real(id);
+    // SAFETY: `p` is the driver's own implementation of entry `id`, whose signature the
+    // caller guarantees is `F`.
+    (!p.is_null()).then(|| unsafe { as_function::<F>(p) })
+}
+
+/// A symbol of a real library, outside the table, as the function pointer type `F`;
+/// `None` when the library lacks it.
+///
+/// # Safety
+/// `F` is the C signature of the function the library exports as `name`.
+pub unsafe fn symbol<F: Copy>(library: Library, name: &CStr) -> Option<F> {
+    let p = driver_symbol(library, name);
+    // SAFETY: `p` is the library's own `name`, whose signature the caller guarantees is
+    // `F`.
+    (!p.is_null()).then(|| unsafe { as_function::<F>(p) })
+}
+
+/// Calls the real CUDA driver function of table entry `$id`, whose C signature is `$ty`;
+/// `CUDA_ERROR_NOT_FOUND` when the driver lacks it.
+macro_rules! call_driver {
+    ($id:expr, $ty:ty, $($arg:expr),*) => {{
+        // SAFETY: `$ty` is the C signature of the table's entry `$id` (each call site
+        // names the type declared for that function).
+        match unsafe { $crate::real::function::<$ty>($id) } {
+            // SAFETY: the arguments follow the driver's contract for this function (the
+            // caller's own, or locals of the documented types).
+            Some(f) => unsafe { f($($arg),*) },
+            None => $crate::ffi::CUDA_ERROR_NOT_FOUND,
+        }
+    }};
+}
+pub(crate) use call_driver;
+
+/// Calls the real NVML function of table entry `$id`, whose C signature is `$ty`;
+/// `NVML_ERROR_FUNCTION_NOT_FOUND` when NVML lacks it.
+macro_rules! call_nvml {
+    ($id:expr, $ty:ty, $($arg:expr),*) => {{
+        // SAFETY: `$ty` is the C signature of the table's entry `$id` (each call site
+        // names the type declared for that function).
+        match unsafe { $crate::real::function::<$ty>($id) } {
+            // SAFETY: the arguments follow NVML's contract for this function (they are
+            // the caller's own, or buffers of the documented size).
+            Some(f) => unsafe { f($($arg),*) },
+            None => $crate::ffi::NVML_ERROR_FUNCTION_NOT_FOUND,
+        }
+    }};
+}
+pub(crate) use call_nvml;
+
+type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
+type UuidFn = unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult;
+type PoolAttrFn = unsafe extern "C" fn(CUmemoryPool, std::ffi::c_int, *mut c_void) -> CUresult;
+type GraphAttrFn = unsafe extern "C" fn(CUdevice, std::ffi::c_int, *mut c_void) -> CUresult;
+
+/// The device of the current context.
+pub fn current_cuda_device() -> Result<CUdevice, CUresult> {
+    let mut dev: CUdevice = 0;
+    let r = call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev);
+    if r == CUDA_SUCCESS { Ok(dev) } else { Err(r) }
+}
+
+/// The UUID of a CUDA device as `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
+pub fn device_uuid(dev: CUdevice) -> Result<String, CUresult> {
+    let mut raw = [0u8; 16];
+    let mut r = call_driver!(id::cuDeviceGetUuid_v2, UuidFn, &mut raw, dev);
+    if r == CUDA_ERROR_NOT_FOUND {
+        r = call_driver!(id::cuDeviceGetUuid, UuidFn, &mut raw, dev);
     }
-    (0..COUNT)
-        .find(|&id| library_of(id) == Library::Cuda && !hook_address(id).is_null() && real(id) == p)
+    if r != CUDA_SUCCESS {
+        return Err(r);
+    }
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!(
+        "GPU-{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    ))
+}
+
+/// A u64 attribute of a memory pool.
+pub fn pool_attribute(pool: CUmemoryPool, attr: std::ffi::c_int) -> Option<u64> {
+    let mut v: u64 = 0;
+    let r = call_driver!(
+        id::cuMemPoolGetAttribute,
+        PoolAttrFn,
+        pool,
+        attr,
+        (&mut v as *mut u64).cast()
+    );
+    (r == CUDA_SUCCESS).then_some(v)
+}
+
+/// A u64 graph-memory attribute of a device.
+pub fn graph_mem_attribute(dev: CUdevice, attr: std::ffi::c_int) -> Option<u64> {
+    let mut v: u64 = 0;
+    let r = call_driver!(
+        id::cuDeviceGetGraphMemAttribute,
+        GraphAttrFn,
+        dev,
+        attr,
+        (&mut v as *mut u64).cast()
+    );
+    (r == CUDA_SUCCESS).then_some(v)
 }

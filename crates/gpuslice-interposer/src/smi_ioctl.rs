@@ -100,7 +100,7 @@ pub fn rewrite_for(mode: DriverMode) -> Rewrite {
 /// (unset). A value it does not know makes the whole configuration fail closed (named
 /// on stderr); the rewriting is then left off.
 fn forced() -> Option<Rewrite> {
-    match crate::state::configured_smi_ioctl() {
+    match crate::process::configured_smi_ioctl() {
         Ok(None) => None,
         Ok(Some(SmiIoctl::Off)) | Err(_) => Some(Rewrite::Off),
         Ok(Some(SmiIoctl::HostPids)) => Some(Rewrite::HostPids),

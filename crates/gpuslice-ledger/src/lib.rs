@@ -314,7 +314,9 @@ pub struct Ledger {
 // SAFETY: the mapping is only accessed through atomics (see `layout`), so sharing
 // references between threads is as safe as sharing the atomics themselves.
 unsafe impl Sync for Ledger {}
-// SAFETY: as above; the mapping is not tied to the thread that created it.
+// SAFETY: the mapping (a shared file mapping, `MmapMut`) is not tied to the thread that
+// created it, and every access to it goes through atomics, so moving the ledger to
+// another thread cannot race with anything.
 unsafe impl Send for Ledger {}
 
 const OWNER_FREE: u64 = 0;

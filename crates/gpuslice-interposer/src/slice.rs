@@ -1,210 +1,25 @@
-//! This process's view of its slice: the configuration (read once from the
-//! environment), the ledger entry it charges, the devices it has met, and the books of
-//! what it allocated so that frees give charges back.
+//! The slice as this process sees it: the ledger entry it charges, the devices it has
+//! met, the books of what it allocated (so that frees give charges back), and the
+//! accounting policy: what a new context is charged, when context and module memory is
+//! re-measured, how pools and graph memory are reconciled, how room is made before a
+//! refusal.
 //!
-//! Nothing here runs in a constructor: the state is built by the first hook that needs
-//! it. After `fork` the child drops the parent's state (a `pthread_atfork` handler) and
-//! builds its own on first use, under its own PID.
+//! The policy asks the driver only through [`DriverQueries`]: [`RealDriver`] in the
+//! process, a scripted one in this file's unit tests.
 
 use std::collections::HashMap;
-use std::ffi::c_void;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicI32, AtomicU8, AtomicU64, Ordering::*};
 use std::time::Instant;
 
 use gpuslice_config::{SliceConfig, human_size};
 use gpuslice_ledger::{DeviceSlot, Ledger, LedgerSpec, Owners, ProcessSlot};
 
+use crate::books::{Charge, GraphBook, Key, PoolBook, set_tracked};
+use crate::compute::ComputeSettings;
 use crate::ffi::*;
-use crate::log::log_at;
-use crate::real::real;
-use crate::table::id;
-
-const MODE_UNKNOWN: u8 = 0;
-const MODE_INERT: u8 = 1;
-const MODE_SLICED: u8 = 2;
-const MODE_BROKEN: u8 = 3;
-static MODE: AtomicU8 = AtomicU8::new(MODE_UNKNOWN);
-static CONFIG: AtomicPtr<Result<SliceConfig, String>> = AtomicPtr::new(std::ptr::null_mut());
-
-fn config() -> &'static Result<SliceConfig, String> {
-    let p = CONFIG.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: published once below and never freed.
-        return unsafe { &*p };
-    }
-    let parsed = SliceConfig::from_process_env().map_err(|e| e.to_string());
-    if let Ok(cfg) = &parsed {
-        crate::log::set_level(cfg.log_level);
-    }
-    let boxed = Box::into_raw(Box::new(parsed));
-    match CONFIG.compare_exchange(std::ptr::null_mut(), boxed, AcqRel, Acquire) {
-        // SAFETY: we just published it.
-        Ok(_) => unsafe { &*boxed },
-        Err(existing) => {
-            // SAFETY: we own `boxed`, nobody saw it.
-            drop(unsafe { Box::from_raw(boxed) });
-            // SAFETY: published by the winner and never freed.
-            unsafe { &*existing }
-        }
-    }
-}
-
-fn mode() -> u8 {
-    let m = MODE.load(Relaxed);
-    if m != MODE_UNKNOWN {
-        return m;
-    }
-    let m = match config() {
-        Ok(cfg) if cfg.is_sliced() => MODE_SLICED,
-        Ok(_) => MODE_INERT,
-        Err(_) => MODE_BROKEN,
-    };
-    MODE.store(m, Relaxed);
-    m
-}
-
-/// Whether entry points should hand out hooks. A process outside any slice gets the
-/// real driver untouched, so it pays nothing; a broken configuration still gets hooks,
-/// so that they can refuse.
-pub fn hooks_wanted() -> bool {
-    mode() != MODE_INERT
-}
-
-/// Whether launch hooks should be handed out: only to a slice with a compute limit (or
-/// a broken configuration, so that it can refuse), so that no other process pays for
-/// them.
-pub fn launch_hooks_wanted() -> bool {
-    match config() {
-        Ok(c) => c.compute.is_limited(),
-        Err(_) => true,
-    }
-}
-
-/// `GPUSLICE_SMI_IOCTL` as this process's configuration has it; the configuration's
-/// error when it is broken.
-pub fn configured_smi_ioctl() -> Result<Option<gpuslice_config::SmiIoctl>, &'static str> {
-    config()
-        .as_ref()
-        .map(|c| c.smi_ioctl)
-        .map_err(String::as_str)
-}
-
-/// What a hook should do.
-pub enum Access {
-    /// No slice: call the driver and do nothing else.
-    PassThrough,
-    /// Enforce this slice.
-    Slice(&'static Slice),
-    /// Refuse with this code (the configuration or the ledger is unusable).
-    Refuse(CUresult),
-}
-
-/// The slice of this process, building it on first use.
-pub fn access() -> Access {
-    match mode() {
-        MODE_INERT => return Access::PassThrough,
-        MODE_BROKEN => {
-            if let Err(message) = config() {
-                report_broken_once(message);
-            }
-            return Access::Refuse(CUDA_ERROR_NOT_PERMITTED);
-        }
-        _ => {}
-    }
-    match slice() {
-        Ok(s) => Access::Slice(s),
-        Err(message) => {
-            report_broken_once(message);
-            Access::Refuse(CUDA_ERROR_NOT_PERMITTED)
-        }
-    }
-}
-
-static BROKEN_REPORTED: AtomicU32 = AtomicU32::new(0);
-
-fn report_broken_once(message: &str) {
-    let pid = std::process::id();
-    if BROKEN_REPORTED.swap(pid, Relaxed) != pid {
-        crate::log::line(
-            gpuslice_config::LogLevel::Error,
-            format_args!(
-                "{message}; refusing to use the GPU rather than run without the slice's limits"
-            ),
-        );
-    }
-}
-
-static SLICE: AtomicPtr<Result<Slice, String>> = AtomicPtr::new(std::ptr::null_mut());
-static SLICE_INIT_LOCK: AtomicU32 = AtomicU32::new(0);
-static ATFORK_REGISTERED: AtomicU32 = AtomicU32::new(0);
-
-fn slice() -> Result<&'static Slice, &'static str> {
-    let p = SLICE.load(Acquire);
-    if !p.is_null() {
-        // SAFETY: published below; only replaced (never freed) in a forked child.
-        return unsafe { &*p }.as_ref().map_err(String::as_str);
-    }
-    while SLICE_INIT_LOCK
-        .compare_exchange(0, 1, Acquire, Relaxed)
-        .is_err()
-    {
-        std::thread::yield_now();
-    }
-    let mut p = SLICE.load(Acquire);
-    if p.is_null() {
-        let built = Slice::build();
-        p = Box::into_raw(Box::new(built));
-        SLICE.store(p, Release);
-        if ATFORK_REGISTERED.swap(1, Relaxed) == 0 {
-            // SAFETY: registering plain extern "C" functions.
-            unsafe {
-                libc::pthread_atfork(None, None, Some(after_fork_in_child));
-                libc::atexit(at_exit);
-            }
-        }
-    }
-    SLICE_INIT_LOCK.store(0, Release);
-    // SAFETY: `p` came from Box::into_raw above (or from another thread's, published
-    // with Release and read with Acquire under the init lock); it is never freed, only
-    // replaced in a forked child, so the reference lives for the process.
-    unsafe { &*p }.as_ref().map_err(String::as_str)
-}
-
-/// The slice of this process if it was built already (and built without error); never
-/// builds one. For exit handlers, which must not start a slice in a process that never
-/// used the GPU.
-pub fn existing() -> Option<&'static Slice> {
-    let p = SLICE.load(Acquire);
-    if p.is_null() {
-        return None;
-    }
-    // SAFETY: published by `slice`; only replaced (never freed) in a forked child.
-    let slice = unsafe { &*p }.as_ref().ok()?;
-    (slice.pid == std::process::id()).then_some(slice)
-}
-
-/// In a forked child: forget the parent's slice state (its ledger entry, books and
-/// locks belong to the parent). The child builds its own on first use.
-extern "C" fn after_fork_in_child() {
-    SLICE.store(std::ptr::null_mut(), Release);
-    SLICE_INIT_LOCK.store(0, Release);
-}
-
-/// On normal exit: give the ledger entry back now instead of waiting for a sweep.
-extern "C" fn at_exit() {
-    let p = SLICE.load(Acquire);
-    if p.is_null() {
-        return;
-    }
-    // SAFETY: published state, never freed.
-    if let Ok(slice) = unsafe { &*p }
-        && slice.pid == std::process::id()
-    {
-        slice.compute.leave();
-        slice.ledger.unregister(slice.entry);
-    }
-}
+use crate::lock::lock;
+use crate::log::{log_at, report_broken_once};
 
 /// Which book's lock a caller of [`Slice::reserve_holding`] holds.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -215,63 +30,6 @@ pub enum Holding {
     Pools,
     /// The graph book.
     Graphs,
-}
-
-/// What kind of thing an allocation record is keyed by.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Key {
-    /// A device pointer (`cuMemAlloc`, pitch, managed).
-    Pointer(u64),
-    /// A VMM handle (`cuMemCreate`).
-    Handle(u64),
-    /// A CUDA array or mipmapped array.
-    Array(u64),
-}
-
-/// One charged allocation.
-#[derive(Clone, Copy)]
-pub struct Charge {
-    /// Ledger device entry.
-    pub device: DeviceSlot,
-    /// Bytes charged.
-    pub bytes: u64,
-    /// Whether NVML's per-process usage shows this memory. Managed memory is charged in
-    /// full but NVML does not show it, so it must not be taken for context memory.
-    pub visible_to_nvml: bool,
-}
-
-impl Charge {
-    /// A charge for device memory that NVML shows in the process's usage.
-    pub fn device_memory(device: DeviceSlot, bytes: u64) -> Self {
-        Charge {
-            device,
-            bytes,
-            visible_to_nvml: true,
-        }
-    }
-}
-
-/// A memory pool's charge: the pool's reserved memory as last seen.
-#[derive(Default)]
-pub struct PoolBook {
-    /// Pool -> (ledger device entry, bytes charged).
-    pub charged: HashMap<usize, (DeviceSlot, u64)>,
-    /// Pool -> CUDA device it lives on (from `cuMemPoolCreate` or the device's pool).
-    pub device_of: HashMap<usize, CUdevice>,
-    /// Pool -> the largest step by which it was seen to grow. Pools grow in chunks; the
-    /// next growth is reserved at least this large, so that near the limit an
-    /// allocation is refused *before* the pool grows past it.
-    pub growth_step: HashMap<usize, u64>,
-}
-
-/// Graph memory: per device, what the graph memory pool holds; per executable graph,
-/// what its allocation nodes need.
-#[derive(Default)]
-pub struct GraphBook {
-    /// CUDA device -> (ledger device entry, bytes charged).
-    pub charged: HashMap<CUdevice, (DeviceSlot, u64)>,
-    /// Executable graph -> (CUDA device, bytes its allocation nodes need).
-    pub needs: HashMap<usize, Vec<(CUdevice, u64)>>,
 }
 
 /// `Slice::primary` while the charge of a claimed primary context is under way.
@@ -310,8 +68,57 @@ const DEVICE_UNRESOLVED: i32 = -2;
 const DEVICE_UNLIMITED: i32 = -1;
 const MAX_ORDINALS: usize = 64;
 
+/// The driver queries the slice's accounting makes: all it asks the CUDA driver and
+/// NVML. [`RealDriver`] asks the real ones; generic, so that a hook pays no dispatch.
+pub trait DriverQueries {
+    /// The CUDA device of the current context.
+    fn current_device(&self) -> Result<CUdevice, CUresult>;
+    /// The UUID of CUDA device `dev` (`GPU-...`).
+    fn device_uuid(&self, dev: CUdevice) -> Result<String, CUresult>;
+    /// Initialises NVML; false when there is none.
+    fn nvml_init(&self) -> bool;
+    /// NVML's index of the GPU with `uuid`.
+    fn nvml_index(&self, uuid: &str) -> Option<u32>;
+    /// Device memory NVML attributes to process `pid` on the GPU with `uuid` (contexts
+    /// and modules included); `None` when NVML cannot say.
+    fn process_memory(&self, uuid: &str, pid: u32) -> Option<u64>;
+    /// The memory a stream-ordered pool reserves from its device now.
+    fn pool_reserved(&self, pool: usize) -> Option<u64>;
+    /// The memory the graph memory pool of CUDA device `dev` reserves now.
+    fn graph_reserved(&self, dev: CUdevice) -> Option<u64>;
+}
+
+/// The real CUDA driver and NVML, through `real.rs` and `nvml.rs`.
+#[derive(Clone, Copy, Default)]
+pub struct RealDriver;
+
+impl DriverQueries for RealDriver {
+    #[inline]
+    fn current_device(&self) -> Result<CUdevice, CUresult> {
+        crate::real::current_cuda_device()
+    }
+    fn device_uuid(&self, dev: CUdevice) -> Result<String, CUresult> {
+        crate::real::device_uuid(dev)
+    }
+    fn nvml_init(&self) -> bool {
+        crate::nvml::init()
+    }
+    fn nvml_index(&self, uuid: &str) -> Option<u32> {
+        crate::nvml::index_of(uuid)
+    }
+    fn process_memory(&self, uuid: &str, pid: u32) -> Option<u64> {
+        crate::nvml::process_memory(uuid, pid)
+    }
+    fn pool_reserved(&self, pool: usize) -> Option<u64> {
+        crate::real::pool_attribute(pool as CUmemoryPool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
+    }
+    fn graph_reserved(&self, dev: CUdevice) -> Option<u64> {
+        crate::real::graph_mem_attribute(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT)
+    }
+}
+
 /// The slice as this process sees it.
-pub struct Slice {
+pub struct Slice<D: DriverQueries = RealDriver> {
     /// The configuration.
     pub config: SliceConfig,
     /// The shared ledger.
@@ -346,14 +153,14 @@ pub struct Slice {
     last_overhead_check_ms: AtomicU64,
     started: Instant,
     nvml_ready: AtomicU8,
+    /// What the policy asks the driver.
+    driver: D,
 }
 
 impl Slice {
-    fn build() -> Result<Slice, String> {
-        let config = match config() {
-            Ok(c) => c.clone(),
-            Err(e) => return Err(e.clone()),
-        };
+    /// Joins the slice `config` describes: checks the GPUs it names are present, opens
+    /// (or creates) its ledger and registers this process in it.
+    pub fn build(config: SliceConfig) -> Result<Slice, String> {
         crate::presence::check(&config)?;
         let path = match &config.ledger_path {
             Some(p) => std::path::PathBuf::from(p),
@@ -407,8 +214,25 @@ impl Slice {
             name,
             path.display()
         );
-        let compute = crate::compute::Compute::new(&config, &path);
-        Ok(Slice {
+        let compute = crate::compute::Compute::new(ComputeSettings::of(&config, &path, &name));
+        Ok(Slice::from_parts(
+            config, ledger, entry, name, compute, RealDriver,
+        ))
+    }
+}
+
+impl<D: DriverQueries> Slice<D> {
+    /// A slice of this process from its parts: `entry` is this process's entry in
+    /// `ledger`, and `driver` answers the policy's queries.
+    pub fn from_parts(
+        config: SliceConfig,
+        ledger: Ledger,
+        entry: ProcessSlot,
+        name: String,
+        compute: crate::compute::Compute,
+        driver: D,
+    ) -> Self {
+        Slice {
             config,
             ledger,
             entry,
@@ -427,7 +251,8 @@ impl Slice {
             last_overhead_check_ms: AtomicU64::new(0),
             started: Instant::now(),
             nvml_ready: AtomicU8::new(0),
-        })
+            driver,
+        }
     }
 
     /// The ledger device entry of CUDA device `dev`, `None` when the slice does not limit
@@ -441,10 +266,10 @@ impl Slice {
             DEVICE_UNRESOLVED => {}
             slot => return Ok(Some(DeviceSlot::new(slot as usize))),
         }
-        let uuid = device_uuid(dev)?;
+        let uuid = self.driver.device_uuid(dev)?;
         let index = if self.config.memory.has_index_selectors() {
             self.ensure_nvml();
-            match crate::nvml::index_of(&uuid) {
+            match self.driver.nvml_index(&uuid) {
                 Some(i) => Some(i),
                 None => {
                     report_broken_once(&format!(
@@ -499,7 +324,7 @@ impl Slice {
 
     /// The ledger device entry of the current context's device.
     pub fn current_device(&self) -> Result<(CUdevice, Option<DeviceSlot>), CUresult> {
-        let dev = current_cuda_device()?;
+        let dev = self.driver.current_device()?;
         Ok((dev, self.device_entry(dev)?))
     }
 
@@ -605,7 +430,7 @@ impl Slice {
             1 => true,
             2 => false,
             _ => {
-                let ok = crate::nvml::init();
+                let ok = self.driver.nvml_init();
                 self.nvml_ready.store(if ok { 1 } else { 2 }, Relaxed);
                 ok
             }
@@ -621,7 +446,7 @@ impl Slice {
             return true;
         }
         let uuid = self.ledger.uuid(device);
-        let Some(measured) = crate::nvml::process_memory(&uuid, self.pid) else {
+        let Some(measured) = self.driver.process_memory(&uuid, self.pid) else {
             log_at!(Debug, "NVML does not list process {} on {uuid}", self.pid);
             return true;
         };
@@ -844,9 +669,7 @@ impl Slice {
         let mut book = lock(&self.pools);
         let pools: Vec<usize> = book.charged.keys().copied().collect();
         for pool in pools {
-            if let Some(reserved) =
-                pool_attribute(pool as CUmemoryPool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT)
-            {
+            if let Some(reserved) = self.driver.pool_reserved(pool) {
                 set_tracked(
                     &self.ledger,
                     self.entry,
@@ -863,8 +686,7 @@ impl Slice {
         let mut book = lock(&self.graphs);
         let devices: Vec<CUdevice> = book.charged.keys().copied().collect();
         for dev in devices {
-            if let Some(reserved) = graph_mem_attribute(dev, CU_GRAPH_MEM_ATTR_RESERVED_MEM_CURRENT)
-            {
+            if let Some(reserved) = self.driver.graph_reserved(dev) {
                 set_tracked(
                     &self.ledger,
                     self.entry,
@@ -877,117 +699,5 @@ impl Slice {
     }
 }
 
-/// Moves a tracked charge `(device entry, bytes)` to `target` bytes. Growth is checked
-/// against the limit unless `force`; returns false when it does not fit (the refusal
-/// counted in the ledger).
-pub fn set_tracked(
-    ledger: &Ledger,
-    entry: ProcessSlot,
-    tracked: Option<&mut (DeviceSlot, u64)>,
-    target: u64,
-    force: bool,
-) -> bool {
-    let Some((device, charged)) = tracked else {
-        return true;
-    };
-    if target > *charged {
-        let grow = target - *charged;
-        if force {
-            ledger.force_charge(entry, *device, grow);
-        } else if ledger.try_charge(entry, *device, grow).is_err() {
-            return false;
-        }
-    } else {
-        ledger.release(entry, *device, *charged - target);
-    }
-    *charged = target;
-    true
-}
-
-/// Locks a mutex, recovering it if a panicking thread poisoned it (panics abort here,
-/// so this only matters in theory).
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-type CtxGetDeviceFn = unsafe extern "C" fn(*mut CUdevice) -> CUresult;
-type UuidFn = unsafe extern "C" fn(*mut [u8; 16], CUdevice) -> CUresult;
-type PoolAttrFn = unsafe extern "C" fn(CUmemoryPool, std::ffi::c_int, *mut c_void) -> CUresult;
-type GraphAttrFn = unsafe extern "C" fn(CUdevice, std::ffi::c_int, *mut c_void) -> CUresult;
-
-/// Calls a function from the table by id with a given signature.
-macro_rules! call_driver {
-    ($id:expr, $ty:ty, $($arg:expr),*) => {{
-        let p = crate::real::real($id);
-        if p.is_null() {
-            crate::ffi::CUDA_ERROR_NOT_FOUND
-        } else {
-            // SAFETY: `p` is the driver's own implementation of the function with id
-            // `$id`, and `$ty` is that function's C signature.
-            let f = unsafe { std::mem::transmute::<*mut std::ffi::c_void, $ty>(p) };
-            // SAFETY: the arguments follow the driver's contract for this function.
-            unsafe { f($($arg),*) }
-        }
-    }};
-}
-pub(crate) use call_driver;
-
-/// The device of the current context.
-pub fn current_cuda_device() -> Result<CUdevice, CUresult> {
-    let mut dev: CUdevice = 0;
-    let r = call_driver!(id::cuCtxGetDevice, CtxGetDeviceFn, &mut dev);
-    if r == CUDA_SUCCESS { Ok(dev) } else { Err(r) }
-}
-
-/// The UUID of a CUDA device as `GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-pub fn device_uuid(dev: CUdevice) -> Result<String, CUresult> {
-    let mut raw = [0u8; 16];
-    let mut r = call_driver!(id::cuDeviceGetUuid_v2, UuidFn, &mut raw, dev);
-    if r == CUDA_ERROR_NOT_FOUND {
-        r = call_driver!(id::cuDeviceGetUuid, UuidFn, &mut raw, dev);
-    }
-    if r != CUDA_SUCCESS {
-        return Err(r);
-    }
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    Ok(format!(
-        "GPU-{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    ))
-}
-
-/// A u64 attribute of a memory pool.
-pub fn pool_attribute(pool: CUmemoryPool, attr: std::ffi::c_int) -> Option<u64> {
-    let mut v: u64 = 0;
-    let r = call_driver!(
-        id::cuMemPoolGetAttribute,
-        PoolAttrFn,
-        pool,
-        attr,
-        (&mut v as *mut u64).cast()
-    );
-    (r == CUDA_SUCCESS).then_some(v)
-}
-
-/// A u64 graph-memory attribute of a device.
-pub fn graph_mem_attribute(dev: CUdevice, attr: std::ffi::c_int) -> Option<u64> {
-    let mut v: u64 = 0;
-    let r = call_driver!(
-        id::cuDeviceGetGraphMemAttribute,
-        GraphAttrFn,
-        dev,
-        attr,
-        (&mut v as *mut u64).cast()
-    );
-    (r == CUDA_SUCCESS).then_some(v)
-}
-
-/// Whether the real function behind id exists (for tests of the table).
-#[allow(dead_code)]
-pub fn has_real(id: usize) -> bool {
-    !real(id).is_null()
-}
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,306 @@
+//! How a compute slice measures this process's GPU busy time: the CUDA events of the
+//! meter's [`Timeline`] (and the private stream it records on), or NVML's per-process
+//! utilization samples; the clock both are read by (the fake driver's virtual clock in
+//! tests, the host's monotonic clock otherwise); how a stream is told apart.
+
+use std::ffi::{c_int, c_uint};
+
+use gpuslice_compute::{BusyMeter, Clock, EventMeter, Harvest, MonotonicClock, Timeline};
+
+use crate::ffi::*;
+use crate::real::call_driver;
+use crate::table::id;
+
+type EventCreateFn = unsafe extern "C" fn(*mut CUevent, c_uint) -> CUresult;
+type EventRecordFn = unsafe extern "C" fn(CUevent, CUstream) -> CUresult;
+type EventFn = unsafe extern "C" fn(CUevent) -> CUresult;
+type StreamFn = unsafe extern "C" fn(CUstream) -> CUresult;
+type ElapsedFn = unsafe extern "C" fn(*mut f32, CUevent, CUevent) -> CUresult;
+type StreamCreateFn = unsafe extern "C" fn(*mut CUstream, c_uint) -> CUresult;
+type IsCapturingFn = unsafe extern "C" fn(CUstream, *mut c_int) -> CUresult;
+
+const CU_EVENT_BLOCKING_SYNC: c_uint = 1;
+const CU_STREAM_NON_BLOCKING: c_uint = 1;
+const CUDA_ERROR_NOT_READY: CUresult = 600;
+/// `CU_STREAM_PER_THREAD`.
+pub const PER_THREAD_STREAM: usize = 2;
+
+/// The clock of the GPU's driver when it has one of its own: the project's fake driver
+/// exports a virtual clock (`fakeCudaClockNow`/`fakeCudaClockSleep`) so that tests of
+/// the controller are exact. The NVIDIA driver has none, and the host's monotonic clock
+/// is used.
+struct DriverClock {
+    now: unsafe extern "C" fn() -> u64,
+    sleep: unsafe extern "C" fn(u64),
+}
+
+impl Clock for DriverClock {
+    fn now_ns(&self) -> u64 {
+        // SAFETY: `now` is the fake driver's `fakeCudaClockNow()`, which takes nothing
+        // and reads its virtual clock.
+        unsafe { (self.now)() }
+    }
+    fn sleep_ns(&self, ns: u64) {
+        // SAFETY: `sleep` is the fake driver's `fakeCudaClockSleep(u64)`, which only
+        // advances its virtual clock; any value is valid.
+        unsafe { (self.sleep)(ns) }
+    }
+}
+
+pub fn clock() -> &'static (dyn Clock + Send + Sync) {
+    static CLOCK: std::sync::OnceLock<Box<dyn Clock + Send + Sync>> = std::sync::OnceLock::new();
+    CLOCK
+        .get_or_init(|| {
+            // SAFETY: the fake driver exports these with exactly these signatures.
+            let (now, sleep) = unsafe {
+                (
+                    crate::real::symbol(crate::table::Library::Cuda, c"fakeCudaClockNow"),
+                    crate::real::symbol(crate::table::Library::Cuda, c"fakeCudaClockSleep"),
+                )
+            };
+            if let (Some(now), Some(sleep)) = (now, sleep) {
+                let clock = DriverClock { now, sleep };
+                if clock.now_ns() != 0 {
+                    return Box::new(clock);
+                }
+            }
+            Box::new(MonotonicClock)
+        })
+        .as_ref()
+}
+
+/// How a stream is told apart: its handle, and for the per-thread default stream the
+/// thread it belongs to.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct StreamKey {
+    handle: usize,
+    thread: u64,
+}
+
+impl StreamKey {
+    /// Whether this thread can name the stream to the driver: any stream but another
+    /// thread's per-thread default stream (the handle means the caller's own).
+    fn reachable(&self) -> bool {
+        // SAFETY: gettid has no preconditions.
+        self.thread == 0 || self.thread == unsafe { libc::gettid() as u64 }
+    }
+}
+
+pub fn stream_key(handle: CUstream) -> StreamKey {
+    let handle = handle as usize;
+    let thread = if handle == PER_THREAD_STREAM {
+        // SAFETY: gettid has no preconditions.
+        unsafe { libc::gettid() as u64 }
+    } else {
+        0
+    };
+    StreamKey { handle, thread }
+}
+
+/// The CUDA driver's events, as the meter's [`Timeline`]. Calls are made in the
+/// context that is current in the calling thread: the launch's context.
+pub struct CudaTimeline {
+    private: CUstream,
+}
+
+impl CudaTimeline {
+    /// A timeline whose private stream is made at its first use.
+    pub fn new() -> Self {
+        CudaTimeline {
+            private: std::ptr::null_mut(),
+        }
+    }
+}
+
+impl Timeline for CudaTimeline {
+    type Event = usize;
+    type Stream = StreamKey;
+
+    fn new_event(&mut self) -> Option<usize> {
+        let mut event: CUevent = std::ptr::null_mut();
+        let r = call_driver!(
+            id::cuEventCreate,
+            EventCreateFn,
+            &mut event,
+            CU_EVENT_BLOCKING_SYNC
+        );
+        (r == CUDA_SUCCESS && !event.is_null()).then_some(event as usize)
+    }
+
+    fn record(&mut self, event: usize, stream: StreamKey) -> bool {
+        // An event recorded into a stream being captured would become part of the
+        // user's graph, and one recorded into another thread's per-thread default
+        // stream would land in this thread's: the group it would close is measured as
+        // lost instead (charged its launches' usual time).
+        if !stream.reachable() || capturing(stream.handle as CUstream) != Some(false) {
+            return false;
+        }
+        call_driver!(
+            id::cuEventRecord,
+            EventRecordFn,
+            event as CUevent,
+            stream.handle as CUstream
+        ) == CUDA_SUCCESS
+    }
+
+    fn record_private(&mut self, event: usize) -> bool {
+        if self.private.is_null() {
+            let mut stream: CUstream = std::ptr::null_mut();
+            if call_driver!(
+                id::cuStreamCreate,
+                StreamCreateFn,
+                &mut stream,
+                CU_STREAM_NON_BLOCKING
+            ) != CUDA_SUCCESS
+            {
+                return false;
+            }
+            self.private = stream;
+        }
+        let ok = call_driver!(
+            id::cuEventRecord,
+            EventRecordFn,
+            event as CUevent,
+            self.private
+        ) == CUDA_SUCCESS;
+        if !ok {
+            // The stream may belong to a context that is gone (a reset, or a destroyed
+            // context whose address was reused): the next re-base makes a new one, so
+            // that the meter measures again instead of losing every launch from now on.
+            self.private = std::ptr::null_mut();
+        }
+        ok
+    }
+
+    fn is_done(&mut self, event: usize) -> Option<bool> {
+        match call_driver!(id::cuEventQuery, EventFn, event as CUevent) {
+            CUDA_SUCCESS => Some(true),
+            CUDA_ERROR_NOT_READY => Some(false),
+            _ => None,
+        }
+    }
+
+    fn stream_idle(&mut self, stream: StreamKey) -> Option<bool> {
+        // Querying a stream being captured would invalidate the capture.
+        if !stream.reachable() || capturing(stream.handle as CUstream) != Some(false) {
+            return None;
+        }
+        match call_driver!(id::cuStreamQuery, StreamFn, stream.handle as CUstream) {
+            CUDA_SUCCESS => Some(true),
+            CUDA_ERROR_NOT_READY => Some(false),
+            _ => None,
+        }
+    }
+
+    fn wait(&mut self, event: usize) -> bool {
+        call_driver!(id::cuEventSynchronize, EventFn, event as CUevent) == CUDA_SUCCESS
+    }
+
+    fn elapsed_ns(&mut self, from: usize, to: usize) -> Option<i64> {
+        let mut ms: f32 = 0.0;
+        let mut r = call_driver!(
+            id::cuEventElapsedTime_v2,
+            ElapsedFn,
+            &mut ms,
+            from as CUevent,
+            to as CUevent
+        );
+        if r == CUDA_ERROR_NOT_FOUND {
+            r = call_driver!(
+                id::cuEventElapsedTime,
+                ElapsedFn,
+                &mut ms,
+                from as CUevent,
+                to as CUevent
+            );
+        }
+        (r == CUDA_SUCCESS).then(|| (f64::from(ms) * 1e6) as i64)
+    }
+}
+
+/// The busy time of this process by the driver's own per-process utilization samples
+/// (NVML): the second candidate, kept for comparison (`GPUSLICE_COMPUTE_METHOD=nvml`).
+/// It sees work only after the driver has sampled it and cannot bound the queue.
+pub struct NvmlMeter {
+    uuid: String,
+    pid: u32,
+    last_poll_ns: u64,
+    last_sample_us: u64,
+}
+
+const NVML_POLL_NS: u64 = 50_000_000;
+
+impl NvmlMeter {
+    /// The meter of process `pid` on the GPU `uuid`, from `now_ns` on.
+    pub fn new(uuid: String, pid: u32, now_ns: u64) -> Self {
+        NvmlMeter {
+            uuid,
+            pid,
+            last_poll_ns: now_ns,
+            last_sample_us: 0,
+        }
+    }
+}
+
+impl BusyMeter for NvmlMeter {
+    fn harvest(&mut self, now_ns: u64) -> Harvest {
+        if now_ns.saturating_sub(self.last_poll_ns) < NVML_POLL_NS {
+            return Harvest::default();
+        }
+        self.last_poll_ns = now_ns;
+        let samples = crate::nvml::utilization_samples(&self.uuid, self.last_sample_us);
+        let mut busy_ns = 0u64;
+        for (pid, at_us, sm_percent) in samples {
+            if pid != self.pid || at_us <= self.last_sample_us {
+                continue;
+            }
+            let span_us = if self.last_sample_us == 0 {
+                NVML_POLL_NS / 1000
+            } else {
+                at_us - self.last_sample_us
+            };
+            busy_ns += span_us * 1000 * u64::from(sm_percent.min(100)) / 100;
+            self.last_sample_us = at_us;
+        }
+        Harvest {
+            busy_ns,
+            started_ns: now_ns.saturating_sub(busy_ns),
+        }
+    }
+    fn pending(&self) -> usize {
+        0
+    }
+    fn inflight_estimate_ns(&self) -> u64 {
+        0
+    }
+    fn room(&self, _max_inflight_ns: u64, max_pending: usize) -> usize {
+        max_pending
+    }
+    fn wait_oldest(&mut self) {}
+    fn wait_all(&mut self) {}
+}
+
+pub enum Meter {
+    /// CUDA events around groups of launches (the default).
+    Events(Box<EventMeter<CudaTimeline>>),
+    /// NVML's per-process utilization samples.
+    Nvml(NvmlMeter),
+}
+
+impl Meter {
+    /// The meter as the gate sees it.
+    pub fn as_dyn(&mut self) -> &mut dyn BusyMeter {
+        match self {
+            Meter::Events(m) => m.as_mut(),
+            Meter::Nvml(m) => m,
+        }
+    }
+}
+
+/// Whether a stream is being captured; `None` when the driver will not say (then the
+/// launch is not gated: it would fail the same way in the driver).
+pub fn capturing(stream: CUstream) -> Option<bool> {
+    let mut status: c_int = CU_STREAM_CAPTURE_STATUS_NONE;
+    let r = call_driver!(id::cuStreamIsCapturing, IsCapturingFn, stream, &mut status);
+    (r == CUDA_SUCCESS).then_some(status != CU_STREAM_CAPTURE_STATUS_NONE)
+}
