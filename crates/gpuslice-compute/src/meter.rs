@@ -43,7 +43,12 @@
 //! Event timestamps are read relative to a chain of reference events, re-based every
 //! 100 ms, so that the millisecond floats of `cuEventElapsedTime` never lose precision.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+// Per-stream maps are read on every launch (`try_join`): keyed by small handles, they
+// take the Fx hash, several times cheaper than std's SipHash, which guards against
+// adversarial keys these are not.
+use rustc_hash::FxHashMap as HashMap;
 use std::hash::Hash;
 
 /// The GPU operations the meter needs: events recorded on streams, queried, waited
@@ -341,18 +346,18 @@ impl<T: Timeline> EventMeter<T> {
             references: VecDeque::new(),
             next_generation: 0,
             last_rebase_ns: 0,
-            last_end: HashMap::new(),
-            newest: HashMap::new(),
+            last_end: HashMap::default(),
+            newest: HashMap::default(),
             starting: None,
-            open: HashMap::new(),
+            open: HashMap::default(),
             pending_launches: 0,
             offsets: VecDeque::new(),
             charged: VecDeque::new(),
             unmeasured_ns: 0,
             longest_ns: 0,
             average_ns: 0,
-            stream_average_ns: HashMap::new(),
-            groups_opened: HashMap::new(),
+            stream_average_ns: HashMap::default(),
+            groups_opened: HashMap::default(),
             kinds: KindTimes::default(),
             union_total_ns: 0,
             bound_total_ns: 0,
@@ -803,11 +808,11 @@ impl<T: Timeline> EventMeter<T> {
 
     /// For each stream with pending launches, how many of its oldest are complete.
     fn completed_per_stream(&mut self) -> HashMap<T::Stream, usize> {
-        let mut by_stream: HashMap<T::Stream, Vec<T::Event>> = HashMap::new();
+        let mut by_stream: HashMap<T::Stream, Vec<T::Event>> = HashMap::default();
         for m in &self.pending {
             by_stream.entry(m.stream).or_default().push(m.event);
         }
-        let mut done = HashMap::new();
+        let mut done = HashMap::default();
         for (stream, events) in by_stream {
             // Work on one stream completes in order: find the boundary by bisection.
             // An event the driver cannot answer for counts as completed (and is then
@@ -1096,7 +1101,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
 
     fn wait_all(&mut self) {
         self.seal();
-        let mut newest: HashMap<T::Stream, T::Event> = HashMap::new();
+        let mut newest: HashMap<T::Stream, T::Event> = HashMap::default();
         for m in &self.pending {
             newest.insert(m.stream, m.event);
         }

@@ -7,7 +7,9 @@
 //! Launches into a stream that is being captured are not gated (they run later, as a
 //! graph, whose launch is).
 
-use std::collections::HashMap;
+// The contexts map is read on every gated launch: Fx hash, not SipHash (the keys are the
+// driver's context handles).
+use rustc_hash::FxHashMap as HashMap;
 use std::ffi::{c_int, c_uint, c_void};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -152,8 +154,8 @@ impl Compute {
     pub fn new(settings: ComputeSettings) -> Self {
         Compute {
             settings,
-            contexts: Mutex::new(HashMap::new()),
-            primaries: Mutex::new(HashMap::new()),
+            contexts: Mutex::new(HashMap::default()),
+            primaries: Mutex::new(HashMap::default()),
         }
     }
 
