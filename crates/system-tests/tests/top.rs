@@ -3,7 +3,8 @@
 //! too large for it. The live view runs in a real terminal, a detached tmux session of
 //! 80x24 on a server of its own; the test sends it keys and reads the screen with
 //! `capture-pane`: the slice's row shows its usage and limit, the GPU's totals show the
-//! fake GPU's memory, Enter shows the slice's process, and `q` exits with 0. `--once`
+//! fake GPU's memory, Enter shows the slice's process, and `q` exits with 0; SIGTERM
+//! ends it too, with 0; after either the terminal's settings are as before. `--once`
 //! is checked as text. Without tmux the live test says SKIPPED (`.ci/run` installs it).
 
 use std::path::PathBuf;
@@ -157,40 +158,10 @@ fn top_shows_a_held_slice_in_80_by_24_and_q_exits_0() {
         return;
     }
     let bench = Bench::new();
-    let dir = bench.dir.path();
     let held = HeldSlice::start(&bench, "held");
     check_ledger(&held);
 
-    let exit = dir.join("top.exit");
-    let script = dir.join("top.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "{}'{}' top --ledger-dir '{}' --state-dir '{}'\necho EXIT=$? > '{}'\n",
-            exports(&bench),
-            bench.build.join("gpuslice").display(),
-            dir.join("ledgers").display(),
-            dir.join("state").display(),
-            exit.display()
-        ),
-    )
-    .unwrap();
-    let tmux = Tmux {
-        socket: dir.join("tmux.sock"),
-    };
-    tmux.run(&[
-        "-f",
-        "/dev/null",
-        "new-session",
-        "-d",
-        "-x",
-        "80",
-        "-y",
-        "24",
-        "-s",
-        "top",
-        &format!("sh '{}'", script.display()),
-    ]);
+    let (tmux, exit) = live_top(&bench);
 
     // The slice's row: the process's 400 MiB of the 1 GiB limit, no compute limit, the
     // refusals the ledger counted, one process; the GPU's row: the fake GPU's 80 GiB.
@@ -238,16 +209,115 @@ fn top_shows_a_held_slice_in_80_by_24_and_q_exits_0() {
 
     // q quits with 0 and gives the terminal back.
     tmux.run(&["send-keys", "-t", "top", "q"]);
-    wait_for(&exit, "gpuslice top to exit");
+    assert_eq!(exit_status(&exit), "EXIT=0 TTY=same");
+}
+
+#[test]
+fn top_gives_the_terminal_back_on_sigterm() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED top_gives_the_terminal_back_on_sigterm: tmux is not installed");
+        return;
+    }
+    let bench = Bench::new();
+    let held = HeldSlice::start(&bench, "held");
+    let (tmux, exit) = live_top(&bench);
+    tmux.screen_when("the slice's row", |s| s.contains("400MiB/1GiB"));
+
+    // `kill` (SIGTERM) to `gpuslice top`, the child of the pane's shell: it exits 0 and
+    // the terminal is as the shell left it (not raw).
+    let shell: u32 = tmux
+        .run(&["display-message", "-p", "-t", "top", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .expect("the pane's PID");
+    let top = child_named(shell, "gpuslice").expect("gpuslice top under the pane's shell");
+    let sent = Command::new("kill")
+        .args(["-TERM", &top.to_string()])
+        .status()
+        .expect("kill");
+    assert!(sent.success());
+    assert_eq!(exit_status(&exit), "EXIT=0 TTY=same");
+    drop(held);
+}
+
+/// Starts `gpuslice top` on the bench's slices in an 80x24 tmux session named `top`, from
+/// a shell script that writes, once top has exited, `EXIT=<status> TTY=same|changed` (the
+/// terminal's settings as `stty -g` prints them, before and after) to the file returned.
+fn live_top(bench: &Bench) -> (Tmux, PathBuf) {
+    let dir = bench.dir.path();
+    let exit = dir.join("top.exit");
+    let script = dir.join("top.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "{}before=$(stty -g)\n'{}' top --ledger-dir '{}' --state-dir '{}'\ncode=$?\n\
+             if [ \"$before\" = \"$(stty -g)\" ]; then tty=same; else tty=changed; fi\n\
+             echo \"EXIT=$code TTY=$tty\" > '{}'\n",
+            exports(bench),
+            bench.build.join("gpuslice").display(),
+            dir.join("ledgers").display(),
+            dir.join("state").display(),
+            exit.display()
+        ),
+    )
+    .unwrap();
+    let tmux = Tmux {
+        socket: dir.join("tmux.sock"),
+    };
+    tmux.run(&[
+        "-f",
+        "/dev/null",
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top",
+        &format!("sh '{}'", script.display()),
+    ]);
+    (tmux, exit)
+}
+
+/// The line the script of [`live_top`] wrote once top exited (within 10 s of its file).
+fn exit_status(exit: &std::path::Path) -> String {
+    wait_for(exit, "gpuslice top to exit");
     let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let text = std::fs::read_to_string(&exit).unwrap_or_default();
+    loop {
+        let text = std::fs::read_to_string(exit).unwrap_or_default();
         if text.ends_with('\n') || Instant::now() > deadline {
-            break text;
+            return text.trim().to_string();
         }
         std::thread::sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.trim(), "EXIT=0");
+    }
+}
+
+/// The first child of `parent` whose command name is `name`, from /proc.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": the command may hold spaces and parentheses.
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let ppid = stat[close + 1..].split_whitespace().nth(1);
+            if &stat[open + 1..close] == name && ppid == Some(parent.to_string().as_str()) {
+                return Some(pid);
+            }
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

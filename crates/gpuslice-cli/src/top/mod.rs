@@ -4,14 +4,16 @@
 //! the GPUs as NVML reports them (`gpuslice_host::gpus::GpuMeter`, on the fake GPU what
 //! it reports). [`model`] turns two readings into what is shown, [`view`] draws it with
 //! ratatui; this module owns the terminal (raw mode and the alternate screen, given back
-//! on every exit and, through ratatui's panic hook, on a panic) and the loop of readings
-//! and keys. `--once` prints one frame as plain text instead ([`once`]).
+//! on every exit, on SIGTERM, SIGHUP and SIGINT, and, through ratatui's panic hook, on a
+//! panic) and the loop of readings and keys. `--once` prints one frame as plain text instead ([`once`]).
 
 pub mod model;
 pub mod view;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
@@ -25,6 +27,9 @@ use view::{Action, Mode, ViewState};
 
 /// How often the live view reads the host again.
 pub const REFRESH: Duration = Duration::from_secs(1);
+
+/// The longest the live view waits for a key before it looks for a signal.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
 /// Flags of `gpuslice top`.
 #[derive(Debug, Args)]
@@ -62,6 +67,10 @@ pub enum TopError {
     /// The terminal could not be set up, read or drawn on.
     #[error("the terminal: {0}")]
     Terminal(#[source] std::io::Error),
+    /// The handlers that give the terminal back on SIGTERM, SIGHUP and SIGINT could not
+    /// be installed.
+    #[error("installing the handlers of SIGTERM, SIGHUP and SIGINT: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 /// Where the readings come from: the slice folders and NVML, loaded once.
@@ -150,6 +159,17 @@ pub fn live(args: &TopArgs) -> Result<(), TopError> {
         return Err(TopError::NotATerminal);
     }
     let host = Host::new(args);
+    // A signal to stop (`kill`, a closed terminal, Ctrl-C outside raw mode) ends the loop
+    // like `q`, so that the terminal is given back: the default action would leave it
+    // raw and on the alternate screen.
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGINT,
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(&stop)).map_err(TopError::Signals)?;
+    }
     let _restore = Restore;
     let mut terminal = ratatui::try_init().map_err(TopError::Terminal)?;
     let mut state = ViewState::default();
@@ -171,9 +191,15 @@ pub fn live(args: &TopArgs) -> Result<(), TopError> {
                     .map_err(TopError::Terminal)?;
                 draw = false;
             }
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !event::poll(left).map_err(TopError::Terminal)? {
+            if left.is_zero() {
                 break;
+            }
+            if !event::poll(left.min(SIGNAL_POLL)).map_err(TopError::Terminal)? {
+                continue;
             }
             match event::read().map_err(TopError::Terminal)? {
                 Event::Key(key) => match state.on_key(&model, key) {
