@@ -43,8 +43,19 @@ pub struct NvmlMemoryV2 {
     pub used: u64,
 }
 
+/// `NVML_STRUCT_VERSION(name, version)`: the struct's size in the low 24 bits, the
+/// version above them. Evaluated at compile time only (in the constants below).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the assert makes the compile fail unless size is below 2^24, which fits a c_uint"
+)]
+const fn struct_version(size: usize, version: c_uint) -> c_uint {
+    assert!(size < 1 << 24, "an NVML struct's size must fit 24 bits");
+    (size as c_uint) | (version << 24)
+}
+
 /// `NVML_STRUCT_VERSION(Memory, 2)`.
-pub const NVML_MEMORY_V2: c_uint = (std::mem::size_of::<NvmlMemoryV2>() as c_uint) | (2 << 24);
+pub const NVML_MEMORY_V2: c_uint = struct_version(std::mem::size_of::<NvmlMemoryV2>(), 2);
 
 /// `nvmlPciInfo_t` (as filled by `nvmlDeviceGetPciInfo_v3`).
 #[repr(C)]
@@ -108,7 +119,7 @@ pub struct NvmlProcessDetailList {
 
 /// `NVML_STRUCT_VERSION(ProcessDetailList, 1)`.
 pub const NVML_PROCESS_DETAIL_LIST_V1: c_uint =
-    (std::mem::size_of::<NvmlProcessDetailList>() as c_uint) | (1 << 24);
+    struct_version(std::mem::size_of::<NvmlProcessDetailList>(), 1);
 /// `NVML_PROCESS_MODE_COMPUTE`, `_GRAPHICS`, `_MPS`.
 pub const NVML_PROCESS_MODE_COMPUTE: c_uint = 0;
 pub const NVML_PROCESS_MODE_GRAPHICS: c_uint = 1;
@@ -152,7 +163,7 @@ pub struct NvmlProcessesUtilizationInfo {
 
 /// `NVML_STRUCT_VERSION(ProcessesUtilizationInfo, 1)`.
 pub const NVML_PROCESSES_UTILIZATION_INFO_V1: c_uint =
-    (std::mem::size_of::<NvmlProcessesUtilizationInfo>() as c_uint) | (1 << 24);
+    struct_version(std::mem::size_of::<NvmlProcessesUtilizationInfo>(), 1);
 
 /// `nvmlAccountingStats_t`.
 #[repr(C)]

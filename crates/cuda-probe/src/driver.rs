@@ -319,7 +319,7 @@ impl Driver {
             "cuMemAlloc",
             unsafe extern "C" fn(*mut u64, usize) -> c_int,
             &mut p,
-            size as usize
+            size_t(size)
         );
         (rc, p)
     }
@@ -336,7 +336,7 @@ impl Driver {
         };
         let mut ptr = 0u64;
         // SAFETY: valid out pointer.
-        let rc = unsafe { f(&mut ptr, size as usize) };
+        let rc = unsafe { f(&mut ptr, size_t(size)) };
         (rc, ptr)
     }
 
@@ -347,7 +347,7 @@ impl Driver {
             "cuMemAllocManaged",
             unsafe extern "C" fn(*mut u64, usize, c_uint) -> c_int,
             &mut p,
-            size as usize,
+            size_t(size),
             1
         );
         (rc, p)
@@ -486,7 +486,7 @@ impl Driver {
                 "cuMemAllocAsync",
                 unsafe extern "C" fn(*mut u64, usize, *mut c_void) -> c_int,
                 &mut p,
-                size as usize,
+                size_t(size),
                 stream
             ),
             Some(pool) => cu!(
@@ -494,7 +494,7 @@ impl Driver {
                 "cuMemAllocFromPoolAsync",
                 unsafe extern "C" fn(*mut u64, usize, *mut c_void, *mut c_void) -> c_int,
                 &mut p,
-                size as usize,
+                size_t(size),
                 pool,
                 stream
             ),
@@ -547,7 +547,7 @@ impl Driver {
             "cuMemCreate",
             unsafe extern "C" fn(*mut u64, usize, *const CUmemAllocationProp, u64) -> c_int,
             &mut h,
-            size as usize,
+            size_t(size),
             &prop,
             0
         );
@@ -664,7 +664,7 @@ impl Driver {
             },
             access_descs: std::ptr::null(),
             access_desc_count: 0,
-            bytesize: size as usize,
+            bytesize: size_t(size),
             dptr: 0,
         };
         let mut alloc_node = null_mut();
@@ -753,4 +753,10 @@ impl Driver {
             dev
         )
     }
+}
+
+/// A byte count as the driver API's `size_t`. A size beyond it (none on a 64-bit host)
+/// asks for more than any GPU has, which the driver refuses the same way.
+fn size_t(size: u64) -> usize {
+    usize::try_from(size).unwrap_or(usize::MAX)
 }

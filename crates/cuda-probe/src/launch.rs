@@ -59,7 +59,7 @@ impl ProbeClock {
         match self.now {
             // SAFETY: see `new`.
             Some(f) => unsafe { f() },
-            None => self.start.elapsed().as_nanos() as u64,
+            None => u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX),
         }
     }
 

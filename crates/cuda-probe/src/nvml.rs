@@ -162,7 +162,7 @@ impl Nvml {
         // SAFETY: a count query with a null array.
         let rc0 = unsafe { f(dev, &mut count, std::ptr::null_mut()) };
         let mut buf = vec![T::default(); count as usize + 4];
-        let mut n = buf.len() as c_uint;
+        let mut n = room(buf.len());
         // SAFETY: `buf` holds `n` records.
         let rc = unsafe { f(dev, &mut n, buf.as_mut_ptr()) };
         let mut items: Vec<(u32, u64)> =
@@ -197,7 +197,7 @@ impl Nvml {
         let mut list = NvmlProcessDetailList {
             version: NVML_PROCESS_DETAIL_LIST_V1,
             mode: 0,
-            num_proc_array_entries: buf.len() as c_uint,
+            num_proc_array_entries: room(buf.len()),
             proc_array: buf.as_mut_ptr(),
         };
         // SAFETY: the list points to `count` records.
@@ -225,7 +225,7 @@ impl Nvml {
         // SAFETY: a count query with a null array.
         let rc0 = unsafe { f(dev, std::ptr::null_mut(), &mut count, 0) };
         let mut buf = vec![NvmlProcessUtilizationSample::default(); count as usize + 4];
-        let mut n = buf.len() as c_uint;
+        let mut n = room(buf.len());
         // SAFETY: `buf` holds `n` samples.
         let rc = unsafe { f(dev, buf.as_mut_ptr(), &mut n, 0) };
         let n = if rc == 0 { n as usize } else { 0 };
@@ -253,7 +253,7 @@ impl Nvml {
         let rc0 = unsafe { f(dev, &mut head) };
         let mut buf =
             vec![NvmlProcessUtilizationInfo::default(); head.process_samples_count as usize + 4];
-        head.process_samples_count = buf.len() as c_uint;
+        head.process_samples_count = room(buf.len());
         head.proc_util_array = buf.as_mut_ptr();
         // SAFETY: the array holds `count` records.
         let rc = unsafe { f(dev, &mut head) };
@@ -291,7 +291,7 @@ impl Nvml {
             *mut NvmlAccountingStats,
         ) -> NvmlReturn = self.f("nvmlDeviceGetAccountingStats");
         let mut buf = vec![0 as c_uint; 64];
-        let mut n = buf.len() as c_uint;
+        let mut n = room(buf.len());
         // SAFETY: `buf` holds `n` PIDs.
         let rc = unsafe { pids(dev, &mut n, buf.as_mut_ptr()) };
         let mut list: Vec<u32> = buf[..(n as usize).min(buf.len())].to_vec();
@@ -316,7 +316,7 @@ impl Nvml {
         // SAFETY: a count query (count 0) with a null array.
         let rc0 = unsafe { f(dev, &mut count, std::ptr::null_mut()) };
         let mut buf = vec![T::default(); count as usize + 4];
-        let mut n = buf.len() as c_uint;
+        let mut n = room(buf.len());
         // SAFETY: `buf` holds `n` records.
         let rc = unsafe { f(dev, &mut n, buf.as_mut_ptr()) };
         let mut items: Vec<(u32, u32)> =
@@ -340,7 +340,13 @@ fn library_of(p: *mut c_void) -> String {
         return "unknown".into();
     }
     // SAFETY: dladdr filled a NUL-terminated file name.
-    let name = unsafe { CStr::from_ptr(info.dli_fname as *const c_char) };
+    let name = unsafe { CStr::from_ptr(info.dli_fname.cast::<c_char>()) };
     let name = name.to_string_lossy();
     name.rsplit('/').next().unwrap_or(&name).to_string()
+}
+
+/// A buffer's length as NVML's count. Saturating only ever tells NVML less room than
+/// there is.
+fn room(len: usize) -> c_uint {
+    c_uint::try_from(len).unwrap_or(c_uint::MAX)
 }

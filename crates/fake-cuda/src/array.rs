@@ -4,7 +4,7 @@
 
 use std::ffi::{c_int, c_uint};
 
-use crate::driver::{Array, Driver, Out, api, handle, key, read_in};
+use crate::driver::{Array, Driver, Out, api, handle, key, read_in, size_t};
 use crate::types::*;
 
 /// Raw bytes of one level of `width x height x depth` elements (0 extents count as 1).
@@ -88,8 +88,8 @@ impl Driver {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         Ok(CudaArrayMemoryRequirements {
-            size: a.size as usize,
-            alignment: self.settings.granularity as usize,
+            size: size_t(a.size)?,
+            alignment: size_t(self.settings.granularity)?,
             reserved: [0; 4],
         })
     }

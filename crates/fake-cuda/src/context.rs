@@ -4,7 +4,9 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 
-use crate::driver::{AllocKind, Context, Driver, Out, api, current_key, handle, key, with_stack};
+use crate::driver::{
+    AllocKind, Context, Driver, Out, api, current_key, handle, key, ordinal, with_stack,
+};
 use crate::types::*;
 
 impl Driver {
@@ -326,7 +328,7 @@ pub unsafe extern "C" fn cuCtxGetDevice(device: *mut CUdevice) -> CUresult {
     api("cuCtxGetDevice", |d| {
         // SAFETY: `device` is null or writable by the API contract.
         let out = unsafe { Out::new(device) }?;
-        out.set(d.current()?.1 as CUdevice);
+        out.set(ordinal(d.current()?.1)?);
         Ok(())
     })
 }

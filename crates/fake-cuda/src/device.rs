@@ -2,7 +2,7 @@
 
 use std::ffi::{CStr, c_char, c_int};
 
-use crate::driver::{Driver, Out, api};
+use crate::driver::{Driver, Out, api, size_t};
 use crate::types::*;
 
 /// Copies `s` into a caller buffer of `len` bytes, truncating and always NUL-terminating.
@@ -13,7 +13,8 @@ unsafe fn put_str(buf: *mut c_char, len: c_int, s: &str) -> Result<(), CUresult>
     if buf.is_null() || len <= 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let n = s.len().min(len as usize - 1);
+    let room = usize::try_from(len).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
+    let n = s.len().min(room - 1);
     // SAFETY: `buf` holds `len` > n bytes by the caller's contract.
     unsafe {
         std::ptr::copy_nonoverlapping(s.as_ptr(), buf.cast::<u8>(), n);
@@ -24,6 +25,11 @@ unsafe fn put_str(buf: *mut c_char, len: c_int, s: &str) -> Result<(), CUresult>
 
 fn format_bus_id(d: &Driver, dev: usize) -> String {
     format!("{:04x}:{:02x}:00.0", 0, d.phys_index(dev) + 1)
+}
+
+/// The PCI bus number of device `dev` (index + 1; 0 where it would not fit).
+fn pci_bus(d: &Driver, dev: usize) -> c_int {
+    crate::driver::ordinal(d.phys_index(dev)).map_or(0, |i| i + 1)
 }
 
 /// Value of a `CUdevice_attribute` (unknown attributes read 0).
@@ -46,7 +52,7 @@ pub fn attribute(d: &Driver, attr: c_int, dev: usize) -> c_int {
         19 => 1,                                         // CAN_MAP_HOST_MEMORY
         31 => 1,                                         // CONCURRENT_KERNELS
         32 => 1,                                         // ECC_ENABLED
-        33 => d.phys_index(dev) as c_int + 1,            // PCI_BUS_ID
+        33 => pci_bus(d, dev),                           // PCI_BUS_ID
         36 => 2_619_000,                                 // MEMORY_CLOCK_RATE (kHz)
         37 => 5120,                                      // GLOBAL_MEMORY_BUS_WIDTH
         38 => 50 * 1024 * 1024,                          // L2_CACHE_SIZE
@@ -74,7 +80,7 @@ pub fn attribute(d: &Driver, attr: c_int, dev: usize) -> c_int {
 pub unsafe extern "C" fn cuDeviceGetCount(count: *mut c_int) -> CUresult {
     api("cuDeviceGetCount", |d| {
         // SAFETY: `count` is null or writable by the API contract.
-        unsafe { Out::new(count) }?.set(d.device_count() as c_int);
+        unsafe { Out::new(count) }?.set(crate::driver::ordinal(d.device_count())?);
         Ok(())
     })
 }
@@ -84,7 +90,7 @@ pub unsafe extern "C" fn cuDeviceGet(device: *mut CUdevice, ordinal: c_int) -> C
     api("cuDeviceGet", |d| {
         // SAFETY: `device` is null or writable by the API contract.
         let out = unsafe { Out::new(device) }?;
-        out.set(d.device(ordinal)? as CUdevice);
+        out.set(crate::driver::ordinal(d.device(ordinal)?)?);
         Ok(())
     })
 }
@@ -125,7 +131,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
         // SAFETY: `bytes` is null or writable by the API contract.
         let out = unsafe { Out::new(bytes) }?;
         let dev = d.device(dev)?;
-        out.set(d.total(dev) as usize);
+        out.set(size_t(d.total(dev))?);
         Ok(())
     })
 }
@@ -190,7 +196,7 @@ pub unsafe extern "C" fn cuDeviceGetByPCIBusId(
         let found = (0..d.device_count())
             .find(|&v| parse(&format_bus_id(d, v)) == Some(want))
             .ok_or(CUDA_ERROR_INVALID_DEVICE)?;
-        out.set(found as CUdevice);
+        out.set(crate::driver::ordinal(found)?);
         Ok(())
     })
 }

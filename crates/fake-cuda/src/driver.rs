@@ -185,7 +185,8 @@ pub fn injected(symbol: &str) -> Option<CUresult> {
     FAULTS
         .get_or_init(|| FaultPlan::from_env("FAKE_CUDA_FAIL"))
         .check(symbol)
-        .map(|c| c as CUresult)
+        // A code that does not fit a CUresult fails nothing.
+        .and_then(|c| CUresult::try_from(c).ok())
 }
 
 /// Runs an entry point: fault injection, then the initialisation check, then `f` under the
@@ -278,7 +279,18 @@ pub fn key(h: Handle) -> u64 {
 
 /// An integer key as an opaque handle.
 pub fn handle(k: u64) -> Handle {
-    std::ptr::without_provenance_mut::<c_void>(k as usize)
+    // Keys are counters, far below usize::MAX on a 64-bit host.
+    std::ptr::without_provenance_mut::<c_void>(usize::try_from(k).unwrap_or(usize::MAX))
+}
+
+/// A device index as a `CUdevice` (indexes are below fake-gpu's `MAX_DEVICES`).
+pub fn ordinal(index: usize) -> Result<CUdevice, CUresult> {
+    CUdevice::try_from(index).map_err(|_| CUDA_ERROR_INVALID_DEVICE)
+}
+
+/// A byte count as the driver API's `size_t`.
+pub fn size_t(bytes: u64) -> Result<usize, CUresult> {
+    usize::try_from(bytes).map_err(|_| CUDA_ERROR_INVALID_VALUE)
 }
 
 /// Maps a charge failure to a CUDA code.

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::ffi::{c_char, c_int, c_void};
 
-use crate::driver::{Alloc, AllocKind, Driver, Out, api, handle, key, read_in};
+use crate::driver::{Alloc, AllocKind, Driver, Out, api, handle, key, ordinal, read_in, size_t};
 use crate::types::*;
 use fake_gpu::size::round_up;
 
@@ -157,7 +157,7 @@ impl Driver {
             handle_types: 0,
             location: CUmemLocation {
                 type_: CU_MEM_LOCATION_TYPE_DEVICE,
-                id: dev as c_int,
+                id: ordinal(dev)?,
             },
             max_size: 0,
             usage: 0,
@@ -518,7 +518,7 @@ pub unsafe extern "C" fn cuGraphMemAllocNodeGetParams(
             },
             access_descs: std::ptr::null(),
             access_desc_count: 0,
-            bytesize: bytes as usize,
+            bytesize: size_t(bytes)?,
             dptr,
         });
         Ok(())

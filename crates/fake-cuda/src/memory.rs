@@ -4,7 +4,7 @@
 
 use std::ffi::{c_uint, c_void};
 
-use crate::driver::{Alloc, AllocKind, Driver, Out, api};
+use crate::driver::{Alloc, AllocKind, Driver, Out, api, size_t};
 use crate::types::*;
 use fake_gpu::size::round_up;
 
@@ -86,7 +86,7 @@ pub unsafe extern "C" fn cuMemAllocPitch_v2(
             .checked_mul(height as u64)
             .ok_or(CUDA_ERROR_OUT_OF_MEMORY)?;
         out.set(d.alloc_direct(bytes, bytes)?);
-        pitch_out.set(p as usize);
+        pitch_out.set(size_t(p)?);
         Ok(())
     })
 }
@@ -117,7 +117,7 @@ pub unsafe extern "C" fn cuMemGetAddressRange_v2(
             b.set(base);
         }
         if let Some(s) = s {
-            s.set(size as usize);
+            s.set(size_t(size)?);
         }
         Ok(())
     })
@@ -129,8 +129,8 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         // SAFETY: both are null or writable by the API contract.
         let (f, t) = unsafe { (Out::new(free)?, Out::new(total)?) };
         let (_, dev) = d.current()?;
-        f.set(d.free(dev) as usize);
-        t.set(d.total(dev) as usize);
+        f.set(size_t(d.free(dev))?);
+        t.set(size_t(d.total(dev))?);
         Ok(())
     })
 }

@@ -306,6 +306,11 @@ pub unsafe extern "C" fn cuMemPoolTrimTo(pool: Handle, min_bytes_to_keep: usize)
     })
 }
 
+/// The place in `reuse` of a reuse attribute (1 to 3).
+fn reuse_index(attr: c_int) -> Result<usize, CUresult> {
+    usize::try_from(attr - 1).map_err(|_| CUDA_ERROR_INVALID_VALUE)
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuMemPoolGetAttribute(
     pool: Handle,
@@ -319,7 +324,7 @@ pub unsafe extern "C" fn cuMemPoolGetAttribute(
             1..=3 => {
                 // SAFETY: these attributes are `int`; `value` is null or writable.
                 let out = unsafe { Out::new(value.cast::<c_int>()) }?;
-                out.set(p.reuse[(attr - 1) as usize]);
+                out.set(p.reuse[reuse_index(attr)?]);
                 return Ok(());
             }
             CU_MEMPOOL_ATTR_RELEASE_THRESHOLD => p.threshold,
@@ -350,7 +355,7 @@ pub unsafe extern "C" fn cuMemPoolSetAttribute(
             // SAFETY: these attributes are `int`; `value` is null or readable.
             let v = unsafe { read_in(value.cast::<c_int>().cast_const()) }?;
             if let Some(p) = d.pools.get_mut(&k) {
-                p.reuse[(attr - 1) as usize] = v;
+                p.reuse[reuse_index(attr)?] = v;
             }
             return Ok(());
         }

@@ -312,7 +312,9 @@ thread_local! {
 /// The calling thread's id.
 fn thread_id() -> u64 {
     // SAFETY: gettid has no preconditions.
-    unsafe { libc::gettid() as u64 }
+    let tid = unsafe { libc::gettid() };
+    // A thread id is positive: the bits read the same unsigned.
+    u64::from(tid.cast_unsigned())
 }
 
 #[unsafe(no_mangle)]

@@ -53,9 +53,11 @@ fn host_now_ns() -> u64 {
     };
     // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
+    // CLOCK_MONOTONIC never reads negative.
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
         .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -163,7 +165,14 @@ impl Timing {
             return Some(0.0);
         }
         let (ta, tb) = (*self.events.get(&a)?, *self.events.get(&b)?);
-        (ta <= self.now && tb <= self.now).then(|| (tb as f64 - ta as f64) as f32 / 1e6)
+        (ta <= self.now && tb <= self.now).then(|| {
+            #[expect(
+                clippy::cast_possible_truncation,
+                reason = "the API reports elapsed time as f32 ms: rounding to f32 is what it asks for"
+            )]
+            let ns = (tb as f64 - ta as f64) as f32;
+            ns / 1e6
+        })
     }
 }
 

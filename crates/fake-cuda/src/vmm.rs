@@ -5,7 +5,7 @@
 
 use std::ffi::{c_int, c_void};
 
-use crate::driver::{Driver, Out, api, read_in};
+use crate::driver::{Driver, Out, api, ordinal, read_in, size_t};
 use crate::types::*;
 use fake_gpu::process::current_pid;
 
@@ -215,7 +215,7 @@ impl Driver {
                     requested_handle_types: CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
                     location: CUmemLocation {
                         type_: CU_MEM_LOCATION_TYPE_DEVICE,
-                        id: dev as c_int,
+                        id: ordinal(dev)?,
                     },
                     alloc_flags: [0; 8],
                 },
@@ -298,7 +298,7 @@ pub unsafe extern "C" fn cuMemGetAllocationGranularity(
         // SAFETY: `granularity` is null or writable, `prop` null or readable (API contract).
         let (out, prop) = unsafe { (Out::new(granularity)?, read_in(prop)?) };
         d.check_prop(&prop)?;
-        out.set(d.settings.granularity as usize);
+        out.set(size_t(d.settings.granularity)?);
         Ok(())
     })
 }

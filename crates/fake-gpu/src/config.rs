@@ -29,7 +29,8 @@ pub struct DeviceConfig {
 impl DeviceConfig {
     /// PCI bus number of the device (index + 1, domain 0, device 0, function 0).
     pub fn pci_bus(&self) -> u32 {
-        self.index as u32 + 1
+        // index < MAX_DEVICES (the parser's bound), so this never saturates.
+        u32::try_from(self.index + 1).unwrap_or(u32::MAX)
     }
 }
 

@@ -71,6 +71,7 @@ fn parse_rule(item: &str) -> Option<Rule> {
     })
 }
 
+#[derive(Debug)]
 struct Counter {
     symbol: String,
     calls: AtomicU64,
@@ -78,6 +79,7 @@ struct Counter {
 }
 
 /// Parsed rules plus a call counter for every symbol that has a rule.
+#[derive(Debug)]
 pub struct FaultPlan {
     counters: Vec<Counter>,
 }

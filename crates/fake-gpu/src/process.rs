@@ -15,7 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 pub fn own_namespace_pid() -> u32 {
     // SAFETY: getpid has no preconditions and cannot fail.
     let pid = unsafe { libc::getpid() };
-    pid as u32
+    // A PID is positive, so the bits read the same unsigned.
+    pid.cast_unsigned()
 }
 
 /// (getpid, host pid) of the last lookup, so that a fork is noticed.
@@ -26,8 +27,15 @@ static HOST_PID_CACHE: AtomicU64 = AtomicU64::new(0);
 pub fn current_pid() -> u32 {
     let own = own_namespace_pid();
     let cached = HOST_PID_CACHE.load(Relaxed);
-    if cached != 0 && (cached >> 32) as u32 == own {
-        return cached as u32;
+    // The cache holds two u32s: the own-namespace PID in the high half, the host PID in
+    // the low half.
+    let [a, b, c, d, e, f, g, h] = cached.to_be_bytes();
+    let (cached_own, cached_host) = (
+        u32::from_be_bytes([a, b, c, d]),
+        u32::from_be_bytes([e, f, g, h]),
+    );
+    if cached != 0 && cached_own == own {
+        return cached_host;
     }
     let host = std::fs::read_link("/proc/self")
         .ok()

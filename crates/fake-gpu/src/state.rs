@@ -82,7 +82,7 @@ pub struct Activity {
 pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -158,12 +158,14 @@ impl ProcessUsage {
     }
 }
 
+#[derive(Debug)]
 struct FileLock {
     fd: Option<OwnedFd>,
     pid: u32,
 }
 
 /// A handle on the shared state; cheap to lock, safe to share between threads.
+#[derive(Debug)]
 pub struct SharedState {
     map: NonNull<Layout>,
     path: Option<PathBuf>,
@@ -251,7 +253,9 @@ fn init_layout(layout: &mut Layout, cfg: &GpuConfig) {
     for d in cfg.devices.iter().skip(have) {
         layout.header.totals[d.index] = d.memory;
     }
-    layout.header.device_count = have.max(cfg.count()) as u32;
+    // Both are at most MAX_DEVICES: `have` by the `min` above, the config's count by
+    // its parser.
+    layout.header.device_count = u32::try_from(have.max(cfg.count())).unwrap_or(u32::MAX);
 }
 
 impl SharedState {
@@ -293,7 +297,8 @@ impl SharedState {
         if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } != 0 {
             return Err(io_err("fstat", path));
         }
-        if (st.st_size as u64) < LAYOUT_SIZE as u64 {
+        // A negative size (which fstat never reports) reads as an empty file.
+        if u64::try_from(st.st_size).unwrap_or(0) < LAYOUT_SIZE as u64 {
             if cfg.is_none() {
                 // Never initialised: do not grow somebody else's file.
                 return Err(StateError::Io {
@@ -404,6 +409,7 @@ fn usage_of(e: &Entry) -> ProcessUsage {
 }
 
 /// Exclusive access to the shared state; releases the lock when dropped.
+#[derive(Debug)]
 pub struct Guard<'a> {
     state: &'a SharedState,
     file: Option<MutexGuard<'a, FileLock>>,
@@ -528,9 +534,10 @@ impl Guard<'_> {
                     .iter()
                     .position(|e| e.pid == 0)
                     .ok_or(ChargeError::TableFull)?;
+                let dev = u32::try_from(dev).map_err(|_| ChargeError::InvalidDevice)?;
                 l.entries[i] = Entry {
                     pid,
-                    dev: dev as u32,
+                    dev,
                     since_us: now_us(),
                     ..EMPTY_ENTRY
                 };
@@ -629,6 +636,7 @@ impl Guard<'_> {
 
     /// Records an exported allocation and returns its global id.
     pub fn add_share(&mut self, owner_pid: u32, dev: usize, size: u64) -> Result<u64, ChargeError> {
+        let dev = u32::try_from(dev).map_err(|_| ChargeError::InvalidDevice)?;
         let l = self.layout_mut();
         let slot = l
             .shares
@@ -640,7 +648,7 @@ impl Guard<'_> {
         l.shares[slot] = ShareRecord {
             id,
             owner_pid,
-            dev: dev as u32,
+            dev,
             size,
         };
         Ok(id)

@@ -370,6 +370,15 @@ impl Drop for FakeApiServer {
     }
 }
 
+impl std::fmt::Debug for FakeApiServer {
+    /// Its address; the store is shown by the server's own listings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FakeApiServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl FakeApiServer {
     /// Serves on a free port of 127.0.0.1, with the DeviceClass `gpuslice.io`.
     pub async fn start() -> std::io::Result<Self> {

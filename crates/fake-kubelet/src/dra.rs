@@ -17,6 +17,7 @@ use tonic::transport::Channel;
 use crate::{FakeKubeletError, raw, unix_channel};
 
 /// A DRA driver the fake plugin watcher registered.
+#[derive(Debug)]
 pub struct DraDriver {
     /// Its registration socket.
     pub registration_socket: PathBuf,

@@ -72,6 +72,7 @@ pub enum FakeKubeletError {
 }
 
 /// A plugin that registered, with the kubelet's connection to it.
+#[derive(Debug)]
 pub struct Registered {
     /// The plugin's request.
     pub request: RegisterRequest,
@@ -222,7 +223,7 @@ pub fn is_extended_resource_name(name: &str) -> bool {
         && part(rest)
 }
 
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 struct Kubelet {
     dir: PathBuf,
     tx: mpsc::UnboundedSender<Result<Registered, String>>,
@@ -332,12 +333,14 @@ impl Registration for Kubelet {
     }
 }
 
+#[derive(Debug)]
 struct Serving {
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
 
 /// The fake kubelet.
+#[derive(Debug)]
 pub struct FakeKubelet {
     dir: PathBuf,
     kubelet: Kubelet,

@@ -103,6 +103,7 @@ impl PodResourcesLister for Service {
 }
 
 /// A fake PodResources server on a unix socket.
+#[derive(Debug)]
 pub struct FakePodResources {
     socket: PathBuf,
     pods: Arc<Pods>,

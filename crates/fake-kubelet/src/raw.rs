@@ -39,6 +39,9 @@ pub enum RawCallError {
     /// The answer broke HTTP/2 or gRPC framing.
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// A frame to send is longer than an HTTP/2 frame's 24-bit length can say.
+    #[error("a frame of {0} bytes is too long for HTTP/2")]
+    TooLong(usize),
     /// The call completed with a gRPC error.
     #[error("gRPC status {code}: {message}")]
     Status {
@@ -49,13 +52,23 @@ pub enum RawCallError {
     },
 }
 
-fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    let len = (payload.len() as u32).to_be_bytes();
-    out.extend_from_slice(&len[1..]);
+fn frame(
+    out: &mut Vec<u8>,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: &[u8],
+) -> Result<(), RawCallError> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&len| len < 1 << 24)
+        .ok_or(RawCallError::TooLong(payload.len()))?;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
     out.push(kind);
     out.push(flags);
     out.extend_from_slice(&stream.to_be_bytes());
     out.extend_from_slice(payload);
+    Ok(())
 }
 
 /// Calls `method` (`/package.Service/Method`) on the gRPC server at `socket` with the
@@ -68,7 +81,7 @@ pub async fn unary(
 ) -> Result<Vec<u8>, RawCallError> {
     let mut conn = UnixStream::connect(socket).await?;
     let mut out = PREFACE.to_vec();
-    frame(&mut out, SETTINGS, 0, 0, &[]);
+    frame(&mut out, SETTINGS, 0, 0, &[])?;
     let headers: [(&[u8], &[u8]); 6] = [
         (b":method", b"POST"),
         (b":scheme", b"http"),
@@ -78,11 +91,13 @@ pub async fn unary(
         (b"te", b"trailers"),
     ];
     let block = Encoder::new().encode(headers);
-    frame(&mut out, HEADERS, END_HEADERS, 1, &block);
+    frame(&mut out, HEADERS, END_HEADERS, 1, &block)?;
     let mut body = vec![0];
-    body.extend_from_slice(&(request.len() as u32).to_be_bytes());
+    let request_len =
+        u32::try_from(request.len()).map_err(|_| RawCallError::TooLong(request.len()))?;
+    body.extend_from_slice(&request_len.to_be_bytes());
     body.extend_from_slice(request);
-    frame(&mut out, DATA, END_STREAM, 1, &body);
+    frame(&mut out, DATA, END_STREAM, 1, &body)?;
     conn.write_all(&out).await?;
 
     let mut decoder = Decoder::new();
@@ -105,12 +120,12 @@ pub async fn unary(
         match kind {
             SETTINGS if flags & ACK == 0 => {
                 let mut ack = Vec::new();
-                frame(&mut ack, SETTINGS, ACK, 0, &[]);
+                frame(&mut ack, SETTINGS, ACK, 0, &[])?;
                 conn.write_all(&ack).await?;
             }
             PING if flags & ACK == 0 => {
                 let mut pong = Vec::new();
-                frame(&mut pong, PING, ACK, 0, &payload);
+                frame(&mut pong, PING, ACK, 0, &payload)?;
                 conn.write_all(&pong).await?;
             }
             RST_STREAM if stream == 1 => return Err(RawCallError::Reset(code(&payload, 0))),

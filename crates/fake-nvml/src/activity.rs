@@ -48,7 +48,7 @@ unsafe fn fill<T, S>(
     make: impl Fn(&S) -> T,
 ) -> Result<(), NvmlReturn> {
     // SAFETY: by the caller's contract.
-    unsafe { count.write_unaligned(items.len() as c_uint) };
+    unsafe { count.write_unaligned(c_uint::try_from(items.len()).unwrap_or(c_uint::MAX)) };
     if items.is_empty() {
         return Ok(());
     }
@@ -223,7 +223,7 @@ unsafe fn session_list<T>(
     let room = unsafe { room(count) }?;
     if room == 0 {
         // SAFETY: checked non-null by `room`.
-        unsafe { count.write_unaligned(items.len() as c_uint) };
+        unsafe { count.write_unaligned(c_uint::try_from(items.len()).unwrap_or(c_uint::MAX)) };
         return Ok(());
     }
     // SAFETY: by the caller's contract.

@@ -78,6 +78,12 @@ pub(crate) fn device_index(m: &Machine, dev: NvmlDevice) -> Result<usize, NvmlRe
     index_of(m, dev)
 }
 
+/// A device index or count as NVML's `unsigned int` (both are below fake-gpu's
+/// `MAX_DEVICES`, so this never saturates).
+fn device_number(n: usize) -> c_uint {
+    c_uint::try_from(n).unwrap_or(c_uint::MAX)
+}
+
 fn bus_id(index: usize) -> String {
     format!("{:08X}:{:02X}:00.0", 0, index + 1)
 }
@@ -188,7 +194,7 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(version: *mut c_int) 
 pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> NvmlReturn {
     // SAFETY: `count` is null or writable by the API contract.
     call("nvmlDeviceGetCount_v2", |m| unsafe {
-        put(count, m.cfg.count() as c_uint)
+        put(count, device_number(m.cfg.count()))
     })
 }
 
@@ -196,7 +202,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(count: *mut c_uint) -> NvmlReturn
 pub unsafe extern "C" fn nvmlDeviceGetCount(count: *mut c_uint) -> NvmlReturn {
     // SAFETY: `count` is null or writable by the API contract.
     call("nvmlDeviceGetCount", |m| unsafe {
-        put(count, m.cfg.count() as c_uint)
+        put(count, device_number(m.cfg.count()))
     })
 }
 
@@ -281,7 +287,7 @@ pub unsafe extern "C" fn nvmlDeviceGetIndex(device: NvmlDevice, index: *mut c_ui
     call("nvmlDeviceGetIndex", |m| {
         let i = device_index(m, device)?;
         // SAFETY: `index` is null or writable by the API contract.
-        unsafe { put(index, i as c_uint) }
+        unsafe { put(index, device_number(i)) }
     })
 }
 
@@ -293,7 +299,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMinorNumber(
     call("nvmlDeviceGetMinorNumber", |m| {
         let i = device_index(m, device)?;
         // SAFETY: `minor` is null or writable by the API contract.
-        unsafe { put(minor, i as c_uint) }
+        unsafe { put(minor, device_number(i)) }
     })
 }
 
@@ -327,7 +333,7 @@ fn fill_pci(index: usize) -> NvmlPciInfo {
     let mut info = NvmlPciInfo {
         bus_id_legacy: [0; 16],
         domain: 0,
-        bus: index as c_uint + 1,
+        bus: device_number(index) + 1,
         device: 0,
         pci_device_id: PCI_DEVICE_ID,
         pci_sub_system_id: PCI_SUBSYSTEM_ID,
@@ -510,7 +516,7 @@ pub(crate) unsafe fn list_processes<T>(
         let room = unsafe { count.read_unaligned() } as usize;
         // SAFETY: `count` is non-null and writable by the caller's contract; written
         // without assuming alignment.
-        unsafe { count.write_unaligned(procs.len() as c_uint) };
+        unsafe { count.write_unaligned(c_uint::try_from(procs.len()).unwrap_or(c_uint::MAX)) };
         if procs.is_empty() {
             return Ok(());
         }

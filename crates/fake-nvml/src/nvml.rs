@@ -69,7 +69,8 @@ pub fn injected(symbol: &str) -> Option<NvmlReturn> {
     FAULTS
         .get_or_init(|| FaultPlan::from_env("FAKE_NVML_FAIL"))
         .check(symbol)
-        .map(|c| c as NvmlReturn)
+        // A code that does not fit an nvmlReturn_t fails nothing.
+        .and_then(|c| NvmlReturn::try_from(c).ok())
 }
 
 fn build_machine() -> Result<Machine, String> {

@@ -96,7 +96,8 @@ fn prepare(index: usize) -> Result<(), String> {
 unsafe fn answer(control: *mut RmControl) -> i64 {
     // SAFETY: by the contract.
     let c = unsafe { &mut *control };
-    let params = c.params as usize as *mut u8;
+    // An address beyond usize (none on a 64-bit host) reads as null: EFAULT.
+    let params = usize::try_from(c.params).unwrap_or(0) as *mut u8;
     if params.is_null() {
         return -i64::from(libc::EFAULT);
     }
@@ -112,7 +113,8 @@ unsafe fn answer(control: *mut RmControl) -> i64 {
     match c.cmd {
         GET_PIDS if c.params_size as usize >= 12 + 4 * GET_PIDS_MAX => {
             let n = LISTED_COUNT.load(Relaxed);
-            put(8, n as u32);
+            // n <= GET_PIDS_MAX, so this never saturates.
+            put(8, u32::try_from(n).unwrap_or(u32::MAX));
             for (i, slot) in LISTED.iter().take(n).enumerate() {
                 put(12 + 4 * i, slot.load(Relaxed));
             }
@@ -144,7 +146,8 @@ extern "C" fn on_sigsys(_sig: c_int, _info: *mut libc::siginfo_t, context: *mut 
     // argument (rdx) is the ioctl's argument, and rax takes its result.
     unsafe {
         let regs = &mut (*context).uc_mcontext.gregs;
-        let arg = regs[libc::REG_RDX as usize] as usize as *mut RmControl;
+        // The register holds the pointer's bits.
+        let arg = regs[libc::REG_RDX as usize] as *mut RmControl;
         regs[libc::REG_RAX as usize] = if arg.is_null() {
             -i64::from(libc::EFAULT)
         } else {
@@ -153,43 +156,57 @@ extern "C" fn on_sigsys(_sig: c_int, _info: *mut libc::siginfo_t, context: *mut 
     }
 }
 
+/// A BPF instruction's code, as `sock_filter` holds it. Only called in `const` blocks,
+/// so the assert is checked when the crate compiles.
+#[cfg(target_arch = "x86_64")]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the assert fails the compile unless the code fits 16 bits"
+)]
+const fn bpf_code(code: u32) -> u16 {
+    assert!(code <= u16::MAX as u32, "a BPF code fits 16 bits");
+    code as u16
+}
+
 /// Traps `ioctl(.., RM_CONTROL, ..)` in this process (seccomp) and answers it from
 /// [`on_sigsys`].
 #[cfg(target_arch = "x86_64")]
 fn install_trap() -> Result<(), String> {
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let load = |offset: u32| libc::sock_filter {
-        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        code: const { bpf_code(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) },
         jt: 0,
         jf: 0,
         k: offset,
     };
     let jump_eq = |value: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        code: const { bpf_code(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) },
         jt,
         jf,
         k: value,
     };
     let ret = |value: u32| libc::sock_filter {
-        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        code: const { bpf_code(libc::BPF_RET | libc::BPF_K) },
         jt: 0,
         jf: 0,
         k: value,
     };
+    let ioctl_nr = u32::try_from(libc::SYS_ioctl).map_err(|e| format!("SYS_ioctl: {e}"))?;
+    let request = u32::try_from(RM_CONTROL).map_err(|e| format!("RM_CONTROL: {e}"))?;
     // seccomp_data: nr @0, arch @4, instruction pointer @8, args @16 (8 bytes each; the
     // low half of args[1], the request, @24 on a little-endian machine).
     let program = [
         load(4),
         jump_eq(AUDIT_ARCH_X86_64, 0, 5),
         load(0),
-        jump_eq(libc::SYS_ioctl as u32, 0, 3),
+        jump_eq(ioctl_nr, 0, 3),
         load(24),
-        jump_eq(RM_CONTROL as u32, 0, 1),
+        jump_eq(request, 0, 1),
         ret(libc::SECCOMP_RET_TRAP),
         ret(libc::SECCOMP_RET_ALLOW),
     ];
     let prog = libc::sock_fprog {
-        len: program.len() as u16,
+        len: u16::try_from(program.len()).map_err(|e| format!("seccomp program length: {e}"))?,
         filter: program.as_ptr().cast_mut(),
     };
     // SAFETY: a zeroed sigaction with our handler and SA_SIGINFO, then the documented
@@ -238,7 +255,7 @@ fn table(index: usize) -> Result<String, String> {
         cmd: GET_PIDS,
         flags: 0,
         params: pids.as_mut_ptr() as u64,
-        params_size: pids.len() as u32,
+        params_size: u32::try_from(pids.len()).map_err(|e| e.to_string())?,
         status: u32::MAX,
     };
     // SAFETY: the request's argument is the control block, whose buffer lives on.
@@ -250,7 +267,7 @@ fn table(index: usize) -> Result<String, String> {
     let n = (word(&pids, 8) as usize).min(PID_INFO_MAX);
     let listed: Vec<u32> = (0..n).map(|i| word(&pids, 12 + 4 * i)).collect();
     let mut info = vec![0u8; 8 + PID_INFO_MAX * PID_INFO_ENTRY];
-    info[0..4].copy_from_slice(&(n as u32).to_ne_bytes());
+    info[0..4].copy_from_slice(&u32::try_from(n).map_err(|e| e.to_string())?.to_ne_bytes());
     for (i, pid) in listed.iter().enumerate() {
         let at = 8 + i * PID_INFO_ENTRY;
         info[at..at + 4].copy_from_slice(&pid.to_ne_bytes());
@@ -258,7 +275,7 @@ fn table(index: usize) -> Result<String, String> {
     let mut control = RmControl {
         cmd: GET_PID_INFO,
         params: info.as_mut_ptr() as u64,
-        params_size: info.len() as u32,
+        params_size: u32::try_from(info.len()).map_err(|e| e.to_string())?,
         status: u32::MAX,
         ..control
     };

@@ -43,6 +43,7 @@ pub const EVICTION_GRACE: Duration = Duration::from_millis(250);
 
 /// A connection's stream whose every read and write gets only the time left until the
 /// connection's deadline.
+#[derive(Debug)]
 pub struct DeadlineStream<'a> {
     stream: &'a UnixStream,
     deadline: Instant,
@@ -112,6 +113,7 @@ impl Write for DeadlineStream<'_> {
 }
 
 /// One open connection as the table keeps it.
+#[derive(Debug)]
 struct Entry {
     id: u64,
     accepted: Instant,
@@ -121,6 +123,7 @@ struct Entry {
 }
 
 /// A connection's place in the [`ClientTable`].
+#[derive(Debug)]
 pub struct Place {
     id: u64,
     accepted: Instant,
@@ -160,6 +163,7 @@ pub enum Refused {
 }
 
 /// The open connections (see the module documentation).
+#[derive(Debug)]
 pub struct ClientTable {
     entries: Mutex<Vec<Entry>>,
     next_id: AtomicU64,

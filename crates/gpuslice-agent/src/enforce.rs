@@ -176,6 +176,7 @@ pub fn kill_exactly(procfs: &Procfs, pid: u32, start_time: u64) -> Result<(), St
 }
 
 /// The enforcement loop's state.
+#[derive(Debug)]
 pub struct Enforcer {
     options: EnforceOptions,
     procfs: Procfs,

@@ -72,6 +72,16 @@ pub struct CachedHost {
     errors: Counter,
 }
 
+impl std::fmt::Debug for CachedHost {
+    /// The cached snapshot and the error count; the source is a trait object.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CachedHost")
+            .field("cache", &self.cache)
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CachedHost {
     /// Caches `source`.
     pub fn new(source: Box<dyn HostSource>) -> Self {
@@ -118,6 +128,7 @@ impl CachedHost {
 }
 
 /// NVML on the host.
+#[derive(Debug)]
 pub struct NvmlHost {
     nvml: Nvml,
     /// Only for processes that still exist: accounting keeps dead ones too.

@@ -146,6 +146,7 @@ fn metered(slices: &[SliceStatus]) -> impl Iterator<Item = (MeterKey, u64)> + '_
 }
 
 /// Renders the metrics of one scrape.
+#[derive(Debug)]
 pub struct Exporter {
     options: MetricsOptions,
     host: Arc<CachedHost>,
@@ -489,6 +490,15 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 pub struct MetricsServer {
     server: tiny_http::Server,
     addr: SocketAddr,
+}
+
+impl std::fmt::Debug for MetricsServer {
+    /// The address; `tiny_http::Server` has no `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsServer")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MetricsServer {

@@ -57,6 +57,7 @@ fn debug(message: std::fmt::Arguments<'_>) {
 }
 
 /// The agent: the host's GPUs, the `/proc` it reads, and the probed driver behaviour.
+#[derive(Debug)]
 pub struct Agent {
     host: Arc<CachedHost>,
     procfs: Procfs,

@@ -69,6 +69,7 @@ impl SuperviseError {
 /// The forwarded signals, blocked in this thread (and so in every thread it starts
 /// later). Create it before any other thread exists, and as early as possible: a signal
 /// that arrives before the program starts waits, and is passed on once it runs.
+#[derive(Debug)]
 pub struct SignalGuard {
     fd: SignalFd,
 }

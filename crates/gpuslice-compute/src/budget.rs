@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// A slice's budget on one GPU.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Budget<'a> {
     tat: &'a AtomicU64,
     busy_total: &'a AtomicU64,
@@ -40,7 +40,8 @@ impl<'a> Budget<'a> {
     /// How far the TAT is ahead of `now_ns` (negative: the slice has unused time).
     pub fn debt_ns(&self, now_ns: u64) -> i64 {
         let tat = self.tat.load(Relaxed);
-        (tat as i128 - now_ns as i128).clamp(i64::MIN as i128, i64::MAX as i128) as i64
+        let debt = i128::from(tat) - i128::from(now_ns);
+        i64::try_from(debt).unwrap_or(if debt < 0 { i64::MIN } else { i64::MAX })
     }
 
     /// Total GPU busy time charged so far.

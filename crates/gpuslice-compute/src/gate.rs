@@ -98,6 +98,7 @@ pub enum Step {
 }
 
 /// One process's gate on one GPU.
+#[derive(Debug)]
 pub struct Gate<'a> {
     config: GateConfig,
     budget: Budget<'a>,
@@ -314,7 +315,8 @@ impl<'a> Gate<'a> {
                 return Step::WaitAll;
             }
             self.give_up_turn(now_ns);
-            let rest = (debt - resume_at) as u64;
+            // Resting means debt > resume_at (see above), so this is positive.
+            let rest = u64::try_from(debt - resume_at).unwrap_or(0);
             if let Some(t) = &self.turns {
                 if self.without_turn_since == 0 {
                     self.without_turn_since = now_ns;

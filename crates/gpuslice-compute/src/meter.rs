@@ -336,6 +336,24 @@ pub struct EventMeter<T: Timeline> {
     stats: MeterStats,
 }
 
+impl<T: Timeline> std::fmt::Debug for EventMeter<T> {
+    /// The meter's counts and estimates; its queues by length.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventMeter")
+            .field("pending", &self.pending.len())
+            .field("references", &self.references.len())
+            .field("open", &self.open.len())
+            .field("pending_launches", &self.pending_launches)
+            .field("unmeasured_ns", &self.unmeasured_ns)
+            .field("longest_ns", &self.longest_ns)
+            .field("average_ns", &self.average_ns)
+            .field("lost", &self.lost)
+            .field("events_recorded", &self.events_recorded)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: Timeline> EventMeter<T> {
     /// A meter over `timeline`, starting its reference chain at `now_ns`.
     pub fn new(timeline: T, now_ns: u64) -> Self {
@@ -761,7 +779,7 @@ impl<T: Timeline> EventMeter<T> {
         {
             self.charged.pop_front();
         }
-        (total - already).max(0) as u64
+        u64::try_from(total - already).unwrap_or(0)
     }
 
     /// What a harvest charges, given the new part of the union of its spans and the sum
@@ -929,7 +947,7 @@ impl<T: Timeline> EventMeter<T> {
             }
             .min(end);
             if let Some((kind, call_ns)) = m.probe {
-                let span = (end - start).max(0) as u64;
+                let span = u64::try_from(end - start).unwrap_or(0);
                 // Off a probe timed from a start mark: the part of its launch call that
                 // ran after the mark (the GPU reached the mark, then waited for the
                 // call to submit the kernel), on the GPU's axis, at most half of the
@@ -939,7 +957,7 @@ impl<T: Timeline> EventMeter<T> {
                 let after_mark = match offset {
                     Some(o) if call_ns > 0 => {
                         let call_end = (m.submitted_ns + call_ns) as i64 - o;
-                        (call_end - start).clamp(0, call_ns as i64) as u64
+                        u64::try_from((call_end - start).min(call_ns as i64)).unwrap_or(0)
                     }
                     _ => 0,
                 };
@@ -954,13 +972,14 @@ impl<T: Timeline> EventMeter<T> {
             let end = match m.cap_ns {
                 Some(cap) => end.min(start.saturating_add(cap as i64)),
                 None => {
-                    let per_launch = (end - start).max(0) as u64 / u64::from(m.launches.max(1));
+                    let per_launch =
+                        u64::try_from(end - start).unwrap_or(0) / u64::from(m.launches.max(1));
                     let avg = self.stream_average_ns.entry(m.stream).or_insert(per_launch);
                     *avg = (*avg * 7 + per_launch) / 8;
                     end
                 }
             };
-            let span = (end - start).max(0) as u64;
+            let span = u64::try_from(end - start).unwrap_or(0);
             self.longest_ns = self.longest_ns.max(span);
             bound_ns = bound_ns.saturating_add(m.known_ns.map_or(span, |k| k.min(span)));
             self.stats.groups += 1;
@@ -994,7 +1013,7 @@ impl<T: Timeline> EventMeter<T> {
             ((self.average_ns * 7 + per_launch) / 8).max(1)
         };
         let started_ns = match offset {
-            Some(o) => (first_start + o).max(0) as u64,
+            Some(o) => u64::try_from(first_start + o).unwrap_or(0),
             None => now_ns.saturating_sub(busy),
         };
         Harvest {
@@ -1073,7 +1092,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
             .saturating_sub(self.inflight_estimate_ns())
             .checked_div(self.average_ns)
         {
-            Some(n) => n as usize,
+            Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
             None => UNMEASURED_PENDING.saturating_sub(self.pending_launches),
         };
         // With nothing queued, one launch may always go, however long it is.
@@ -1509,18 +1528,19 @@ mod tests {
         // each, 10 000 ns of known kinds per stream, in the same 10 000 ns: charged once.
         let t = 60_000_000;
         m.timeline().next_record.extend([t, t]);
-        launch(&mut m, 1, t as u64);
-        launch(&mut m, 2, t as u64);
+        let t_ns = u64::try_from(t).unwrap();
+        launch(&mut m, 1, t_ns);
+        launch(&mut m, 2, t_ns);
         for at in 1..5 {
-            assert!(m.try_join(1, KIND, t as u64 + at * 100));
-            assert!(m.try_join(2, KIND, t as u64 + at * 100));
+            assert!(m.try_join(1, KIND, t_ns + at * 100));
+            assert!(m.try_join(2, KIND, t_ns + at * 100));
         }
         m.timeline().next_record.extend([t + 10_000, t + 10_000]);
         m.seal();
         m.timeline().now = t + 20_000;
         // 10 000 (not the 20 000 of the two streams' kinds), and the 4 000 of the
         // earlier window's union its kinds did not explain (carried over, up to 1 ms).
-        assert_eq!(m.harvest(t as u64 + 20_000).busy_ns, 14_000);
+        assert_eq!(m.harvest(t_ns + 20_000).busy_ns, 14_000);
     }
 
     #[test]
@@ -1536,7 +1556,7 @@ mod tests {
         // for it forever, and a process resting until its queue drained hung).
         for now in [200_000_000, 400_000_000] {
             m.timeline().now = now;
-            m.harvest(now as u64);
+            m.harvest(u64::try_from(now).unwrap());
         }
         // The stream has long drained: the seal's event (at 300 000 000) is capped at
         // the group's usual time.

@@ -84,6 +84,7 @@ impl SimGpu {
 }
 
 /// One simulated process's view of the GPU, as a [`Timeline`].
+#[derive(Debug)]
 pub struct SimTimeline {
     gpu: SharedGpu,
     process: usize,

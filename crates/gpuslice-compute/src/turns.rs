@@ -124,6 +124,7 @@ pub enum Hold {
 }
 
 /// This process's place in a GPU's turn file.
+#[derive(Debug)]
 pub struct GpuTurns {
     /// The mapping's registration with the mapping guard, when the process installed it
     /// (declared before `map`, so that it is dropped, and the mapping unregistered, before
@@ -275,13 +276,19 @@ impl GpuTurns {
     fn header(&self) -> &Header {
         // SAFETY: the mapping is at least FILE_BYTES long (validated) and page-aligned;
         // Header is repr(C) made of integers and atomics.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
     }
 
     fn slot_at(&self, i: usize) -> &Slot {
         debug_assert!(i < SLOTS);
         // SAFETY: in bounds of the validated mapping; Slot is repr(C) atomics, 8-aligned.
-        unsafe { &*(self.map.as_ptr().add(HEADER_BYTES + i * SLOT_BYTES) as *const Slot) }
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(HEADER_BYTES + i * SLOT_BYTES)
+                .cast::<Slot>()
+        }
     }
 
     fn claim_slot(&self, now_ns: u64) -> Result<usize, TurnError> {
@@ -497,11 +504,30 @@ impl GpuTurns {
     }
 }
 
+/// [`SLOTS`] as the file's header stores it.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the assert fails the compile unless SLOTS fits a u32"
+)]
+const SLOTS_WORD: u32 = {
+    assert!(SLOTS <= u32::MAX as usize);
+    SLOTS as u32
+};
+
+/// A nonce from the clock, where getrandom fails.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the clock's low 32 bits are the nonce: dropping the high ones is the point"
+)]
+fn clock_nonce() -> u32 {
+    crate::clock::monotonic_ns() as u32
+}
+
 fn initial_image() -> Vec<u8> {
     let mut buf = vec![0u8; FILE_BYTES];
     buf[0..8].copy_from_slice(&MAGIC);
     buf[8..12].copy_from_slice(&VERSION.to_ne_bytes());
-    buf[12..16].copy_from_slice(&(SLOTS as u32).to_ne_bytes());
+    buf[12..16].copy_from_slice(&SLOTS_WORD.to_ne_bytes());
     buf
 }
 
@@ -542,7 +568,7 @@ pub fn process_key() -> u64 {
     let nonce = if n == 4 {
         u32::from_ne_bytes(bytes)
     } else {
-        crate::clock::monotonic_ns() as u32
+        clock_nonce()
     }
     .max(1);
     let key = (pid << 32) | u64::from(nonce);

@@ -82,9 +82,13 @@ pub fn parse_bytes(text: &str) -> Result<u64, SizeError> {
     let mut bytes = int.checked_mul(multiplier).ok_or(SizeError::Overflow)?;
     if !frac_part.is_empty() {
         let digits: u64 = frac_part.parse().map_err(|_| SizeError::BadNumber)?;
-        let scale = 10u64.pow(frac_part.len() as u32);
-        let frac = (digits as u128 * multiplier as u128) / scale as u128;
-        bytes = bytes.checked_add(frac as u64).ok_or(SizeError::Overflow)?;
+        // At most 9 digits (checked above), so the exponent fits and the fraction of the
+        // multiplier is below the multiplier itself.
+        let exponent = u32::try_from(frac_part.len()).map_err(|_| SizeError::BadNumber)?;
+        let scale = 10u64.pow(exponent);
+        let frac = (u128::from(digits) * u128::from(multiplier)) / u128::from(scale);
+        let frac = u64::try_from(frac).map_err(|_| SizeError::Overflow)?;
+        bytes = bytes.checked_add(frac).ok_or(SizeError::Overflow)?;
     }
     Ok(bytes)
 }

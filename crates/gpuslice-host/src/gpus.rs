@@ -235,9 +235,9 @@ mod tests {
     fn machine() -> Vec<GpuDevice> {
         [A, B, C]
             .iter()
-            .enumerate()
-            .map(|(i, u)| GpuDevice {
-                index: i as u32,
+            .zip(0u32..)
+            .map(|(u, i)| GpuDevice {
+                index: i,
                 uuid: u.to_string(),
             })
             .collect()

@@ -161,10 +161,16 @@ fn ask(socket: &str) -> Result<View, String> {
 
 /// Connects without waiting: a unix socket either accepts at once or refuses (`EAGAIN`
 /// when the agent's backlog is full).
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "AF_UNIX is 1 (a C ABI constant), which every sa_family_t holds"
+)]
+const UNIX_FAMILY: libc::sa_family_t = libc::AF_UNIX as libc::sa_family_t;
+
 fn connect(path: &str) -> std::io::Result<UnixStream> {
     // SAFETY: an all-zero sockaddr_un is a valid (unnamed) address to fill in.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    addr.sun_family = UNIX_FAMILY;
     let bytes = path.as_bytes();
     if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
         return Err(std::io::Error::new(
@@ -188,7 +194,9 @@ fn connect(path: &str) -> std::io::Result<UnixStream> {
     }
     // SAFETY: `fd` is a socket we own; from here on the stream closes it.
     let stream = unsafe { UnixStream::from_raw_fd(fd) };
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len()) as libc::socklen_t;
+    // Shorter than `sun_path` (checked above), so it fits.
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::sa_family_t>() + bytes.len())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
     // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes.
     let rc = unsafe { libc::connect(fd, (&raw const addr).cast::<libc::sockaddr>(), len) };
     if rc != 0 {

@@ -81,16 +81,22 @@ impl StreamKey {
     /// Whether this thread can name the stream to the driver: any stream but another
     /// thread's per-thread default stream (the handle means the caller's own).
     fn reachable(&self) -> bool {
-        // SAFETY: gettid has no preconditions.
-        self.thread == 0 || self.thread == unsafe { libc::gettid() as u64 }
+        self.thread == 0 || self.thread == thread_id()
     }
+}
+
+/// The calling thread's id (never 0, so 0 can mean "any thread").
+fn thread_id() -> u64 {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // A thread id is positive: the bits read the same unsigned.
+    u64::from(tid.cast_unsigned())
 }
 
 pub fn stream_key(handle: CUstream) -> StreamKey {
     let handle = handle as usize;
     let thread = if handle == PER_THREAD_STREAM {
-        // SAFETY: gettid has no preconditions.
-        unsafe { libc::gettid() as u64 }
+        thread_id()
     } else {
         0
     };
@@ -214,8 +220,17 @@ impl Timeline for CudaTimeline {
                 to as CUevent
             );
         }
-        (r == CUDA_SUCCESS).then(|| (f64::from(ms) * 1e6) as i64)
+        (r == CUDA_SUCCESS).then(|| elapsed_ns(ms))
     }
+}
+
+/// `cuEventElapsedTime`'s milliseconds in nanoseconds.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the driver's elapsed time is finite and far below 2^63 ns; `as` saturates even so"
+)]
+fn elapsed_ns(ms: f32) -> i64 {
+    (f64::from(ms) * 1e6) as i64
 }
 
 /// The busy time of this process by the driver's own per-process utilization samples

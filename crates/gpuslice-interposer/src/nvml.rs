@@ -74,14 +74,20 @@ pub fn all_devices() -> Option<Vec<(u32, String)>> {
             }
             let mut buf = [0 as std::ffi::c_char; 96];
             // SAFETY: a handle NVML just gave, and a buffer of the length passed.
-            let r = unsafe { uuid_fn(dev, buf.as_mut_ptr(), buf.len() as c_uint) };
+            let r = unsafe {
+                uuid_fn(
+                    dev,
+                    buf.as_mut_ptr(),
+                    c_uint::try_from(buf.len()).unwrap_or(c_uint::MAX),
+                )
+            };
             if r != NVML_SUCCESS {
                 return None;
             }
             let bytes: Vec<u8> = buf
                 .iter()
                 .take_while(|&&c| c != 0)
-                .map(|&c| c as u8)
+                .map(|&c| c.to_ne_bytes()[0])
                 .collect();
             Some((index, String::from_utf8_lossy(&bytes).into_owned()))
         })
@@ -99,7 +105,8 @@ pub fn process_memory(uuid: &str, pid: u32) -> Option<u64> {
     }?;
     let mut infos = vec![NvmlProcessInfo::default(); 64];
     for _ in 0..4 {
-        let mut count = infos.len() as c_uint;
+        // Saturating only ever tells NVML less room than there is.
+        let mut count = c_uint::try_from(infos.len()).unwrap_or(c_uint::MAX);
         // SAFETY: `infos` has `count` entries.
         let r = unsafe { f(dev, &mut count, infos.as_mut_ptr()) };
         if r == NVML_ERROR_INSUFFICIENT_SIZE {
@@ -151,7 +158,8 @@ pub fn utilization_samples(uuid: &str, since_us: u64) -> Vec<(u32, u64, u32)> {
     };
     let mut samples = vec![NvmlProcessUtilizationSample::default(); 64];
     for _ in 0..4 {
-        let mut count = samples.len() as c_uint;
+        // Saturating only ever tells NVML less room than there is.
+        let mut count = c_uint::try_from(samples.len()).unwrap_or(c_uint::MAX);
         // SAFETY: `samples` holds `count` entries.
         let r = unsafe { f(dev, samples.as_mut_ptr(), &mut count, since_us) };
         if r == NVML_ERROR_INSUFFICIENT_SIZE {

@@ -264,7 +264,12 @@ impl<D: DriverQueries> Slice<D> {
         match cell.load(Relaxed) {
             DEVICE_UNLIMITED => return Ok(None),
             DEVICE_UNRESOLVED => {}
-            slot => return Ok(Some(DeviceSlot::new(slot as usize))),
+            // Cached slots are indexes, never negative: anything else is looked up again.
+            slot => {
+                if let Ok(slot) = usize::try_from(slot) {
+                    return Ok(Some(DeviceSlot::new(slot)));
+                }
+            }
         }
         let uuid = self.driver.device_uuid(dev)?;
         let index = if self.config.memory.has_index_selectors() {
@@ -297,7 +302,11 @@ impl<D: DriverQueries> Slice<D> {
             .filter(|_| self.config.memory.is_empty()));
         match self.ledger.device_slot(&uuid, config_limit) {
             Ok(Some(slot)) => {
-                cell.store(slot.index() as i32, Relaxed);
+                // An index is below MAX_DEVICES; one that did not fit would stay
+                // unresolved (looked up again next time).
+                if let Ok(index) = i32::try_from(slot.index()) {
+                    cell.store(index, Relaxed);
+                }
                 let limit = self.ledger.limit(slot);
                 if limit == u64::MAX {
                     log_at!(Info, "slice '{}': {uuid}: no memory limit", self.name);
@@ -649,7 +658,9 @@ impl<D: DriverQueries> Slice<D> {
 
     /// [`Slice::refresh_overhead`] at most four times a second.
     pub fn maybe_refresh_overhead(&self, device: DeviceSlot, force: bool) {
-        let now = self.started.elapsed().as_millis() as u64 + 1;
+        let now = u64::try_from(self.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
         let last = self.last_overhead_check_ms.load(Relaxed);
         if !force && last != 0 && now.saturating_sub(last) < 250 {
             return;

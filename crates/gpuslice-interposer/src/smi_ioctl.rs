@@ -197,6 +197,15 @@ fn raw_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
     // SAFETY: the ioctl system call with the caller's own arguments, exactly as libc's
     // `ioctl` would make it; the kernel checks them.
     let rc = unsafe { libc::syscall(libc::SYS_ioctl, fd, request, arg) };
+    ioctl_result(rc)
+}
+
+/// The system call's answer as `ioctl` gives it.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "ioctl answers an int: libc's own ioctl narrows the system call's long the same way"
+)]
+fn ioctl_result(rc: std::ffi::c_long) -> c_int {
     rc as c_int
 }
 
@@ -216,7 +225,9 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     // SAFETY: the request says `arg` is an NVOS54_PARAMETERS the caller owns; it is read
     // without assuming its alignment.
     let head = unsafe { std::ptr::read_unaligned(arg as *const RmControl) };
-    let (cmd, params, size) = (head.cmd, head.params, head.params_size as usize);
+    let (cmd, size) = (head.cmd, head.params_size as usize);
+    // The parameters' address as a pointer-sized number (0 where it does not fit one).
+    let params = usize::try_from(head.params).unwrap_or(0);
     if (cmd != CMD_GET_PIDS && cmd != CMD_GET_PID_INFO) || params == 0 || size > 1 << 16 {
         return raw_ioctl(fd, request, arg);
     }
@@ -225,7 +236,7 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     };
     // SAFETY: the caller hands the driver `size` bytes at `params` for this control, to
     // read and write; this function touches no more and keeps no reference past the call.
-    let buf = unsafe { std::slice::from_raw_parts_mut(params as usize as *mut u8, size) };
+    let buf = unsafe { std::slice::from_raw_parts_mut(params as *mut u8, size) };
     match cmd {
         CMD_GET_PIDS => {
             let rc = raw_ioctl(fd, request, arg);
@@ -276,7 +287,7 @@ mod tests {
     fn a_host_pid_list_is_cut_to_the_container_and_translated() {
         let mut p = vec![0u8; GET_PIDS_SIZE];
         let host = [100u32, 4300, 555, 4242];
-        write_u32(&mut p, 8, host.len() as u32).unwrap();
+        write_u32(&mut p, 8, u32::try_from(host.len()).unwrap()).unwrap();
         for (i, pid) in host.iter().enumerate() {
             write_u32(&mut p, 12 + 4 * i, *pid).unwrap();
         }

@@ -108,7 +108,7 @@ fn worker_cut_short() {
         writer.intact().is_err(),
         "every mapping of the file is void"
     );
-    let err = Ledger::open(&path).err().expect("an empty file is refused");
+    let err = Ledger::open(&path).expect_err("an empty file is refused");
     assert!(err.to_string().contains("cut.ledger"), "{err}");
 
     // Cut to one page: what lies past it faults, and the whole ledger is void.

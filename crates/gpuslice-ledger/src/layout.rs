@@ -88,6 +88,20 @@ pub fn total_bytes() -> usize {
     process_offset(MAX_PROCESSES)
 }
 
+/// A layout size as the header stores it (a `u32`). Only called in `const` blocks, so
+/// the assert is checked when the crate compiles.
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the assert fails the compile unless n fits a u32"
+)]
+const fn layout_u32(n: usize) -> u32 {
+    assert!(
+        n <= u32::MAX as usize,
+        "a ledger layout size must fit a u32"
+    );
+    n as u32
+}
+
 fn put_u32(buf: &mut [u8], at: usize, v: u32) {
     buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
 }
@@ -114,7 +128,7 @@ pub fn initial_image(spec: &LedgerSpec) -> Vec<u8> {
     put_u32(
         &mut buf,
         std::mem::offset_of!(Header, header_bytes),
-        HEADER_BYTES as u32,
+        const { layout_u32(HEADER_BYTES) },
     );
     put_u64(
         &mut buf,
@@ -124,22 +138,22 @@ pub fn initial_image(spec: &LedgerSpec) -> Vec<u8> {
     put_u32(
         &mut buf,
         std::mem::offset_of!(Header, max_devices),
-        MAX_DEVICES as u32,
+        const { layout_u32(MAX_DEVICES) },
     );
     put_u32(
         &mut buf,
         std::mem::offset_of!(Header, max_processes),
-        MAX_PROCESSES as u32,
+        const { layout_u32(MAX_PROCESSES) },
     );
     put_u32(
         &mut buf,
         std::mem::offset_of!(Header, device_bytes),
-        DEVICE_BYTES as u32,
+        const { layout_u32(DEVICE_BYTES) },
     );
     put_u32(
         &mut buf,
         std::mem::offset_of!(Header, process_bytes),
-        PROCESS_BYTES as u32,
+        const { layout_u32(PROCESS_BYTES) },
     );
     put_u64(
         &mut buf,

@@ -298,6 +298,7 @@ fn describe_compute(limits: Option<(u32, Option<u32>)>) -> String {
 }
 
 /// An open ledger.
+#[derive(Debug)]
 pub struct Ledger {
     /// The mapping's place in the truncation guard, when the process installed it.
     /// Declared before `map` so that it is unregistered before the mapping goes.
@@ -355,7 +356,10 @@ impl DeviceState {
             DEVICE_READY => Some(Self::Ready),
             _ if word & OWNER_STATE_MASK == DEVICE_CLAIMING => {
                 let pid = word & !OWNER_STATE_MASK;
-                (pid != 0 && pid <= u64::from(u32::MAX)).then_some(Self::Claiming(pid as u32))
+                u32::try_from(pid)
+                    .ok()
+                    .filter(|&pid| pid != 0)
+                    .map(Self::Claiming)
             }
             _ => None,
         }
@@ -508,20 +512,32 @@ impl Ledger {
     fn header(&self) -> &Header {
         // SAFETY: `validate` checked the size and alignment (mmap is page aligned) and
         // `Header` consists of plain integers and atomics, valid for any bit pattern.
-        unsafe { &*(self.map.as_ptr() as *const Header) }
+        unsafe { &*self.map.as_ptr().cast::<Header>() }
     }
 
     fn device(&self, slot: usize) -> &DeviceEntry {
         assert!(slot < MAX_DEVICES);
         // SAFETY: `validate` checked that the file holds MAX_DEVICES entries at this
         // offset, suitably aligned, and the entry type is valid for any bit pattern.
-        unsafe { &*(self.map.as_ptr().add(layout::device_offset(slot)) as *const DeviceEntry) }
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(layout::device_offset(slot))
+                .cast::<DeviceEntry>()
+        }
     }
 
     fn process(&self, slot: usize) -> &ProcessEntry {
         assert!(slot < MAX_PROCESSES);
         // SAFETY: as for `device`, for the process table.
-        unsafe { &*(self.map.as_ptr().add(layout::process_offset(slot)) as *const ProcessEntry) }
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(layout::process_offset(slot))
+                .cast::<ProcessEntry>()
+        }
     }
 
     /// The slice's name.
@@ -801,7 +817,9 @@ impl Ledger {
             }
             p.start_time.store(me.start_time, SeqCst);
             p.pid_ns.store(me.pid_ns, SeqCst);
-            self.header().high_water.fetch_max(slot as u32 + 1, SeqCst);
+            // slot < MAX_PROCESSES, so this never saturates.
+            let high_water = u32::try_from(slot + 1).unwrap_or(u32::MAX);
+            self.header().high_water.fetch_max(high_water, SeqCst);
             p.owner.store(OWNER_ACTIVE | me.pid as u64, SeqCst);
             return Ok(ProcessSlot(slot));
         }

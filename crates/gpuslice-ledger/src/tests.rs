@@ -379,7 +379,7 @@ fn ledger_worker_process() {
     // SAFETY: a private test file of 16 bytes, used only through atomics.
     let counter_map = unsafe { memmap2::MmapMut::map_mut(&counter_file) }.unwrap();
     // SAFETY: the mapping is page aligned and 16 bytes long: two u64 atomics.
-    let counters = unsafe { &*(counter_map.as_ptr() as *const [AtomicU64; 2]) };
+    let counters = unsafe { &*counter_map.as_ptr().cast::<[AtomicU64; 2]>() };
     let limit = ledger.limit(DEV);
     let me = ledger.register().unwrap();
     let salt = std::process::id() as u64;

@@ -116,6 +116,7 @@ pub struct Registration {
 }
 
 /// The outcome of [`register`].
+#[derive(Debug)]
 pub enum Registered {
     /// The guard is not installed: the mapping is not watched.
     Unguarded,

@@ -587,8 +587,10 @@ impl Ctx<'_> {
     fn size(&self, value: RawScalar, field: &str, zero_ok: bool) -> Result<u64, ConfigError> {
         match value {
             RawScalar::Int(0) | RawScalar::Text(_) if zero_ok && value.is_zero() => Ok(0),
-            RawScalar::Int(n) if n > 0 => Ok(n as u64),
-            RawScalar::Int(n) => Err(self.invalid(field, format!("{n} bytes is not a size"))),
+            RawScalar::Int(n) => match u64::try_from(n) {
+                Ok(bytes) if bytes > 0 => Ok(bytes),
+                _ => Err(self.invalid(field, format!("{n} bytes is not a size"))),
+            },
             RawScalar::Text(text) => parse_size(&text)
                 .map_err(|e| self.invalid(field, format!("{text:?} is not a size: {e}"))),
         }

@@ -35,6 +35,15 @@ pub struct HostSlices {
     gpus: HostGpus,
 }
 
+impl std::fmt::Debug for HostSlices {
+    /// The provisioner; the GPU lister is a closure.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostSlices")
+            .field("provisioner", &self.provisioner)
+            .finish_non_exhaustive()
+    }
+}
+
 impl HostSlices {
     /// Makes slices with `provisioner`, finding GPUs' device nodes through `gpus`.
     pub fn new(provisioner: Provisioner, gpus: HostGpus) -> Arc<Self> {
@@ -82,6 +91,7 @@ impl HostSlices {
 }
 
 /// The [`SliceProvider`] of a real node.
+#[derive(Debug)]
 pub struct HostProvider {
     host: Arc<HostSlices>,
 }
@@ -168,6 +178,7 @@ pub fn claim_slice_name(claim_uid: &str, gpu_uuid: &str) -> String {
 }
 
 /// The [`ClaimSliceProvider`] of a real node.
+#[derive(Debug)]
 pub struct HostClaimProvider {
     host: Arc<HostSlices>,
 }

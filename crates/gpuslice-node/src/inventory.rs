@@ -72,7 +72,7 @@ pub struct GpuListError(pub String);
 
 /// Where the GPUs come from: NVML on a real node, [`StaticGpus`] in tests and dry runs.
 /// Called from a blocking thread, at start and then every health interval.
-pub trait GpuInventory: Send + Sync {
+pub trait GpuInventory: Send + Sync + std::fmt::Debug {
     /// Every GPU present now, with its health. A GPU that NVML lost is simply absent.
     fn gpus(&self) -> Result<Vec<GpuInfo>, GpuListError>;
 }

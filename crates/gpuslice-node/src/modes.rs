@@ -118,6 +118,7 @@ pub fn fixed_decision(mode: Mode) -> Option<Decision> {
 }
 
 /// A [`GpuInventory`] that shows only some GPUs of another: each way sees its own.
+#[derive(Debug)]
 pub struct OnlyGpus {
     inner: Arc<dyn GpuInventory>,
     uuids: BTreeSet<String>,

@@ -257,6 +257,7 @@ impl SliceOwners for PodOwners {
 }
 
 /// A client of the kubelet's PodResources API.
+#[derive(Debug)]
 pub struct PodResourcesClient {
     socket: PathBuf,
     client: PodResourcesListerClient<Channel>,

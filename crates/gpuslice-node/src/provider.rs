@@ -81,7 +81,7 @@ impl ProviderError {
 /// gets. Called from a blocking thread, once per container of each `Allocate`. The same
 /// slice may be asked for again (another container of the pod, a kubelet retry): the
 /// answer must be the same slice, shared, not a new one.
-pub trait SliceProvider: Send + Sync {
+pub trait SliceProvider: Send + Sync + std::fmt::Debug {
     /// What a container given `slices` (all of one resource, at least one) gets.
     fn allocate(&self, slices: &[SliceDevice]) -> Result<Allocation, ProviderError>;
 }

@@ -56,6 +56,7 @@ pub enum RewriteError {
 }
 
 /// A header block being collected (HEADERS, then CONTINUATION frames).
+#[derive(Debug)]
 struct OpenBlock {
     stream_id: u32,
     end_stream: bool,
@@ -74,6 +75,19 @@ pub struct AuthorityRewriter {
     decoder: Decoder<'static>,
     encoder: Encoder<'static>,
     rewritten: u64,
+}
+
+impl std::fmt::Debug for AuthorityRewriter {
+    /// Where the rewriter stands; the HPACK tables have no `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthorityRewriter")
+            .field("buffered", &self.input.len())
+            .field("preface_seen", &self.preface_seen)
+            .field("passthrough", &self.passthrough)
+            .field("open", &self.open)
+            .field("rewritten", &self.rewritten)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for AuthorityRewriter {
@@ -289,6 +303,7 @@ pub fn write_frame_header(out: &mut Vec<u8>, len: usize, kind: u8, flags: u8, st
 }
 
 /// A server-side connection whose incoming bytes go through an [`AuthorityRewriter`].
+#[derive(Debug)]
 pub struct AuthorityFix<T> {
     inner: T,
     rewriter: AuthorityRewriter,
@@ -506,19 +521,19 @@ mod tests {
         let mut client = PREFACE.to_vec();
         write_frame_header(&mut client, 0, 0x4, 0, 0); // SETTINGS
         // Three requests: the second and third reuse the first's dynamic table entries.
-        for (i, authority) in [
+        for (authority, i) in [
             "/var/lib/kubelet/plugins_registry/x.sock",
             "localhost",
             "/a.sock",
         ]
         .into_iter()
-        .enumerate()
+        .zip(0u32..)
         {
             let block = encode(
                 &mut enc,
                 &request(authority, "/v1beta1.DevicePlugin/Allocate"),
             );
-            let stream = 1 + 2 * i as u32;
+            let stream = 1 + 2 * i;
             write_frame_header(&mut client, block.len(), HEADERS, FLAG_END_HEADERS, stream);
             client.extend_from_slice(&block);
             write_frame_header(&mut client, 5, 0x0, FLAG_END_STREAM, stream); // DATA
@@ -527,8 +542,8 @@ mod tests {
         for step in [1, 7, 4096] {
             let (blocks, others) = through(&client, step);
             assert_eq!(blocks.len(), 3);
-            for (i, (id, end, headers)) in blocks.iter().enumerate() {
-                assert_eq!(*id, 1 + 2 * i as u32);
+            for ((id, end, headers), i) in blocks.iter().zip(0u32..) {
+                assert_eq!(*id, 1 + 2 * i);
                 assert!(!end);
                 let authority = headers.iter().find(|(n, _)| n == b":authority").unwrap();
                 assert_eq!(authority.1, b"localhost");

@@ -150,7 +150,7 @@ async fn publishes_the_resource_slice_and_republishes_after_a_wipe() {
                 "name": format!("gpu-{i}"),
                 "allowMultipleAllocations": true,
                 "attributes": {
-                    "uuid": {"string": gpu(i as u32).uuid},
+                    "uuid": {"string": gpu(u32::try_from(i).unwrap()).uuid},
                     "model": {"string": "NVIDIA H200"},
                     "index": {"int": i},
                     "driverVersion": {"version": "570.124.6"},

@@ -42,6 +42,7 @@ pub fn build_dir() -> PathBuf {
 }
 
 /// A temporary host with one fake GPU state.
+#[derive(Debug)]
 pub struct Bench {
     pub dir: tempfile::TempDir,
     pub build: PathBuf,

@@ -172,8 +172,8 @@ fn thousands_of_compute_slice_lifetimes_with_kills_neither_hang_nor_leak() {
             i += 1;
         }
         if running.len() < AT_ONCE && started < lifetimes && begin.elapsed() < TIME_CAP {
-            let slice = rng.below(SLICES.len() as u64) as usize;
-            let program = PROGRAMS[rng.below(PROGRAMS.len() as u64) as usize];
+            let slice = usize::try_from(rng.below(SLICES.len() as u64)).unwrap();
+            let program = PROGRAMS[usize::try_from(rng.below(PROGRAMS.len() as u64)).unwrap()];
             let delay = Duration::from_millis(rng.below(120));
             let ending = match rng.below(10) {
                 0..=1 => {

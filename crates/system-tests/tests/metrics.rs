@@ -126,8 +126,7 @@ fn metrics_show_every_slice_gpu_and_counter_as_the_ledgers_and_the_gpu_hold_them
     std::fs::create_dir_all(state.join("slices/broken")).unwrap();
     std::fs::write(ledger_of("broken"), &whole[..whole.len() / 3]).unwrap();
     let broken_kind = Ledger::open(&ledger_of("broken"))
-        .err()
-        .expect("a cut ledger does not open")
+        .expect_err("a cut ledger does not open")
         .kind();
 
     let mut running = Running(Vec::new());

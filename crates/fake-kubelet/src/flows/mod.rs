@@ -67,6 +67,7 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> FlowError
 }
 
 /// A flow's time limit, from its start, and its stop signal.
+#[derive(Debug)]
 pub struct Deadline {
     limit: Duration,
     at: Instant,

@@ -298,8 +298,11 @@ pub fn bar(used: u64, total: Option<u64>, width: usize) -> String {
     let inner = width.saturating_sub(2);
     let filled = match total {
         Some(t) if t > 0 => {
-            let share = (used as f64 / t as f64).min(1.0);
-            let n = (share * inner as f64).round() as usize;
+            // round(min(used / t, 1) * inner), in integers: floor((2 * used * inner + t) / 2t).
+            let (used_capped, t) = (u128::from(used.min(t)), u128::from(t));
+            let n = (2 * used_capped * inner as u128 + t) / (2 * t);
+            // n <= inner, since used_capped <= t.
+            let n = usize::try_from(n).unwrap_or(inner);
             // Anything in use shows.
             if used > 0 { n.max(1) } else { n }
         }

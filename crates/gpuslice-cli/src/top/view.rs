@@ -130,7 +130,12 @@ const SLICE_FIXED: [u16; 7] = [3, 10, 14, 9, 9, 7, 5];
 
 /// The width left for the one column that takes the rest, and the columns' widths.
 fn widths(total: u16, fixed: &[u16], rest_first: bool) -> (u16, Vec<Constraint>) {
-    let used: u16 = fixed.iter().sum::<u16>() + SPACING * fixed.len() as u16;
+    // A handful of columns: the count fits a u16 (saturating where it would not).
+    let columns = u16::try_from(fixed.len()).unwrap_or(u16::MAX);
+    let used: u16 = fixed
+        .iter()
+        .sum::<u16>()
+        .saturating_add(SPACING.saturating_mul(columns));
     let rest = total.saturating_sub(used);
     let mut all: Vec<Constraint> = fixed.iter().map(|&w| Constraint::Length(w)).collect();
     all.insert(usize::from(!rest_first), Constraint::Length(rest));

@@ -400,11 +400,11 @@ mod tests {
     fn host() -> Vec<HostGpu> {
         [A, B]
             .iter()
-            .enumerate()
-            .map(|(i, u)| HostGpu {
-                index: i as u32,
+            .zip(0u32..)
+            .map(|(u, i)| HostGpu {
+                index: i,
                 uuid: u.to_string(),
-                minor: 10 + i as u32,
+                minor: 10 + i,
                 memory: None,
             })
             .collect()

@@ -228,10 +228,13 @@ pub unsafe extern "C" fn cuMemGetInfo_v2(free: *mut usize, total: *mut usize) ->
         s.reconcile_pools();
         let limit = s.ledger.limit(device);
         let left = limit.saturating_sub(s.used(device));
+        // A limit beyond usize (none on a 64-bit host) caps nothing.
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let left = usize::try_from(left).unwrap_or(usize::MAX);
         // SAFETY: both pointers were written by the driver just now.
         unsafe {
-            *total = (*total).min(limit as usize);
-            *free = (*free).min(left as usize);
+            *total = (*total).min(limit);
+            *free = (*free).min(left);
         }
         r
     }, else r)
@@ -249,8 +252,9 @@ pub unsafe extern "C" fn cuDeviceTotalMem_v2(bytes: *mut usize, dev: CUdevice) -
     }
     with_slice!(|s| match s.device_entry(dev) {
         Ok(Some(d)) => {
+            let limit = usize::try_from(s.ledger.limit(d)).unwrap_or(usize::MAX);
             // SAFETY: written by the driver just now.
-            unsafe { *bytes = (*bytes).min(s.ledger.limit(d) as usize) };
+            unsafe { *bytes = (*bytes).min(limit) };
             r
         }
         Ok(None) => r,

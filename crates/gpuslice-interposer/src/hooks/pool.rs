@@ -140,7 +140,8 @@ unsafe fn alloc_async(
         let ptr = unsafe { *dptr };
         call_driver!(id::cuMemFreeAsync, FreeAsyncFn, ptr, stream);
         call_driver!(id::cuStreamSynchronize, SyncFn, stream);
-        call_driver!(id::cuMemPoolTrimTo, TrimFn, pool, used as usize);
+        let keep = usize::try_from(used).unwrap_or(usize::MAX);
+        call_driver!(id::cuMemPoolTrimTo, TrimFn, pool, keep);
         let now = pool_attribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT).unwrap_or(after);
         set_tracked(&s.ledger, s.entry, Some(tracked), now, true);
         crate::log::refusal(format_args!(

@@ -72,7 +72,8 @@ pub(super) fn read_list<T: Default + Clone>(
 ) -> Result<Vec<T>, NvmlReturn> {
     let mut buf = vec![T::default(); 32];
     for _ in 0..6 {
-        let mut count = buf.len() as c_uint;
+        // Saturating only ever tells NVML less room than there is.
+        let mut count = c_uint::try_from(buf.len()).unwrap_or(c_uint::MAX);
         let r = call(&mut count, buf.as_mut_ptr());
         match r {
             NVML_SUCCESS => {
@@ -115,7 +116,7 @@ pub(super) unsafe fn write_list<T, S>(
     let room = unsafe { count.read_unaligned() } as usize;
     // SAFETY: `count` is non-null (checked above) and writable by the caller's contract
     // for this NVML call; written without assuming alignment.
-    unsafe { count.write_unaligned(items.len() as c_uint) };
+    unsafe { count.write_unaligned(c_uint::try_from(items.len()).unwrap_or(c_uint::MAX)) };
     if items.is_empty() {
         return NVML_SUCCESS;
     }
@@ -162,7 +163,7 @@ pub(super) unsafe fn write_sessions<T, S>(
     if unsafe { count.read_unaligned() } == 0 {
         // SAFETY: `count` is non-null (checked above) and writable by the caller's
         // contract for this NVML call; written without assuming alignment.
-        unsafe { count.write_unaligned(items.len() as c_uint) };
+        unsafe { count.write_unaligned(c_uint::try_from(items.len()).unwrap_or(c_uint::MAX)) };
         return NVML_SUCCESS;
     }
     // SAFETY: by the caller's contract.

@@ -99,7 +99,7 @@ pub(super) fn handle_uuid(device: NvmlDevice) -> Result<String, NvmlReturn> {
         UuidFn,
         device,
         buf.as_mut_ptr(),
-        buf.len() as c_uint
+        c_uint::try_from(buf.len()).unwrap_or(c_uint::MAX)
     );
     if r != NVML_SUCCESS {
         return Err(r);
@@ -107,7 +107,7 @@ pub(super) fn handle_uuid(device: NvmlDevice) -> Result<String, NvmlReturn> {
     let bytes: Vec<u8> = buf
         .iter()
         .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
+        .map(|&c| c.to_ne_bytes()[0])
         .collect();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }

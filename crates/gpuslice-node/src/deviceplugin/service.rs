@@ -46,6 +46,7 @@ pub fn devices(resource: &Resource, health: &HealthMap) -> Vec<api::Device> {
 }
 
 /// The device plugin of one resource.
+#[derive(Debug)]
 pub struct SlicePlugin {
     inventory: Arc<Inventory>,
     resource: usize,

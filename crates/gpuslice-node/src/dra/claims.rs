@@ -248,9 +248,9 @@ pub fn plan(
         let asks_compute =
             requested(claim, &r.request).is_some_and(|caps| caps.iter().any(|c| c == COMPUTE));
         let compute = if asks_compute {
-            match consumed(COMPUTE)? {
-                Some(c @ 1..=100) => Some(c as u32),
-                Some(c) => {
+            match consumed(COMPUTE)?.map(|c| (c, u32::try_from(c))) {
+                Some((1..=100, Ok(percent))) => Some(percent),
+                Some((c, _)) => {
                     return Err(capacity_error(
                         COMPUTE,
                         format!("is {c}%, outside 1..100% of {}", gpu.describe()),

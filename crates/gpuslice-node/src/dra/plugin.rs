@@ -50,6 +50,20 @@ pub struct Preparer {
     lock: Mutex<()>,
 }
 
+impl std::fmt::Debug for Preparer {
+    /// What it prepares for and where it keeps state; `kube::Client` has no `Debug`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Preparer")
+            .field("node", &self.node)
+            .field("reserve", &self.reserve)
+            .field("gpus", &self.gpus)
+            .field("provider", &self.provider)
+            .field("state", &self.state)
+            .field("api_timeout", &self.api_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Preparer {
     /// A preparer for `node`, whose current GPUs `gpus` holds.
     pub fn new(
@@ -244,9 +258,11 @@ impl Preparer {
 }
 
 /// `dra.v1.DRAPlugin`.
+#[derive(Debug)]
 pub struct DraV1(pub Arc<Preparer>);
 
 /// `dra.v1beta1.DRAPlugin` (the same, without `shareID` in the answer).
+#[derive(Debug)]
 pub struct DraV1beta1(pub Arc<Preparer>);
 
 fn refs<'a>(claims: impl Iterator<Item = (&'a str, &'a str, &'a str)>) -> Vec<ClaimRef> {
@@ -403,6 +419,7 @@ impl v1beta1::dra_plugin_server::DraPlugin for DraV1beta1 {
 }
 
 /// `pluginregistration.Registration`: tells the kubelet's plugin watcher who this is.
+#[derive(Debug)]
 pub struct RegistrationService {
     /// What `GetInfo` answers.
     pub info: reg::PluginInfo,

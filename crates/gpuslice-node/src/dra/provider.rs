@@ -11,7 +11,7 @@ use crate::provider::ProviderError;
 
 /// Makes and removes the slices of claims. Called from a blocking thread. Both calls
 /// must be idempotent: the kubelet retries, and the plugin may restart in between.
-pub trait ClaimSliceProvider: Send + Sync {
+pub trait ClaimSliceProvider: Send + Sync + std::fmt::Debug {
     /// Makes `slice` ready on the host (or finds it made) and returns the fully qualified
     /// CDI device IDs a container using it gets.
     fn make(&self, slice: &ClaimSlice) -> Result<Vec<String>, ProviderError>;

@@ -299,6 +299,7 @@ pub enum Synced {
 }
 
 /// Keeps a node's ResourceSlice in the API server.
+#[derive(Debug)]
 pub struct Publisher {
     slices: Api<ResourceSlice>,
     nodes: Api<Node>,
