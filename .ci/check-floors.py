@@ -28,7 +28,11 @@ Run from anywhere: python3 .ci/check-floors.py [SRC_DIR]
 import fnmatch
 import os
 import re
+import signal
 import sys
+
+# Piped into `head`, stop quietly like any other command line tool.
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 # Floors, top first: (number, name, file patterns relative to src/). Higher numbers are
 # higher floors; a file may use files whose floor number is lower or equal.
