@@ -115,6 +115,29 @@ impl Bench {
         self.build.join("libgpuslice.so")
     }
 
+    /// `gpuslice node --config CONFIG --node-name NODE` on the bench's host folder: its
+    /// kubelet folder, state, CDI and driver-root folders, and the interposer. Tests add
+    /// the flags of their own (`--no-agent`, `--metrics-addr`, ...).
+    pub fn node(&self, config: &Path, node: &str, kubelet_dir: &Path) -> Command {
+        let host = self.dir.path();
+        let mut cmd = self.plain(&self.build.join("gpuslice"));
+        cmd.arg("node")
+            .arg("--config")
+            .arg(config)
+            .args(["--node-name", node])
+            .arg("--kubelet-dir")
+            .arg(kubelet_dir)
+            .arg("--state-dir")
+            .arg(host.join("state"))
+            .arg("--cdi-dir")
+            .arg(host.join("cdi"))
+            .arg("--driver-root")
+            .arg(host.join("root"))
+            .arg("--lib")
+            .arg(self.interposer());
+        cmd
+    }
+
     /// A command for `program` with the bench environment, without the interposer.
     pub fn plain(&self, program: &Path) -> Command {
         let mut cmd = Command::new(program);

@@ -125,17 +125,7 @@ fn device_plugin_flow_against_gpuslice_node_on_the_fake_gpu() {
         &kubelet_dir.join("device-plugins/kubelet.sock"),
         "the fake kubelet's socket",
     );
-    let node = Reaped::spawn(
-        bench
-            .plain(&bench.build.join("gpuslice"))
-            .arg("node")
-            .args(["--config", &path(&config), "--node-name", "h200"])
-            .args(["--kubelet-dir", &path(&kubelet_dir)])
-            .args(["--state-dir", &path(&host.join("state"))])
-            .args(["--cdi-dir", &path(&host.join("cdi"))])
-            .args(["--driver-root", &path(&host.join("root"))])
-            .args(["--lib", &path(&bench.interposer()), "--no-agent"]),
-    );
+    let node = Reaped::spawn(bench.node(&config, "h200", &kubelet_dir).arg("--no-agent"));
     wait_while_running(&out, &mut kubelet, "allocations");
 
     let got = read_json(&out);
@@ -210,13 +200,8 @@ fn dra_flow_against_gpuslice_node_on_the_fake_gpu() {
     wait_while_running(&kubeconfig, &mut kubelet, "kubeconfig");
     let node = Reaped::spawn(
         bench
-            .plain(&bench.build.join("gpuslice"))
-            .arg("node")
-            .args(["--config", &path(&config), "--node-name", "h200"])
-            .args(["--kubelet-dir", &path(&kubelet_dir)])
-            .args(["--state-dir", &path(&state), "--cdi-dir", &path(&cdi)])
-            .args(["--driver-root", &path(&host.join("root"))])
-            .args(["--lib", &path(&bench.interposer()), "--no-agent"])
+            .node(&config, "h200", &kubelet_dir)
+            .arg("--no-agent")
             .args(["--kubeconfig", &path(&kubeconfig)])
             .env("HOME", host.join("home"))
             .env_remove("KUBECONFIG")

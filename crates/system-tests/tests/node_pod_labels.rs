@@ -60,20 +60,11 @@ fn scrape(addr: &str) -> (String, Exposition) {
 /// `gpuslice node` on the fake GPU of `bench`'s folder, with `config`, the kubelet folder
 /// `kubelet_dir` and `/metrics` on any free port.
 fn node_command(bench: &Bench, config: &Path, kubelet_dir: &Path) -> Command {
-    let host = bench.dir.path();
-    let s = |p: &Path| p.display().to_string();
-    let mut cmd = bench.plain(&bench.build.join("gpuslice"));
-    cmd.arg("node")
-        .arg("--config")
-        .arg(config)
-        .args(["--node-name", "node-1", "--no-probe"])
+    let mut cmd = bench.node(config, "node-1", kubelet_dir);
+    cmd.arg("--no-probe")
         .args(["--metrics-addr", "127.0.0.1:0"])
-        .args(["--agent-socket", &s(&host.join("agent/agent.sock"))])
-        .args(["--kubelet-dir", &s(kubelet_dir)])
-        .args(["--state-dir", &s(&host.join("state"))])
-        .args(["--cdi-dir", &s(&host.join("cdi"))])
-        .args(["--driver-root", &s(&host.join("root"))])
-        .args(["--lib", &s(&bench.interposer())]);
+        .arg("--agent-socket")
+        .arg(bench.dir.path().join("agent/agent.sock"));
     cmd
 }
 
