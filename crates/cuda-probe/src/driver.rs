@@ -418,6 +418,22 @@ impl Driver {
         )
     }
 
+    /// `cuCtxSynchronize` of the current context, as the runtime calls it at the
+    /// probe's CUDA version: from 12.9 on the driver hands out `cuCtxSynchronize_v2`,
+    /// which takes the context (null: the current one).
+    pub fn ctx_sync(&self) -> c_int {
+        if self.version >= 12090 {
+            cu!(
+                self,
+                "cuCtxSynchronize",
+                unsafe extern "C" fn(*mut c_void) -> c_int,
+                null_mut()
+            )
+        } else {
+            cu!(self, "cuCtxSynchronize", unsafe extern "C" fn() -> c_int,)
+        }
+    }
+
     pub fn stream_sync(&self, s: *mut c_void) -> c_int {
         cu!(
             self,

@@ -252,7 +252,8 @@ impl Kernels {
 /// kernels and waits for them. `graph`: launches a graph of 4 kernel nodes.
 /// `sidestream`: kernels, and once, after 1000 of them, four on a second stream that is
 /// not used again. `once`: a single launch, not waited for. `bigsync`: 30 kernels, a graph
-/// of 200 kernels and one more kernel, then a stream synchronisation. `streamchurn`: a new
+/// of 200 kernels and one more kernel, then a stream synchronisation (`bigctxsync`: a
+/// context synchronisation). `streamchurn`: a new
 /// stream per iteration, 8 kernels on it, then the stream is destroyed.
 pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
     let stream = cu.stream_create();
@@ -260,7 +261,7 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
         Ok(k) => k,
         Err(rc) => return format!("rc={rc} stage=load"),
     };
-    let exec = if kind == "graph" || kind == "bigsync" {
+    let exec = if kind == "graph" || kind == "bigsync" || kind == "bigctxsync" {
         match kernels.graph(cu, if kind == "graph" { 4 } else { 200 }) {
             Ok(e) => e,
             Err(rc) => return format!("rc={rc} stage=graph"),
@@ -297,17 +298,22 @@ pub fn timed_loop(cu: &Driver, kind: &str, ms: u64) -> String {
                 }
                 rc.max(cu.stream_destroy(side.stream))
             }
-            "bigsync" => {
+            "bigsync" | "bigctxsync" => {
                 // Short kernels, then much longer work (a graph of 200 kernels) and one
                 // more kernel, then a wait for the stream, as a training step ends
-                // with `loss.item()`.
+                // with `loss.item()` (`bigctxsync`: for the context, as
+                // `torch.cuda.synchronize()` does).
                 let mut rc = 0;
                 for _ in 0..30 {
                     rc = rc.max(kernels.launch(cu, "kernel"));
                 }
                 rc = rc.max(cu.call2("cuGraphLaunch", exec, stream));
                 rc = rc.max(kernels.launch(cu, "kernel"));
-                rc.max(cu.stream_sync(stream))
+                rc.max(if kind == "bigsync" {
+                    cu.stream_sync(stream)
+                } else {
+                    cu.ctx_sync()
+                })
             }
             "light" => {
                 clock.sleep_ns(1_000_000);

@@ -376,6 +376,24 @@ pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut Handle) -> CUresult {
     pop("cuCtxPopCurrent", pctx)
 }
 
+/// `cuCtxSynchronize_v2`: a null context is the current one; another must exist (this
+/// driver synchronises all of its work either way).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cuCtxSynchronize_v2(ctx: Handle) -> CUresult {
+    api("cuCtxSynchronize_v2", |d| {
+        let k = key(ctx);
+        if k == 0 {
+            d.current()?;
+        } else {
+            d.known_context(k)?;
+        }
+        d.check_capture_safe()?;
+        d.timing.wait_stream(None);
+        d.synchronize();
+        Ok(())
+    })
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSynchronize() -> CUresult {
     api("cuCtxSynchronize", |d| {

@@ -191,7 +191,11 @@ fn build() -> HashMap<&'static str, Entry> {
     add("cuCtxSetCurrent", vec![v!(4000, cuCtxSetCurrent)], None);
     add("cuCtxGetCurrent", vec![v!(4000, cuCtxGetCurrent)], None);
     add("cuCtxGetDevice", vec![v!(2000, cuCtxGetDevice)], None);
-    add("cuCtxSynchronize", vec![v!(2000, cuCtxSynchronize)], None);
+    add(
+        "cuCtxSynchronize",
+        vec![v!(2000, cuCtxSynchronize), v!(12090, cuCtxSynchronize_v2)],
+        None,
+    );
     add(
         "cuMemGetInfo",
         vec![v!(2000, missing "cuMemGetInfo"), v!(3020, cuMemGetInfo_v2)],

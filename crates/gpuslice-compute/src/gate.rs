@@ -43,6 +43,10 @@ pub struct GateConfig {
     pub max_pending: usize,
     /// Between full checks, launches pass with one clock read.
     pub recheck_ns: u64,
+    /// The longest time between full checks, while the slice is far enough below its
+    /// band that the GPU's whole time until then could not take it over: a limit that
+    /// does not bind costs fewer checks.
+    pub max_recheck_ns: u64,
     /// How long to wait before asking again for a turn another process holds.
     pub poll_ns: u64,
     /// Other slices must have been quiet this long for the slice to use its burst.
@@ -69,6 +73,7 @@ impl GateConfig {
             max_inflight_ns: 2 * MS,
             max_pending: 1024,
             recheck_ns: 250 * US,
+            max_recheck_ns: MS,
             poll_ns: 200 * US,
             burst_quiet_ns: 100 * MS,
             alone_resume_ns: Some(500 * US),
@@ -390,10 +395,31 @@ impl<'a> Gate<'a> {
                 ),
             };
         }
-        self.next_check_ns = now_ns + c.recheck_ns;
+        self.next_check_ns = now_ns + self.recheck_after(now_ns, debt, band);
         // This launch takes one place in the queue; the rest may pass without a check.
         self.allowance = room - 1;
         Step::Go
+    }
+
+    /// How long launches may pass without a full check, for a slice `debt_ns` ahead of
+    /// its share and not resting (its band is `band_ns`): [`GateConfig::recheck_ns`], or
+    /// longer, up to [`GateConfig::max_recheck_ns`], while the slice is so far below its
+    /// band that even a GPU busy with its work all the time until then would leave it
+    /// within half of what it has left. At a share of `p` percent, a busy nanosecond
+    /// moves the debt by `(100 - p) / p`.
+    fn recheck_after(&self, now_ns: u64, debt_ns: i64, band_ns: i64) -> u64 {
+        let c = &self.config;
+        let percent = i128::from(self.percent_now(now_ns).clamp(1, 100));
+        // Idle time earns no credit: a slice behind its share starts from none.
+        let room = i128::from(band_ns) - i128::from(debt_ns.max(0));
+        let safe = if percent >= 100 {
+            i128::from(c.max_recheck_ns)
+        } else {
+            room.max(0) * percent / (100 - percent) / 2
+        };
+        u64::try_from(safe.clamp(0, i128::from(u64::MAX)))
+            .unwrap_or(u64::MAX)
+            .clamp(c.recheck_ns, c.max_recheck_ns.max(c.recheck_ns))
     }
 
     /// Before the process exits or its context is destroyed: closes its open groups,
@@ -623,6 +649,70 @@ mod tests {
         gate.abandon(&mut meter, 5_000 * MS);
         assert_eq!(meter.pending(), 0);
         assert_eq!(gate.budget().busy_total_ns(), 6 * MS);
+    }
+
+    /// A queue with room, whose work is charged `busy_ns` at the next harvest.
+    struct Open {
+        busy_ns: u64,
+    }
+
+    impl BusyMeter for Open {
+        fn harvest(&mut self, now_ns: u64) -> Harvest {
+            let busy_ns = std::mem::take(&mut self.busy_ns);
+            Harvest {
+                busy_ns,
+                started_ns: now_ns.saturating_sub(busy_ns),
+            }
+        }
+        fn pending(&self) -> usize {
+            0
+        }
+        fn inflight_estimate_ns(&self) -> u64 {
+            0
+        }
+        fn room(&self, _max_inflight_ns: u64, _max_pending: usize) -> usize {
+            1_000_000
+        }
+        fn wait_oldest(&mut self) {}
+        fn wait_all(&mut self) {}
+    }
+
+    /// How long launches pass without a full check after one at `now_ns`.
+    fn unchecked_after(gate: &mut Gate<'_>, meter: &mut Open, now_ns: u64) -> u64 {
+        assert_eq!(gate.step(now_ns, meter), Step::Go);
+        let mut t = now_ns;
+        while gate.fast_go(t) {
+            t += US;
+        }
+        t - now_ns
+    }
+
+    #[test]
+    fn a_limit_far_from_binding_is_checked_less_often_and_a_binding_one_as_often() {
+        let tat = AtomicU64::new(0);
+        let busy = AtomicU64::new(0);
+        let t0 = 1_000 * MS;
+        // 99%: the debt grows a hundredth as fast as the GPU works; checks are the
+        // longest apart.
+        let mut gate = Gate::new(GateConfig::new(99, None), Budget::new(&tat, &busy), None);
+        let mut meter = Open { busy_ns: MS };
+        assert_eq!(unchecked_after(&mut gate, &mut meter, t0), MS);
+        // 25%, with 1.5 ms just used: the debt (4.5 ms of wall time, from when that
+        // work began) is within half a millisecond of the 5 ms band, which the GPU
+        // could use up in a third of that: checks come at the shortest interval.
+        let tat = AtomicU64::new(0);
+        let mut gate = Gate::new(GateConfig::new(25, None), Budget::new(&tat, &busy), None);
+        let mut meter = Open {
+            busy_ns: 1_500 * US,
+        };
+        assert_eq!(unchecked_after(&mut gate, &mut meter, t0), 250 * US);
+        // 25%, idle before (idle time earns no credit): the whole band, 5 ms, which the
+        // GPU could use up in 5/3 ms; half that (833 µs) until the next check.
+        let tat = AtomicU64::new(0);
+        let mut gate = Gate::new(GateConfig::new(25, None), Budget::new(&tat, &busy), None);
+        let mut meter = Open { busy_ns: 0 };
+        let after = unchecked_after(&mut gate, &mut meter, t0);
+        assert!((833 * US..=834 * US).contains(&after), "{after}");
     }
 
     #[test]

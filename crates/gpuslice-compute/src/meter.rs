@@ -18,10 +18,16 @@
 //! (at most [`GROUP_GPU_NS`] of GPU work at the usual time per launch, and at most
 //! [`MAX_GROUP`] launches): a launch that joins an open group costs no driver
 //! call at all ([`EventMeter::try_join`]), and only the first and the last launch of a
-//! group are timed. A group still open when the process waits (the gate seals every open
+//! group are timed. The launch that closes a full group on a stream still fed (launched
+//! on within [`FED_NS`]) opens the next group, empty, behind it: the stream's next
+//! launch joins that one with no driver call either, so a stream launched on without
+//! pause costs one driver call (the end event) per group, and no query whether it has
+//! drained. A group still open when the process waits (the gate seals every open
 //! group first) is closed then; if its stream has drained by then, its end is estimated
 //! from the stream's measured time per launch, because the event recorded at that moment
-//! would count the idle time since.
+//! would count the idle time since. After a wait that succeeded, the next launch records
+//! its start mark without asking whether the stream still works
+//! ([`EventMeter::note_idle`]).
 //!
 //! A long group on a stream the CPU only just keeps fed spans idle gaps between its
 //! kernels. So groups are also probes: a group whose first launch is of a kind (a
@@ -191,6 +197,24 @@ struct OpenGroup<T: Timeline> {
     unknown: bool,
     /// The usual time per launch on its stream when it opened (for [`GROUP_GPU_NS`]).
     per_launch_ns: u64,
+    /// When (CPU clock) its newest launch was submitted; for a group opened empty, when
+    /// it was opened ([`FED_NS`]).
+    last_ns: u64,
+}
+
+impl<T: Timeline> OpenGroup<T> {
+    /// The GPU work the group holds, as far as the meter knows: its launches at the
+    /// stream's usual time per launch, or, when every launch is of a kind with a known
+    /// time, the sum of those times if less (a stream the CPU only just keeps fed spans
+    /// gaps its kernels' times leave out).
+    fn gpu_ns(&self) -> u64 {
+        let by_stream = u64::from(self.launches).saturating_mul(self.per_launch_ns);
+        if self.unknown || self.launches == 0 {
+            by_stream
+        } else {
+            by_stream.min(self.known_ns)
+        }
+    }
 }
 
 /// How long (CPU time from its first launch) a group stays open for more launches.
@@ -203,6 +227,13 @@ pub const GROUP_GPU_NS: u64 = 250_000;
 
 /// The most launches in one group.
 pub const MAX_GROUP: u32 = 4096;
+
+/// A stream counts as fed while its newest launch is at most this old (CPU time): a
+/// group closed then is closed without asking the driver whether the stream has drained
+/// (a `cuStreamQuery`, a tenth of a launch), and the empty group opened behind it takes
+/// launches only this soon (later, the stream may have drained, and the next launch
+/// takes the full path, with a start mark).
+pub const FED_NS: u64 = 50_000;
 
 /// One group in this many, per stream, is a probe of a single launch.
 pub const PROBE_EVERY: u32 = 8;
@@ -297,6 +328,9 @@ pub struct EventMeter<T: Timeline> {
     last_end: HashMap<T::Stream, i64>,
     /// For each stream with pending launches, the event of its newest group.
     newest: HashMap<T::Stream, T::Event>,
+    /// The process has just waited for all its work ([`EventMeter::note_idle`]): the
+    /// next launch needs not ask whether other streams still work.
+    idle_all: bool,
     /// The start event recorded before the launch in progress.
     starting: Option<(T::Stream, T::Event)>,
     /// Open groups, by stream.
@@ -366,6 +400,7 @@ impl<T: Timeline> EventMeter<T> {
             last_rebase_ns: 0,
             last_end: HashMap::default(),
             newest: HashMap::default(),
+            idle_all: false,
             starting: None,
             open: HashMap::default(),
             pending_launches: 0,
@@ -426,6 +461,45 @@ impl<T: Timeline> EventMeter<T> {
         std::mem::take(&mut self.stats)
     }
 
+    /// After the process waited for `stream` (`None`: for all its work) and the wait
+    /// succeeded: what it had queued there is done, so the next launch's start mark is
+    /// recorded without asking the driver whether the stream (or another) still works.
+    pub fn note_idle(&mut self, stream: Option<T::Stream>) {
+        match stream {
+            Some(stream) => {
+                self.newest.remove(&stream);
+            }
+            None => {
+                self.newest.clear();
+                self.idle_all = true;
+            }
+        }
+    }
+
+    /// As [`BusyMeter::seal`], at `now_ns` (CPU clock): a group whose newest launch is
+    /// less than [`FED_NS`] old is closed without asking whether its stream has drained.
+    pub fn seal_at(&mut self, now_ns: u64) {
+        self.seal_streams(Some(now_ns));
+    }
+
+    fn seal_streams(&mut self, now_ns: Option<u64>) {
+        let streams: Vec<T::Stream> = self.open.keys().copied().collect();
+        for stream in streams {
+            let Some(group) = self.open.get(&stream) else {
+                continue;
+            };
+            if group.launches == 0 {
+                self.open.remove(&stream);
+                continue;
+            }
+            let fed = now_ns.is_some_and(|now| now.saturating_sub(group.last_ns) < FED_NS);
+            // A stream the process stopped using long ago (a side stream used once)
+            // has drained: an event recorded now would time the idle since.
+            let drained = !fed && self.timeline.stream_idle(stream) == Some(true);
+            self.close(stream, drained);
+        }
+    }
+
     /// Before `stream` is destroyed: closes its open group with an event recorded while
     /// the stream still exists, and forgets what was learned about the stream (its
     /// handle may be given to a new stream).
@@ -482,9 +556,11 @@ impl<T: Timeline> EventMeter<T> {
             Some(g)
                 if g.launches < MAX_GROUP
                     && now_ns.saturating_sub(g.submitted_ns) < GROUP_SPAN_NS
-                    && u64::from(g.launches).saturating_mul(g.per_launch_ns) < GROUP_GPU_NS =>
+                    && (g.launches > 0 || now_ns.saturating_sub(g.last_ns) < FED_NS)
+                    && g.gpu_ns() < GROUP_GPU_NS =>
             {
                 g.launches += 1;
+                g.last_ns = now_ns;
                 match self.kinds.get(kind) {
                     Some(ns) => g.known_ns = g.known_ns.saturating_add(ns),
                     None => g.unknown = true,
@@ -499,21 +575,32 @@ impl<T: Timeline> EventMeter<T> {
     /// Right before a launch on `stream` that did not join an open group: if the stream
     /// has no open group and is known to be drained, records the event that will time
     /// the start of the launch's work.
-    pub fn before_launch(&mut self, stream: T::Stream) {
+    pub fn before_launch(&mut self, stream: T::Stream, now_ns: u64) {
         if let Some((_, event)) = self.starting.take() {
             self.free.push(event);
         }
-        if self.open.contains_key(&stream) {
-            // A group too old or too full for more. While its stream still works, the
-            // launch joins it and closes it. A stream that has drained (the process
-            // stopped launching on it without a wait the gate saw: a synchronous copy,
-            // polling, CPU work) closes the group now, charged at most its launches'
-            // usual time, and the launch opens a group of its own: an event recorded
-            // after it would count the whole pause as busy.
-            if self.timeline.stream_idle(stream) != Some(true) {
-                return;
+        let idle_all = std::mem::take(&mut self.idle_all);
+        if let Some(group) = self.open.get(&stream) {
+            if group.launches == 0 {
+                // The empty group opened behind the stream's last one, too long ago
+                // (the stream may have drained): dropped, and the launch opens a group
+                // of its own.
+                self.open.remove(&stream);
+            } else {
+                // A group too old or too full for more. While its stream still works,
+                // the launch joins it and closes it; a stream launched on within
+                // [`FED_NS`] is taken to still work. A stream that has drained (the
+                // process stopped launching on it without a wait the gate saw: a
+                // synchronous copy, polling, CPU work) closes the group now, charged at
+                // most its launches' usual time, and the launch opens a group of its
+                // own: an event recorded after it would count the whole pause as busy.
+                if now_ns.saturating_sub(group.last_ns) < FED_NS
+                    || self.timeline.stream_idle(stream) != Some(true)
+                {
+                    return;
+                }
+                self.close(stream, true);
             }
-            self.close(stream, true);
         }
         // Whether an earlier group of this stream is still running (asked now, so that
         // a stream that ran dry since the last harvest is caught).
@@ -528,7 +615,8 @@ impl<T: Timeline> EventMeter<T> {
         // point of view whenever this launch starts: its start may be taken from the
         // submission time (the busy intervals are merged), and the start mark, which
         // costs as much CPU time as a fifth of a launch, is not needed.
-        if let Some(other) = self.pending.back()
+        if !idle_all
+            && let Some(other) = self.pending.back()
             && other.stream != stream
             && self.timeline.is_done(other.event) == Some(false)
         {
@@ -583,7 +671,11 @@ impl<T: Timeline> EventMeter<T> {
                 None => group.unknown = true,
             }
             self.pending_launches += 1;
-            return self.close(stream, false);
+            let closed = self.close(stream, false);
+            if closed {
+                self.open_behind(stream, submitted_ns.saturating_add(call_ns));
+            }
+            return closed;
         }
         let opened = self.groups_opened.entry(stream).or_insert(0);
         let probe = known.is_none() || opened.is_multiple_of(PROBE_EVERY);
@@ -602,6 +694,7 @@ impl<T: Timeline> EventMeter<T> {
                 known_ns: known.unwrap_or(0),
                 unknown: known.is_none(),
                 per_launch_ns,
+                last_ns: submitted_ns,
             },
         );
         self.pending_launches += 1;
@@ -628,13 +721,47 @@ impl<T: Timeline> EventMeter<T> {
         closed
     }
 
-    /// Closes the open group of `stream` with an event recorded now. `estimated`: the
-    /// stream has drained, so the group's charge is capped by its launches' usual time.
-    /// False if the group could not be measured.
+    /// After a full group of `stream` was closed at `now_ns` while the stream was fed:
+    /// opens an empty group behind it, so that the stream's next launch joins it with no
+    /// driver call, as launches join any open group. Its work begins where the closed
+    /// group's ended (the stream is deep, and needs no start mark). Not when the next
+    /// group of the stream is due to be a probe, nor for a stream whose launches are
+    /// each timed alone ([`GROUP_GPU_NS`]): those take the full path.
+    fn open_behind(&mut self, stream: T::Stream, now_ns: u64) {
+        let per_launch_ns = self
+            .stream_average_ns
+            .get(&stream)
+            .copied()
+            .unwrap_or(self.average_ns);
+        let opened = self.groups_opened.entry(stream).or_insert(0);
+        if opened.is_multiple_of(PROBE_EVERY) || per_launch_ns >= GROUP_GPU_NS {
+            return;
+        }
+        *opened = opened.wrapping_add(1);
+        self.open.insert(
+            stream,
+            OpenGroup {
+                start: None,
+                submitted_ns: now_ns,
+                launches: 0,
+                known_ns: 0,
+                unknown: false,
+                per_launch_ns,
+                last_ns: now_ns,
+            },
+        );
+    }
+
+    /// Closes the open group of `stream` with an event recorded now (an empty group is
+    /// dropped). `estimated`: the stream has drained, so the group's charge is capped by
+    /// its launches' usual time. False if the group could not be measured.
     fn close(&mut self, stream: T::Stream, estimated: bool) -> bool {
         let Some(group) = self.open.remove(&stream) else {
             return true;
         };
+        if group.launches == 0 {
+            return true;
+        }
         let lose = |me: &mut Self, group: OpenGroup<T>| {
             if let Some(e) = group.start {
                 me.free.push(e);
@@ -1066,13 +1193,7 @@ impl<T: Timeline> BusyMeter for EventMeter<T> {
     }
 
     fn seal(&mut self) {
-        let streams: Vec<T::Stream> = self.open.keys().copied().collect();
-        for stream in streams {
-            // A stream the process stopped using long ago (a side stream used once)
-            // has drained: an event recorded now would time the idle since.
-            let drained = self.timeline.stream_idle(stream) == Some(true);
-            self.close(stream, drained);
-        }
+        self.seal_streams(None);
     }
 
     fn inflight_estimate_ns(&self) -> u64 {
@@ -1150,6 +1271,10 @@ mod tests {
         next_record: VecDeque<i64>,
         /// Records on the process's streams fail (a driver error).
         fail_records: bool,
+        /// How often `stream_idle` was asked.
+        idle_queries: u32,
+        /// How often `is_done` was asked.
+        done_queries: u32,
     }
 
     impl Timeline for Scripted {
@@ -1172,9 +1297,11 @@ mod tests {
             true
         }
         fn is_done(&mut self, event: usize) -> Option<bool> {
+            self.done_queries += 1;
             Some(self.times[event] <= self.now - 1000)
         }
         fn stream_idle(&mut self, _stream: u8) -> Option<bool> {
+            self.idle_queries += 1;
             Some(self.idle)
         }
         fn wait(&mut self, _event: usize) -> bool {
@@ -1200,7 +1327,7 @@ mod tests {
     /// meter has learned the time per launch.
     fn learn_a_launch(m: &mut EventMeter<Scripted>, stream: u8) {
         m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(stream);
+        m.before_launch(stream, 10_000);
         assert!(m.after_launch(stream, 10_000, 10_000, 0));
         m.timeline().now = 20_000;
         assert_eq!(m.harvest(20_000).busy_ns, 2_000);
@@ -1212,7 +1339,7 @@ mod tests {
         learn_a_launch(&mut m, 1);
         m.timeline().fail_records = true;
         for _ in 0..3 {
-            m.before_launch(1);
+            m.before_launch(1, 21_000);
             assert!(!m.after_launch(1, 21_000, 21_000, 0));
         }
         assert_eq!(m.lost(), 3);
@@ -1229,10 +1356,10 @@ mod tests {
         // in its middle, and completes first. Together they kept the GPU busy 100 000 ns.
         let mut m = meter_at_10_000();
         m.timeline().next_record.extend([10_000, 110_000, 61_000]);
-        m.before_launch(1);
+        m.before_launch(1, 10_000);
         assert!(m.after_launch(1, 10_000, 10_000, 0));
         m.timeline().now = 60_000;
-        m.before_launch(2);
+        m.before_launch(2, 60_000);
         assert!(m.after_launch(2, 60_000, 60_000, 0));
         m.timeline().now = 70_000;
         let first = m.harvest(70_000).busy_ns;
@@ -1242,7 +1369,7 @@ mod tests {
         assert_eq!(first + second, 100_000);
         // Charged work is not charged again by a later harvest that overlaps it.
         m.timeline().next_record.extend([150_000, 160_000]);
-        m.before_launch(2);
+        m.before_launch(2, 200_000);
         assert!(m.after_launch(2, 200_000, 200_000, 0));
         m.timeline().now = 300_000;
         assert_eq!(m.harvest(300_000).busy_ns, 10_000);
@@ -1273,13 +1400,13 @@ mod tests {
         // Submitted at 10 000 (GPU axis 9 000), but the GPU reached it only at 15 000
         // (it was running another process's work): the start mark says so.
         m.timeline().next_record.extend([15_000, 18_000]);
-        m.before_launch(3);
+        m.before_launch(3, 10_000);
         assert!(m.after_launch(3, 10_000, 10_000, 0));
         m.timeline().now = 30_000;
         assert_eq!(m.harvest(30_000).busy_ns, 3_000);
         // The stream has drained again: the next launch gets a start mark too.
         m.timeline().next_record.extend([25_000, 26_000]);
-        m.before_launch(3);
+        m.before_launch(3, 24_000);
         assert!(m.after_launch(3, 24_000, 24_000, 0));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 1_000);
@@ -1290,14 +1417,14 @@ mod tests {
         let mut m = meter_at_10_000();
         // First launch: 10 000..12 000 on the GPU axis.
         m.timeline().next_record.extend([10_000, 12_000]);
-        m.before_launch(4);
+        m.before_launch(4, 11_000);
         assert!(m.after_launch(4, 11_000, 11_000, 0));
         // No harvest since, but that work has completed: the next launch, submitted at
         // 20 000, is reached by the GPU only at 30 000 (another process ran), and its
         // start mark says so. Without it the wait would be charged as busy.
         m.timeline().now = 20_000;
         m.timeline().next_record.extend([30_000, 31_000]);
-        m.before_launch(4);
+        m.before_launch(4, 20_000);
         assert!(m.after_launch(4, 20_000, 20_000, 0));
         m.timeline().now = 40_000;
         assert_eq!(m.harvest(40_000).busy_ns, 2_000 + 1_000);
@@ -1327,7 +1454,7 @@ mod tests {
     /// takes the full path.
     fn launch(m: &mut EventMeter<Scripted>, stream: u8, at: u64) {
         if !m.try_join(stream, KIND, at) {
-            m.before_launch(stream);
+            m.before_launch(stream, at);
             assert!(m.after_launch(stream, KIND, at, 0));
         }
     }
@@ -1430,7 +1557,7 @@ mod tests {
         // 21 500, GPU 20 500). Its mark ran at GPU 20 000: 500 ns of the call came
         // after it, and the kernel ran to 23 000: the kind learns 2 500.
         m.timeline().next_record.extend([20_000, 23_000]);
-        m.before_launch(1);
+        m.before_launch(1, 20_000);
         assert!(m.after_launch(1, KIND, 20_000, 1_500));
         m.timeline().now = 30_000;
         m.harvest(30_000);
@@ -1438,7 +1565,7 @@ mod tests {
         // Another kind, whose mark the GPU reached only at 21 000, after the call had
         // submitted the kernel (busy with other work): nothing is taken off.
         m.timeline().next_record.extend([41_000, 44_000]);
-        m.before_launch(2);
+        m.before_launch(2, 40_000);
         assert!(m.after_launch(2, KIND + 1, 40_000, 1_500));
         m.timeline().now = 50_000;
         m.harvest(50_000);
@@ -1567,5 +1694,123 @@ mod tests {
         assert_eq!(m.harvest(500_000_000).busy_ns, 4_000);
         assert_eq!(m.pending(), 0);
         assert_eq!(m.lost(), 0);
+    }
+
+    #[test]
+    fn a_stream_kept_fed_opens_each_group_as_it_closes_the_last_with_no_query() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        m.timeline().now = 20_000;
+        m.harvest(20_000);
+        assert_eq!(m.kinds.get(KIND), Some(2_000));
+        // 1 000 launches of 2 000 ns kernels, one every 1 000 ns of CPU time: the GPU
+        // runs them back to back from 20 000 on; the first has a start mark.
+        m.timeline().next_record.push_back(20_000);
+        let (mut full_paths, mut events) = (0_u64, m.events_recorded());
+        for i in 0..1_000_u64 {
+            let at = 20_000 + i * 1_000;
+            if m.try_join(1, KIND, at) {
+                continue;
+            }
+            full_paths += 1;
+            let end = 20_000 + (i as i64 + 1) * 2_000;
+            m.timeline().next_record.push_back(end);
+            m.before_launch(1, at);
+            assert!(m.after_launch(1, KIND, at, 0));
+            m.timeline().next_record.clear();
+        }
+        events = m.events_recorded() - events;
+        // A group is full at 250 µs of known work (125 launches); the next launch joins
+        // and closes it, and opens the next group: one full path and one event per
+        // group of 126, none to open one, and no query whether the stream drained. The
+        // stream's eighth group (the first was the probe that taught the kind) is a
+        // probe again, by the full path, and so is the launch after it, which opens a
+        // group (the stream is deep: no start mark).
+        let closed: u64 = 7;
+        assert_eq!(full_paths, 1 + closed + 2, "{full_paths} full paths");
+        assert_eq!(events, 1 + closed + 1, "{events} events");
+        assert_eq!(m.timeline().idle_queries, 0);
+        // Charged in full: each group starts where the one before it ended.
+        m.timeline().next_record.push_back(20_000 + 1_000 * 2_000);
+        m.seal();
+        m.timeline().now = 5_000_000;
+        let charged = m.harvest(5_000_000).busy_ns;
+        assert_eq!(charged, 1_000 * 2_000);
+        assert_eq!(m.pending(), 0);
+    }
+
+    #[test]
+    fn an_empty_group_behind_a_closed_one_is_dropped_and_a_late_launch_gets_a_start_mark() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        m.timeline().now = 20_000;
+        m.harvest(20_000);
+        m.timeline().next_record.push_back(20_000);
+        let mut at = 20_000;
+        // Fill one group and close it with the next launch.
+        loop {
+            if !m.try_join(1, KIND, at) {
+                m.timeline()
+                    .next_record
+                    .push_back(i64::try_from(at).unwrap() + 2_000);
+                m.before_launch(1, at);
+                assert!(m.after_launch(1, KIND, at, 0));
+                if m.open.get(&1).is_some_and(|g| g.launches == 0) {
+                    break;
+                }
+            }
+            at += 1_000;
+        }
+        // A seal finds the empty group behind it: no event, no query.
+        let events = m.events_recorded();
+        m.seal();
+        assert_eq!(m.events_recorded(), events);
+        assert_eq!(m.timeline().idle_queries, 0);
+        assert!(m.open.is_empty());
+        // Again, and this time the next launch comes after the stream has drained: it
+        // does not join the empty group; it gets a start mark.
+        let at = at + 1_000;
+        m.timeline()
+            .next_record
+            .push_back(i64::try_from(at).unwrap());
+        m.before_launch(1, at);
+        assert!(m.after_launch(1, KIND, at, 0));
+        m.timeline().now = 10_000_000;
+        m.harvest(10_000_000);
+        let late = at + 10 * FED_NS;
+        assert!(!m.try_join(1, KIND, late) || m.open.get(&1).is_some_and(|g| g.launches > 1));
+    }
+
+    #[test]
+    fn a_wait_right_after_launching_and_the_launch_after_a_wait_ask_the_driver_nothing() {
+        let mut m = meter_at_10_000();
+        learn_the_kind(&mut m, 1);
+        m.timeline().now = 20_000;
+        m.harvest(20_000);
+        m.timeline().next_record.extend([20_000]);
+        launch(&mut m, 1, 20_000);
+        assert!(m.try_join(1, KIND, 21_000));
+        // Sealed 10 µs after the last launch: the stream is fed, no query.
+        m.timeline().next_record.extend([25_000]);
+        m.seal_at(31_000);
+        assert_eq!(m.timeline().idle_queries, 0);
+        assert!(m.open.is_empty());
+        // The wait succeeded: the next launch records its start mark without asking
+        // whether the stream (or another) still works.
+        m.note_idle(None);
+        let asked = m.timeline().done_queries;
+        m.timeline().next_record.extend([40_000]);
+        m.before_launch(1, 40_000);
+        assert_eq!(m.timeline().done_queries, asked);
+        assert!(m.after_launch(1, KIND, 40_000, 0));
+        // Sealed long after its last launch: the stream may have drained, and is asked.
+        m.timeline().idle = true;
+        m.timeline().next_record.extend([45_000]);
+        m.seal_at(40_000 + 2 * FED_NS);
+        assert_eq!(m.timeline().idle_queries, 1);
+        m.timeline().now = 1_000_000;
+        // 2 launches of 2 000 ns (20 000..25 000 bounded by the kind), and the last one,
+        // capped at its usual time (its stream had drained when it was sealed).
+        assert_eq!(m.harvest(1_000_000).busy_ns, 4_000 + 2_000);
     }
 }

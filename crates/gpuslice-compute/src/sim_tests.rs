@@ -181,7 +181,7 @@ impl World {
                         // group with no driver call, or takes the full path.
                         let joined = p.gate.is_some() && meter.try_join(stream, kernel_ns, now);
                         if p.gate.is_some() && !joined {
-                            meter.before_launch(stream);
+                            meter.before_launch(stream, now);
                         }
                         gpu.borrow_mut().launch(p.id, stream, kernel_ns);
                         if p.gate.is_some() && !joined {

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use gpuslice_compute::turns::process_key;
-use gpuslice_compute::{Budget, BusyMeter, EventMeter, Gate, GateConfig, GpuTurns, Step};
+use gpuslice_compute::{Budget, EventMeter, Gate, GateConfig, GpuTurns, Step};
 use gpuslice_config::{ComputeMethod, SliceConfig};
 use gpuslice_ledger::{DeviceSlot, Ledger};
 
@@ -23,7 +23,7 @@ use crate::ffi::*;
 use crate::lock::lock;
 use crate::log::log_at;
 use crate::meter::{
-    CudaTimeline, Meter, NvmlMeter, PER_THREAD_STREAM, capturing, clock, stream_key,
+    CudaTimeline, LaunchClock, Meter, NvmlMeter, PER_THREAD_STREAM, capturing, clock, stream_key,
 };
 use crate::real::call_driver;
 use crate::table::id;
@@ -38,6 +38,8 @@ const CU_STREAM_CAPTURE_MODE_RELAXED: c_int = 2;
 pub struct ContextCompute {
     gate: Gate<'static>,
     meter: Meter,
+    /// The launch path's clock.
+    clock: LaunchClock,
     /// The slice's ledger word counting time held back by the gate on this device.
     throttled: &'static std::sync::atomic::AtomicU64,
     /// The device the context is on.
@@ -50,12 +52,25 @@ pub struct ContextCompute {
     report_rests: u64,
     report_events: u64,
     launches: u64,
+    /// Launches that took the full path without waiting, and the CPU time the
+    /// interposer spent on them (their launch calls apart), since the last report.
+    full_paths: u64,
+    full_path_ns: u64,
     name: String,
 }
 
 const REPORT_NS: u64 = 2_000_000_000;
 
 impl ContextCompute {
+    /// Counts a launch that took the full path, which cost the interposer `ns` (unless
+    /// it `waited`: then its time is mostly the wait's).
+    fn time_full_path(&mut self, waited: bool, ns: u64) {
+        if !waited {
+            self.full_paths += 1;
+            self.full_path_ns = self.full_path_ns.saturating_add(ns);
+        }
+    }
+
     /// Every two seconds, at `info` level: the share of the GPU the slice used.
     fn report(&mut self, now_ns: u64) {
         if now_ns.saturating_sub(self.report_since_ns) < REPORT_NS
@@ -71,9 +86,15 @@ impl ContextCompute {
         };
         // The meter's own account, at `debug` level: spans, bounds and probes.
         let stats = match stats {
-            Some(s) if crate::log::enabled(gpuslice_config::LogLevel::Debug) => format!("; {s}"),
+            Some(s) if crate::log::enabled(gpuslice_config::LogLevel::Debug) => format!(
+                "; {} full paths of {:.2} us each, the launch call apart; {s}",
+                self.full_paths,
+                self.full_path_ns as f64 / 1e3 / self.full_paths.max(1) as f64
+            ),
             _ => String::new(),
         };
+        self.full_paths = 0;
+        self.full_path_ns = 0;
         crate::log::line(
             gpuslice_config::LogLevel::Info,
             format_args!(
@@ -231,6 +252,7 @@ impl Compute {
         Some(ContextCompute {
             gate,
             meter,
+            clock: LaunchClock::default(),
             throttled: ledger.throttled_cell(slot),
             device: dev,
             report_since_ns: now,
@@ -239,6 +261,8 @@ impl Compute {
             report_rests: 0,
             report_events: 0,
             launches: 0,
+            full_paths: 0,
+            full_path_ns: 0,
             name: format!("slice '{}' on {uuid}", self.settings.slice_name),
         })
     }
@@ -307,7 +331,10 @@ impl Compute {
     /// open group and forgets the stream.
     pub fn before_stream_destroy(&self, stream: CUstream) {
         if !stream.is_null() {
-            self.with_current_meter(|meter| meter.forget_stream(stream_key(stream)));
+            self.with_current_meter(
+                |meter| meter.forget_stream(stream_key(stream)),
+                std::ptr::null_mut(),
+            );
         }
     }
 
@@ -317,18 +344,49 @@ impl Compute {
     /// wait, a group's end could only be estimated from its launches' usual time, which
     /// a long kernel after short ones would exceed.
     pub fn before_wait(&self) {
-        self.with_current_meter(|meter| meter.seal());
+        let now = clock().now_ns();
+        self.with_current_meter(|meter| meter.seal_at(now), std::ptr::null_mut());
+    }
+
+    /// After this thread's wait for `stream` of the current context (`None`: for the
+    /// whole context; `per_thread`: a null handle names the per-thread default stream)
+    /// succeeded: the meter needs not ask the driver whether that work still runs.
+    pub fn after_wait(&self, stream: Option<(CUstream, bool)>) {
+        let key = stream.map(|(handle, per_thread)| {
+            stream_key(if handle.is_null() && per_thread {
+                PER_THREAD_STREAM as CUstream
+            } else {
+                handle
+            })
+        });
+        self.with_current_meter(|meter| meter.note_idle(key), std::ptr::null_mut());
+    }
+
+    /// Before this thread waits for context `ctx` (null: the current one): as
+    /// [`Compute::before_wait`] when `ctx` is the current context. A wait for another
+    /// context closes nothing: the default streams' handles name the current context's,
+    /// and that context's groups are closed at its next launch or wait instead.
+    pub fn before_context_wait(&self, ctx: CUcontext) {
+        let now = clock().now_ns();
+        self.with_current_meter(|meter| meter.seal_at(now), ctx);
+    }
+
+    /// After a successful wait for context `ctx` (null: the current one): as
+    /// [`Compute::after_wait`] for the whole context, when it is the current one.
+    pub fn after_context_wait(&self, ctx: CUcontext) {
+        self.with_current_meter(|meter| meter.note_idle(None), ctx);
     }
 
     /// Runs `f` on the event meter of the current context, if it is compute-limited and
-    /// has one, in relaxed capture mode.
-    fn with_current_meter(&self, f: impl FnOnce(&mut EventMeter<CudaTimeline>)) {
+    /// has one, in relaxed capture mode. `only`: unless null, nothing is done when it is not the current context.
+    fn with_current_meter(&self, f: impl FnOnce(&mut EventMeter<CudaTimeline>), only: CUcontext) {
         if self.settings.limits.is_none() {
             return;
         }
         let mut ctx: CUcontext = std::ptr::null_mut();
         if call_driver!(id::cuCtxGetCurrent, CtxGetCurrentFn, &mut ctx) != CUDA_SUCCESS
             || ctx.is_null()
+            || (!only.is_null() && only != ctx)
         {
             return;
         }
@@ -399,7 +457,8 @@ impl Compute {
     /// by `context_gate` the first time the context launches): waits while the slice is
     /// over its share, launches, and measures the launch.
     ///
-    /// The common case costs no driver call besides `cuCtxGetCurrent`: while the gate's
+    /// The common case costs no driver call besides `cuCtxGetCurrent`, and no system
+    /// call (the time comes from the context's [`LaunchClock`]): while the gate's
     /// allowance lasts ([`Gate::fast_go`]) and the stream has an open group to join
     /// ([`EventMeter::try_join`]), the launch only counts. Everything that calls the driver
     /// (whether the stream is being captured, the timing events, the relaxed capture mode
@@ -430,6 +489,9 @@ impl Compute {
         let key = stream_key(handle);
         let mut call = Some(call);
         let mut checked_capture = false;
+        // Whether this launch waited (then its full path is not timed), and whether it
+        // took the first, long sleep of a wait for its own queued work.
+        let (mut waited, mut napped) = (false, false);
         loop {
             let mut map = lock(&self.contexts);
             let entry = map
@@ -439,7 +501,7 @@ impl Compute {
                 drop(map);
                 return call.take().map_or(CUDA_SUCCESS, |c| c());
             };
-            let now = clock().now_ns();
+            let now = cc.clock.now_ns();
             let fast = cc.gate.fast_go(now);
             if fast {
                 let joined = match &mut cc.meter {
@@ -454,8 +516,10 @@ impl Compute {
                     return call.take().map_or(CUDA_SUCCESS, |c| c());
                 }
             }
-            // The full path: launches into a stream being captured are not gated (they run
-            // later, as a graph, whose launch is).
+            // The full path, on a real reading of the clock (which keeps the launch
+            // clock's counter rebased): launches into a stream being captured are not
+            // gated (they run later, as a graph, whose launch is).
+            let now = cc.clock.precise_ns();
             if !checked_capture {
                 checked_capture = true;
                 if capturing(handle) != Some(false) {
@@ -500,36 +564,56 @@ impl Compute {
                     };
                     if joined {
                         cc.launches += 1;
+                        cc.time_full_path(waited, clock().now_ns().saturating_sub(now));
                         return call.take().map_or(CUDA_SUCCESS, |c| c());
                     }
                     if let Meter::Events(meter) = &mut cc.meter {
-                        relaxed(|| meter.before_launch(key));
+                        relaxed(|| meter.before_launch(key, now));
                     }
                     let submitted = clock().now_ns();
                     let r = call.take().map_or(CUDA_SUCCESS, |c| c());
-                    let call_ns = clock().now_ns().saturating_sub(submitted);
+                    let called = clock().now_ns();
+                    let call_ns = called.saturating_sub(submitted);
                     cc.launches += 1;
                     if r == CUDA_SUCCESS
                         && let Meter::Events(meter) = &mut cc.meter
                     {
                         relaxed(|| meter.after_launch(key, kind, submitted, call_ns));
                     }
+                    let after = clock().now_ns().saturating_sub(called);
+                    cc.time_full_path(waited, submitted.saturating_sub(now) + after);
                     return r;
                 }
                 Step::Sleep(ns) => {
+                    waited = true;
                     drop(map);
                     clock().sleep_ns(ns);
                     count_throttled(throttled, waited_from, clock().now_ns());
                 }
                 Step::WaitTurn { seen, timeout_ns } => {
+                    waited = true;
                     // Waits for another process to give the GPU up; nothing of this
                     // process's own is waited for, so the lock can stay held.
                     cc.gate.wait_turn(seen, timeout_ns, clock());
                     count_throttled(Some(cc.throttled), waited_from, clock().now_ns());
                 }
                 Step::WaitOldest | Step::WaitAll => {
+                    // Waiting for this process's own queued work: asleep until about
+                    // half of what it estimates to be queued has had time to run, then
+                    // every WAIT_POLL_NS (each look is a full check). A slice that rests
+                    // after every band of work would otherwise spend as much CPU time
+                    // looking as a launch costs.
+                    let first = step == Step::WaitAll && !napped;
+                    napped = true;
+                    waited = true;
+                    let estimate = cc.meter.as_dyn().inflight_estimate_ns();
                     drop(map);
-                    clock().sleep_ns(WAIT_POLL_NS);
+                    let nap = if first && estimate != u64::MAX {
+                        (estimate / 2).clamp(WAIT_POLL_NS, MAX_WAIT_NAP_NS)
+                    } else {
+                        WAIT_POLL_NS
+                    };
+                    clock().sleep_ns(nap);
                     count_throttled(throttled, waited_from, clock().now_ns());
                 }
             }
@@ -565,6 +649,10 @@ const EXIT_WAIT_NS: u64 = 1_500_000_000;
 
 /// How often a launch waiting for this process's queued work to drain checks again.
 const WAIT_POLL_NS: u64 = 50_000;
+
+/// The longest first sleep of a wait for this process's queued work (the queue holds
+/// about two milliseconds of it).
+const MAX_WAIT_NAP_NS: u64 = 1_000_000;
 
 #[cfg(test)]
 mod tests {

@@ -88,6 +88,7 @@ hooks! {
     cuStreamSynchronize => c::cuStreamSynchronize;
     cuStreamSynchronize_ptsz => c::cuStreamSynchronize_ptsz;
     cuCtxSynchronize => c::cuCtxSynchronize;
+    cuCtxSynchronize_v2 => c::cuCtxSynchronize_v2;
     cuLaunchKernel => c::cuLaunchKernel;
     cuLaunchKernel_ptsz => c::cuLaunchKernel_ptsz;
     cuLaunchKernelEx => c::cuLaunchKernelEx;

@@ -215,6 +215,21 @@ fn before_wait() {
     }
 }
 
+/// A synchronisation: the current context's open groups are closed before it, and
+/// after it succeeded, what it waited for (`stream`, or the whole context when `None`)
+/// is known to be done (see [`Compute::after_wait`]).
+fn synchronised(stream: Option<(CUstream, bool)>, wait: impl FnOnce() -> CUresult) -> CUresult {
+    let Access::Slice(s) = access() else {
+        return wait();
+    };
+    s.compute.before_wait();
+    let r = wait();
+    if r == CUDA_SUCCESS {
+        s.compute.after_wait(stream);
+    }
+    r
+}
+
 type VoidFn = unsafe extern "C" fn() -> CUresult;
 
 /// `cuStreamDestroy` (the first version, same arguments).
@@ -238,22 +253,40 @@ pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
 /// `cuStreamSynchronize`: open groups are closed first.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    before_wait();
-    call_driver!(id::cuStreamSynchronize, StreamFn, stream)
+    synchronised(Some((stream, false)), || {
+        call_driver!(id::cuStreamSynchronize, StreamFn, stream)
+    })
 }
 
 /// `cuStreamSynchronize_ptsz`.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
-    before_wait();
-    call_driver!(id::cuStreamSynchronize_ptsz, StreamFn, stream)
+    synchronised(Some((stream, true)), || {
+        call_driver!(id::cuStreamSynchronize_ptsz, StreamFn, stream)
+    })
 }
 
 /// `cuCtxSynchronize`.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    before_wait();
-    call_driver!(id::cuCtxSynchronize, VoidFn,)
+    synchronised(None, || call_driver!(id::cuCtxSynchronize, VoidFn,))
+}
+
+type CtxFn = unsafe extern "C" fn(CUcontext) -> CUresult;
+
+/// `cuCtxSynchronize_v2` (what the CUDA 13 runtime's `cudaDeviceSynchronize` calls): the
+/// open groups of `ctx` (the current context when null) are closed first.
+#[unsafe(no_mangle)]
+pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
+    let Access::Slice(s) = access() else {
+        return call_driver!(id::cuCtxSynchronize_v2, CtxFn, ctx);
+    };
+    s.compute.before_context_wait(ctx);
+    let r = call_driver!(id::cuCtxSynchronize_v2, CtxFn, ctx);
+    if r == CUDA_SUCCESS {
+        s.compute.after_context_wait(ctx);
+    }
+    r
 }
 
 /// `cuEventSynchronize`.
@@ -263,15 +296,13 @@ pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
     call_driver!(id::cuEventSynchronize, EventFn, event)
 }
 
-type CtxDestroyFn = unsafe extern "C" fn(CUcontext) -> CUresult;
-
 /// `cuCtxDestroy_v2`: the context's queued work is charged while the context exists.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuCtxDestroy_v2(ctx: CUcontext) -> CUresult {
     if let Access::Slice(s) = access() {
         s.compute.before_context_destroy(ctx);
     }
-    call_driver!(id::cuCtxDestroy_v2, CtxDestroyFn, ctx)
+    call_driver!(id::cuCtxDestroy_v2, CtxFn, ctx)
 }
 
 /// `cuCtxDestroy` (the name before CUDA 4, same arguments).
@@ -280,7 +311,7 @@ pub extern "C" fn cuCtxDestroy(ctx: CUcontext) -> CUresult {
     if let Access::Slice(s) = access() {
         s.compute.before_context_destroy(ctx);
     }
-    call_driver!(id::cuCtxDestroy, CtxDestroyFn, ctx)
+    call_driver!(id::cuCtxDestroy, CtxFn, ctx)
 }
 
 /// Whether a table entry is a hook handed out only to compute-limited slices: the
@@ -297,6 +328,7 @@ pub fn is_launch_hook(entry: usize) -> bool {
         id::cuStreamSynchronize,
         id::cuStreamSynchronize_ptsz,
         id::cuCtxSynchronize,
+        id::cuCtxSynchronize_v2,
         id::cuEventSynchronize,
         id::cuStreamDestroy,
         id::cuStreamDestroy_v2,

@@ -319,3 +319,145 @@ pub fn capturing(stream: CUstream) -> Option<bool> {
     let r = call_driver!(id::cuStreamIsCapturing, IsCapturingFn, stream, &mut status);
     (r == CUDA_SUCCESS).then_some(status != CU_STREAM_CAPTURE_STATUS_NONE)
 }
+
+/// The launch path's reading of the clock: the CPU's time-stamp counter, scaled to
+/// nanoseconds by a rate measured against [`clock`], instead of a `clock_gettime` call
+/// for every launch. Each gate keeps its own, and rebases it on every full check
+/// ([`LaunchClock::precise_ns`]), so what it reads is at most [`EXTRAPOLATE_NS`] away from
+/// a real reading. Where the counter cannot be trusted (not x86-64, a counter that does
+/// not tick at a constant rate, the fake driver's virtual clock) every reading is a real
+/// one.
+#[derive(Debug, Default)]
+pub struct LaunchClock {
+    /// A real reading and the counter read with it.
+    base: Option<(u64, u64)>,
+    /// The reading the rate is measured from.
+    origin: Option<(u64, u64)>,
+    /// Nanoseconds per tick times 2^32; 0 until measured over [`CALIBRATE_NS`].
+    scale_q32: u64,
+    /// The most ticks read past the base before a real reading is taken.
+    max_ticks: u64,
+}
+
+/// How long the counter's rate is measured against the clock before it is used (and
+/// again each time, on the way, so that the rate follows the clock's slewing).
+const CALIBRATE_NS: u64 = 20_000_000;
+/// How far past its last real reading the launch clock extrapolates.
+const EXTRAPOLATE_NS: u64 = 4_000_000;
+
+impl LaunchClock {
+    /// The time now, for the launch path: from the counter when calibrated and rebased
+    /// recently, else a real reading (which rebases).
+    #[inline]
+    pub fn now_ns(&mut self) -> u64 {
+        if let Some((ns, tsc)) = self.base
+            && self.scale_q32 > 0
+        {
+            let ticks = read_tsc().wrapping_sub(tsc);
+            // A counter behind the base (another CPU's) reads as a huge count: it fails
+            // the bound too, and a real reading is taken.
+            if ticks < self.max_ticks {
+                let elapsed = (u128::from(ticks) * u128::from(self.scale_q32)) >> 32;
+                // Bounded by `max_ticks`: the product fits well within 64 bits.
+                return ns + u64::try_from(elapsed).unwrap_or(EXTRAPOLATE_NS);
+            }
+        }
+        self.precise_ns()
+    }
+
+    /// A real reading of the clock, which rebases the counter (and measures its rate).
+    pub fn precise_ns(&mut self) -> u64 {
+        let ns = clock().now_ns();
+        if !tsc_usable() {
+            return ns;
+        }
+        let tsc = read_tsc();
+        self.base = Some((ns, tsc));
+        match self.origin {
+            Some((ns0, tsc0)) if ns.saturating_sub(ns0) >= CALIBRATE_NS && tsc > tsc0 => {
+                let scale = (u128::from(ns - ns0) << 32) / u128::from(tsc - tsc0);
+                match u64::try_from(scale) {
+                    Ok(scale) if scale > 0 => {
+                        self.scale_q32 = scale;
+                        self.max_ticks =
+                            u64::try_from((u128::from(EXTRAPOLATE_NS) << 32) / u128::from(scale))
+                                .unwrap_or(0);
+                    }
+                    _ => self.scale_q32 = 0,
+                }
+                self.origin = Some((ns, tsc));
+            }
+            Some((ns0, tsc0)) if ns >= ns0 && tsc >= tsc0 => {}
+            // The first reading, or a counter that went back (another CPU's): measure
+            // afresh.
+            _ => {
+                self.origin = Some((ns, tsc));
+                self.scale_q32 = 0;
+            }
+        }
+        ns
+    }
+}
+
+/// Whether the time-stamp counter can stand in for the clock: the host's clock is the
+/// one read (not the fake driver's virtual one), and the CPU says its counter ticks at
+/// a constant rate whatever its frequency and sleep states (an invariant counter).
+fn tsc_usable() -> bool {
+    static USABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *USABLE.get_or_init(|| clock().is_real() && invariant_tsc())
+}
+
+#[cfg(target_arch = "x86_64")]
+fn invariant_tsc() -> bool {
+    use std::arch::x86_64::__cpuid;
+    // Leaf 0x8000_0007 (advanced power management), EDX bit 8: the invariant counter,
+    // asked only if the CPU reports the leaf.
+    __cpuid(0x8000_0000).eax >= 0x8000_0007 && __cpuid(0x8000_0007).edx & (1 << 8) != 0
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn invariant_tsc() -> bool {
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline]
+fn read_tsc() -> u64 {
+    // SAFETY: `rdtsc` exists on every x86-64 CPU and only reads the counter.
+    unsafe { std::arch::x86_64::_rdtsc() }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn read_tsc() -> u64 {
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gpuslice_compute::clock::monotonic_ns;
+
+    #[test]
+    fn the_launch_clock_keeps_within_microseconds_of_the_real_one() {
+        let mut c = LaunchClock::default();
+        let first = c.precise_ns();
+        std::thread::sleep(std::time::Duration::from_millis(25));
+        // Calibrated now, where the counter can be trusted.
+        c.precise_ns();
+        assert_eq!(c.scale_q32 > 0, tsc_usable());
+        let mut last = first;
+        for _ in 0..20 {
+            std::thread::sleep(std::time::Duration::from_micros(100));
+            let before = monotonic_ns();
+            let read = c.now_ns();
+            let after = monotonic_ns();
+            assert!(
+                read + 20_000 >= before && read <= after + 20_000,
+                "{before} <= {read} <= {after}, within 20 µs"
+            );
+            assert!(read >= last, "no reading before an earlier one");
+            last = read;
+        }
+    }
+}

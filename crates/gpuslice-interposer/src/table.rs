@@ -120,6 +120,7 @@ driver_functions! {
     cuStreamSynchronize => "cuStreamSynchronize", Cuda;
     cuStreamSynchronize_ptsz => "cuStreamSynchronize_ptsz", Cuda;
     cuCtxSynchronize => "cuCtxSynchronize", Cuda;
+    cuCtxSynchronize_v2 => "cuCtxSynchronize_v2", Cuda;
     cuArrayGetMemoryRequirements => "cuArrayGetMemoryRequirements", Cuda;
     cuMipmappedArrayGetMemoryRequirements => "cuMipmappedArrayGetMemoryRequirements", Cuda;
     cuGraphGetNodes => "cuGraphGetNodes", Cuda;

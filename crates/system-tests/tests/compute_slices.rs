@@ -405,6 +405,32 @@ fn long_work_after_short_kernels_is_charged_whole_when_the_process_waits_for_it(
 }
 
 #[test]
+fn long_work_after_short_kernels_is_charged_whole_when_the_process_waits_for_its_context() {
+    // As above, with the wait for the whole context that `cudaDeviceSynchronize` makes
+    // (through `cuCtxSynchronize_v2` from CUDA 12.9 on, which the probe asks for at
+    // version 13000; `cuCtxSynchronize` at 12000).
+    let mut bench = Bench::new();
+    bench.set("FAKE_CUDA_KERNEL_US", "10");
+    for version in ["13000", "12000"] {
+        let l = ledger(&bench, &format!("bigctxsync-{version}"));
+        let (share, iterations) = share(
+            &bench,
+            &[
+                ("GPUSLICE_COMPUTE", "25"),
+                ("GPUSLICE_LEDGER", &l),
+                ("PROBE_CUDA_VERSION", version),
+            ],
+            "bigctxsync",
+        );
+        assert!(iterations > 10, "{iterations} iterations at {version}");
+        assert!(
+            share.abs_diff(250) <= 15,
+            "{share}‰ of the GPU under a 25% limit, at {version}"
+        );
+    }
+}
+
+#[test]
 fn streams_destroyed_with_work_queued_keep_the_share() {
     // Each iteration makes a stream, queues 8 kernels on it and destroys it at once: the
     // open group of launches is closed before the stream goes, while its work is

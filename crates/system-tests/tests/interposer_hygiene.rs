@@ -18,6 +18,7 @@ const EXPORTED: &[&str] = &[
     "cuCtxDestroy",
     "cuCtxDestroy_v2",
     "cuCtxSynchronize",
+    "cuCtxSynchronize_v2",
     "cuDeviceGraphMemTrim",
     "cuDevicePrimaryCtxRelease",
     "cuDevicePrimaryCtxRelease_v2",
