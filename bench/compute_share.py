@@ -152,11 +152,13 @@ def main():
     ap.add_argument("--workloads", default=",".join(GPU_BOUND))
     ap.add_argument("--light-seconds", type=float, default=2.0)
     ap.add_argument("--light-rounds", type=int, default=4)
+    ap.add_argument("--tiny-rounds", type=int, default=4,
+                    help="rounds of the tiny-kernel loop free and under 50%% and 75%%, in turns")
     ap.add_argument("--seconds", type=float, default=2.5)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--pair-seconds", type=float, default=8.0)
     ap.add_argument("--timeout", type=float, default=180)
-    ap.add_argument("--skip", default="", help="comma list of: limits,nvml,pair,burst,light")
+    ap.add_argument("--skip", default="", help="comma list of: limits,nvml,pair,burst,light,tiny")
     ap.add_argument("--slice-env", action="append", default=[], metavar="NAME=VALUE",
                     help="one more variable for every limited process, e.g. GPUSLICE_COMPUTE_BAND_MS=10")
     ap.add_argument("--reports", action="store_true",
@@ -173,7 +175,7 @@ def main():
     names = [n for n in args.workloads.split(",") if n]
     tmp = tempfile.mkdtemp(prefix="gpuslice-compute-")
     sampler = Sampler(args.fake)
-    report = {"configs": {}, "pair": None, "burst": None, "light": None}
+    report = {"configs": {}, "pair": None, "burst": None, "light": None, "tiny": None}
     t_start = time.time()
 
     def config(label, env):
@@ -234,6 +236,34 @@ def main():
             report["light"] = {"native": a, "limited_50": b, "ratio": b / a * 100,
                                "rounds": [round(x, 1) for x in free + limited]}
         print(f"       light: {report['light']}", flush=True)
+
+    if "tiny" not in skip and args.tiny_rounds > 0:
+        # The tiny-kernel loop is launch-bound, so its rate follows the CPU's speed, which
+        # differs between runs as much as the 3% it may lose: like the light loop, it
+        # runs free and under limits above its own time share in turns, and medians are
+        # compared. Its own time share is the GPU utilization while it runs free.
+        tiny_args = argparse.Namespace(**vars(args))
+        tiny_args.warmup = 0.5
+        runs = {"free": [], 50: [], 75: []}
+        utils = []
+        for i in range(args.tiny_rounds):
+            for key in runs:
+                env = {} if key == "free" else slice_env(args, tmp, f"tiny{key}", key)
+                r = run_workloads(env, ["tiny"], tiny_args).get("tiny")
+                if r:
+                    runs[key].append(r["rate"])
+                    util = sampler.mean(r["start"], r["end"])
+                    if key == "free" and util is not None:
+                        utils.append(util)
+        if all(runs.values()):
+            free = statistics.median(runs["free"])
+            report["tiny"] = {
+                "own_util": statistics.median(utils) if utils else None,
+                "native": free,
+                **{f"ratio_{k}": statistics.median(v) / free * 100 for k, v in runs.items() if k != "free"},
+                "rounds": {str(k): [round(x, 1) for x in v] for k, v in runs.items()},
+            }
+        print(f"        tiny: {report['tiny']}", flush=True)
 
     if "burst" not in skip:
         gpus = os.path.join(tmp, "gpus-burst")
@@ -360,6 +390,18 @@ def main():
     elif "light" not in skip:
         fails += 1
         row("light loop", "no result", "FAIL")
+    if report["tiny"]:
+        tn = report["tiny"]
+        own = tn["own_util"]
+        checked = [k for k in (50, 75) if own is None or k >= own + 5]
+        ok = all(tn[f"ratio_{k}"] >= 97 for k in checked)
+        fails += not ok
+        row("tiny loop", f"own time share {own}%, free {tn['native']:.1f}/s, in turns",
+            ", ".join(f"{tn[f'ratio_{k}']:.1f}% of it under {k}%" for k in (50, 75)),
+            "PASS" if ok else "FAIL")
+    elif "tiny" not in skip and args.tiny_rounds > 0:
+        fails += 1
+        row("tiny loop", "no result", "FAIL")
     lines.append("SM clock (MHz, mean of busy samples) / power (W), per workload:")
     for label, res in report["configs"].items():
         row(f"{label:>12}", *[f"{n} {res[n].get('clock_mhz')}/{res[n].get('power_w')}"

@@ -4,7 +4,10 @@
 //   overhead launch N [B]         N empty <<<1,1>>> launches on one stream in B
 //                                 batches (default 20), each followed by
 //                                 cudaStreamSynchronize: launches_per_s= (median
-//                                 over batches; all_per_s= is N / total time)
+//                                 over batches; all_per_s= is N / total time;
+//                                 cpu_us_per_launch= the launching thread's CPU
+//                                 time in the launch loops, synchronisations apart,
+//                                 per launch: a wait that sleeps costs none)
 //   overhead mallocfree N SIZE [B] N cudaMalloc+cudaFree pairs of SIZE bytes in B
 //                                 batches (default 10; SIZE accepts KiB/MiB/GiB
 //                                 suffixes): pairs_per_s= (median over batches)
@@ -33,6 +36,12 @@ static double g_warmup_s = 0.3;  // OVERHEAD_WARMUP_S overrides
 static double now_s() {
     timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double thread_cpu_s() {
+    timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -98,18 +107,22 @@ static int mode_launch(long n, int batches) {
     CK(cudaGetLastError());
     long per = n / batches > 0 ? n / batches : 1;
     std::vector<double> rates;
-    double total = 0.0;
+    double total = 0.0, launch_cpu = 0.0;
     for (int b = 0; b < batches; ++b) {
         double t0 = now_s();
+        double c0 = thread_cpu_s();
         for (long i = 0; i < per; ++i) empty_kernel<<<1, 1, 0, s>>>();
+        launch_cpu += thread_cpu_s() - c0;
         CK(cudaStreamSynchronize(s));
         double dt = now_s() - t0;
         total += dt;
         rates.push_back((double)per / dt);
     }
     CK(cudaGetLastError());
-    printf("mode=launch n=%ld batches=%d seconds=%.6f launches_per_s=%.1f all_per_s=%.1f",
-           per * batches, batches, total, median(rates), (double)(per * batches) / total);
+    printf("mode=launch n=%ld batches=%d seconds=%.6f launches_per_s=%.1f all_per_s=%.1f "
+           "cpu_us_per_launch=%.3f",
+           per * batches, batches, total, median(rates), (double)(per * batches) / total,
+           launch_cpu * 1e6 / (double)(per * batches));
     print_common();
     CK(cudaStreamDestroy(s));
     return 0;
