@@ -419,10 +419,10 @@ impl Driver {
     }
 
     /// `cuCtxSynchronize` of the current context, as the runtime calls it at the
-    /// probe's CUDA version: from 12.9 on the driver hands out `cuCtxSynchronize_v2`,
+    /// probe's CUDA version: from 13.0 on the driver hands out `cuCtxSynchronize_v2`,
     /// which takes the context (null: the current one).
     pub fn ctx_sync(&self) -> c_int {
-        if self.version >= 12090 {
+        if self.version >= 13000 {
             cu!(
                 self,
                 "cuCtxSynchronize",

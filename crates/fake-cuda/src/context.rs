@@ -376,7 +376,8 @@ pub unsafe extern "C" fn cuCtxPopCurrent(pctx: *mut Handle) -> CUresult {
     pop("cuCtxPopCurrent", pctx)
 }
 
-/// `cuCtxSynchronize_v2`: a null context is the current one; another must exist (this
+/// `cuCtxSynchronize_v2` (what `cuGetProcAddress("cuCtxSynchronize")` gives from
+/// version 13000 on, as driver 580 does): a null context is the current one; another must exist (this
 /// driver synchronises all of its work either way).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn cuCtxSynchronize_v2(ctx: Handle) -> CUresult {

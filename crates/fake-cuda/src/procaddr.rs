@@ -193,7 +193,7 @@ fn build() -> HashMap<&'static str, Entry> {
     add("cuCtxGetDevice", vec![v!(2000, cuCtxGetDevice)], None);
     add(
         "cuCtxSynchronize",
-        vec![v!(2000, cuCtxSynchronize), v!(12090, cuCtxSynchronize_v2)],
+        vec![v!(2000, cuCtxSynchronize), v!(13000, cuCtxSynchronize_v2)],
         None,
     );
     add(

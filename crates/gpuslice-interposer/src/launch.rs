@@ -274,8 +274,9 @@ pub extern "C" fn cuCtxSynchronize() -> CUresult {
 
 type CtxFn = unsafe extern "C" fn(CUcontext) -> CUresult;
 
-/// `cuCtxSynchronize_v2` (what the CUDA 13 runtime's `cudaDeviceSynchronize` calls): the
-/// open groups of `ctx` (the current context when null) are closed first.
+/// `cuCtxSynchronize_v2` (what `cuGetProcAddress("cuCtxSynchronize")` gives at version
+/// 13000, so what the CUDA 13 runtime's `cudaDeviceSynchronize` calls): the open groups
+/// of `ctx` (the current context when null) are closed first.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
     let Access::Slice(s) = access() else {

@@ -407,8 +407,8 @@ fn long_work_after_short_kernels_is_charged_whole_when_the_process_waits_for_it(
 #[test]
 fn long_work_after_short_kernels_is_charged_whole_when_the_process_waits_for_its_context() {
     // As above, with the wait for the whole context that `cudaDeviceSynchronize` makes
-    // (through `cuCtxSynchronize_v2` from CUDA 12.9 on, which the probe asks for at
-    // version 13000; `cuCtxSynchronize` at 12000).
+    // (through `cuCtxSynchronize_v2` from CUDA 13.0 on, which driver 580 hands out for
+    // `cuCtxSynchronize` at version 13000; `cuCtxSynchronize` at 12000).
     let mut bench = Bench::new();
     bench.set("FAKE_CUDA_KERNEL_US", "10");
     for version in ["13000", "12000"] {
