@@ -338,43 +338,33 @@ impl Compute {
         }
     }
 
-    /// Before this thread waits for the GPU (a stream, context or event
-    /// synchronisation): closes the open groups of the current context, so that their
-    /// events are recorded while their work is still queued. Closed later, after the
-    /// wait, a group's end could only be estimated from its launches' usual time, which
-    /// a long kernel after short ones would exceed.
-    pub fn before_wait(&self) {
+    /// Before this thread waits for the GPU (`waited`: a stream, context or event):
+    /// closes the open groups of the current context, so that their events are recorded
+    /// while their work is still queued. Closed later, after the wait, a group's end
+    /// could only be estimated from its launches' usual time, which a long kernel after
+    /// short ones would exceed. A wait for a context other than the current one closes
+    /// nothing: the default streams' handles name the current context's, and that
+    /// context's groups are closed at its next launch or wait instead.
+    pub fn before_wait(&self, waited: Waited) {
         let now = clock().now_ns();
-        self.with_current_meter(|meter| meter.seal_at(now), std::ptr::null_mut());
+        self.with_current_meter(|meter| meter.seal_at(now), waited.context());
     }
 
-    /// After this thread's wait for `stream` of the current context (`None`: for the
-    /// whole context; `per_thread`: a null handle names the per-thread default stream)
-    /// succeeded: the meter needs not ask the driver whether that work still runs.
-    pub fn after_wait(&self, stream: Option<(CUstream, bool)>) {
-        let key = stream.map(|(handle, per_thread)| {
-            stream_key(if handle.is_null() && per_thread {
-                PER_THREAD_STREAM as CUstream
-            } else {
-                handle
-            })
-        });
-        self.with_current_meter(|meter| meter.note_idle(key), std::ptr::null_mut());
-    }
-
-    /// Before this thread waits for context `ctx` (null: the current one): as
-    /// [`Compute::before_wait`] when `ctx` is the current context. A wait for another
-    /// context closes nothing: the default streams' handles name the current context's,
-    /// and that context's groups are closed at its next launch or wait instead.
-    pub fn before_context_wait(&self, ctx: CUcontext) {
-        let now = clock().now_ns();
-        self.with_current_meter(|meter| meter.seal_at(now), ctx);
-    }
-
-    /// After a successful wait for context `ctx` (null: the current one): as
-    /// [`Compute::after_wait`] for the whole context, when it is the current one.
-    pub fn after_context_wait(&self, ctx: CUcontext) {
-        self.with_current_meter(|meter| meter.note_idle(None), ctx);
+    /// After this thread's wait for `waited` succeeded: the meter needs not ask the
+    /// driver whether that work (a stream's, or the whole current context's) still runs.
+    pub fn after_wait(&self, waited: Waited) {
+        let idle = match waited {
+            Waited::Stream { handle, per_thread } => {
+                Some(stream_key(if handle.is_null() && per_thread {
+                    PER_THREAD_STREAM as CUstream
+                } else {
+                    handle
+                }))
+            }
+            Waited::Context(_) => None,
+            Waited::Event => return,
+        };
+        self.with_current_meter(|meter| meter.note_idle(idle), waited.context());
     }
 
     /// Runs `f` on the event meter of the current context, if it is compute-limited and
@@ -395,6 +385,33 @@ impl Compute {
             && let Meter::Events(meter) = &mut cc.meter
         {
             relaxed(|| f(meter));
+        }
+    }
+}
+
+/// What a synchronisation waits for.
+#[derive(Clone, Copy, Debug)]
+pub enum Waited {
+    /// A stream of the current context; `per_thread`: a null handle names the
+    /// per-thread default stream.
+    Stream {
+        /// The stream's handle.
+        handle: CUstream,
+        /// Whether a null handle names the per-thread default stream.
+        per_thread: bool,
+    },
+    /// A context (null: the current one).
+    Context(CUcontext),
+    /// An event (what it follows is not known).
+    Event,
+}
+
+impl Waited {
+    /// The context the wait is only about, or null for the current one.
+    fn context(self) -> CUcontext {
+        match self {
+            Waited::Context(ctx) => ctx,
+            Waited::Stream { .. } | Waited::Event => std::ptr::null_mut(),
         }
     }
 }

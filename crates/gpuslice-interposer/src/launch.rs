@@ -10,7 +10,7 @@
 
 use std::ffi::{c_uint, c_void};
 
-use crate::compute::{ContextCompute, kernel_kind};
+use crate::compute::{ContextCompute, Waited, kernel_kind};
 use crate::ffi::*;
 use crate::process::{Access, access, register_compute_exit_handler};
 use crate::real::{call_driver, current_cuda_device};
@@ -207,25 +207,17 @@ macro_rules! launch_ex_hook {
 launch_ex_hook!(cuLaunchKernelEx, id::cuLaunchKernelEx, false);
 launch_ex_hook!(cuLaunchKernelEx_ptsz, id::cuLaunchKernelEx_ptsz, true);
 
-/// Closes the current context's open groups before a synchronisation (see
-/// [`Compute::before_wait`]).
-fn before_wait() {
-    if let Access::Slice(s) = access() {
-        s.compute.before_wait();
-    }
-}
-
-/// A synchronisation: the current context's open groups are closed before it, and
-/// after it succeeded, what it waited for (`stream`, or the whole context when `None`)
-/// is known to be done (see [`Compute::after_wait`]).
-fn synchronised(stream: Option<(CUstream, bool)>, wait: impl FnOnce() -> CUresult) -> CUresult {
+/// A synchronisation waiting for `waited`: the current context's open groups are closed
+/// before it ([`Compute::before_wait`]), and after it succeeded what it waited for is
+/// known to be done ([`Compute::after_wait`]).
+fn synchronised(waited: Waited, wait: impl FnOnce() -> CUresult) -> CUresult {
     let Access::Slice(s) = access() else {
         return wait();
     };
-    s.compute.before_wait();
+    s.compute.before_wait(waited);
     let r = wait();
     if r == CUDA_SUCCESS {
-        s.compute.after_wait(stream);
+        s.compute.after_wait(waited);
     }
     r
 }
@@ -253,7 +245,11 @@ pub extern "C" fn cuStreamDestroy_v2(stream: CUstream) -> CUresult {
 /// `cuStreamSynchronize`: open groups are closed first.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
-    synchronised(Some((stream, false)), || {
+    let waited = Waited::Stream {
+        handle: stream,
+        per_thread: false,
+    };
+    synchronised(waited, || {
         call_driver!(id::cuStreamSynchronize, StreamFn, stream)
     })
 }
@@ -261,7 +257,11 @@ pub extern "C" fn cuStreamSynchronize(stream: CUstream) -> CUresult {
 /// `cuStreamSynchronize_ptsz`.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
-    synchronised(Some((stream, true)), || {
+    let waited = Waited::Stream {
+        handle: stream,
+        per_thread: true,
+    };
+    synchronised(waited, || {
         call_driver!(id::cuStreamSynchronize_ptsz, StreamFn, stream)
     })
 }
@@ -269,7 +269,9 @@ pub extern "C" fn cuStreamSynchronize_ptsz(stream: CUstream) -> CUresult {
 /// `cuCtxSynchronize`.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuCtxSynchronize() -> CUresult {
-    synchronised(None, || call_driver!(id::cuCtxSynchronize, VoidFn,))
+    synchronised(Waited::Context(std::ptr::null_mut()), || {
+        call_driver!(id::cuCtxSynchronize, VoidFn,)
+    })
 }
 
 type CtxFn = unsafe extern "C" fn(CUcontext) -> CUresult;
@@ -279,22 +281,17 @@ type CtxFn = unsafe extern "C" fn(CUcontext) -> CUresult;
 /// of `ctx` (the current context when null) are closed first.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuCtxSynchronize_v2(ctx: CUcontext) -> CUresult {
-    let Access::Slice(s) = access() else {
-        return call_driver!(id::cuCtxSynchronize_v2, CtxFn, ctx);
-    };
-    s.compute.before_context_wait(ctx);
-    let r = call_driver!(id::cuCtxSynchronize_v2, CtxFn, ctx);
-    if r == CUDA_SUCCESS {
-        s.compute.after_context_wait(ctx);
-    }
-    r
+    synchronised(Waited::Context(ctx), || {
+        call_driver!(id::cuCtxSynchronize_v2, CtxFn, ctx)
+    })
 }
 
 /// `cuEventSynchronize`.
 #[unsafe(no_mangle)]
 pub extern "C" fn cuEventSynchronize(event: CUevent) -> CUresult {
-    before_wait();
-    call_driver!(id::cuEventSynchronize, EventFn, event)
+    synchronised(Waited::Event, || {
+        call_driver!(id::cuEventSynchronize, EventFn, event)
+    })
 }
 
 /// `cuCtxDestroy_v2`: the context's queued work is charged while the context exists.
