@@ -515,6 +515,15 @@ impl<T: Timeline> EventMeter<T> {
         }
     }
 
+    /// The usual time per launch on `stream` (the process's, where the stream has none
+    /// yet).
+    fn usual_ns(&self, stream: T::Stream) -> u64 {
+        self.stream_average_ns
+            .get(&stream)
+            .copied()
+            .unwrap_or(self.average_ns)
+    }
+
     /// Counts `launches` as unmeasured and charges them their usual time.
     fn note_lost(&mut self, launches: u64) {
         self.lost += launches;
@@ -680,11 +689,7 @@ impl<T: Timeline> EventMeter<T> {
         let opened = self.groups_opened.entry(stream).or_insert(0);
         let probe = known.is_none() || opened.is_multiple_of(PROBE_EVERY);
         *opened = opened.wrapping_add(1);
-        let per_launch_ns = self
-            .stream_average_ns
-            .get(&stream)
-            .copied()
-            .unwrap_or(self.average_ns);
+        let per_launch_ns = self.usual_ns(stream);
         self.open.insert(
             stream,
             OpenGroup {
@@ -728,11 +733,7 @@ impl<T: Timeline> EventMeter<T> {
     /// group of the stream is due to be a probe, nor for a stream whose launches are
     /// each timed alone ([`GROUP_GPU_NS`]): those take the full path.
     fn open_behind(&mut self, stream: T::Stream, now_ns: u64) {
-        let per_launch_ns = self
-            .stream_average_ns
-            .get(&stream)
-            .copied()
-            .unwrap_or(self.average_ns);
+        let per_launch_ns = self.usual_ns(stream);
         let opened = self.groups_opened.entry(stream).or_insert(0);
         if opened.is_multiple_of(PROBE_EVERY) || per_launch_ns >= GROUP_GPU_NS {
             return;
@@ -782,11 +783,7 @@ impl<T: Timeline> EventMeter<T> {
         }
         self.events_recorded += 1;
         let drained_cap = estimated.then(|| {
-            let per_launch = self
-                .stream_average_ns
-                .get(&stream)
-                .copied()
-                .unwrap_or(self.average_ns);
+            let per_launch = self.usual_ns(stream);
             per_launch.saturating_mul(u64::from(group.launches))
         });
         // The kinds' times bound a group of several launches, whose span may hold idle
